@@ -1,0 +1,148 @@
+//! One async fn per RPC, each a straight line over engine + store + fanout:
+//! parse is done (the caller hands in domain values), the store applies the
+//! pure engine at its own `now` and commits, the reply is the session and the
+//! instant it is computed at. `AppError` is the only error callers see; it
+//! knows no tonic, prost, redis or diesel type.
+
+mod error;
+mod subscribe;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use error::AppError;
+pub use subscribe::{StreamItem, SubscribeOptions, STREAM_CHANNEL_CAPACITY};
+
+use crate::engine::{
+    self, Command, Micros, NewSession, ParticipantId, Request, RequestId, Session, SessionId, SessionKey,
+    Tenant,
+};
+use crate::fanout::Hub;
+use crate::store::{SessionStore, StoreError};
+
+/// A session and the server instant its computed values refer to.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub session: Session,
+    pub server_time: Micros,
+}
+
+/// The guards every mutation may carry.
+#[derive(Clone, Debug, Default)]
+pub struct Guards {
+    pub expected_version: Option<u64>,
+    pub request_id: Option<RequestId>,
+}
+
+#[derive(Clone)]
+pub struct App {
+    store: Arc<dyn SessionStore>,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    pub fn new(store: Arc<dyn SessionStore>, hub: Arc<Hub>, shutdown: CancellationToken) -> Self {
+        Self { store, hub, shutdown }
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    fn key(&self, id: SessionId) -> SessionKey {
+        SessionKey { tenant: Tenant::default_tenant(), id }
+    }
+
+    fn reply(&self, session: Session) -> Reply {
+        Reply { session, server_time: self.store.now() }
+    }
+
+    /// Creates `new` (its `epoch` is replaced by a fresh random one).
+    pub async fn create(&self, mut new: NewSession) -> Result<Reply, AppError> {
+        let key = self.key(new.id.clone());
+        new.epoch = Uuid::new_v4().simple().to_string();
+        let request_id = new.request_id.clone();
+        match self.store.create(&key, &|now| engine::create(new.clone(), now)).await {
+            Ok(event) => Ok(self.reply(event.session.clone())),
+            // A retried create (same request_id) gets the session it made.
+            Err(StoreError::AlreadyExists(existing))
+                if request_id.as_ref().is_some_and(|r| existing.has_applied(r.as_str())) =>
+            {
+                Ok(self.reply(*existing))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn get(&self, id: SessionId) -> Result<Reply, AppError> {
+        let session = self.store.get(&self.key(id)).await?;
+        Ok(self.reply(session))
+    }
+
+    async fn mutate(&self, id: SessionId, command: Command, guards: Guards) -> Result<Reply, AppError> {
+        let request = Request { command, expected_version: guards.expected_version, request_id: guards.request_id };
+        let applied = self.store.update(&self.key(id), &|s, now| engine::apply(s, &request, now)).await?;
+        Ok(self.reply(applied.session))
+    }
+
+    pub async fn start(&self, id: SessionId, first: Option<ParticipantId>, g: Guards) -> Result<Reply, AppError> {
+        self.mutate(id, Command::Start { first }, g).await
+    }
+
+    pub async fn switch(
+        &self,
+        id: SessionId,
+        from: Option<ParticipantId>,
+        next: Option<ParticipantId>,
+        g: Guards,
+    ) -> Result<Reply, AppError> {
+        self.mutate(id, Command::Switch { from, next }, g).await
+    }
+
+    pub async fn pause(&self, id: SessionId, g: Guards) -> Result<Reply, AppError> {
+        self.mutate(id, Command::Pause, g).await
+    }
+
+    pub async fn resume(&self, id: SessionId, g: Guards) -> Result<Reply, AppError> {
+        self.mutate(id, Command::Resume, g).await
+    }
+
+    pub async fn complete(&self, id: SessionId, g: Guards) -> Result<Reply, AppError> {
+        self.mutate(id, Command::Complete, g).await
+    }
+
+    pub async fn cancel(&self, id: SessionId, g: Guards) -> Result<Reply, AppError> {
+        self.mutate(id, Command::Cancel, g).await
+    }
+
+    pub async fn adjust(
+        &self,
+        id: SessionId,
+        target: engine::AdjustTarget,
+        delta_ms: i64,
+        g: Guards,
+    ) -> Result<Reply, AppError> {
+        self.mutate(id, Command::Adjust { target, delta_ms }, g).await
+    }
+
+    pub async fn delete(&self, id: SessionId) -> Result<(), AppError> {
+        self.store.delete(&self.key(id)).await?;
+        Ok(())
+    }
+
+    pub fn server_time(&self) -> Micros {
+        self.store.now()
+    }
+
+    /// Opens a Subscribe stream (SPEC §7); see [`subscribe`].
+    pub async fn subscribe(
+        &self,
+        id: SessionId,
+        opts: SubscribeOptions,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<StreamItem, AppError>>, AppError> {
+        subscribe::open(self.store.clone(), &self.hub, self.key(id), opts, self.shutdown.clone()).await
+    }
+}

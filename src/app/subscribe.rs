@@ -1,0 +1,240 @@
+//! Subscribe (SPEC §7): a spawned producer per stream feeding a bounded mpsc.
+//!
+//! Order of work on open: join the session's hub channel *first*, then read
+//! the session (or the log for a replay), so no version committed in between
+//! is missed; events at or below the last version sent are dropped, so none
+//! is duplicated. A version jump (a lost message) is filled from the event
+//! log, or covered by a fresh snapshot when the log no longer reaches back.
+//! A stream that falls behind the hub's buffer gets a fresh snapshot: a slow
+//! consumer never slows the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::AppError;
+use crate::engine::{Event, EventKind, Micros, Session, SessionKey};
+use crate::fanout::{Hub, Subscription};
+use crate::store::{Replay, SessionStore, StoreError};
+
+/// Items buffered between the producer and the transport. Small on purpose:
+/// the hub's broadcast buffer is the real per-stream buffer, and lag there is
+/// what triggers the skip to a snapshot.
+pub const STREAM_CHANNEL_CAPACITY: usize = 16;
+
+pub const DEFAULT_HEARTBEAT_MS: u32 = 15_000;
+pub const MIN_HEARTBEAT_MS: u32 = 1_000;
+pub const MAX_HEARTBEAT_MS: u32 = 60_000;
+
+#[derive(Clone, Debug, Default)]
+pub struct SubscribeOptions {
+    pub from_version: Option<u64>,
+    /// Empty: the client did not say.
+    pub epoch: String,
+    pub strict: bool,
+    pub heartbeat_ms: Option<u32>,
+}
+
+/// What a stream carries, before it meets the wire.
+#[derive(Clone, Debug)]
+pub enum StreamItem {
+    /// The whole session, computed at `at`.
+    Snapshot { session: Session, at: Micros },
+    /// A committed version.
+    Event(Arc<Event>),
+    /// Keep-alive: the latest version sent and the server time.
+    Heartbeat { session: Arc<SessionHeader>, version: u64, at: Micros },
+}
+
+/// What a heartbeat names.
+#[derive(Clone, Debug)]
+pub struct SessionHeader {
+    pub key: SessionKey,
+    pub epoch: String,
+}
+
+type Tx = mpsc::Sender<Result<StreamItem, AppError>>;
+
+pub(super) async fn open(
+    store: Arc<dyn SessionStore>,
+    hub: &Arc<Hub>,
+    key: SessionKey,
+    opts: SubscribeOptions,
+    shutdown: CancellationToken,
+) -> Result<mpsc::Receiver<Result<StreamItem, AppError>>, AppError> {
+    let sub = hub.subscribe(&key);
+    let session = store.get(&key).await?;
+    let mut first = Vec::new();
+    let last_sent = match opts.from_version {
+        Some(v) if opts.epoch.is_empty() || opts.epoch == session.epoch => {
+            match replay(store.as_ref(), &key, v, &session).await? {
+                Some(events) => {
+                    let last = events.last().map_or(v, |e| e.version);
+                    first.extend(events.into_iter().map(StreamItem::Event));
+                    last
+                }
+                None if opts.strict => {
+                    return Err(AppError::OutOfRange(format!(
+                        "from_version {v}: the retained event log does not reach back that far"
+                    )));
+                }
+                None => snapshot(&mut first, store.as_ref(), session),
+            }
+        }
+        Some(_) if opts.strict => {
+            return Err(AppError::OutOfRange(format!(
+                "epoch {:?} is not the session's current epoch",
+                opts.epoch
+            )));
+        }
+        _ => snapshot(&mut first, store.as_ref(), session.clone()),
+    };
+    let header = Arc::new(SessionHeader { key: key.clone(), epoch: session_epoch(&first, &opts) });
+    let heartbeat = Duration::from_millis(
+        opts.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS).clamp(MIN_HEARTBEAT_MS, MAX_HEARTBEAT_MS) as u64,
+    );
+    let (tx, rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
+    let producer = Producer { store, key, sub, tx, last_sent, header, heartbeat, shutdown };
+    tokio::spawn(producer.run(first));
+    Ok(rx)
+}
+
+fn session_epoch(first: &[StreamItem], opts: &SubscribeOptions) -> String {
+    match first.first() {
+        Some(StreamItem::Snapshot { session, .. }) => session.epoch.clone(),
+        Some(StreamItem::Event(e)) => e.session.epoch.clone(),
+        _ => opts.epoch.clone(),
+    }
+}
+
+fn snapshot(first: &mut Vec<StreamItem>, store: &dyn SessionStore, session: Session) -> u64 {
+    let version = session.version;
+    first.push(StreamItem::Snapshot { session, at: store.now() });
+    version
+}
+
+/// The events after `v`, or `None` when they cannot all be replayed.
+async fn replay(
+    store: &dyn SessionStore,
+    key: &SessionKey,
+    v: u64,
+    session: &Session,
+) -> Result<Option<Vec<Arc<Event>>>, AppError> {
+    if v > session.version {
+        return Ok(None);
+    }
+    match store.events_after(key, v).await? {
+        Replay::Events(events) => Ok(Some(events)),
+        Replay::Truncated => Ok(None),
+    }
+}
+
+struct Producer {
+    store: Arc<dyn SessionStore>,
+    key: SessionKey,
+    sub: Subscription,
+    tx: Tx,
+    last_sent: u64,
+    header: Arc<SessionHeader>,
+    heartbeat: Duration,
+    shutdown: CancellationToken,
+}
+
+/// Whether the stream goes on after an item.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Producer {
+    async fn run(mut self, first: Vec<StreamItem>) {
+        for item in first {
+            if let Flow::Stop = self.send(item).await {
+                return;
+            }
+        }
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let flow = tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    let _ = self.tx.send(Err(AppError::Unavailable("server shutting down; reconnect with from_version".into()))).await;
+                    Flow::Stop
+                }
+                _ = self.tx.closed() => Flow::Stop,
+                _ = ticker.tick() => {
+                    let at = self.store.now();
+                    self.send(StreamItem::Heartbeat { session: self.header.clone(), version: self.last_sent, at }).await
+                }
+                received = self.sub.receiver().recv() => match received {
+                    Ok(event) => self.on_event(event).await,
+                    Err(RecvError::Lagged(_)) => self.resync().await,
+                    Err(RecvError::Closed) => Flow::Stop,
+                },
+            };
+            if let Flow::Stop = flow {
+                return;
+            }
+        }
+    }
+
+    async fn send(&mut self, item: StreamItem) -> Flow {
+        let version = match &item {
+            StreamItem::Snapshot { session, .. } => Some(session.version),
+            StreamItem::Event(e) => Some(e.version),
+            StreamItem::Heartbeat { .. } => None,
+        };
+        let deleted = matches!(&item, StreamItem::Event(e) if e.kind == EventKind::Deleted);
+        if self.tx.send(Ok(item)).await.is_err() {
+            return Flow::Stop;
+        }
+        if let Some(v) = version {
+            self.last_sent = v;
+        }
+        if deleted { Flow::Stop } else { Flow::Continue }
+    }
+
+    async fn on_event(&mut self, event: Arc<Event>) -> Flow {
+        if event.version <= self.last_sent {
+            return Flow::Continue;
+        }
+        if event.version == self.last_sent + 1 || event.kind == EventKind::Deleted {
+            return self.send(StreamItem::Event(event)).await;
+        }
+        // A gap: fill it from the log, or start over from a snapshot.
+        match self.store.events_after(&self.key, self.last_sent).await {
+            Ok(Replay::Events(events)) => {
+                for e in events {
+                    if let Flow::Stop = self.send(StreamItem::Event(e)).await {
+                        return Flow::Stop;
+                    }
+                }
+                Flow::Continue
+            }
+            Ok(Replay::Truncated) => self.resync().await,
+            Err(StoreError::NotFound) => Flow::Continue,
+            Err(e) => self.fail(e).await,
+        }
+    }
+
+    /// Skips to a fresh snapshot.
+    async fn resync(&mut self) -> Flow {
+        match self.store.get(&self.key).await {
+            Ok(session) => {
+                let at = self.store.now();
+                self.send(StreamItem::Snapshot { session, at }).await
+            }
+            // Deleted meanwhile: its DELETED event is already queued behind.
+            Err(StoreError::NotFound) => Flow::Continue,
+            Err(e) => self.fail(e).await,
+        }
+    }
+
+    async fn fail(&mut self, e: StoreError) -> Flow {
+        let _ = self.tx.send(Err(e.into())).await;
+        Flow::Stop
+    }
+}

@@ -1,0 +1,224 @@
+//! The session as stored: plain data, serde-serialisable, no behaviour beyond
+//! small accessors. Instants and durations are whole **microseconds**
+//! (`Micros`): the API speaks milliseconds, but charging in microseconds keeps
+//! the ledger exact (no rounding drift over thousands of moves).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{GroupId, ParticipantId, SessionId};
+
+/// Microseconds: an instant (since the Unix epoch) or a duration.
+pub type Micros = i64;
+
+/// Microseconds in one millisecond.
+pub const MICROS_PER_MS: Micros = 1_000;
+
+/// How many applied `request_id`s a session remembers for idempotency.
+pub const REMEMBERED_REQUESTS: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    PerParticipant,
+    PerCycle,
+    PerGroup,
+    Global,
+    CountUp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    Pending,
+    Running,
+    Paused,
+    Expired,
+    Completed,
+    Cancelled,
+}
+
+impl Status {
+    /// EXPIRED, COMPLETED and CANCELLED accept no mutation.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Expired | Status::Completed | Status::Cancelled)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Running => "RUNNING",
+            Status::Paused => "PAUSED",
+            Status::Expired => "EXPIRED",
+            Status::Completed => "COMPLETED",
+            Status::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeoutAction {
+    EndSession,
+    Skip,
+    Notify,
+}
+
+impl TimeoutAction {
+    /// SPEC §5: SKIP for per-cycle sessions, END_SESSION for every other mode.
+    pub fn default_for(mode: Mode) -> Self {
+        match mode {
+            Mode::PerCycle => TimeoutAction::Skip,
+            _ => TimeoutAction::EndSession,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DelayKind {
+    Bronstein,
+    Simple,
+}
+
+/// One stage of a multi-stage control: at the participant's own
+/// `cycle_count == after_cycles`, add `add` and use `increment` from then on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage {
+    pub after_cycles: u32,
+    pub add: Micros,
+    pub increment: Option<Micros>,
+}
+
+/// How budgets change on a move. All zero/empty: sudden death.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeControl {
+    pub increment: Micros,
+    /// 0 = no cap.
+    pub max_remaining: Micros,
+    pub delay: Micros,
+    pub delay_kind: Option<DelayKind>,
+    pub byoyomi_periods: u32,
+    pub byoyomi_period: Micros,
+    pub canadian_stones: u32,
+    pub canadian_block: Micros,
+    pub hourglass: bool,
+    pub stages: Vec<Stage>,
+}
+
+/// A participant's clock and ledger. The ledger identity
+/// `initial + credits + adjustments - used == remaining` holds at every version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Participant {
+    pub id: ParticipantId,
+    pub index: u32,
+    pub group: Option<GroupId>,
+    pub initial: Micros,
+    /// Budget left, as of the moment its clock last started (if it is running)
+    /// or as of the last charge (if it is not).
+    pub remaining: Micros,
+    /// Wall time its turns lasted, before any credit.
+    pub used: Micros,
+    /// Increments, delay credits, stage additions.
+    pub credits: Micros,
+    /// AdjustTime deltas as actually applied (after the floor at 0).
+    pub adjustments: Micros,
+    /// Turns this participant completed.
+    pub cycle_count: u64,
+    pub expired: bool,
+}
+
+/// A group's shared clock (per-group mode); same ledger as a participant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: GroupId,
+    pub initial: Micros,
+    pub remaining: Micros,
+    pub used: Micros,
+    pub credits: Micros,
+    pub adjustments: Micros,
+    pub expired: bool,
+}
+
+/// One session: configuration, status, clocks, and the recent request ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: SessionId,
+    /// Random id given at creation: versions of a recreated session are new.
+    pub epoch: String,
+    pub mode: Mode,
+    pub status: Status,
+    pub version: u64,
+    /// Sorted by `index` (the rotation order).
+    pub participants: Vec<Participant>,
+    pub groups: Vec<Group>,
+    /// Position of the active participant in `participants`.
+    pub active: Option<usize>,
+    /// Cycles (turns) completed in the session.
+    pub cycle_count: u64,
+    /// When the running clock last started; `None` while no clock runs.
+    pub cycle_started_at: Option<Micros>,
+    pub time_control: TimeControl,
+    pub cycle_time: Micros,
+    pub global_time: Micros,
+    pub max_time: Micros,
+    pub timeout_action: TimeoutAction,
+    pub metadata: BTreeMap<String, String>,
+    pub created_at: Micros,
+    pub started_at: Option<Micros>,
+    pub ended_at: Option<Micros>,
+    pub updated_at: Micros,
+    /// The last `REMEMBERED_REQUESTS` applied request ids, oldest first.
+    pub recent_requests: VecDeque<String>,
+}
+
+impl Session {
+    pub fn active_participant(&self) -> Option<&Participant> {
+        self.active.map(|i| &self.participants[i])
+    }
+
+    pub fn participant_position(&self, id: &ParticipantId) -> Option<usize> {
+        self.participants.iter().position(|p| &p.id == id)
+    }
+
+    pub fn group_position(&self, id: &GroupId) -> Option<usize> {
+        self.groups.iter().position(|g| &g.id == id)
+    }
+
+    pub(crate) fn remember_request(&mut self, request_id: &str) {
+        if self.recent_requests.len() == REMEMBERED_REQUESTS {
+            self.recent_requests.pop_front();
+        }
+        self.recent_requests.push_back(request_id.to_owned());
+    }
+
+    pub fn has_applied(&self, request_id: &str) -> bool {
+        self.recent_requests.iter().any(|r| r == request_id)
+    }
+}
+
+/// What kind of change a version records (SPEC §6 `EventType`, without the
+/// stream-only SNAPSHOT and HEARTBEAT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Created,
+    Started,
+    Switched,
+    Paused,
+    Resumed,
+    TimeAdjusted,
+    TimedOut,
+    ParticipantExpired,
+    Expired,
+    Completed,
+    Cancelled,
+    Deleted,
+}
+
+/// One committed version: what happened, to whom, when, and the session after it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub version: u64,
+    pub kind: EventKind,
+    pub participant: Option<ParticipantId>,
+    /// The server instant the change was committed at.
+    pub at: Micros,
+    pub session: Session,
+}

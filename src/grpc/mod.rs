@@ -1,0 +1,17 @@
+//! The only room that knows tonic and prost: the generated code (`pb`), the
+//! `SyncService` implementation, wire <-> domain conversion, the one
+//! `AppError -> Status` table, and the router with health and reflection.
+
+mod convert;
+mod error;
+mod service;
+
+pub use service::{router, HealthControl};
+
+/// Code generated from `proto/synckairos/v1/sync.proto`.
+pub mod pb {
+    tonic::include_proto!("synckairos.v1");
+
+    /// Descriptor set served by reflection (v1 and v1alpha).
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("synckairos_descriptor");
+}

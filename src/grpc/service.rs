@@ -1,0 +1,169 @@
+//! `synckairos.v1.SyncService` over the app, plus the router that serves it
+//! next to `grpc.health.v1.Health` and reflection v1 + v1alpha (grpcurl 1.8
+//! speaks only v1alpha). Each RPC: span with `session_id`, parse, one app
+//! call, convert.
+
+use std::pin::Pin;
+
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use super::convert;
+use super::pb::{self, sync_service_server::{SyncService, SyncServiceServer}};
+use crate::app::App;
+
+pub struct GrpcService {
+    app: App,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
+
+fn session_reply(r: crate::app::Reply) -> Reply<pb::Session> {
+    Ok(Response::new(convert::session(&r.session, r.server_time)))
+}
+
+fn record_session_id(id: &str) {
+    tracing::Span::current().record("session_id", id);
+}
+
+#[tonic::async_trait]
+impl SyncService for GrpcService {
+    #[tracing::instrument(skip_all, fields(session_id))]
+    async fn create_session(&self, req: Request<pb::CreateSessionRequest>) -> Reply<pb::Session> {
+        let new = convert::create_request(req.into_inner())?;
+        record_session_id(new.id.as_str());
+        session_reply(self.app.create(new).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Reply<pb::Session> {
+        let id = convert::session_id(&req.get_ref().session_id)?;
+        session_reply(self.app.get(id).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    async fn start_session(&self, req: Request<pb::StartSessionRequest>) -> Reply<pb::Session> {
+        let r = req.into_inner();
+        let id = convert::session_id(&r.session_id)?;
+        let first = convert::start_first(&r)?;
+        let guards = convert::guards(r.expected_version, &r.request_id)?;
+        session_reply(self.app.start(id, first, guards).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    async fn switch_cycle(&self, req: Request<pb::SwitchCycleRequest>) -> Reply<pb::Session> {
+        let r = req.into_inner();
+        let id = convert::session_id(&r.session_id)?;
+        let (from, next) = convert::switch_args(&r)?;
+        let guards = convert::guards(r.expected_version, &r.request_id)?;
+        session_reply(self.app.switch(id, from, next, guards).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    async fn pause_session(&self, req: Request<pb::PauseSessionRequest>) -> Reply<pb::Session> {
+        let r = req.into_inner();
+        let id = convert::session_id(&r.session_id)?;
+        session_reply(self.app.pause(id, convert::guards(r.expected_version, &r.request_id)?).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    async fn resume_session(&self, req: Request<pb::ResumeSessionRequest>) -> Reply<pb::Session> {
+        let r = req.into_inner();
+        let id = convert::session_id(&r.session_id)?;
+        session_reply(self.app.resume(id, convert::guards(r.expected_version, &r.request_id)?).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    async fn complete_session(&self, req: Request<pb::CompleteSessionRequest>) -> Reply<pb::Session> {
+        let r = req.into_inner();
+        let id = convert::session_id(&r.session_id)?;
+        session_reply(self.app.complete(id, convert::guards(r.expected_version, &r.request_id)?).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    async fn cancel_session(&self, req: Request<pb::CancelSessionRequest>) -> Reply<pb::Session> {
+        let r = req.into_inner();
+        let id = convert::session_id(&r.session_id)?;
+        session_reply(self.app.cancel(id, convert::guards(r.expected_version, &r.request_id)?).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    async fn adjust_time(&self, req: Request<pb::AdjustTimeRequest>) -> Reply<pb::Session> {
+        let r = req.into_inner();
+        let id = convert::session_id(&r.session_id)?;
+        let target = convert::adjust_target(&r)?;
+        let guards = convert::guards(r.expected_version, &r.request_id)?;
+        session_reply(self.app.adjust(id, target, r.delta_ms, guards).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    async fn delete_session(&self, req: Request<pb::DeleteSessionRequest>) -> Reply<()> {
+        let id = convert::session_id(&req.get_ref().session_id)?;
+        self.app.delete(id).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn get_server_time(&self, _req: Request<pb::GetServerTimeRequest>) -> Reply<pb::ServerTime> {
+        Ok(Response::new(pb::ServerTime { server_time: Some(convert::timestamp(self.app.server_time())) }))
+    }
+
+    type SubscribeStream = EventStream;
+
+    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Reply<Self::SubscribeStream> {
+        let r = req.into_inner();
+        let id = convert::session_id(&r.session_id)?;
+        let opts = crate::app::SubscribeOptions {
+            from_version: r.from_version,
+            epoch: r.epoch,
+            strict: r.strict,
+            heartbeat_ms: r.heartbeat_ms,
+        };
+        let rx = self.app.subscribe(id, opts).await?;
+        let stream = ReceiverStream::new(rx)
+            .map(|item| item.map(|i| convert::stream_item(&i)).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_session_events(
+        &self,
+        _req: Request<pb::ListSessionEventsRequest>,
+    ) -> Reply<pb::ListSessionEventsResponse> {
+        Err(Status::unimplemented("ListSessionEvents needs the PostgreSQL audit, which is not built yet"))
+    }
+}
+
+/// Sets the health of both the overall server ("") and `synckairos.v1.SyncService`.
+#[derive(Clone)]
+pub struct HealthControl {
+    reporter: HealthReporter,
+}
+
+const SERVICE_NAME: &str = "synckairos.v1.SyncService";
+
+impl HealthControl {
+    pub async fn set(&self, serving: bool) {
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        self.reporter.set_service_status("", status).await;
+        self.reporter.set_service_status(SERVICE_NAME, status).await;
+    }
+}
+
+/// The whole gRPC surface, ready to serve.
+pub fn router(app: App) -> anyhow::Result<(tonic::transport::server::Router, HealthControl)> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(SyncServiceServer::new(GrpcService { app }));
+    Ok((router, HealthControl { reporter }))
+}

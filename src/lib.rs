@@ -1,0 +1,24 @@
+//! SyncKairos: authoritative, synchronized clocks for shared sessions, over gRPC.
+//!
+//! # Rooms
+//! Arrows point one way: engine <- store/fanout/timers <- app <- grpc <- startup <- main.
+//!
+//! - [`engine`]: the pure clock rules; `apply(session, command, now)`. No I/O.
+//! - [`store`]: `SessionStore` and its engines (memory now): versioned commits,
+//!   event log, deadline index, the store's clock.
+//! - [`fanout`]: the per-replica hub handing committed events to local streams.
+//! - [`timers`]: sleeps until deadlines and fires them through the store.
+//! - [`app`]: one async fn per RPC; `AppError`; the Subscribe producer.
+//! - [`grpc`]: tonic service, wire <-> domain conversion, the error table,
+//!   health and reflection.
+//! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
+
+pub mod app;
+pub mod config;
+pub mod engine;
+pub mod fanout;
+pub mod grpc;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod timers;

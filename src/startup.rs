@@ -1,0 +1,119 @@
+//! `Application`: the only place that wires every room together. `build`
+//! binds the listener (port 0 works, for tests) and reports the port;
+//! `run_until_stopped` serves until the given future resolves, then ends the
+//! Subscribe streams with UNAVAILABLE, drains in-flight calls and stops the
+//! background tasks, all within the configured grace period.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::app::App;
+use crate::config::{Config, EngineKind};
+use crate::fanout::Hub;
+use crate::grpc::{self, HealthControl};
+use crate::store::clock::Clock;
+use crate::store::memory::MemoryStore;
+use crate::store::SessionStore;
+use crate::timers;
+
+/// How often health re-checks the store.
+const HEALTH_PROBE: Duration = Duration::from_secs(1);
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    app: App,
+    store: Arc<dyn SessionStore>,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Clock::new()).await
+    }
+
+    /// As `build`, with a given process clock (tests skew it).
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        let hub = Hub::new(config.stream_buffer);
+        let store: Arc<dyn SessionStore> = match config.engine {
+            EngineKind::Memory => Arc::new(MemoryStore::new(hub.clone(), clock)),
+            EngineKind::Redis => anyhow::bail!("SYNCKAIROS_ENGINE: the redis engine is not available in this build yet"),
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("SYNCKAIROS_LISTEN: cannot bind {}: {e}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let app = App::new(store.clone(), hub, shutdown.clone());
+        Ok(Self { listener, addr, app, store, shutdown, grace: config.shutdown_grace })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (router, health) = grpc::router(self.app.clone())?;
+        health.set(self.store.ping().await.is_ok()).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(timers::run(self.store.clone(), self.shutdown.clone()));
+        tasks.spawn(watch_health(self.store.clone(), health, self.shutdown.clone()));
+
+        let shutdown = self.shutdown.clone();
+        let signal = async move {
+            stop.await;
+            info!("shutting down: ending streams and draining calls");
+            shutdown.cancel();
+        };
+        info!(addr = %self.addr, "serving synckairos.v1.SyncService");
+        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+        let shutdown = self.shutdown.clone();
+        let grace = self.grace;
+        tokio::select! {
+            served = serve => served?,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                warn!(grace_ms = grace.as_millis() as u64, "calls still open after the grace period; stopping anyway");
+            }
+        }
+        self.shutdown.cancel();
+        tasks.shutdown().await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Health follows the store: NOT_SERVING while it cannot be reached.
+async fn watch_health(store: Arc<dyn SessionStore>, health: HealthControl, shutdown: CancellationToken) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                health.set(false).await;
+                return;
+            }
+            _ = tokio::time::sleep(HEALTH_PROBE) => {}
+        }
+        let ok = store.ping().await.is_ok();
+        if ok != serving {
+            if ok { info!("store reachable again: SERVING") } else { warn!("store unreachable: NOT_SERVING") }
+            health.set(ok).await;
+            serving = ok;
+        }
+    }
+}

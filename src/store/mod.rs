@@ -1,0 +1,85 @@
+//! Where sessions live: the `SessionStore` trait and its engines. A store
+//! owns "now" (its clock), commits versioned changes atomically (state + event
+//! log + deadline index + publish), replays its event log, and hands due
+//! deadlines to the timers. Knows the engine; never tonic or diesel.
+//!
+//! Engines: [`memory`] (one process, nothing to install). The Redis engine
+//! implements the same trait (issue 4).
+
+pub mod clock;
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::engine::{Applied, Event, Micros, RuleError, Session, SessionKey};
+
+/// How many events a session's log retains for `Subscribe{from_version}` replay.
+pub const EVENT_LOG_LEN: usize = 256;
+
+/// Builds a new session at the store's `now`.
+pub type BuildFn<'a> = &'a (dyn Fn(Micros) -> Result<(Session, Event), RuleError> + Send + Sync);
+
+/// A pure change of an existing session at the store's `now`; may be retried.
+pub type ApplyFn<'a> = &'a (dyn Fn(&Session, Micros) -> Result<Applied, RuleError> + Send + Sync);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session not found")]
+    NotFound,
+    /// The id is taken; carries the existing session (for create idempotency).
+    #[error("session already exists")]
+    AlreadyExists(Box<Session>),
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// Write conflicts kept winning past the retry budget.
+    #[error("too many concurrent writes")]
+    Conflict,
+    /// The backing store cannot be reached; the detail is for logs only.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What the event log can say about the versions after `v`.
+#[derive(Debug)]
+pub enum Replay {
+    /// Every event after `v`, in order (empty: `v` is the latest).
+    Events(Vec<Arc<Event>>),
+    /// The log no longer reaches back to `v + 1`.
+    Truncated,
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// The store's authoritative clock, in microseconds since the Unix epoch.
+    fn now(&self) -> Micros;
+
+    /// Creates a session; `AlreadyExists` with the current one if the id is taken.
+    async fn create(&self, key: &SessionKey, build: BuildFn<'_>) -> Result<Arc<Event>, StoreError>;
+
+    async fn get(&self, key: &SessionKey) -> Result<Session, StoreError>;
+
+    /// Loads, applies `f` at the store's now, and commits its events atomically
+    /// (nothing is written when `f` returns no events).
+    async fn update(&self, key: &SessionKey, f: ApplyFn<'_>) -> Result<Applied, StoreError>;
+
+    /// Removes the session and publishes its DELETED event.
+    async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError>;
+
+    /// The retained events after version `after`.
+    async fn events_after(&self, key: &SessionKey, after: u64) -> Result<Replay, StoreError>;
+
+    /// Takes the sessions whose deadline is at or before now out of the
+    /// deadline index, for the timers to fire.
+    async fn claim_due(&self) -> Result<Vec<SessionKey>, StoreError>;
+
+    /// The earliest deadline this store knows of.
+    async fn next_deadline(&self) -> Result<Option<Micros>, StoreError>;
+
+    /// Notified when a commit sets a deadline earlier than the known head.
+    fn deadline_wake(&self) -> Arc<tokio::sync::Notify>;
+
+    /// Whether the store can serve right now (for health).
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,64 @@
+//! Logs and traces: a `tracing` subscriber with human-readable logs by
+//! default (JSON with `SYNCKAIROS_LOG_FORMAT=json`), filtered by `RUST_LOG`,
+//! and an OpenTelemetry OTLP exporter layered on when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Export never blocks start-up; a dead
+//! collector costs at most the export timeout at shutdown.
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
+
+use crate::config::LogFormat;
+
+const SERVICE_NAME: &str = "synckairos";
+
+/// Flushes and stops the trace exporter when dropped.
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber. Call once, inside the Tokio runtime.
+pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
+    // The exporter's own transport must not trace itself back into the exporter.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive("h2=warn".parse()?)
+        .add_directive("hyper=warn".parse()?)
+        .add_directive("tower=warn".parse()?);
+    let logs = match format {
+        LogFormat::Human => fmt::layer().with_target(false).boxed(),
+        LogFormat::Json => fmt::layer().json().with_current_span(true).boxed(),
+    };
+    let (otel, provider) = match otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(Duration::from_secs(3))
+                .build()?;
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(Resource::builder().with_service_name(SERVICE_NAME).build())
+                .build();
+            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(SERVICE_NAME));
+            (Some(layer), Some(provider))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(filter).with(logs).with(otel).try_init()?;
+    Ok(TelemetryGuard { provider })
+}

@@ -1,0 +1,54 @@
+//! Server-side flagging: sleep until the earliest deadline the store knows
+//! (or until a commit announces an earlier one), claim what is due, and fire
+//! each through the store's ordinary versioned commit. The engine re-checks
+//! that the clock really ran out, so a duplicate or stale claim is a no-op
+//! and each deadline causes exactly one transition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::engine::{self, Command, Request, RuleError, SessionKey};
+use crate::store::{SessionStore, StoreError};
+
+/// The longest the loop sleeps without looking: a safety net under the
+/// wake-ups (e.g. a deadline set by another replica whose wake-up was lost).
+const POLL: Duration = Duration::from_millis(500);
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
+    let wake = store.deadline_wake();
+    loop {
+        match store.claim_due().await {
+            Ok(due) => {
+                for key in due {
+                    let store = store.clone();
+                    tokio::spawn(async move { fire(store.as_ref(), &key).await });
+                }
+            }
+            Err(e) => warn!(error = %e, "claiming due deadlines failed"),
+        }
+        let sleep = match store.next_deadline().await {
+            Ok(Some(at)) => Duration::from_micros((at - store.now()).max(0) as u64).min(POLL),
+            Ok(None) => POLL,
+            Err(_) => POLL,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// Applies the timeout to one session; "not due" and "gone" are normal outcomes.
+pub async fn fire(store: &dyn SessionStore, key: &SessionKey) {
+    let timeout = Request::new(Command::Timeout);
+    match store.update(key, &|s, now| engine::apply(s, &timeout, now)).await {
+        Ok(applied) => debug!(session = %key, version = applied.session.version, "deadline fired"),
+        Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => {}
+        Err(e) => warn!(session = %key, error = %e, "firing a deadline failed"),
+    }
+}
