@@ -14,6 +14,7 @@
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 
 pub mod app;
+mod architecture;
 pub mod config;
 pub mod engine;
 pub mod fanout;
