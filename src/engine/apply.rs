@@ -1,21 +1,22 @@
-//! `apply(session, request, now)`: the status machine (SPEC §2), the switch
-//! (§3), and running out of time (§5). Pure: the same inputs give the same
-//! outputs, so a store may retry it after a write conflict.
+//! `apply(session, request, now)`: the status machine (SPEC §2), the modes
+//! and the switch (§3), and running out of time (§5). Pure: the same inputs
+//! give the same outputs, so a store may retry it after a write conflict.
 //!
 //! Every applied command first *settles* the clock: a deadline that passed
 //! before `now` is processed at the deadline instant, exactly as the timer
 //! would have. So a switch that arrives late is judged by the clock and never
 //! rescues a flagged participant.
 
-use super::ids::{ParticipantId, RequestId};
-use super::model::{Event, EventKind, Micros, Participant, Session, Status, TimeoutAction};
+use super::budget::Budget;
+use super::ids::{GroupId, ParticipantId, RequestId};
+use super::model::{Event, EventKind, Micros, Mode, Session, Status, TimeoutAction};
 use super::RuleError;
 
 /// Who an AdjustTime is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdjustTarget {
     Participant(ParticipantId),
-    Group(super::ids::GroupId),
+    Group(GroupId),
 }
 
 /// A mutation of an existing session.
@@ -57,17 +58,115 @@ pub struct Applied {
 /// Largest |delta_ms| AdjustTime accepts: 30 days.
 const MAX_ADJUST_MS: i64 = super::create::MAX_DURATION_MS;
 
-/// When the running clock reaches zero, if a clock runs.
-pub fn deadline(s: &Session) -> Option<Micros> {
+/// At most this many overdue deadlines are processed in one apply (a
+/// per-cycle session whose timers were down for hours); the rest are left
+/// for the next apply or timer claim.
+const MAX_SETTLE_STEPS: usize = 1_000;
+
+/// Whose clock runs while a participant is active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    Participant(usize),
+    Group(usize),
+    Global,
+    Cycle,
+}
+
+fn owner_of(s: &Session, pos: usize) -> Owner {
+    match s.mode {
+        Mode::PerParticipant | Mode::CountUp => Owner::Participant(pos),
+        Mode::PerGroup => {
+            let group = s.participants[pos].group.as_ref().and_then(|g| s.group_position(g));
+            // Creation guarantees every participant of a per-group session has a group.
+            group.map_or(Owner::Participant(pos), Owner::Group)
+        }
+        Mode::Global => Owner::Global,
+        Mode::PerCycle => Owner::Cycle,
+    }
+}
+
+fn budget(s: &Session, owner: Owner) -> Option<&Budget> {
+    match owner {
+        Owner::Participant(i) => s.participants.get(i).map(|p| &p.clock),
+        Owner::Group(i) => s.groups.get(i).map(|g| &g.clock),
+        Owner::Global => s.global.as_ref(),
+        Owner::Cycle => s.cycle.as_ref(),
+    }
+}
+
+fn budget_mut(s: &mut Session, owner: Owner) -> Option<&mut Budget> {
+    match owner {
+        Owner::Participant(i) => s.participants.get_mut(i).map(|p| &mut p.clock),
+        Owner::Group(i) => s.groups.get_mut(i).map(|g| &mut g.clock),
+        Owner::Global => s.global.as_mut(),
+        Owner::Cycle => s.cycle.as_mut(),
+    }
+}
+
+/// The active participant and when its stretch started, if a clock runs.
+fn running(s: &Session) -> Option<(usize, Micros)> {
     if s.status != Status::Running {
         return None;
     }
-    let started = s.cycle_started_at?;
-    let p = s.active_participant()?;
-    if p.expired {
-        return None;
+    Some((s.active?, s.cycle_started_at?))
+}
+
+/// When the running clock runs out (or reaches its cap), if a clock runs.
+pub fn deadline(s: &Session) -> Option<Micros> {
+    let (pos, started) = running(s)?;
+    let left = budget(s, owner_of(s, pos))?.time_to_flag(&s.time_control)?;
+    Some(started.saturating_add(left))
+}
+
+/// The session with its running stretch charged up to `now` (never past the
+/// deadline): what every computed value of a reply is read from. A view, not
+/// a new version.
+pub fn view(s: &Session, now: Micros) -> Session {
+    let mut tx = Tx { s: s.clone(), now, events: Vec::new() };
+    let until = deadline(s).map_or(now, |d| d.min(now));
+    tx.checkpoint(until);
+    tx.s
+}
+
+/// What a participant's clock shows, read from a [`view`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClockView {
+    pub remaining: Micros,
+    pub used: Micros,
+    pub in_overtime: bool,
+    pub periods_left: u32,
+    pub stones_left: u32,
+}
+
+/// A participant's clock in a [`view`]: its own, its group's, the cycle's or
+/// the global one, with its own used time.
+pub fn participant_view(v: &Session, pos: usize) -> ClockView {
+    let p = &v.participants[pos];
+    let tc = &v.time_control;
+    let clock = match owner_of(v, pos) {
+        // Only the active participant has a cycle; the others would get a fresh one.
+        Owner::Cycle if v.active != Some(pos) => None,
+        owner => budget(v, owner),
+    };
+    let remaining = match (v.mode, clock) {
+        (Mode::PerCycle, None) => v.cycle_time,
+        (_, Some(b)) => b.shown_remaining(tc),
+        (_, None) => 0,
+    };
+    let owned = clock.unwrap_or(&p.clock);
+    ClockView {
+        remaining,
+        used: p.clock.used,
+        in_overtime: owned.in_overtime(tc),
+        periods_left: if tc.byoyomi_periods > 0 { owned.periods_left } else { 0 },
+        stones_left: if tc.canadian_stones > 0 { owned.stones_left } else { 0 },
     }
-    Some(started.saturating_add(p.remaining))
+}
+
+/// A participant's `(remaining, used)` at `now`.
+pub fn participant_clock(s: &Session, pos: usize, now: Micros) -> (Micros, Micros) {
+    let c = participant_view(&view(s, now), pos);
+    (c.remaining, c.used)
 }
 
 /// The DELETED event that ends a session's stream: one version past the last.
@@ -76,19 +175,6 @@ pub fn deleted_event(s: &Session, now: Micros) -> Event {
     session.version += 1;
     session.updated_at = now.max(s.updated_at);
     Event { version: session.version, kind: EventKind::Deleted, participant: None, at: session.updated_at, session }
-}
-
-/// A participant's `(remaining, used)` at `now`: the running stretch is
-/// charged on the fly, never past zero.
-pub fn participant_clock(s: &Session, pos: usize, now: Micros) -> (Micros, Micros) {
-    let p = &s.participants[pos];
-    match (s.status, s.active, s.cycle_started_at) {
-        (Status::Running, Some(a), Some(started)) if a == pos && !p.expired => {
-            let e = (now - started).clamp(0, p.remaining);
-            (p.remaining - e, p.used + e)
-        }
-        _ => (p.remaining, p.used),
-    }
 }
 
 pub fn apply(s: &Session, req: &Request, now: Micros) -> Result<Applied, RuleError> {
@@ -114,7 +200,6 @@ pub fn apply(s: &Session, req: &Request, now: Micros) -> Result<Applied, RuleErr
     match &req.command {
         Command::Timeout if !settled => return Err(RuleError::NotDue),
         Command::Timeout => {}
-        // Judged by the clock: the mover flagged before this switch arrived.
         Command::Switch { .. } if turn_moved_on => {}
         Command::Switch { from, next } => tx.switch(from.as_ref(), next.as_ref())?,
         Command::Start { first } => tx.start(first.as_ref())?,
@@ -172,46 +257,104 @@ impl Tx {
             .ok_or_else(|| RuleError::invalid(field, format!("no participant {:?} in this session", id.as_str())))
     }
 
+    fn id_of(&self, pos: usize) -> ParticipantId {
+        self.s.participants[pos].id.clone()
+    }
+
     /// Processes every deadline that passed at or before `now`, each at its own instant.
     fn settle(&mut self) {
-        while let Some(due) = deadline(&self.s).filter(|d| *d <= self.now) {
-            self.time_out(due);
+        for _ in 0..MAX_SETTLE_STEPS {
+            match deadline(&self.s) {
+                Some(due) if due <= self.now => self.time_out(due),
+                _ => return,
+            }
         }
     }
 
-    /// Charges the active participant's running stretch up to `at`.
-    fn charge_running(&mut self, at: Micros) -> Micros {
-        let (Some(pos), Some(started)) = (self.s.active, self.s.cycle_started_at) else {
-            return 0;
-        };
-        let p = &mut self.s.participants[pos];
-        if p.expired || self.s.status != Status::Running {
-            return 0;
+    /// Charges the running stretch up to `at` to the running clock, the
+    /// active participant's own time, and (hourglass) the other clocks; the
+    /// next stretch starts at `at`.
+    fn checkpoint(&mut self, at: Micros) {
+        let Some((pos, started)) = running(&self.s) else { return };
+        let e = (at - started).max(0);
+        let tc = self.s.time_control.clone();
+        let owner = owner_of(&self.s, pos);
+        let charged = budget_mut(&mut self.s, owner).map_or(0, |b| b.consume(e, &tc));
+        if owner != Owner::Participant(pos) {
+            self.s.participants[pos].clock.consume(charged, &tc);
         }
-        let e = (at - started).clamp(0, p.remaining);
-        p.used += e;
-        p.remaining -= e;
-        e
+        if tc.hourglass && charged > 0 {
+            match owner {
+                Owner::Participant(me) => {
+                    for (i, p) in self.s.participants.iter_mut().enumerate() {
+                        if i != me && !p.expired {
+                            p.clock.receive(charged);
+                        }
+                    }
+                }
+                Owner::Group(me) => {
+                    for (i, g) in self.s.groups.iter_mut().enumerate() {
+                        if i != me && !g.clock.expired {
+                            g.clock.receive(charged);
+                        }
+                    }
+                }
+                Owner::Global | Owner::Cycle => {}
+            }
+        }
+        self.s.cycle_started_at = Some(at);
+    }
+
+    /// Distinct clocks still in play (participants, or groups in per-group mode).
+    fn eligible_owners(&self) -> usize {
+        match self.s.mode {
+            Mode::PerGroup => self.s.groups.iter().filter(|g| !g.clock.expired).count(),
+            _ => self.s.participants.iter().filter(|p| !p.expired).count(),
+        }
     }
 
     /// The running clock reached zero at `at` (SPEC §5).
     fn time_out(&mut self, at: Micros) {
-        self.charge_running(at);
         let Some(pos) = self.s.active else { return };
-        let who = self.s.participants[pos].id.clone();
-        self.s.participants[pos].expired = true;
+        self.checkpoint(at);
+        let tc = self.s.time_control.clone();
+        let owner = owner_of(&self.s, pos);
+        if let Some(b) = budget_mut(&mut self.s, owner) {
+            b.flag(&tc);
+        }
+        let who = self.id_of(pos);
+        if self.s.mode == Mode::PerCycle {
+            return match self.s.timeout_action {
+                TimeoutAction::EndSession => self.end_by_time(at, who),
+                // The cycle sits at zero until the caller switches.
+                TimeoutAction::Notify => self.emit(EventKind::TimedOut, Some(who)),
+                TimeoutAction::Skip => {
+                    self.complete_turn(pos);
+                    let next = self.next_eligible_after(pos).unwrap_or(pos);
+                    self.s.active = Some(next);
+                    self.s.cycle = Some(Budget::new(self.s.cycle_time, &tc));
+                    self.s.cycle_started_at = Some(at);
+                    self.emit(EventKind::TimedOut, Some(who));
+                }
+            };
+        }
+        // The owner of the clock is out of the rotation: the participant, or its whole group.
+        match owner {
+            Owner::Group(g) => {
+                let gid = self.s.groups[g].id.clone();
+                for p in self.s.participants.iter_mut().filter(|p| p.group.as_ref() == Some(&gid)) {
+                    p.expired = true;
+                }
+            }
+            _ => self.s.participants[pos].expired = true,
+        }
         match self.s.timeout_action {
             TimeoutAction::EndSession => self.end_by_time(at, who),
-            TimeoutAction::Notify => {
-                // The session runs on with this clock at 0 until the caller acts.
-                self.emit(EventKind::ParticipantExpired, Some(who));
-            }
+            TimeoutAction::Notify => self.emit(EventKind::ParticipantExpired, Some(who)),
             TimeoutAction::Skip => {
-                self.s.participants[pos].cycle_count += 1;
-                self.s.cycle_count += 1;
-                let eligible = self.s.participants.iter().filter(|p| !p.expired).count();
+                self.complete_turn(pos);
                 match self.next_eligible_after(pos) {
-                    Some(next) if eligible >= 2 => {
+                    Some(next) if self.eligible_owners() >= 2 => {
                         self.s.active = Some(next);
                         self.s.cycle_started_at = Some(at);
                         self.emit(EventKind::ParticipantExpired, Some(who));
@@ -227,6 +370,18 @@ impl Tx {
         self.s.ended_at = Some(at);
         self.s.cycle_started_at = None;
         self.emit(EventKind::Expired, Some(who));
+    }
+
+    /// Counts a finished turn of the participant at `pos`.
+    fn complete_turn(&mut self, pos: usize) {
+        let tc = self.s.time_control.clone();
+        let p = &mut self.s.participants[pos];
+        p.cycle_count += 1;
+        if self.s.mode != Mode::PerParticipant && self.s.mode != Mode::CountUp {
+            // Its own clock only accounts time: close its turn.
+            p.clock.end_turn(&tc);
+        }
+        self.s.cycle_count += 1;
     }
 
     /// The next participant by index after `pos`, wrapping, skipping expired
@@ -246,7 +401,7 @@ impl Tx {
         self.s.active = Some(pos);
         self.s.cycle_started_at = Some(self.now);
         self.s.started_at = Some(self.now);
-        let who = self.s.participants[pos].id.clone();
+        let who = self.id_of(pos);
         self.emit(EventKind::Started, Some(who));
         Ok(())
     }
@@ -256,7 +411,7 @@ impl Tx {
         let Some(mover) = self.s.active else {
             return Err(RuleError::FailedPrecondition("no participant is active".into()));
         };
-        let mover_id = self.s.participants[mover].id.clone();
+        let mover_id = self.id_of(mover);
         if let Some(from) = from {
             if *from != mover_id {
                 return Err(RuleError::FailedPrecondition(format!(
@@ -279,14 +434,21 @@ impl Tx {
             }
             None => self.next_eligible_after(mover),
         };
-        let was_expired = self.s.participants[mover].expired;
-        self.charge_running(self.now);
-        let p = &mut self.s.participants[mover];
-        p.cycle_count += 1;
-        if !was_expired {
-            credit_move(p, &self.s.time_control);
+        self.checkpoint(self.now);
+        self.complete_turn(mover);
+        let tc = self.s.time_control.clone();
+        let mover_owner = owner_of(&self.s, mover);
+        match mover_owner {
+            Owner::Participant(_) => self.s.participants[mover].clock.end_turn(&tc),
+            // Switching inside a group keeps its clock running: no turn ends.
+            Owner::Group(g) => {
+                if next.map(|n| owner_of(&self.s, n)) != Some(mover_owner) {
+                    self.s.groups[g].clock.end_turn(&tc);
+                }
+            }
+            Owner::Cycle => self.s.cycle = Some(Budget::new(self.s.cycle_time, &tc)),
+            Owner::Global => {}
         }
-        self.s.cycle_count += 1;
         match next {
             Some(pos) => {
                 self.s.active = Some(pos);
@@ -300,7 +462,7 @@ impl Tx {
 
     fn pause(&mut self) -> Result<(), RuleError> {
         self.require_status(&[Status::Running], "pause")?;
-        self.charge_running(self.now);
+        self.checkpoint(self.now);
         self.s.status = Status::Paused;
         self.s.cycle_started_at = None;
         self.emit(EventKind::Paused, None);
@@ -318,7 +480,7 @@ impl Tx {
     fn finish(&mut self, status: Status, kind: EventKind) -> Result<(), RuleError> {
         let action = if status == Status::Completed { "complete" } else { "cancel" };
         self.require_status(&[Status::Pending, Status::Running, Status::Paused], action)?;
-        self.charge_running(self.now);
+        self.checkpoint(self.now);
         self.s.status = status;
         self.s.ended_at = Some(self.now);
         self.s.cycle_started_at = None;
@@ -334,30 +496,47 @@ impl Tx {
                 format!("must be non-zero and at most {MAX_ADJUST_MS} ms either way, got {delta_ms}"),
             ));
         }
-        let pos = match target {
-            AdjustTarget::Participant(id) => self.participant_arg("participant_id", id)?,
-            AdjustTarget::Group(_) => {
-                return Err(RuleError::invalid("group_id", "this session has no groups"));
+        let (owner, who) = match (target, self.s.mode) {
+            (AdjustTarget::Group(id), Mode::PerGroup) => {
+                let g = self
+                    .s
+                    .group_position(id)
+                    .ok_or_else(|| RuleError::invalid("group_id", format!("no group {:?} in this session", id.as_str())))?;
+                (Owner::Group(g), None)
+            }
+            (AdjustTarget::Group(_), _) => return Err(RuleError::invalid("group_id", "this session has no groups")),
+            (AdjustTarget::Participant(_), Mode::PerGroup) => {
+                return Err(RuleError::invalid(
+                    "participant_id",
+                    "participants of MODE_PER_GROUP share their group's clock: adjust group_id",
+                ));
+            }
+            (AdjustTarget::Participant(id), Mode::PerCycle) => {
+                let pos = self.participant_arg("participant_id", id)?;
+                if self.s.active != Some(pos) {
+                    return Err(RuleError::FailedPrecondition(format!(
+                        "participant_id {:?}: in MODE_PER_CYCLE only the active participant's cycle can be adjusted",
+                        id.as_str()
+                    )));
+                }
+                (Owner::Cycle, Some(id.clone()))
+            }
+            (AdjustTarget::Participant(id), Mode::Global) => {
+                self.participant_arg("participant_id", id)?;
+                (Owner::Global, Some(id.clone()))
+            }
+            (AdjustTarget::Participant(id), _) => {
+                (Owner::Participant(self.participant_arg("participant_id", id)?), Some(id.clone()))
             }
         };
-        let (now_remaining, _) = participant_clock(&self.s, pos, self.now);
-        let new_remaining = now_remaining.saturating_add(delta_ms * 1000).max(0);
-        let applied = new_remaining - now_remaining;
-        let p = &mut self.s.participants[pos];
-        p.remaining += applied;
-        p.adjustments += applied;
-        let who = p.id.clone();
-        self.emit(EventKind::TimeAdjusted, Some(who));
+        if !budget(&self.s, owner).is_some_and(|b| b.bounded) {
+            return Err(RuleError::invalid("participant_id", "this clock has no limit (count-up without max_time_ms)"));
+        }
+        self.checkpoint(self.now);
+        if let Some(b) = budget_mut(&mut self.s, owner) {
+            b.adjust(delta_ms.saturating_mul(1_000));
+        }
+        self.emit(EventKind::TimeAdjusted, who);
         Ok(())
     }
-}
-
-/// Credits a completed move under the time control (Fischer, with its cap).
-fn credit_move(p: &mut Participant, tc: &super::model::TimeControl) {
-    let mut credit = tc.increment;
-    if tc.max_remaining > 0 {
-        credit = credit.min((tc.max_remaining - p.remaining).max(0));
-    }
-    p.remaining += credit;
-    p.credits += credit;
 }

@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use super::ids::{GroupId, ParticipantId, RequestId, SessionId};
+use super::budget::Budget;
 use super::model::{
-    DelayKind, Event, EventKind, Micros, Mode, Participant, Session, Stage, Status, TimeControl,
+    DelayKind, Event, EventKind, Group, Micros, Mode, Participant, Session, Stage, Status, TimeControl,
     TimeoutAction, MICROS_PER_MS,
 };
 use super::RuleError;
@@ -129,6 +130,15 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), RuleError> 
     Ok(())
 }
 
+fn non_negative(field: &str, ms: i64) -> Result<Micros, RuleError> {
+    if !(0..=MAX_DURATION_MS).contains(&ms) {
+        return Err(RuleError::invalid(field, format!("must be between 0 and {MAX_DURATION_MS} ms, got {ms}")));
+    }
+    Ok(ms * MICROS_PER_MS)
+}
+
+/// Checks a time control and its combinations (SPEC §4): one overtime or
+/// delay family at a time; hourglass alone; each pair of fields complete.
 fn check_time_control(tc: &NewTimeControl, mode: Mode) -> Result<TimeControl, RuleError> {
     let uses_controls = matches!(mode, Mode::PerParticipant | Mode::PerGroup);
     let any_set = tc.increment_ms != 0
@@ -145,52 +155,92 @@ fn check_time_control(tc: &NewTimeControl, mode: Mode) -> Result<TimeControl, Ru
         must_be_unset("time_control", any_set, mode)?;
         return Ok(TimeControl::default());
     }
-    let unsupported = [
-        ("time_control.delay_ms", tc.delay_ms != 0 || tc.delay_kind.is_some()),
-        ("time_control.byoyomi_periods", tc.byoyomi_periods != 0 || tc.byoyomi_period_ms != 0),
-        ("time_control.canadian_stones", tc.canadian_stones != 0 || tc.canadian_block_ms != 0),
-        ("time_control.hourglass", tc.hourglass),
-        ("time_control.stages", !tc.stages.is_empty()),
-    ];
-    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-        return Err(RuleError::Unimplemented(format!("{field}: this time control is not implemented yet")));
+    let increment = non_negative("time_control.increment_ms", tc.increment_ms)?;
+    let max_remaining = optional_duration("time_control.max_remaining_ms", tc.max_remaining_ms)?;
+    let delay = non_negative("time_control.delay_ms", tc.delay_ms)?;
+    match (delay > 0, tc.delay_kind) {
+        (true, None) => return Err(RuleError::invalid("time_control.delay_kind", "is required with delay_ms")),
+        (false, Some(_)) => return Err(RuleError::invalid("time_control.delay_ms", "is required with delay_kind")),
+        _ => {}
     }
-    if tc.increment_ms < 0 || tc.increment_ms > MAX_DURATION_MS {
+    let byoyomi_period = non_negative("time_control.byoyomi_period_ms", tc.byoyomi_period_ms)?;
+    if (tc.byoyomi_periods > 0) != (byoyomi_period > 0) {
         return Err(RuleError::invalid(
-            "time_control.increment_ms",
-            format!("must be between 0 and {MAX_DURATION_MS}, got {}", tc.increment_ms),
+            "time_control.byoyomi_periods",
+            "byoyomi_periods and byoyomi_period_ms go together",
         ));
     }
-    let max_remaining = optional_duration("time_control.max_remaining_ms", tc.max_remaining_ms)?;
-    if max_remaining != 0 && tc.increment_ms == 0 {
+    let canadian_block = non_negative("time_control.canadian_block_ms", tc.canadian_block_ms)?;
+    if (tc.canadian_stones > 0) != (canadian_block > 0) {
+        return Err(RuleError::invalid(
+            "time_control.canadian_stones",
+            "canadian_stones and canadian_block_ms go together",
+        ));
+    }
+    if tc.byoyomi_periods > 1000 || tc.canadian_stones > 1000 {
+        return Err(RuleError::invalid("time_control.byoyomi_periods", "periods and stones are at most 1000"));
+    }
+    // One family at a time: they answer the same question differently.
+    let families = [
+        ("time_control.increment_ms", increment > 0 || tc.stages.iter().any(|s| s.increment_ms.is_some())),
+        ("time_control.delay_ms", delay > 0),
+        ("time_control.byoyomi_periods", tc.byoyomi_periods > 0),
+        ("time_control.canadian_stones", tc.canadian_stones > 0),
+        ("time_control.hourglass", tc.hourglass),
+    ];
+    let set: Vec<&str> = families.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
+    if set.len() > 1 {
+        return Err(RuleError::invalid(
+            set[1],
+            format!("cannot be combined with {} (one of increment, delay, byo-yomi, Canadian, hourglass)", set[0]),
+        ));
+    }
+    if max_remaining > 0 && set.first() != Some(&"time_control.increment_ms") {
         return Err(RuleError::invalid(
             "time_control.max_remaining_ms",
             "caps the Fischer increment; set time_control.increment_ms too",
         ));
     }
+    if tc.hourglass && !tc.stages.is_empty() {
+        return Err(RuleError::invalid("time_control.stages", "cannot be combined with time_control.hourglass"));
+    }
+    let mut stages = Vec::with_capacity(tc.stages.len());
+    let mut last_after = 0;
+    for (i, st) in tc.stages.iter().enumerate() {
+        let field = |n: &str| format!("time_control.stages[{i}].{n}");
+        if st.after_cycles == 0 || st.after_cycles <= last_after {
+            return Err(RuleError::invalid(
+                &field("after_cycles"),
+                "must be at least 1 and strictly increasing across stages",
+            ));
+        }
+        last_after = st.after_cycles;
+        stages.push(Stage {
+            after_cycles: st.after_cycles,
+            add: non_negative(&field("add_ms"), st.add_ms)?,
+            increment: st.increment_ms.map(|ms| non_negative(&field("increment_ms"), ms)).transpose()?,
+        });
+    }
+    if stages.len() > 32 {
+        return Err(RuleError::invalid("time_control.stages", "at most 32 stages"));
+    }
     Ok(TimeControl {
-        increment: tc.increment_ms * MICROS_PER_MS,
+        increment,
         max_remaining,
-        delay: 0,
-        delay_kind: None,
-        byoyomi_periods: 0,
-        byoyomi_period: 0,
-        canadian_stones: 0,
-        canadian_block: 0,
-        hourglass: false,
-        stages: Vec::<Stage>::new(),
+        delay,
+        delay_kind: tc.delay_kind,
+        byoyomi_periods: tc.byoyomi_periods,
+        byoyomi_period,
+        canadian_stones: tc.canadian_stones,
+        canadian_block,
+        hourglass: tc.hourglass,
+        stages,
     })
 }
 
 /// Validates `new` and builds the session at version 1 with its CREATED event.
 pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleError> {
     let mode = new.mode;
-    if mode != Mode::PerParticipant {
-        return Err(RuleError::Unimplemented(format!(
-            "mode: {} is not implemented yet",
-            mode_name(mode)
-        )));
-    }
     check_metadata(&new.metadata)?;
     if new.participants.is_empty() || new.participants.len() > MAX_PARTICIPANTS {
         return Err(RuleError::invalid(
@@ -198,13 +248,42 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
             format!("must hold 1 to {MAX_PARTICIPANTS} participants, got {}", new.participants.len()),
         ));
     }
-    must_be_unset("groups", !new.groups.is_empty(), mode)?;
-    must_be_unset("cycle_time_ms", new.cycle_time_ms != 0, mode)?;
-    must_be_unset("global_time_ms", new.global_time_ms != 0, mode)?;
-    must_be_unset("max_time_ms", new.max_time_ms != 0, mode)?;
     let time_control = check_time_control(&new.time_control, mode)?;
+    must_be_unset("cycle_time_ms", mode != Mode::PerCycle && new.cycle_time_ms != 0, mode)?;
+    must_be_unset("global_time_ms", mode != Mode::Global && new.global_time_ms != 0, mode)?;
+    must_be_unset("max_time_ms", mode != Mode::CountUp && new.max_time_ms != 0, mode)?;
+    must_be_unset("groups", mode != Mode::PerGroup && !new.groups.is_empty(), mode)?;
+    let own_clocks = mode == Mode::PerParticipant;
+    must_be_unset("initial_time_ms", !own_clocks && new.initial_time_ms != 0, mode)?;
     if new.initial_time_ms != 0 {
         required_duration("initial_time_ms", new.initial_time_ms)?;
+    }
+    let cycle_time = if mode == Mode::PerCycle { required_duration("cycle_time_ms", new.cycle_time_ms)? } else { 0 };
+    let global_time =
+        if mode == Mode::Global { required_duration("global_time_ms", new.global_time_ms)? } else { 0 };
+    let max_time = if mode == Mode::CountUp { optional_duration("max_time_ms", new.max_time_ms)? } else { 0 };
+    let timeout_action = new.timeout_action.unwrap_or(TimeoutAction::default_for(mode));
+    if mode == Mode::Global && timeout_action != TimeoutAction::EndSession {
+        return Err(RuleError::invalid(
+            "timeout_action",
+            "MODE_GLOBAL has one clock for everyone: only TIMEOUT_ACTION_END_SESSION applies",
+        ));
+    }
+    if mode == Mode::CountUp && max_time == 0 && new.timeout_action.is_some() {
+        return Err(RuleError::invalid("timeout_action", "needs max_time_ms: a count-up without a cap never times out"));
+    }
+
+    let mut groups = Vec::with_capacity(new.groups.len());
+    let mut seen_groups = HashSet::new();
+    for (i, g) in new.groups.iter().enumerate() {
+        if !seen_groups.insert(g.id.clone()) {
+            return Err(RuleError::invalid(&format!("groups[{i}].group_id"), format!("duplicate id {:?}", g.id.as_str())));
+        }
+        let initial = required_duration(&format!("groups[{i}].initial_time_ms"), g.initial_time_ms)?;
+        groups.push(Group { id: g.id.clone(), clock: Budget::new(initial, &time_control) });
+    }
+    if mode == Mode::PerGroup && groups.is_empty() {
+        return Err(RuleError::invalid("groups", "MODE_PER_GROUP needs at least one group"));
     }
 
     let mut seen_ids = HashSet::new();
@@ -219,29 +298,45 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
         if !seen_indexes.insert(index) {
             return Err(RuleError::invalid(&field("index"), format!("duplicate index {index}")));
         }
-        must_be_unset(&field("group_id"), p.group.is_some(), mode)?;
-        let initial = match p.initial_time_ms {
-            Some(ms) => required_duration(&field("initial_time_ms"), ms)?,
-            None if new.initial_time_ms != 0 => new.initial_time_ms * MICROS_PER_MS,
-            None => {
-                return Err(RuleError::invalid(
-                    &field("initial_time_ms"),
-                    "is required (or set initial_time_ms for every participant)",
-                ));
+        match (&p.group, mode) {
+            (None, Mode::PerGroup) => {
+                return Err(RuleError::invalid(&field("group_id"), "is required in MODE_PER_GROUP"));
             }
+            (Some(g), Mode::PerGroup) if !seen_groups.contains(g) => {
+                return Err(RuleError::invalid(&field("group_id"), format!("no group {:?} in groups", g.as_str())));
+            }
+            (Some(_), m) if m != Mode::PerGroup => must_be_unset(&field("group_id"), true, mode)?,
+            _ => {}
+        }
+        must_be_unset(&field("initial_time_ms"), !own_clocks && p.initial_time_ms.is_some(), mode)?;
+        let clock = match mode {
+            Mode::PerParticipant => {
+                let initial = match p.initial_time_ms {
+                    Some(ms) => required_duration(&field("initial_time_ms"), ms)?,
+                    None if new.initial_time_ms != 0 => new.initial_time_ms * MICROS_PER_MS,
+                    None => {
+                        return Err(RuleError::invalid(
+                            &field("initial_time_ms"),
+                            "is required (or set initial_time_ms for every participant)",
+                        ));
+                    }
+                };
+                Budget::new(initial, &time_control)
+            }
+            Mode::CountUp if max_time > 0 => Budget::new(max_time, &time_control),
+            _ => Budget::unbounded(),
         };
         participants.push(Participant {
             id: p.id.clone(),
             index,
-            group: None,
-            initial,
-            remaining: initial,
-            used: 0,
-            credits: 0,
-            adjustments: 0,
+            group: p.group.clone(),
+            clock,
             cycle_count: 0,
             expired: false,
         });
+    }
+    if let Some((i, g)) = groups.iter().enumerate().find(|(_, g)| !participants.iter().any(|p| p.group.as_ref() == Some(&g.id))) {
+        return Err(RuleError::invalid(&format!("groups[{i}].group_id"), format!("group {:?} has no participants", g.id.as_str())));
     }
     participants.sort_by_key(|p| p.index);
 
@@ -252,15 +347,17 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
         status: Status::Pending,
         version: 1,
         participants,
-        groups: Vec::new(),
+        groups,
         active: None,
         cycle_count: 0,
         cycle_started_at: None,
+        global: (mode == Mode::Global).then(|| Budget::new(global_time, &time_control)),
+        cycle: (mode == Mode::PerCycle).then(|| Budget::new(cycle_time, &time_control)),
         time_control,
-        cycle_time: 0,
-        global_time: 0,
-        max_time: 0,
-        timeout_action: new.timeout_action.unwrap_or(TimeoutAction::default_for(mode)),
+        cycle_time,
+        global_time,
+        max_time,
+        timeout_action,
         metadata: new.metadata,
         created_at: now,
         started_at: None,

@@ -9,6 +9,7 @@
 //! thousands of random command sequences.
 
 mod apply;
+mod budget;
 mod create;
 mod ids;
 mod model;
@@ -16,7 +17,11 @@ mod model;
 #[cfg(test)]
 mod tests;
 
-pub use apply::{apply, deadline, deleted_event, participant_clock, AdjustTarget, Applied, Command, Request};
+pub use apply::{
+    apply, deadline, deleted_event, participant_clock, participant_view, view, AdjustTarget, Applied, ClockView,
+    Command, Request,
+};
+pub use budget::Budget;
 pub use create::{
     create, NewGroup, NewParticipant, NewSession, NewStage, NewTimeControl, MAX_DURATION_MS,
     MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, MAX_PARTICIPANTS,

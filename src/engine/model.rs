@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use super::budget::Budget;
 use super::ids::{GroupId, ParticipantId, SessionId};
 
 /// Microseconds: an instant (since the Unix epoch) or a duration.
@@ -103,38 +104,26 @@ pub struct TimeControl {
     pub stages: Vec<Stage>,
 }
 
-/// A participant's clock and ledger. The ledger identity
-/// `initial + credits + adjustments - used == remaining` holds at every version.
+/// A participant. `clock` is its own clock (per-participant and count-up
+/// modes) or, where the running clock belongs to a group, the cycle or the
+/// session, an unbounded stopwatch that accounts the wall time of its turns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Participant {
     pub id: ParticipantId,
     pub index: u32,
     pub group: Option<GroupId>,
-    pub initial: Micros,
-    /// Budget left, as of the moment its clock last started (if it is running)
-    /// or as of the last charge (if it is not).
-    pub remaining: Micros,
-    /// Wall time its turns lasted, before any credit.
-    pub used: Micros,
-    /// Increments, delay credits, stage additions.
-    pub credits: Micros,
-    /// AdjustTime deltas as actually applied (after the floor at 0).
-    pub adjustments: Micros,
+    pub clock: Budget,
     /// Turns this participant completed.
     pub cycle_count: u64,
+    /// Out of the rotation: its clock (or its group's) ran out.
     pub expired: bool,
 }
 
-/// A group's shared clock (per-group mode); same ledger as a participant.
+/// A group's shared clock (per-group mode).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {
     pub id: GroupId,
-    pub initial: Micros,
-    pub remaining: Micros,
-    pub used: Micros,
-    pub credits: Micros,
-    pub adjustments: Micros,
-    pub expired: bool,
+    pub clock: Budget,
 }
 
 /// One session: configuration, status, clocks, and the recent request ids.
@@ -156,6 +145,10 @@ pub struct Session {
     /// When the running clock last started; `None` while no clock runs.
     pub cycle_started_at: Option<Micros>,
     pub time_control: TimeControl,
+    /// MODE_GLOBAL: the one session-wide clock.
+    pub global: Option<Budget>,
+    /// MODE_PER_CYCLE: the current cycle's clock, fresh every cycle.
+    pub cycle: Option<Budget>,
     pub cycle_time: Micros,
     pub global_time: Micros,
     pub max_time: Micros,

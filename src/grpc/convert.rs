@@ -270,25 +270,27 @@ fn time_control_pb(tc: &TimeControl) -> pb::TimeControl {
 }
 
 /// The session with every clock computed at `now`.
-pub fn session(s: &Session, now: Micros) -> pb::Session {
+pub fn session(stored: &Session, now: Micros) -> pb::Session {
+    let s = engine::view(stored, now);
+    let tc = &s.time_control;
     let participants = s
         .participants
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let (remaining, used) = engine::participant_clock(s, i, now);
+            let clock = engine::participant_view(&s, i);
             pb::Participant {
                 participant_id: p.id.to_string(),
                 index: p.index,
                 group_id: p.group.as_ref().map(|g| g.to_string()).unwrap_or_default(),
-                remaining_ms: ms_left(remaining),
-                used_ms: ms(used),
+                remaining_ms: ms_left(clock.remaining),
+                used_ms: ms(clock.used),
                 cycle_count: p.cycle_count,
                 active: s.active == Some(i),
                 expired: p.expired,
-                in_overtime: false,
-                periods_left: 0,
-                stones_left: 0,
+                in_overtime: clock.in_overtime,
+                periods_left: clock.periods_left,
+                stones_left: clock.stones_left,
             }
         })
         .collect();
@@ -297,9 +299,9 @@ pub fn session(s: &Session, now: Micros) -> pb::Session {
         .iter()
         .map(|g| pb::Group {
             group_id: g.id.to_string(),
-            remaining_ms: ms_left(g.remaining),
-            used_ms: ms(g.used),
-            expired: g.expired,
+            remaining_ms: ms_left(g.clock.shown_remaining(tc)),
+            used_ms: ms(g.clock.used),
+            expired: g.clock.expired,
         })
         .collect();
     let active = s.active_participant();
@@ -313,10 +315,10 @@ pub fn session(s: &Session, now: Micros) -> pb::Session {
         active_participant_id: active.map(|p| p.id.to_string()).unwrap_or_default(),
         active_group_id: active.and_then(|p| p.group.as_ref()).map(|g| g.to_string()).unwrap_or_default(),
         cycle_count: s.cycle_count,
-        cycle_started_at: s.cycle_started_at.map(timestamp),
-        deadline_at: engine::deadline(s).map(timestamp),
-        global_remaining_ms: 0,
-        time_control: Some(time_control_pb(&s.time_control)),
+        cycle_started_at: stored.cycle_started_at.map(timestamp),
+        deadline_at: engine::deadline(stored).map(timestamp),
+        global_remaining_ms: s.global.as_ref().map_or(0, |g| ms_left(g.remaining)),
+        time_control: Some(time_control_pb(tc)),
         timeout_action: timeout_action_pb(s.timeout_action) as i32,
         metadata: s.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         epoch: s.epoch.clone(),
