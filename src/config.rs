@@ -46,6 +46,8 @@ pub struct Config {
     pub redis_url: Option<Secret>,
     pub database_url: Option<Secret>,
     pub redis_buckets: u32,
+    /// Pooled Redis connections per replica (each WATCH…EXEC holds one).
+    pub redis_pool_size: u32,
     pub session_ttl: Duration,
     pub idle_ttl: Duration,
     pub metrics_listen: Option<SocketAddr>,
@@ -94,6 +96,7 @@ impl Default for Config {
             redis_url: None,
             database_url: None,
             redis_buckets: 16,
+            redis_pool_size: 64,
             session_ttl: Duration::from_secs(3600),
             idle_ttl: Duration::from_secs(7 * 86_400),
             metrics_listen: None,
@@ -147,6 +150,13 @@ impl Config {
                 .ok()
                 .filter(|b| (1..=16_384).contains(b))
                 .ok_or_else(|| err("SYNCKAIROS_REDIS_BUCKETS", format!("{v:?} is not a whole number from 1 to 16384")))?;
+        }
+        if let Some(v) = get("SYNCKAIROS_REDIS_POOL") {
+            c.redis_pool_size = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| err("SYNCKAIROS_REDIS_POOL", format!("{v:?} is not a whole number from 1 to 1024")))?;
         }
         for (var, slot) in [
             ("SYNCKAIROS_SESSION_TTL", &mut c.session_ttl),

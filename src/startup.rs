@@ -16,15 +16,18 @@ use tracing::{info, warn};
 
 use crate::app::App;
 use crate::config::{Config, EngineKind};
-use crate::fanout::Hub;
+use crate::fanout::{self, redis::PubSubSetup, Hub};
 use crate::grpc::{self, HealthControl};
 use crate::store::clock::Clock;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::SessionStore;
 use crate::timers;
 
-/// How often health re-checks the store.
+/// How often health re-checks the store (and the store does its upkeep).
 const HEALTH_PROBE: Duration = Duration::from_secs(1);
+/// How long a call waits for a Redis connection before failing with UNAVAILABLE.
+const REDIS_POOL_TIMEOUT: Duration = Duration::from_millis(250);
 
 pub struct Application {
     listener: TcpListener,
@@ -43,15 +46,45 @@ impl Application {
     /// As `build`, with a given process clock (tests skew it).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let hub = Hub::new(config.stream_buffer);
-        let store: Arc<dyn SessionStore> = match config.engine {
-            EngineKind::Memory => Arc::new(MemoryStore::new(hub.clone(), clock)),
-            EngineKind::Redis => anyhow::bail!("SYNCKAIROS_ENGINE: the redis engine is not available in this build yet"),
+        let shutdown = CancellationToken::new();
+        let store: Arc<dyn SessionStore> = match (config.engine, &config.redis_url) {
+            (EngineKind::Redis, Some(url)) => {
+                let settings = RedisSettings {
+                    url: url.expose().to_owned(),
+                    buckets: config.redis_buckets,
+                    session_ttl: config.session_ttl,
+                    idle_ttl: config.idle_ttl,
+                    pool_size: config.redis_pool_size,
+                    pool_timeout: REDIS_POOL_TIMEOUT,
+                    audit: false,
+                };
+                let store = Arc::new(
+                    RedisStore::connect(settings, clock)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?,
+                );
+                let client = redis::Client::open(url.expose()).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+                let channel_store = store.clone();
+                let pubsub = fanout::redis::spawn(
+                    PubSubSetup {
+                        client,
+                        hub: hub.clone(),
+                        channel_of: Arc::new(move |key| channel_store.channel_of(key)),
+                        wake_channels: store.wake_channels(),
+                        on_wake: store.wake_handler(),
+                    },
+                    shutdown.clone(),
+                );
+                hub.set_remote(pubsub);
+                store
+            }
+            (EngineKind::Redis, None) => anyhow::bail!("REDIS_URL: is required when SYNCKAIROS_ENGINE=redis"),
+            (EngineKind::Memory, _) => Arc::new(MemoryStore::new(hub.clone(), clock)),
         };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("SYNCKAIROS_LISTEN: cannot bind {}: {e}", config.listen))?;
         let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
         let app = App::new(store.clone(), hub, shutdown.clone());
         Ok(Self { listener, addr, app, store, shutdown, grace: config.shutdown_grace })
     }
@@ -109,6 +142,7 @@ async fn watch_health(store: Arc<dyn SessionStore>, health: HealthControl, shutd
             }
             _ = tokio::time::sleep(HEALTH_PROBE) => {}
         }
+        store.maintain().await;
         let ok = store.ping().await.is_ok();
         if ok != serving {
             if ok { info!("store reachable again: SERVING") } else { warn!("store unreachable: NOT_SERVING") }

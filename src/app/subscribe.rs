@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppError;
 use crate::engine::{Event, EventKind, Micros, Session, SessionKey};
-use crate::fanout::{Hub, Subscription};
+use crate::fanout::{Hub, HubMsg, Subscription};
 use crate::store::{Replay, SessionStore, StoreError};
 
 /// Items buffered between the producer and the transport. Small on purpose:
@@ -65,7 +65,10 @@ pub(super) async fn open(
     opts: SubscribeOptions,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Receiver<Result<StreamItem, AppError>>, AppError> {
-    let sub = hub.subscribe(&key);
+    let sub = hub.subscribe(&key).await.map_err(|e| {
+        tracing::warn!(session = %key, error = %e, "subscribe: joining the channel failed");
+        AppError::Unavailable("cannot follow this session right now; retry shortly".into())
+    })?;
     let session = store.get(&key).await?;
     let mut first = Vec::new();
     let last_sent = match opts.from_version {
@@ -143,6 +146,14 @@ struct Producer {
     shutdown: CancellationToken,
 }
 
+/// What a gap fill does when the session is gone.
+enum OnGone {
+    /// Its DELETED event is still on its way through the hub.
+    Wait,
+    /// Its DELETED event may have been lost: end the stream with NOT_FOUND.
+    End,
+}
+
 /// Whether the stream goes on after an item.
 enum Flow {
     Continue,
@@ -169,8 +180,9 @@ impl Producer {
                     let at = self.store.now();
                     self.send(StreamItem::Heartbeat { session: self.header.clone(), version: self.last_sent, at }).await
                 }
-                received = self.sub.receiver().recv() => match received {
-                    Ok(event) => self.on_event(event).await,
+                received = self.sub.recv() => match received {
+                    Ok(HubMsg::Event(event)) => self.on_event(event).await,
+                    Ok(HubMsg::Resync) => self.fill_gap(OnGone::End).await,
                     Err(RecvError::Lagged(_)) => self.resync().await,
                     Err(RecvError::Closed) => Flow::Stop,
                 },
@@ -204,7 +216,13 @@ impl Producer {
         if event.version == self.last_sent + 1 || event.kind == EventKind::Deleted {
             return self.send(StreamItem::Event(event)).await;
         }
-        // A gap: fill it from the log, or start over from a snapshot.
+        // Deleted meanwhile: its DELETED event is queued behind this one.
+        self.fill_gap(OnGone::Wait).await
+    }
+
+    /// Sends whatever the log has after the last version sent, or starts
+    /// over from a snapshot when the log no longer reaches back.
+    async fn fill_gap(&mut self, on_gone: OnGone) -> Flow {
         match self.store.events_after(&self.key, self.last_sent).await {
             Ok(Replay::Events(events)) => {
                 for e in events {
@@ -215,7 +233,11 @@ impl Producer {
                 Flow::Continue
             }
             Ok(Replay::Truncated) => self.resync().await,
-            Err(StoreError::NotFound) => Flow::Continue,
+            Err(StoreError::NotFound) => match on_gone {
+                OnGone::Wait => Flow::Continue,
+                // Its DELETED event was lost with the Pub/Sub connection.
+                OnGone::End => self.fail(StoreError::NotFound).await,
+            },
             Err(e) => self.fail(e).await,
         }
     }

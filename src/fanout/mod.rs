@@ -1,22 +1,55 @@
 //! The per-replica hub: one broadcast channel per session that has local
 //! `Subscribe` streams. A channel is made when the first local stream on a
-//! session opens and dropped when the last one closes. Delivery never blocks:
-//! a stream that falls more than `capacity` events behind is told it lagged
-//! and resynchronises with a fresh snapshot, so it never slows the others.
+//! session opens and dropped when the last one closes; with a [`Remote`]
+//! (the Redis Pub/Sub connection, [`redis`]) the hub also joins and leaves
+//! the session's Pub/Sub channel at those moments, and a stream only starts
+//! once the join is confirmed, so nothing published after it is missed.
+//!
+//! Delivery never blocks: a stream that falls more than `capacity` messages
+//! behind is told it lagged and resynchronises with a fresh snapshot, so it
+//! never slows the others. After a Pub/Sub reconnect every channel gets
+//! [`HubMsg::Resync`]: messages may have been lost, fill the gap from the log.
+
+pub mod redis;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::engine::{Event, SessionKey};
 
-/// Events a stream may fall behind before it is skipped to a fresh snapshot.
+/// Messages a stream may fall behind before it is skipped to a fresh snapshot.
 pub const DEFAULT_STREAM_BUFFER: usize = 256;
 
+/// How long a new stream waits for its Pub/Sub channel to be joined.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
+pub enum HubMsg {
+    /// A committed version.
+    Event(Arc<Event>),
+    /// Messages may have been lost (Pub/Sub reconnected): check the log.
+    Resync,
+}
+
+/// The cross-replica side of the hub: joins and leaves a session's channel.
+pub trait Remote: Send + Sync + 'static {
+    /// Joins `key`'s channel; the receiver resolves once the join is in effect.
+    fn join(&self, key: &SessionKey) -> oneshot::Receiver<Result<(), String>>;
+    /// Leaves `key`'s channel (its last local stream closed).
+    fn leave(&self, key: &SessionKey);
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot follow the session's channel: {0}")]
+pub struct JoinError(pub String);
+
 pub struct Hub {
-    channels: Mutex<HashMap<SessionKey, broadcast::Sender<Arc<Event>>>>,
+    channels: Mutex<HashMap<SessionKey, broadcast::Sender<HubMsg>>>,
     capacity: usize,
+    remote: OnceLock<Arc<dyn Remote>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -25,21 +58,38 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Hub {
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self { channels: Mutex::new(HashMap::new()), capacity: capacity.max(1) })
+        Arc::new(Self { channels: Mutex::new(HashMap::new()), capacity: capacity.max(1), remote: OnceLock::new() })
+    }
+
+    /// Attaches the cross-replica side (once, at start-up).
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) {
+        let _ = self.remote.set(remote);
     }
 
     /// Joins `key`'s channel; the returned subscription leaves it on drop.
-    pub fn subscribe(self: &Arc<Self>, key: &SessionKey) -> Subscription {
-        let mut channels = lock(&self.channels);
-        let rx = match channels.get(key) {
-            Some(tx) => tx.subscribe(),
-            None => {
-                let (tx, rx) = broadcast::channel(self.capacity);
-                channels.insert(key.clone(), tx);
-                rx
+    pub async fn subscribe(self: &Arc<Self>, key: &SessionKey) -> Result<Subscription, JoinError> {
+        let rx = {
+            let mut channels = lock(&self.channels);
+            match channels.get(key) {
+                Some(tx) => tx.subscribe(),
+                None => {
+                    let (tx, rx) = broadcast::channel(self.capacity);
+                    channels.insert(key.clone(), tx);
+                    rx
+                }
             }
         };
-        Subscription { rx: Some(rx), key: key.clone(), hub: self.clone() }
+        // From here on, drop(sub) undoes the local join (and the remote one if last).
+        let sub = Subscription { rx: Some(rx), key: key.clone(), hub: self.clone() };
+        if let Some(remote) = self.remote.get() {
+            match tokio::time::timeout(JOIN_TIMEOUT, remote.join(key)).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => return Err(JoinError(e)),
+                Ok(Err(_)) => return Err(JoinError("the Pub/Sub connection is gone".into())),
+                Err(_) => return Err(JoinError("timed out joining the channel".into())),
+            }
+        }
+        Ok(sub)
     }
 
     /// Hands committed events to the local streams on `key` (if any).
@@ -48,8 +98,15 @@ impl Hub {
         if let Some(tx) = channels.get(key) {
             for e in events {
                 // Err only means no receiver is left; the last one is leaving.
-                let _ = tx.send(e.clone());
+                let _ = tx.send(HubMsg::Event(e.clone()));
             }
+        }
+    }
+
+    /// Tells every local stream that messages may have been lost.
+    pub fn resync_all(&self) {
+        for tx in lock(&self.channels).values() {
+            let _ = tx.send(HubMsg::Resync);
         }
     }
 
@@ -61,14 +118,18 @@ impl Hub {
 
 /// One stream's membership in a session's channel.
 pub struct Subscription {
-    rx: Option<broadcast::Receiver<Arc<Event>>>,
+    rx: Option<broadcast::Receiver<HubMsg>>,
     key: SessionKey,
     hub: Arc<Hub>,
 }
 
 impl Subscription {
-    pub fn receiver(&mut self) -> &mut broadcast::Receiver<Arc<Event>> {
-        self.rx.as_mut().expect("receiver is present until drop")
+    /// The next message; `None` once the channel is closed.
+    pub async fn recv(&mut self) -> Result<HubMsg, broadcast::error::RecvError> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
     }
 }
 
@@ -78,6 +139,9 @@ impl Drop for Subscription {
         drop(self.rx.take());
         if channels.get(&self.key).is_some_and(|tx| tx.receiver_count() == 0) {
             channels.remove(&self.key);
+            if let Some(remote) = self.hub.remote.get() {
+                remote.leave(&self.key);
+            }
         }
     }
 }
@@ -91,15 +155,33 @@ mod tests {
         SessionKey { tenant: Tenant::default_tenant(), id: SessionId::parse("id", id).unwrap() }
     }
 
-    #[test]
-    fn channel_lives_from_first_subscriber_to_last() {
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Remote for Recorder {
+        fn join(&self, key: &SessionKey) -> oneshot::Receiver<Result<(), String>> {
+            lock(&self.0).push(format!("join {key}"));
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Ok(()));
+            rx
+        }
+        fn leave(&self, key: &SessionKey) {
+            lock(&self.0).push(format!("leave {key}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn channel_lives_from_first_subscriber_to_last_and_the_remote_follows() {
         let hub = Hub::new(4);
-        let a = hub.subscribe(&key("s1"));
-        let b = hub.subscribe(&key("s1"));
+        let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
+        hub.set_remote(recorder.clone());
+        let a = hub.subscribe(&key("s1")).await.unwrap();
+        let b = hub.subscribe(&key("s1")).await.unwrap();
         assert_eq!(hub.active_sessions(), 1);
         drop(a);
         assert_eq!(hub.active_sessions(), 1);
         drop(b);
         assert_eq!(hub.active_sessions(), 0);
+        let log = lock(&recorder.0).clone();
+        assert_eq!(log, vec!["join default/s1", "join default/s1", "leave default/s1"]);
     }
 }

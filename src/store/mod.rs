@@ -3,11 +3,12 @@
 //! log + deadline index + publish), replays its event log, and hands due
 //! deadlines to the timers. Knows the engine; never tonic or diesel.
 //!
-//! Engines: [`memory`] (one process, nothing to install). The Redis engine
-//! implements the same trait (issue 4).
+//! Engines: [`memory`] (one process, nothing to install) and [`redis`] (any
+//! number of replicas sharing one Redis). Same behaviour, same tests.
 
 pub mod clock;
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -74,6 +75,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// deadline index, for the timers to fire.
     async fn claim_due(&self) -> Result<Vec<SessionKey>, StoreError>;
 
+    /// Drops the claim the timers took on `key` (after firing it).
+    async fn release(&self, key: &SessionKey) -> Result<(), StoreError>;
+
     /// The earliest deadline this store knows of.
     async fn next_deadline(&self) -> Result<Option<Micros>, StoreError>;
 
@@ -82,4 +86,7 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Whether the store can serve right now (for health).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Periodic upkeep (about once a second), e.g. re-measuring the clock offset.
+    async fn maintain(&self) {}
 }

@@ -49,6 +49,13 @@ pub async fn fire(store: &dyn SessionStore, key: &SessionKey) {
     match store.update(key, &|s, now| engine::apply(s, &timeout, now)).await {
         Ok(applied) => debug!(session = %key, version = applied.session.version, "deadline fired"),
         Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => {}
-        Err(e) => warn!(session = %key, error = %e, "firing a deadline failed"),
+        Err(e) => {
+            // Keep the claim: its lease runs out and the deadline is retried.
+            warn!(session = %key, error = %e, "firing a deadline failed");
+            return;
+        }
+    }
+    if let Err(e) = store.release(key).await {
+        debug!(session = %key, error = %e, "releasing a claim failed; its lease will expire");
     }
 }

@@ -1,0 +1,183 @@
+//! The Redis side of the hub: one Pub/Sub connection per replica, owned by one
+//! task. It joins a session's channel when the session's first local stream
+//! opens and leaves it when the last one closes (the hub asks, through
+//! [`Remote`]), hands each published batch of events to the hub, and passes
+//! deadline wake-ups on to the timers.
+//!
+//! When the connection drops the task reconnects (with backoff), joins every
+//! channel it had again, and tells every local stream to check the log for
+//! what it may have missed ([`Hub::resync_all`]) — no restart needed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Hub, Remote};
+use crate::engine::{Event, SessionKey};
+
+/// How long one Pub/Sub command may take before the connection is presumed dead.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+enum Cmd {
+    Join(SessionKey, oneshot::Sender<Result<(), String>>),
+    Leave(SessionKey),
+}
+
+/// What the task needs to know about the key layout and the timers.
+pub struct PubSubSetup {
+    pub client: redis::Client,
+    pub hub: Arc<Hub>,
+    /// The Pub/Sub channel of a session (`sk:{b}:ev:<tenant>:<session>`).
+    pub channel_of: Arc<dyn Fn(&SessionKey) -> String + Send + Sync>,
+    /// The deadline wake-up channels of every bucket.
+    pub wake_channels: Vec<String>,
+    /// Called with a wake-up's payload (the new earliest deadline), and with
+    /// `None` after a reconnect (wake-ups may have been lost).
+    pub on_wake: Arc<dyn Fn(Option<&[u8]>) + Send + Sync>,
+}
+
+/// The handle the hub holds.
+pub struct RedisPubSub {
+    cmds: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Remote for RedisPubSub {
+    fn join(&self, key: &SessionKey) -> oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        // A send error drops `tx`: the caller sees the join fail at once.
+        let _ = self.cmds.send(Cmd::Join(key.clone(), tx));
+        rx
+    }
+
+    fn leave(&self, key: &SessionKey) {
+        let _ = self.cmds.send(Cmd::Leave(key.clone()));
+    }
+}
+
+/// Decodes a published batch: a JSON array of events.
+pub fn decode_batch(payload: &[u8]) -> Result<Vec<Event>, serde_json::Error> {
+    serde_json::from_slice(payload)
+}
+
+/// Starts the task; it runs until `shutdown`.
+pub fn spawn(setup: PubSubSetup, shutdown: CancellationToken) -> Arc<RedisPubSub> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(setup, rx, shutdown));
+    Arc::new(RedisPubSub { cmds: tx })
+}
+
+async fn timed<T>(what: &str, f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: timed out")),
+    }
+}
+
+async fn run(setup: PubSubSetup, mut cmds: mpsc::UnboundedReceiver<Cmd>, shutdown: CancellationToken) {
+    // channel -> session, for every channel a local stream follows.
+    let mut joined: HashMap<String, SessionKey> = HashMap::new();
+    let mut backoff = Duration::from_millis(50);
+    let mut connected_before = false;
+    loop {
+        let connect = async {
+            let pubsub = timed("connect", setup.client.get_async_pubsub()).await?;
+            let (mut sink, stream) = pubsub.split();
+            timed("subscribe wake", sink.subscribe(&setup.wake_channels)).await?;
+            if !joined.is_empty() {
+                let channels: Vec<&String> = joined.keys().collect();
+                timed("resubscribe", sink.subscribe(&channels)).await?;
+            }
+            Ok::<_, String>((sink, stream))
+        };
+        let (mut sink, mut stream) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            connected = connect => match connected {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "Pub/Sub connection failed; retrying");
+                    // Joins cannot succeed while disconnected: fail them fast.
+                    while let Ok(cmd) = cmds.try_recv() {
+                        match cmd {
+                            Cmd::Join(_, reply) => { let _ = reply.send(Err("Pub/Sub is disconnected".into())); }
+                            Cmd::Leave(key) => { joined.remove(&(setup.channel_of)(&key)); }
+                        }
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(50);
+        if connected_before {
+            info!(channels = joined.len(), "Pub/Sub reconnected; streams resynchronise from the log");
+            setup.hub.resync_all();
+            (setup.on_wake)(None);
+        }
+        connected_before = true;
+
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                cmd = cmds.recv() => match cmd {
+                    None => return,
+                    Some(Cmd::Join(key, reply)) => {
+                        let channel = (setup.channel_of)(&key);
+                        if joined.contains_key(&channel) {
+                            let _ = reply.send(Ok(()));
+                            continue;
+                        }
+                        match timed("subscribe", sink.subscribe(&channel)).await {
+                            Ok(()) => {
+                                joined.insert(channel, key);
+                                let _ = reply.send(Ok(()));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e.clone()));
+                                warn!(error = %e, "Pub/Sub subscribe failed; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                    Some(Cmd::Leave(key)) => {
+                        let channel = (setup.channel_of)(&key);
+                        if joined.remove(&channel).is_some() {
+                            if let Err(e) = timed("unsubscribe", sink.unsubscribe(&channel)).await {
+                                warn!(error = %e, "Pub/Sub unsubscribe failed; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                },
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        warn!("Pub/Sub connection lost; reconnecting");
+                        break;
+                    };
+                    let channel = msg.get_channel_name();
+                    if let Some(key) = joined.get(channel) {
+                        match decode_batch(msg.get_payload_bytes()) {
+                            Ok(events) => {
+                                let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+                                setup.hub.deliver(key, &events);
+                            }
+                            Err(e) => warn!(%channel, error = %e, "undecodable event batch"),
+                        }
+                    } else if setup.wake_channels.iter().any(|w| w == channel) {
+                        (setup.on_wake)(Some(msg.get_payload_bytes()));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,571 @@
+//! The Redis engine: sessions shared by any number of replicas (SPEC §8).
+//!
+//! Keys are cluster-ready: every key of one session carries the hash tag of
+//! its bucket `b = crc32("<tenant>/<session>") % B`, so each MULTI touches one
+//! slot. A commit is `WATCH state` + `GET state` + `TIME` + the bucket's
+//! deadline head in one pipeline, the pure engine at Redis's `TIME`, then
+//! `MULTI SET(ttl) XADD(log) [XADD(audit)] ZADD|ZREM(deadline) PUBLISH
+//! [PUBLISH wake] EXEC`. A nil EXEC means another replica committed first:
+//! reload and retry (bounded, jittered), since the engine call is pure.
+//!
+//! Why a pool and not one multiplexed connection: WATCH belongs to the
+//! server-side connection, so a WATCH…EXEC must own its connection for the
+//! whole span (STACK.md shows lost updates otherwise). Each bb8 connection is
+//! checked out by one task at a time and never cloned out of the guard.
+//!
+//! Deadlines: each bucket has a ZSET of due times and an in-flight ZSET.
+//! One Lua script per bucket reads `TIME`, moves due members to in-flight
+//! with a lease, and gives lease-expired members back, so a claimer that
+//! crashed loses nothing. Firing is an ordinary commit that re-checks the
+//! clock, so a duplicate claim is a no-op.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bb8_redis::RedisConnectionManager;
+use rand::Rng;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncCommands, Pipeline, Value};
+use tokio::sync::Notify;
+use tracing::warn;
+
+use super::clock::Clock;
+use super::{ApplyFn, BuildFn, Replay, SessionStore, StoreError, EVENT_LOG_LEN};
+use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
+
+/// Write conflicts retried inside the server before `ABORTED`.
+const MAX_ATTEMPTS: u32 = 32;
+/// One Redis exchange may take this long before the call fails with UNAVAILABLE.
+const IO_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// How long a claimed deadline stays with its claimer before others may take it.
+const CLAIM_LEASE: Duration = Duration::from_secs(5);
+/// Deadlines claimed per bucket per round.
+const CLAIM_LIMIT: usize = 512;
+
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub url: String,
+    pub buckets: u32,
+    pub session_ttl: Duration,
+    pub idle_ttl: Duration,
+    pub pool_size: u32,
+    /// How long a call waits for a pooled connection (fail fast when Redis is down).
+    pub pool_timeout: Duration,
+    /// Append every event to the bucket's audit stream (the audit writer drains it).
+    pub audit: bool,
+}
+
+/// A pooled connection that remembers an I/O failure, so the pool drops it
+/// instead of handing a dead socket to the next caller.
+pub struct Conn {
+    inner: MultiplexedConnection,
+    broken: bool,
+}
+
+/// bb8-redis's manager, plus broken-connection tracking.
+pub struct Manager(RedisConnectionManager);
+
+impl bb8::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = redis::RedisError;
+
+    async fn connect(&self) -> Result<Conn, redis::RedisError> {
+        Ok(Conn { inner: self.0.connect().await?, broken: false })
+    }
+
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), redis::RedisError> {
+        self.0.is_valid(&mut conn.inner).await
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.broken
+    }
+}
+
+/// The replica's view of Redis's clock: the process clock plus an offset
+/// measured in the background (half the round trip, NTP style).
+pub struct SyncedClock {
+    local: Clock,
+    offset: AtomicI64,
+}
+
+impl SyncedClock {
+    pub fn now(&self) -> Micros {
+        self.local.now() + self.offset.load(Ordering::Relaxed)
+    }
+}
+
+/// The keys of one session.
+struct Keys {
+    state: String,
+    log: String,
+    deadlines: String,
+    inflight: String,
+    audit: String,
+    channel: String,
+    wake: String,
+    member: String,
+}
+
+pub struct RedisStore {
+    pool: bb8::Pool<Manager>,
+    settings: RedisSettings,
+    clock: Arc<SyncedClock>,
+    wake: Arc<Notify>,
+    /// Earliest deadline known from the last claim round or a wake-up.
+    next_head: Arc<Mutex<Option<Micros>>>,
+    claim: redis::Script,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Unavailable(format!("undecodable stored value: {e}")))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Serialising plain data with string keys cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Runs `f` on a connection within the I/O timeout; marks it broken on failure.
+async fn exchange<T>(
+    conn: &mut Conn,
+    f: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(IO_TIMEOUT, f(&mut conn.inner)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout() {
+                conn.broken = true;
+            }
+            Err(io(e))
+        }
+        Err(_) => {
+            conn.broken = true;
+            Err(io("redis did not answer in time"))
+        }
+    }
+}
+
+impl RedisStore {
+    pub async fn connect(settings: RedisSettings, local: Clock) -> Result<Self, StoreError> {
+        let manager = RedisConnectionManager::new(settings.url.as_str()).map_err(io)?;
+        let pool = bb8::Pool::builder()
+            .max_size(settings.pool_size)
+            .connection_timeout(settings.pool_timeout)
+            // Broken connections are flagged on use; a PING per checkout would
+            // add a round trip to every call.
+            .test_on_check_out(false)
+            .build_unchecked(Manager(manager));
+        let store = Self {
+            pool,
+            settings,
+            clock: Arc::new(SyncedClock { local, offset: AtomicI64::new(0) }),
+            wake: Arc::new(Notify::new()),
+            next_head: Arc::new(Mutex::new(None)),
+            claim: redis::Script::new(CLAIM_SCRIPT),
+        };
+        // A first offset measurement; failure is fine (Redis may come later).
+        let _ = store.measure_offset().await;
+        Ok(store)
+    }
+
+    pub fn clock(&self) -> Arc<SyncedClock> {
+        self.clock.clone()
+    }
+
+    pub fn buckets(&self) -> u32 {
+        self.settings.buckets
+    }
+
+    pub fn bucket_of(&self, key: &SessionKey) -> u32 {
+        crc32fast::hash(format!("{}/{}", key.tenant, key.id).as_bytes()) % self.settings.buckets
+    }
+
+    /// `sk:{b}:ev:<tenant>:<session>`.
+    pub fn channel_of(&self, key: &SessionKey) -> String {
+        format!("sk:{{{}}}:ev:{}:{}", self.bucket_of(key), key.tenant, key.id)
+    }
+
+    pub fn wake_channels(&self) -> Vec<String> {
+        (0..self.settings.buckets).map(|b| format!("sk:{{{b}}}:wake")).collect()
+    }
+
+    /// Records a wake-up's deadline (or, with `None`, forgets what is known so
+    /// the timers re-read every bucket) and wakes the timers.
+    pub fn on_wake(&self, payload: Option<&[u8]>) {
+        let announced = payload.and_then(|p| std::str::from_utf8(p).ok()).and_then(|s| s.parse::<Micros>().ok());
+        {
+            let mut head = self.next_head.lock().unwrap_or_else(|p| p.into_inner());
+            *head = match (announced, *head) {
+                (Some(a), Some(h)) => Some(a.min(h)),
+                (Some(a), None) => Some(a),
+                (None, _) => None,
+            };
+        }
+        self.wake.notify_one();
+    }
+
+    /// A shareable wake-up handler for the Pub/Sub task.
+    pub fn wake_handler(self: &Arc<Self>) -> Arc<dyn Fn(Option<&[u8]>) + Send + Sync> {
+        let me = Arc::downgrade(self);
+        Arc::new(move |payload| {
+            if let Some(store) = me.upgrade() {
+                store.on_wake(payload);
+            }
+        })
+    }
+
+    fn keys(&self, key: &SessionKey) -> Keys {
+        let b = self.bucket_of(key);
+        let (t, id) = (&key.tenant, &key.id);
+        Keys {
+            state: format!("sk:{{{b}}}:s:{t}:{id}"),
+            log: format!("sk:{{{b}}}:log:{t}:{id}"),
+            deadlines: format!("sk:{{{b}}}:deadlines"),
+            inflight: format!("sk:{{{b}}}:inflight"),
+            audit: format!("sk:{{{b}}}:audit"),
+            channel: format!("sk:{{{b}}}:ev:{t}:{id}"),
+            wake: format!("sk:{{{b}}}:wake"),
+            member: format!("{t}/{id}"),
+        }
+    }
+
+    async fn conn(&self) -> Result<bb8::PooledConnection<'_, Manager>, StoreError> {
+        self.pool.get().await.map_err(|e| io(format!("no redis connection: {e}")))
+    }
+
+    /// Measures the offset of Redis `TIME` from the process clock.
+    pub async fn measure_offset(&self) -> Result<Micros, StoreError> {
+        let mut conn = self.conn().await?;
+        let t0 = self.clock.local.now();
+        let (secs, micros): (i64, i64) = exchange(&mut conn, async |c| redis::cmd("TIME").query_async(c).await).await?;
+        let t1 = self.clock.local.now();
+        let offset = secs * 1_000_000 + micros - (t0 + t1) / 2;
+        self.clock.offset.store(offset, Ordering::Relaxed);
+        Ok(offset)
+    }
+
+    /// How long a session's keys live: until it has been idle (or ended) for the configured TTL.
+    fn ttl_ms(&self, s: &Session, now: Micros) -> u64 {
+        let ms = |d: Duration| d.as_millis() as i64;
+        let ttl = if s.status.is_terminal() {
+            ms(self.settings.session_ttl)
+        } else {
+            let horizon = engine::deadline(s).map_or(now, |d| d.max(now));
+            (horizon - now) / 1_000 + ms(self.settings.idle_ttl)
+        };
+        ttl.max(1) as u64
+    }
+
+    /// Queues the writes of one commit into `tx` (already `atomic()`).
+    fn write_commit(&self, tx: &mut Pipeline, k: &Keys, session: &Session, events: &[Event], head: Option<Micros>, now: Micros) {
+        let ttl = self.ttl_ms(session, now);
+        tx.cmd("SET").arg(&k.state).arg(encode(session)).arg("PX").arg(ttl).ignore();
+        let mut batch = Vec::with_capacity(events.len());
+        for e in events {
+            let bytes = encode(e);
+            tx.cmd("XADD")
+                .arg(&k.log)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(EVENT_LOG_LEN)
+                .arg(format!("{}-0", e.version))
+                .arg("e")
+                .arg(&bytes)
+                .ignore();
+            if self.settings.audit {
+                tx.cmd("XADD").arg(&k.audit).arg("*").arg("t").arg(session.id.as_str()).arg("e").arg(&bytes).ignore();
+            }
+            batch.push(bytes);
+        }
+        tx.cmd("PEXPIRE").arg(&k.log).arg(ttl).ignore();
+        match engine::deadline(session) {
+            Some(d) => {
+                tx.cmd("ZADD").arg(&k.deadlines).arg(d).arg(&k.member).ignore();
+                if head.is_none_or(|h| d < h) {
+                    tx.cmd("PUBLISH").arg(&k.wake).arg(d).ignore();
+                }
+            }
+            None => {
+                tx.cmd("ZREM").arg(&k.deadlines).arg(&k.member).ignore();
+            }
+        }
+        tx.cmd("PUBLISH").arg(&k.channel).arg(join_batch(&batch)).ignore();
+    }
+
+    /// Reads the state under WATCH with Redis's TIME and the bucket's deadline head.
+    async fn watch_read(&self, conn: &mut Conn, k: &Keys) -> Result<(Option<Vec<u8>>, Micros, Option<Micros>), StoreError> {
+        let (raw, (secs, micros), head): (Option<Vec<u8>>, (i64, i64), Vec<(String, f64)>) = exchange(conn, async |c| {
+            redis::pipe()
+                .cmd("WATCH")
+                .arg(&k.state)
+                .ignore()
+                .cmd("GET")
+                .arg(&k.state)
+                .cmd("TIME")
+                .cmd("ZRANGE")
+                .arg(&k.deadlines)
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .query_async(c)
+                .await
+        })
+        .await?;
+        Ok((raw, secs * 1_000_000 + micros, head.first().map(|(_, s)| *s as Micros)))
+    }
+
+    async fn unwatch(&self, conn: &mut Conn) {
+        let _ = exchange(conn, async |c| redis::cmd("UNWATCH").query_async::<()>(c).await).await;
+    }
+
+    async fn backoff(attempt: u32) {
+        let cap = 200u64.saturating_mul(1 << attempt.min(6));
+        let micros = rand::rng().random_range(0..=cap);
+        tokio::time::sleep(Duration::from_micros(micros)).await;
+    }
+
+    /// Takes due deadlines from every bucket; returns them and the earliest head left.
+    async fn claim_round(&self) -> Result<(Vec<SessionKey>, Option<Micros>), StoreError> {
+        let mut conn = self.conn().await?;
+        let lease = CLAIM_LEASE.as_micros() as i64;
+        let mut due = Vec::new();
+        let mut head: Option<Micros> = None;
+        for b in 0..self.settings.buckets {
+            let deadlines = format!("sk:{{{b}}}:deadlines");
+            let inflight = format!("sk:{{{b}}}:inflight");
+            let script = &self.claim;
+            let (members, next): (Vec<String>, Option<f64>) = exchange(&mut conn, async |c| {
+                script.key(&deadlines).key(&inflight).arg(lease).arg(CLAIM_LIMIT).invoke_async(c).await
+            })
+            .await?;
+            due.extend(members.iter().filter_map(|m| parse_member(m)));
+            if let Some(n) = next {
+                head = Some(head.map_or(n as Micros, |h| h.min(n as Micros)));
+            }
+        }
+        Ok((due, head))
+    }
+}
+
+/// Joins encoded events into one JSON array without re-encoding them.
+fn join_batch(batch: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(batch.iter().map(|b| b.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, b) in batch.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b);
+    }
+    out.push(b']');
+    out
+}
+
+/// `<tenant>/<session>` back to a key ('/' is in neither alphabet).
+fn parse_member(m: &str) -> Option<SessionKey> {
+    let (t, id) = m.split_once('/')?;
+    Some(SessionKey {
+        tenant: engine::Tenant::parse("tenant", t).ok()?,
+        id: engine::SessionId::parse("session_id", id).ok()?,
+    })
+}
+
+/// KEYS: deadlines, inflight. ARGV: lease (µs), limit.
+/// Returns { due members, earliest remaining deadline or false }.
+const CLAIM_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local lease = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local back = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
+for _, m in ipairs(back) do
+  redis.call('ZREM', KEYS[2], m)
+  redis.call('ZADD', KEYS[1], 'NX', now, m)
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+for _, m in ipairs(due) do
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('ZADD', KEYS[2], now + lease, m)
+end
+local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local lease_head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local next = head[2]
+if lease_head[2] and (not next or tonumber(lease_head[2]) < tonumber(next)) then next = lease_head[2] end
+return { due, next or false }
+"#;
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    fn now(&self) -> Micros {
+        self.clock.now()
+    }
+
+    async fn create(&self, key: &SessionKey, build: BuildFn<'_>) -> Result<Arc<Event>, StoreError> {
+        let mut conn = self.conn().await?;
+        let k = self.keys(key);
+        for attempt in 0..MAX_ATTEMPTS {
+            let (raw, now, head) = self.watch_read(&mut conn, &k).await?;
+            if let Some(raw) = raw {
+                self.unwatch(&mut conn).await;
+                return Err(StoreError::AlreadyExists(Box::new(decode(&raw)?)));
+            }
+            let (session, event) = match build(now) {
+                Ok(built) => built,
+                Err(e) => {
+                    self.unwatch(&mut conn).await;
+                    return Err(e.into());
+                }
+            };
+            let mut tx = redis::pipe();
+            tx.atomic();
+            // A log left by an earlier session of the same id must not hold back version 1.
+            tx.cmd("DEL").arg(&k.log).ignore();
+            self.write_commit(&mut tx, &k, &session, std::slice::from_ref(&event), head, now);
+            let done: Option<Value> = exchange(&mut conn, async |c| tx.query_async(c).await).await?;
+            if done.is_some() {
+                return Ok(Arc::new(event));
+            }
+            Self::backoff(attempt).await;
+        }
+        Err(StoreError::Conflict)
+    }
+
+    async fn get(&self, key: &SessionKey) -> Result<Session, StoreError> {
+        let mut conn = self.conn().await?;
+        let state = self.keys(key).state;
+        let raw: Option<Vec<u8>> = exchange(&mut conn, async |c| c.get(&state).await).await?;
+        decode(&raw.ok_or(StoreError::NotFound)?)
+    }
+
+    async fn update(&self, key: &SessionKey, f: ApplyFn<'_>) -> Result<Applied, StoreError> {
+        let mut conn = self.conn().await?;
+        let k = self.keys(key);
+        for attempt in 0..MAX_ATTEMPTS {
+            let (raw, now, head) = self.watch_read(&mut conn, &k).await?;
+            let Some(raw) = raw else {
+                self.unwatch(&mut conn).await;
+                return Err(StoreError::NotFound);
+            };
+            let session: Session = decode(&raw)?;
+            let applied = match f(&session, now) {
+                Ok(a) if !a.events.is_empty() => a,
+                other => {
+                    self.unwatch(&mut conn).await;
+                    return other.map_err(StoreError::from);
+                }
+            };
+            let mut tx = redis::pipe();
+            tx.atomic();
+            self.write_commit(&mut tx, &k, &applied.session, &applied.events, head, now);
+            let done: Option<Value> = exchange(&mut conn, async |c| tx.query_async(c).await).await?;
+            if done.is_some() {
+                return Ok(applied);
+            }
+            Self::backoff(attempt).await;
+        }
+        Err(StoreError::Conflict)
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError> {
+        let mut conn = self.conn().await?;
+        let k = self.keys(key);
+        for attempt in 0..MAX_ATTEMPTS {
+            let (raw, now, _) = self.watch_read(&mut conn, &k).await?;
+            let Some(raw) = raw else {
+                self.unwatch(&mut conn).await;
+                return Err(StoreError::NotFound);
+            };
+            let session: Session = decode(&raw)?;
+            let event = engine::deleted_event(&session, now);
+            let bytes = encode(&event);
+            let mut tx = redis::pipe();
+            tx.atomic();
+            tx.cmd("DEL").arg(&k.state).arg(&k.log).ignore();
+            tx.cmd("ZREM").arg(&k.deadlines).arg(&k.member).ignore();
+            tx.cmd("ZREM").arg(&k.inflight).arg(&k.member).ignore();
+            if self.settings.audit {
+                tx.cmd("XADD").arg(&k.audit).arg("*").arg("t").arg(session.id.as_str()).arg("e").arg(&bytes).ignore();
+            }
+            tx.cmd("PUBLISH").arg(&k.channel).arg(join_batch(&[bytes])).ignore();
+            let done: Option<Value> = exchange(&mut conn, async |c| tx.query_async(c).await).await?;
+            if done.is_some() {
+                return Ok(Arc::new(event));
+            }
+            Self::backoff(attempt).await;
+        }
+        Err(StoreError::Conflict)
+    }
+
+    async fn events_after(&self, key: &SessionKey, after: u64) -> Result<Replay, StoreError> {
+        let mut conn = self.conn().await?;
+        let k = self.keys(key);
+        let (raw, entries): (Option<Vec<u8>>, Vec<(String, Vec<(String, Vec<u8>)>)>) = exchange(&mut conn, async |c| {
+            redis::pipe()
+                .cmd("GET")
+                .arg(&k.state)
+                .cmd("XRANGE")
+                .arg(&k.log)
+                .arg(format!("({after}-0"))
+                .arg("+")
+                .query_async(c)
+                .await
+        })
+        .await?;
+        let session: Session = decode(&raw.ok_or(StoreError::NotFound)?)?;
+        if after >= session.version {
+            return Ok(Replay::Events(Vec::new()));
+        }
+        let mut events = Vec::with_capacity(entries.len());
+        for (_, fields) in entries {
+            if let Some((_, bytes)) = fields.iter().find(|(f, _)| f == "e") {
+                let e: Event = decode(bytes)?;
+                if e.version <= session.version {
+                    events.push(Arc::new(e));
+                }
+            }
+        }
+        match events.first() {
+            Some(first) if first.version == after + 1 => Ok(Replay::Events(events)),
+            _ => Ok(Replay::Truncated),
+        }
+    }
+
+    async fn claim_due(&self) -> Result<Vec<SessionKey>, StoreError> {
+        let (due, head) = self.claim_round().await?;
+        *self.next_head.lock().unwrap_or_else(|p| p.into_inner()) = head;
+        Ok(due)
+    }
+
+    async fn release(&self, key: &SessionKey) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let k = self.keys(key);
+        exchange(&mut conn, async |c| c.zrem::<_, _, ()>(&k.inflight, &k.member).await).await
+    }
+
+    async fn next_deadline(&self) -> Result<Option<Micros>, StoreError> {
+        Ok(*self.next_head.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn deadline_wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let _: String = exchange(&mut conn, async |c| redis::cmd("PING").query_async(c).await).await?;
+        Ok(())
+    }
+
+    async fn maintain(&self) {
+        if let Err(e) = self.measure_offset().await {
+            warn!(error = %e, "measuring the offset to Redis TIME failed");
+        }
+    }
+}
