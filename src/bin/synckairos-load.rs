@@ -1,0 +1,521 @@
+//! `synckairos-load`: the load generator (ghz cannot be installed here).
+//! Drives a running SyncKairos over gRPC and prints throughput and latency
+//! percentiles; `breakdown` also times Redis and the store directly, in one run.
+//!
+//! ```text
+//! synckairos-load switch    --target 127.0.0.1:50051 --sessions 1000 --concurrency 64 --seconds 10
+//! synckairos-load time      --target 127.0.0.1:50051 --concurrency 64 --seconds 10
+//! synckairos-load fanout    --target A --subscribe-target B --sessions 100 --streams 1000 --seconds 10
+//! synckairos-load flags     --target A,B,C --sessions 10000 --spread-ms 1000
+//! synckairos-load breakdown --target 127.0.0.1:50051 --redis redis://127.0.0.1:6379 --seconds 5
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use synckairos::grpc::pb::{self, sync_service_client::SyncServiceClient};
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(about = "Load generator for SyncKairos")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Server address(es), comma-separated; calls are spread over them.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    target: String,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to measure (after a 1 s warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// gRPC connections per target (calls are spread over them).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// SwitchCycle across N running sessions.
+    Switch {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+    },
+    /// GetServerTime: the transport floor.
+    Time {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Switch on one replica, time the event's arrival on streams held by another.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        /// Where the Subscribe streams are opened.
+        #[arg(long)]
+        subscribe_target: String,
+        #[arg(long, default_value_t = 100)]
+        sessions: usize,
+        /// Streams in all, spread evenly over the sessions.
+        #[arg(long, default_value_t = 1000)]
+        streams: usize,
+        /// Switches per second (all sessions together).
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+    },
+    /// Many sessions whose deadlines fall within one window: how late do the flags fire?
+    Flags {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Deadlines are spread over this window, starting 3 s after creation ends.
+        #[arg(long, default_value_t = 1000)]
+        spread_ms: u64,
+    },
+    /// Where the time of one switch goes, one call in flight: Redis PING, the
+    /// store's commit called directly, GetServerTime and SwitchCycle over gRPC.
+    Breakdown {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+    },
+}
+
+fn targets(common: &Common) -> Vec<String> {
+    common.target.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect()
+}
+
+async fn clients(common: &Common) -> anyhow::Result<Vec<SyncServiceClient<Channel>>> {
+    let mut out = Vec::new();
+    for t in targets(common) {
+        for _ in 0..common.connections.max(1) {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{t}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await?;
+            out.push(SyncServiceClient::new(ch));
+        }
+    }
+    Ok(out)
+}
+
+/// Latencies in microseconds plus an error count.
+#[derive(Default)]
+struct Stats {
+    micros: Vec<u64>,
+    errors: u64,
+}
+
+impl Stats {
+    fn merge(&mut self, other: Stats) {
+        self.micros.extend(other.micros);
+        self.errors += other.errors;
+    }
+
+    fn pct(sorted: &[u64], p: f64) -> f64 {
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[i] as f64 / 1000.0
+    }
+
+    fn report(mut self, label: &str, seconds: f64) {
+        self.micros.sort_unstable();
+        let n = self.micros.len();
+        let s = &self.micros;
+        println!(
+            "{label}: {n} ok, {} errors, {:.0}/s, p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+            self.errors,
+            n as f64 / seconds,
+            Self::pct(s, 0.50),
+            Self::pct(s, 0.90),
+            Self::pct(s, 0.99),
+            Self::pct(s, 0.999),
+            Self::pct(s, 1.0),
+        );
+    }
+}
+
+fn chess(id: String, initial_ms: i64) -> pb::CreateSessionRequest {
+    pb::CreateSessionRequest {
+        session_id: id,
+        mode: pb::Mode::PerParticipant as i32,
+        initial_time_ms: initial_ms,
+        participants: ["a", "b"]
+            .iter()
+            .map(|p| pb::ParticipantSpec { participant_id: p.to_string(), ..Default::default() })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn run_id() -> String {
+    format!("load-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn create_running(clients: &[SyncServiceClient<Channel>], ids: &[String], initial_ms: i64) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let ids = Arc::new(ids.to_vec());
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let mut c = clients[w % clients.len()].clone();
+        let (next, ids) = (next.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(id) = ids.get(i) else { return Ok::<_, tonic::Status>(()) };
+                c.create_session(chess(id.clone(), initial_ms)).await?;
+                c.start_session(pb::StartSessionRequest { session_id: id.clone(), ..Default::default() }).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// Runs `call` from `concurrency` workers for warm-up + `seconds`; returns the measured part.
+async fn drive<F, Fut>(concurrency: usize, seconds: f64, call: F) -> Stats
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let start = Instant::now();
+    let warm = Duration::from_secs(1);
+    let end = warm + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stats = Stats::default();
+            let mut n = 0u64;
+            loop {
+                let t = Instant::now();
+                if t - start >= end {
+                    return stats;
+                }
+                let ok = call(w, n).await;
+                n += 1;
+                if t - start >= warm {
+                    if ok {
+                        stats.micros.push(t.elapsed().as_micros() as u64);
+                    } else {
+                        stats.errors += 1;
+                    }
+                }
+            }
+        }));
+    }
+    let mut all = Stats::default();
+    for t in tasks {
+        if let Ok(s) = t.await {
+            all.merge(s);
+        }
+    }
+    all
+}
+
+async fn switch_mode(common: Common, sessions: usize) -> anyhow::Result<()> {
+    let clients = clients(&common).await?;
+    let run = run_id();
+    let ids: Vec<String> = (0..sessions).map(|i| format!("{run}-{i}")).collect();
+    create_running(&clients, &ids, 24 * 3600 * 1000).await?;
+    let ids = Arc::new(ids);
+    let concurrency = common.concurrency;
+    let stats = drive(concurrency, common.seconds, move |w, n| {
+        let mut c = clients[w % clients.len()].clone();
+        // Worker w takes sessions w, w+C, w+2C...: no two workers race on one session.
+        let per = (ids.len() / concurrency).max(1);
+        let id = ids[(w + (n as usize % per) * concurrency) % ids.len()].clone();
+        async move {
+            c.switch_cycle(pb::SwitchCycleRequest { session_id: id, ..Default::default() }).await.is_ok()
+        }
+    })
+    .await;
+    stats.report(&format!("SwitchCycle x{} over {} sessions", common.concurrency, sessions), common.seconds);
+    Ok(())
+}
+
+async fn time_mode(common: Common) -> anyhow::Result<()> {
+    let clients = clients(&common).await?;
+    let stats = drive(common.concurrency, common.seconds, move |w, _| {
+        let mut c = clients[w % clients.len()].clone();
+        async move { c.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() }
+    })
+    .await;
+    stats.report(&format!("GetServerTime x{}", common.concurrency), common.seconds);
+    Ok(())
+}
+
+async fn fanout_mode(common: Common, subscribe_target: String, sessions: usize, streams: usize, rate: u64) -> anyhow::Result<()> {
+    let clients = clients(&common).await?;
+    let sub_common = Common { target: subscribe_target, ..common.clone() };
+    let sub_clients = self::clients(&sub_common).await?;
+    let run = run_id();
+    let ids: Vec<String> = (0..sessions).map(|i| format!("{run}-{i}")).collect();
+    create_running(&clients, &ids, 24 * 3600 * 1000).await?;
+    // version -> when its switch was sent, per session.
+    let sent: Arc<Vec<Mutex<std::collections::HashMap<u64, Instant>>>> =
+        Arc::new((0..sessions).map(|_| Mutex::new(Default::default())).collect());
+    let latencies = Arc::new(Mutex::new(Stats::default()));
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for s in 0..streams {
+        let i = s % sessions;
+        let mut c = sub_clients[s % sub_clients.len()].clone();
+        let id = ids[i].clone();
+        let (sent, latencies, measuring) = (sent.clone(), latencies.clone(), measuring.clone());
+        let mut stream = c
+            .subscribe(pb::SubscribeRequest { session_id: id, heartbeat_ms: Some(60_000), ..Default::default() })
+            .await?
+            .into_inner();
+        readers.push(tokio::spawn(async move {
+            while let Ok(Some(ev)) = stream.message().await {
+                if ev.r#type != pb::EventType::Switched as i32 || !measuring.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let at = sent[i].lock().await.get(&ev.version).copied();
+                if let Some(at) = at {
+                    latencies.lock().await.micros.push(at.elapsed().as_micros() as u64);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(interval);
+    let until = Instant::now() + Duration::from_secs_f64(common.seconds);
+    let mut n = 0usize;
+    let mut errors = 0u64;
+    let mut in_flight = Vec::new();
+    while Instant::now() < until {
+        ticker.tick().await;
+        let i = n % sessions;
+        n += 1;
+        let mut c = clients[n % clients.len()].clone();
+        let (id, sent) = (ids[i].clone(), sent.clone());
+        in_flight.push(tokio::spawn(async move {
+            // The switch makes version current + 1 (expected_version guards it).
+            let current = c.get_session(pb::GetSessionRequest { session_id: id.clone() }).await.ok()?.into_inner().version;
+            let t = Instant::now();
+            sent[i].lock().await.insert(current + 1, t);
+            c.switch_cycle(pb::SwitchCycleRequest { session_id: id, expected_version: Some(current), ..Default::default() })
+                .await
+                .ok()
+                .map(|_| ())
+        }));
+        if in_flight.len() > 256 {
+            for t in in_flight.drain(..) {
+                if !matches!(t.await, Ok(Some(()))) {
+                    errors += 1;
+                }
+            }
+        }
+    }
+    for t in in_flight.drain(..) {
+        if !matches!(t.await, Ok(Some(()))) {
+            errors += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    measuring.store(false, Ordering::Relaxed);
+    for r in readers {
+        r.abort();
+    }
+    let mut stats = std::mem::take(&mut *latencies.lock().await);
+    stats.errors = errors;
+    println!("switches sent: {n} ({errors} failed or raced); deliveries measured to {streams} streams:");
+    stats.report("switch -> event on another replica's stream", common.seconds);
+    Ok(())
+}
+
+async fn flags_mode(common: Common, sessions: usize, spread_ms: u64) -> anyhow::Result<()> {
+    let clients = clients(&common).await?;
+    let run = run_id();
+    let ids: Vec<String> = (0..sessions).map(|i| format!("{run}-{i}")).collect();
+    // Create everything first, then start them all so the deadlines land in the window.
+    let started = Instant::now();
+    let lead_ms = 3_000;
+    let next = Arc::new(AtomicU64::new(0));
+    let ids = Arc::new(ids);
+    let mut tasks = Vec::new();
+    for w in 0..common.concurrency.max(1) {
+        let mut c = clients[w % clients.len()].clone();
+        let (next, ids) = (next.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(id) = ids.get(i) else { return Ok::<_, tonic::Status>(()) };
+                c.create_session(chess(id.clone(), 3_600_000)).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    println!("created {sessions} sessions in {:.1} s", started.elapsed().as_secs_f64());
+    // Start each with a budget so that its deadline is at T + lead + (i % spread).
+    let t_zero = std::time::SystemTime::now() + Duration::from_millis(lead_ms);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..common.concurrency.max(1) {
+        let mut c = clients[w % clients.len()].clone();
+        let (next, ids) = (next.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(id) = ids.get(i) else { return Ok::<_, tonic::Status>(()) };
+                c.start_session(pb::StartSessionRequest { session_id: id.clone(), ..Default::default() }).await?;
+                let target = t_zero + Duration::from_millis((i as u64 * spread_ms) / ids.len() as u64);
+                let left = target.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                let delta = left.as_millis() as i64 - 3_600_000;
+                c.adjust_time(pb::AdjustTimeRequest {
+                    session_id: id.clone(),
+                    participant_id: "a".into(),
+                    delta_ms: delta,
+                    ..Default::default()
+                })
+                .await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let setup = t_zero.duration_since(std::time::SystemTime::now());
+    println!("started and armed in time: {}", setup.is_ok());
+    tokio::time::sleep(setup.unwrap_or_default() + Duration::from_millis(spread_ms + 1_500)).await;
+    let mut lateness = Stats::default();
+    let (mut misses, mut duplicates) = (0u64, 0u64);
+    let mut c = clients[0].clone();
+    for id in ids.iter() {
+        let s = c.get_session(pb::GetSessionRequest { session_id: id.clone() }).await?.into_inner();
+        if s.status != pb::Status::Expired as i32 {
+            misses += 1;
+            continue;
+        }
+        // create 1, start 2, adjust 3, expired 4: anything more is a duplicate transition.
+        if s.version != 4 {
+            duplicates += 1;
+        }
+        let (Some(ended), Some(fired)) = (s.ended_at, s.updated_at) else { continue };
+        let us = |t: prost_types::Timestamp| t.seconds * 1_000_000 + t.nanos as i64 / 1_000;
+        lateness.micros.push((us(fired) - us(ended)).max(0) as u64);
+    }
+    println!("{sessions} sessions: {misses} misses, {duplicates} duplicates");
+    lateness.report("flag lateness (commit time - deadline)", 1.0);
+    Ok(())
+}
+
+async fn breakdown_mode(common: Common, redis_url: String) -> anyhow::Result<()> {
+    use synckairos::engine::{self, Command, Request, SessionKey, Tenant};
+    use synckairos::store::SessionStore;
+    use synckairos::store::redis::{RedisSettings, RedisStore};
+
+    let settings = RedisSettings {
+        url: redis_url,
+        buckets: 16,
+        session_ttl: Duration::from_secs(3600),
+        idle_ttl: Duration::from_secs(3600),
+        pool_size: 4,
+        pool_timeout: Duration::from_millis(250),
+        audit: false,
+    };
+    let store = Arc::new(RedisStore::connect(settings, synckairos::store::clock::Clock::new()).await?);
+    let run = run_id();
+    let key = SessionKey { tenant: Tenant::default_tenant(), id: engine::SessionId::parse("id", &format!("{run}-direct"))? };
+    let mut new = engine::NewSession {
+        id: key.id.clone(),
+        epoch: "bench".into(),
+        mode: engine::Mode::PerParticipant,
+        participants: ["a", "b"]
+            .iter()
+            .map(|p| engine::NewParticipant {
+                id: engine::ParticipantId::parse("p", p).unwrap_or_else(|_| unreachable!()),
+                index: None,
+                group: None,
+                initial_time_ms: None,
+            })
+            .collect(),
+        groups: vec![],
+        time_control: Default::default(),
+        initial_time_ms: 24 * 3600 * 1000,
+        cycle_time_ms: 0,
+        global_time_ms: 0,
+        max_time_ms: 0,
+        timeout_action: None,
+        metadata: Default::default(),
+        request_id: None,
+    };
+    new.epoch = "bench".into();
+    store.create(&key, &|now| engine::create(new.clone(), now)).await?;
+    let start = Request::new(Command::Start { first: None });
+    store.update(&key, &|s, now| engine::apply(s, &start, now)).await?;
+
+    let secs = common.seconds;
+    let one = |label: &'static str| move |s: Stats| s.report(label, secs);
+    // (a) a bare round trip through the same pool.
+    let st = store.clone();
+    one("(a) Redis PING through the pool")(drive(1, secs, move |_, _| {
+        let st = st.clone();
+        async move { st.ping().await.is_ok() }
+    })
+    .await);
+    // (b) the versioned commit, no gRPC.
+    let st = store.clone();
+    let k = key.clone();
+    one("(b) store commit (switch) direct")(drive(1, secs, move |_, _| {
+        let (st, k) = (st.clone(), k.clone());
+        async move {
+            let req = Request::new(Command::Switch { from: None, next: None });
+            st.update(&k, &|s, now| engine::apply(s, &req, now)).await.is_ok()
+        }
+    })
+    .await);
+    // (c) and (d) over gRPC against the server under test.
+    let one_conn = Common { connections: 1, ..common.clone() };
+    let clients = clients(&one_conn).await?;
+    let c0 = clients[0].clone();
+    one("(c) GetServerTime over gRPC")(drive(1, secs, move |_, _| {
+        let mut c = c0.clone();
+        async move { c.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() }
+    })
+    .await);
+    let id = format!("{run}-grpc");
+    create_running(&clients, std::slice::from_ref(&id), 24 * 3600 * 1000).await?;
+    let c0 = clients[0].clone();
+    one("(d) SwitchCycle over gRPC")(drive(1, secs, move |_, _| {
+        let (mut c, id) = (c0.clone(), id.clone());
+        async move { c.switch_cycle(pb::SwitchCycleRequest { session_id: id, ..Default::default() }).await.is_ok() }
+    })
+    .await);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().mode {
+        Mode::Switch { common, sessions } => switch_mode(common, sessions).await,
+        Mode::Time { common } => time_mode(common).await,
+        Mode::Fanout { common, subscribe_target, sessions, streams, rate } => {
+            fanout_mode(common, subscribe_target, sessions, streams, rate).await
+        }
+        Mode::Flags { common, sessions, spread_ms } => flags_mode(common, sessions, spread_ms).await,
+        Mode::Breakdown { common, redis } => breakdown_mode(common, redis).await,
+    }
+}
