@@ -2,8 +2,8 @@
 //!
 //! Keys are cluster-ready: every key of one session carries the hash tag of
 //! its bucket `b = crc32("<tenant>/<session>") % B`, so each MULTI touches one
-//! slot. A commit is `WATCH state` + `GET state` + `TIME` + the bucket's
-//! deadline head in one pipeline, the pure engine at Redis's `TIME`, then
+//! slot. A commit is `WATCH state` + `GET state` + `TIME` in one pipeline,
+//! the pure engine at Redis's `TIME`, then
 //! `MULTI SET(ttl) XADD(log) [XADD(audit)] ZADD|ZREM(deadline) PUBLISH
 //! [PUBLISH wake] EXEC`. A nil EXEC means another replica committed first:
 //! reload and retry (bounded, jittered), since the engine call is pure.
@@ -299,26 +299,20 @@ impl RedisStore {
         tx.cmd("PUBLISH").arg(&k.channel).arg(join_batch(&batch)).ignore();
     }
 
-    /// Reads the state under WATCH with Redis's TIME and the bucket's deadline head.
-    async fn watch_read(&self, conn: &mut Conn, k: &Keys) -> Result<(Option<Vec<u8>>, Micros, Option<Micros>), StoreError> {
-        let (raw, (secs, micros), head): (Option<Vec<u8>>, (i64, i64), Vec<(String, f64)>) = exchange(conn, async |c| {
-            redis::pipe()
-                .cmd("WATCH")
-                .arg(&k.state)
-                .ignore()
-                .cmd("GET")
-                .arg(&k.state)
-                .cmd("TIME")
-                .cmd("ZRANGE")
-                .arg(&k.deadlines)
-                .arg(0)
-                .arg(0)
-                .arg("WITHSCORES")
-                .query_async(c)
-                .await
+    /// Reads the state under WATCH with Redis's TIME, in one round trip.
+    async fn watch_read(&self, conn: &mut Conn, k: &Keys) -> Result<(Option<Vec<u8>>, Micros), StoreError> {
+        let (raw, (secs, micros)): (Option<Vec<u8>>, (i64, i64)) = exchange(conn, async |c| {
+            redis::pipe().cmd("WATCH").arg(&k.state).ignore().cmd("GET").arg(&k.state).cmd("TIME").query_async(c).await
         })
         .await?;
-        Ok((raw, secs * 1_000_000 + micros, head.first().map(|(_, s)| *s as Micros)))
+        Ok((raw, secs * 1_000_000 + micros))
+    }
+
+    /// The earliest deadline the timers of this replica will wake for. Every
+    /// replica claims every bucket, so a commit needs to wake them only when
+    /// its deadline is earlier than this (no per-bucket read on the hot path).
+    fn known_head(&self) -> Option<Micros> {
+        *self.next_head.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn unwatch(&self, conn: &mut Conn) {
@@ -411,7 +405,8 @@ impl SessionStore for RedisStore {
         let mut conn = self.conn().await?;
         let k = self.keys(key);
         for attempt in 0..MAX_ATTEMPTS {
-            let (raw, now, head) = self.watch_read(&mut conn, &k).await?;
+            let (raw, now) = self.watch_read(&mut conn, &k).await?;
+            let head = self.known_head();
             if let Some(raw) = raw {
                 self.unwatch(&mut conn).await;
                 return Err(StoreError::AlreadyExists(Box::new(decode(&raw)?)));
@@ -448,7 +443,8 @@ impl SessionStore for RedisStore {
         let mut conn = self.conn().await?;
         let k = self.keys(key);
         for attempt in 0..MAX_ATTEMPTS {
-            let (raw, now, head) = self.watch_read(&mut conn, &k).await?;
+            let (raw, now) = self.watch_read(&mut conn, &k).await?;
+            let head = self.known_head();
             let Some(raw) = raw else {
                 self.unwatch(&mut conn).await;
                 return Err(StoreError::NotFound);
@@ -477,7 +473,7 @@ impl SessionStore for RedisStore {
         let mut conn = self.conn().await?;
         let k = self.keys(key);
         for attempt in 0..MAX_ATTEMPTS {
-            let (raw, now, _) = self.watch_read(&mut conn, &k).await?;
+            let (raw, now) = self.watch_read(&mut conn, &k).await?;
             let Some(raw) = raw else {
                 self.unwatch(&mut conn).await;
                 return Err(StoreError::NotFound);
