@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -115,7 +115,9 @@ impl Application {
             shutdown.cancel();
         };
         info!(addr = %self.addr, "serving synckairos.v1.SyncService");
-        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+        // Small replies must not wait for a delayed ACK (Nagle): no-delay on every connection.
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let serve = router.serve_with_incoming_shutdown(incoming, signal);
         let shutdown = self.shutdown.clone();
         let grace = self.grace;
         tokio::select! {

@@ -70,6 +70,7 @@ pub(super) async fn open(
         AppError::Unavailable("cannot follow this session right now; retry shortly".into())
     })?;
     let session = store.get(&key).await?;
+    let epoch = session.epoch.clone();
     let mut first = Vec::new();
     let last_sent = match opts.from_version {
         Some(v) if opts.epoch.is_empty() || opts.epoch == session.epoch => {
@@ -95,7 +96,7 @@ pub(super) async fn open(
         }
         _ => snapshot(&mut first, store.as_ref(), session.clone()),
     };
-    let header = Arc::new(SessionHeader { key: key.clone(), epoch: session_epoch(&first, &opts) });
+    let header = Arc::new(SessionHeader { key: key.clone(), epoch });
     let heartbeat = Duration::from_millis(
         opts.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS).clamp(MIN_HEARTBEAT_MS, MAX_HEARTBEAT_MS) as u64,
     );
@@ -103,14 +104,6 @@ pub(super) async fn open(
     let producer = Producer { store, key, sub, tx, last_sent, header, heartbeat, shutdown };
     tokio::spawn(producer.run(first));
     Ok(rx)
-}
-
-fn session_epoch(first: &[StreamItem], opts: &SubscribeOptions) -> String {
-    match first.first() {
-        Some(StreamItem::Snapshot { session, .. }) => session.epoch.clone(),
-        Some(StreamItem::Event(e)) => e.session.epoch.clone(),
-        _ => opts.epoch.clone(),
-    }
 }
 
 fn snapshot(first: &mut Vec<StreamItem>, store: &dyn SessionStore, session: Session) -> u64 {
