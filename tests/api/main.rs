@@ -1,5 +1,7 @@
-//! Integration tests: each test spawns its own SyncKairos server (memory
-//! engine, port 0) and talks to it over real gRPC.
+//! Integration tests: each test spawns its own SyncKairos server (port 0) and
+//! talks to it over real gRPC. The engine-agnostic suite runs on the memory
+//! engine, and again on the redis engine with `SYNCKAIROS_TEST_ENGINE=redis`
+//! (each test then gets its own private redis-server on a free port).
 //!
 //!   CARGO_TARGET_DIR=$HOME/.cache/synckairos-target cargo test --test api -- --nocapture
 //!
@@ -11,5 +13,6 @@ mod grpcurl;
 mod health;
 mod helpers;
 mod latency;
+mod redis_server;
 mod sessions;
 mod subscribe;
