@@ -8,11 +8,13 @@
 //! `--nocapture` shows the measured flag lateness; `TEST_LOG=1` shows server logs.
 
 mod concurrency;
+mod docs;
 mod flag;
 mod grpcurl;
 mod health;
 mod helpers;
 mod latency;
 mod redis_server;
+mod replicas;
 mod sessions;
 mod subscribe;

@@ -1,0 +1,1 @@
+//! Every docs/clock-rules.md example, run verbatim (written next).

@@ -1,0 +1,1 @@
+//! Multi-replica tests against a real Redis (written next).
