@@ -490,7 +490,7 @@ impl Tx {
 
     fn adjust(&mut self, target: &AdjustTarget, delta_ms: i64) -> Result<(), RuleError> {
         self.require_status(&[Status::Pending, Status::Running, Status::Paused], "adjust the time of")?;
-        if delta_ms == 0 || delta_ms.abs() > MAX_ADJUST_MS {
+        if delta_ms == 0 || delta_ms.unsigned_abs() > MAX_ADJUST_MS as u64 {
             return Err(RuleError::invalid(
                 "delta_ms",
                 format!("must be non-zero and at most {MAX_ADJUST_MS} ms either way, got {delta_ms}"),

@@ -15,6 +15,8 @@ mod ids;
 mod model;
 
 #[cfg(test)]
+mod prop_rules;
+#[cfg(test)]
 mod rules_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,296 @@
+//! Property tests across every mode, time control and timeout action: random
+//! sessions, random command sequences at random (sometimes backwards) times.
+//! After every apply: versions are contiguous, every clock's ledger balances,
+//! nothing is negative, no deadline is left overdue, a timeout at the
+//! deadline is exactly one transition, terminal sessions accept nothing.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const T0: Micros = 1_800_000_000_000_000;
+
+#[derive(Clone, Debug)]
+enum Control {
+    SuddenDeath,
+    Fischer { inc: i64, cap: Option<i64> },
+    Bronstein(i64),
+    Simple(i64),
+    Byoyomi { periods: u32, period: i64 },
+    Canadian { stones: u32, block: i64 },
+    Hourglass,
+    Stages { inc: i64, after: u32, add: i64, stage_inc: i64 },
+}
+
+fn control() -> impl Strategy<Value = Control> {
+    prop_oneof![
+        Just(Control::SuddenDeath),
+        (1..5_000i64, proptest::option::of(1_000..20_000i64)).prop_map(|(inc, cap)| Control::Fischer { inc, cap }),
+        (1..5_000i64).prop_map(Control::Bronstein),
+        (1..5_000i64).prop_map(Control::Simple),
+        (1..5u32, 100..3_000i64).prop_map(|(periods, period)| Control::Byoyomi { periods, period }),
+        (1..5u32, 100..5_000i64).prop_map(|(stones, block)| Control::Canadian { stones, block }),
+        Just(Control::Hourglass),
+        (0..3_000i64, 1..4u32, 0..5_000i64, 0..3_000i64)
+            .prop_map(|(inc, after, add, stage_inc)| Control::Stages { inc, after, add, stage_inc }),
+    ]
+}
+
+fn time_control(c: &Control) -> NewTimeControl {
+    let mut tc = NewTimeControl::default();
+    match *c {
+        Control::SuddenDeath => {}
+        Control::Fischer { inc, cap } => {
+            tc.increment_ms = inc;
+            tc.max_remaining_ms = cap.unwrap_or(0);
+        }
+        Control::Bronstein(d) => {
+            tc.delay_ms = d;
+            tc.delay_kind = Some(DelayKind::Bronstein);
+        }
+        Control::Simple(d) => {
+            tc.delay_ms = d;
+            tc.delay_kind = Some(DelayKind::Simple);
+        }
+        Control::Byoyomi { periods, period } => {
+            tc.byoyomi_periods = periods;
+            tc.byoyomi_period_ms = period;
+        }
+        Control::Canadian { stones, block } => {
+            tc.canadian_stones = stones;
+            tc.canadian_block_ms = block;
+        }
+        Control::Hourglass => tc.hourglass = true,
+        Control::Stages { inc, after, add, stage_inc } => {
+            tc.increment_ms = inc;
+            tc.stages = vec![NewStage { after_cycles: after, add_ms: add, increment_ms: Some(stage_inc) }];
+        }
+    }
+    tc
+}
+
+#[derive(Clone, Debug)]
+struct Setup {
+    mode: Mode,
+    players: usize,
+    groups: usize,
+    budget_ms: i64,
+    control: Control,
+    action: Option<TimeoutAction>,
+}
+
+fn setup() -> impl Strategy<Value = Setup> {
+    let mode = prop_oneof![
+        Just(Mode::PerParticipant),
+        Just(Mode::PerCycle),
+        Just(Mode::PerGroup),
+        Just(Mode::Global),
+        Just(Mode::CountUp),
+    ];
+    let action = prop_oneof![
+        Just(None),
+        Just(Some(TimeoutAction::EndSession)),
+        Just(Some(TimeoutAction::Skip)),
+        Just(Some(TimeoutAction::Notify)),
+    ];
+    (mode, 1..6usize, 1..4usize, 200..20_000i64, control(), action).prop_map(
+        |(mode, players, groups, budget_ms, control, action)| {
+            let action = match mode {
+                Mode::Global => None,
+                _ => action,
+            };
+            Setup { mode, players, groups: groups.min(players), budget_ms, control, action }
+        },
+    )
+}
+
+fn build(st: &Setup) -> Session {
+    let ids: Vec<String> = (0..st.players).map(|i| format!("p{i}")).collect();
+    let uses_control = matches!(st.mode, Mode::PerParticipant | Mode::PerGroup);
+    let mut new = NewSession {
+        id: SessionId::parse("session_id", "prop").unwrap(),
+        epoch: "e".into(),
+        mode: st.mode,
+        participants: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| NewParticipant {
+                id: ParticipantId::parse("p", id).unwrap(),
+                index: Some((st.players - i) as u32 * 10),
+                group: (st.mode == Mode::PerGroup).then(|| GroupId::parse("g", &format!("g{}", i % st.groups)).unwrap()),
+                initial_time_ms: None,
+            })
+            .collect(),
+        groups: Vec::new(),
+        time_control: if uses_control { time_control(&st.control) } else { NewTimeControl::default() },
+        initial_time_ms: if st.mode == Mode::PerParticipant { st.budget_ms } else { 0 },
+        cycle_time_ms: if st.mode == Mode::PerCycle { st.budget_ms } else { 0 },
+        global_time_ms: if st.mode == Mode::Global { st.budget_ms } else { 0 },
+        max_time_ms: if st.mode == Mode::CountUp && st.budget_ms % 2 == 0 { st.budget_ms } else { 0 },
+        timeout_action: st.action,
+        metadata: BTreeMap::new(),
+        request_id: None,
+    };
+    if st.mode == Mode::PerGroup {
+        new.groups = (0..st.groups)
+            .map(|g| NewGroup { id: GroupId::parse("g", &format!("g{g}")).unwrap(), initial_time_ms: st.budget_ms })
+            .collect();
+    }
+    if st.mode == Mode::CountUp && new.max_time_ms == 0 {
+        new.timeout_action = None;
+    }
+    create(new, T0).expect("generated sessions are valid").0
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Start(Option<usize>),
+    Switch { from_active: bool, next: Option<usize> },
+    Pause,
+    Resume,
+    Complete,
+    Cancel,
+    Adjust { who: usize, delta_ms: i64, group: bool },
+    Timeout,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => proptest::option::of(0..6usize).prop_map(Op::Start),
+        8 => (any::<bool>(), proptest::option::of(0..6usize)).prop_map(|(from_active, next)| Op::Switch { from_active, next }),
+        1 => Just(Op::Pause),
+        1 => Just(Op::Resume),
+        1 => (0..6usize, -30_000..30_000i64, any::<bool>()).prop_map(|(who, delta_ms, group)| Op::Adjust { who, delta_ms, group }),
+        3 => Just(Op::Timeout),
+        1 => prop_oneof![Just(Op::Complete), Just(Op::Cancel)],
+    ]
+}
+
+fn command(s: &Session, op: &Op) -> Command {
+    let pid = |i: usize| s.participants[i % s.participants.len()].id.clone();
+    match *op {
+        Op::Start(first) => Command::Start { first: first.map(pid) },
+        Op::Switch { from_active, next } => Command::Switch {
+            from: if from_active { s.active_participant().map(|p| p.id.clone()) } else { None },
+            next: next.map(pid),
+        },
+        Op::Pause => Command::Pause,
+        Op::Resume => Command::Resume,
+        Op::Complete => Command::Complete,
+        Op::Cancel => Command::Cancel,
+        Op::Adjust { who, delta_ms, group } => Command::Adjust {
+            target: if group && !s.groups.is_empty() {
+                AdjustTarget::Group(s.groups[who % s.groups.len()].id.clone())
+            } else {
+                AdjustTarget::Participant(pid(who))
+            },
+            delta_ms,
+        },
+        Op::Timeout => Command::Timeout,
+    }
+}
+
+fn budgets(s: &Session) -> Vec<(&'static str, &Budget)> {
+    let mut out: Vec<(&'static str, &Budget)> = s.participants.iter().map(|p| ("participant", &p.clock)).collect();
+    out.extend(s.groups.iter().map(|g| ("group", &g.clock)));
+    out.extend(s.global.iter().map(|b| ("global", b)));
+    out.extend(s.cycle.iter().map(|b| ("cycle", b)));
+    out
+}
+
+fn check_clocks(s: &Session) -> Result<(), TestCaseError> {
+    for (what, b) in budgets(s) {
+        prop_assert!(b.remaining >= 0, "{what} remaining {} < 0", b.remaining);
+        prop_assert!(b.used >= 0, "{what} used {} < 0", b.used);
+        if b.bounded {
+            prop_assert_eq!(b.initial + b.credits + b.adjustments - b.used, b.remaining, "{} ledger: {:?}", what, b);
+        } else {
+            prop_assert_eq!(b.remaining, 0, "an unbounded clock has no budget");
+        }
+        prop_assert!(b.period_left >= 0 && b.block_left >= 0);
+    }
+    Ok(())
+}
+
+fn check_step(before: &Session, result: &Result<Applied, RuleError>, now: Micros) -> Result<(), TestCaseError> {
+    let Ok(applied) = result else { return Ok(()) };
+    let after = &applied.session;
+    prop_assert_eq!(after.version, before.version + applied.events.len() as u64);
+    for (i, e) in applied.events.iter().enumerate() {
+        prop_assert_eq!(e.version, before.version + 1 + i as u64, "versions are contiguous");
+        prop_assert_eq!(e.session.version, e.version);
+        check_clocks(&e.session)?;
+    }
+    if before.status.is_terminal() {
+        prop_assert!(applied.events.is_empty(), "a terminal session accepted {:?}", applied.events);
+    }
+    check_clocks(after)?;
+    let effective_now = now.max(before.updated_at);
+    if let Some(d) = deadline(after) {
+        prop_assert!(d > effective_now, "deadline {d} left overdue at {effective_now}");
+        prop_assert!(after.status == Status::Running && after.cycle_started_at.is_some(), "a deadline only while a clock runs");
+    }
+    if after.status != Status::Running {
+        prop_assert_eq!(deadline(after), None);
+    }
+    // Everything shown is non-negative, at any instant.
+    let v = view(after, effective_now + 1_234_567);
+    for i in 0..v.participants.len() {
+        let c = participant_view(&v, i);
+        prop_assert!(c.remaining >= 0 && c.used >= 0);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_mode_and_control_keeps_its_invariants(
+        st in setup(),
+        ops in proptest::collection::vec((op(), -2_000..40_000i64), 1..40),
+    ) {
+        let mut s = build(&st);
+        check_clocks(&s)?;
+        let mut now = T0;
+        for (op, dt) in ops {
+            now += dt * 1_000 / 3;
+            let cmd = command(&s, &op);
+            let result = apply(&s, &Request::new(cmd.clone()), now);
+            check_step(&s, &result, now)?;
+            if let (Command::Timeout, Ok(a)) = (&cmd, &result) {
+                // One transition per deadline: a second timeout at the same instant finds nothing due.
+                prop_assert!(!a.events.is_empty());
+                prop_assert_eq!(apply(&a.session, &Request::new(Command::Timeout), now).err(), Some(RuleError::NotDue));
+            }
+            if let Ok(a) = result {
+                s = a.session;
+            }
+        }
+    }
+
+    #[test]
+    fn the_deadline_is_exactly_when_the_timeout_becomes_due(
+        st in setup(),
+        switches in proptest::collection::vec(0..30_000i64, 0..6),
+    ) {
+        let mut s = build(&st);
+        let mut now = T0;
+        s = apply(&s, &Request::new(Command::Start { first: None }), now).unwrap().session;
+        for dt in switches {
+            now += dt;
+            if let Ok(a) = apply(&s, &Request::new(Command::Switch { from: None, next: None }), now) {
+                s = a.session;
+            }
+        }
+        if let Some(d) = deadline(&s) {
+            prop_assert_eq!(apply(&s, &Request::new(Command::Timeout), d - 1).err(), Some(RuleError::NotDue));
+            let fired = apply(&s, &Request::new(Command::Timeout), d).unwrap();
+            prop_assert!(!fired.events.is_empty());
+            // Fired at the deadline instant: the flagged clock was charged exactly what it had.
+            check_clocks(&fired.session)?;
+        }
+    }
+}
