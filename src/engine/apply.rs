@@ -276,7 +276,7 @@ impl Tx {
     /// next stretch starts at `at`.
     fn checkpoint(&mut self, at: Micros) {
         let Some((pos, started)) = running(&self.s) else { return };
-        let e = (at - started).max(0);
+        let e = at.saturating_sub(started).max(0);
         let tc = self.s.time_control.clone();
         let owner = owner_of(&self.s, pos);
         let charged = budget_mut(&mut self.s, owner).map_or(0, |b| b.consume(e, &tc));
