@@ -14,6 +14,7 @@
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 
 pub mod app;
+pub mod audit;
 mod architecture;
 pub mod config;
 pub mod engine;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::app::App;
+use crate::audit::{self, source::{AuditSource, MemorySource, RedisSource}, writer::AuditLag, Audit};
 use crate::config::{Config, EngineKind};
 use crate::fanout::{self, redis::PubSubSetup, Hub};
 use crate::grpc::{self, HealthControl};
@@ -36,6 +37,9 @@ pub struct Application {
     store: Arc<dyn SessionStore>,
     shutdown: CancellationToken,
     grace: Duration,
+    /// The audit writer, drained at shutdown.
+    audit_writer: Option<tokio::task::JoinHandle<()>>,
+    audit_lag: Arc<AuditLag>,
 }
 
 impl Application {
@@ -47,6 +51,7 @@ impl Application {
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let hub = Hub::new(config.stream_buffer);
         let shutdown = CancellationToken::new();
+        let mut memory_audit = None;
         let store: Arc<dyn SessionStore> = match (config.engine, &config.redis_url) {
             (EngineKind::Redis, Some(url)) => {
                 let settings = RedisSettings {
@@ -56,7 +61,7 @@ impl Application {
                     idle_ttl: config.idle_ttl,
                     pool_size: config.redis_pool_size,
                     pool_timeout: REDIS_POOL_TIMEOUT,
-                    audit: false,
+                    audit: config.database_url.is_some(),
                 };
                 let store = Arc::new(
                     RedisStore::connect(settings, clock)
@@ -79,14 +84,47 @@ impl Application {
                 store
             }
             (EngineKind::Redis, None) => anyhow::bail!("REDIS_URL: is required when SYNCKAIROS_ENGINE=redis"),
-            (EngineKind::Memory, _) => Arc::new(MemoryStore::new(hub.clone(), clock)),
+            (EngineKind::Memory, _) => {
+                let store = MemoryStore::new(hub.clone(), clock);
+                match config.database_url {
+                    Some(_) => {
+                        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                        memory_audit = Some(rx);
+                        Arc::new(store.with_audit(tx))
+                    }
+                    None => Arc::new(store),
+                }
+            }
+        };
+        // The audit trail: a writer per replica, fed by the bucket streams or the channel.
+        let audit_lag = Arc::new(AuditLag::default());
+        let (audit, audit_writer) = match &config.database_url {
+            Some(url) => {
+                let pool = audit::db::pool(url.expose(), 8);
+                let source: SourceFuture = match (memory_audit, &config.redis_url) {
+                    (Some(rx), _) => Box::pin(async move { Some(Box::new(MemorySource::new(rx)) as Box<dyn AuditSource>) }),
+                    (None, Some(redis_url)) => {
+                        let (url, streams, token) = (redis_url.expose().to_owned(), RedisStore::audit_streams(config.redis_buckets), shutdown.clone());
+                        Box::pin(async move { connect_redis_source(url, streams, token).await })
+                    }
+                    (None, None) => anyhow::bail!("DATABASE_URL: the audit needs an engine that records events"),
+                };
+                let (writer_pool, lag, token, clock) = (pool.clone(), audit_lag.clone(), shutdown.clone(), store.clone());
+                let writer = tokio::spawn(async move {
+                    if let Some(source) = source.await {
+                        audit::writer::run(writer_pool, source, lag, move || clock.now(), token).await;
+                    }
+                });
+                (Some(Audit::new(pool)), Some(writer))
+            }
+            None => (None, None),
         };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("SYNCKAIROS_LISTEN: cannot bind {}: {e}", config.listen))?;
         let addr = listener.local_addr()?;
-        let app = App::new(store.clone(), hub, shutdown.clone());
-        Ok(Self { listener, addr, app, store, shutdown, grace: config.shutdown_grace })
+        let app = App::new(store.clone(), hub, audit, shutdown.clone());
+        Ok(Self { listener, addr, app, store, shutdown, grace: config.shutdown_grace, audit_writer, audit_lag })
     }
 
     pub fn port(&self) -> u16 {
@@ -99,6 +137,11 @@ impl Application {
 
     pub fn app(&self) -> &App {
         &self.app
+    }
+
+    /// The audit writer's figures (all zero when the audit is off).
+    pub fn audit_lag(&self) -> Arc<AuditLag> {
+        self.audit_lag.clone()
     }
 
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
@@ -127,9 +170,30 @@ impl Application {
             }
         }
         self.shutdown.cancel();
+        if let Some(writer) = self.audit_writer {
+            // The writer drains what it holds (bounded by its own drain window).
+            let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        }
         tasks.shutdown().await;
         info!("stopped");
         Ok(())
+    }
+}
+
+type SourceFuture = std::pin::Pin<Box<dyn Future<Output = Option<Box<dyn AuditSource>>> + Send>>;
+
+/// Connects the writer's Redis source, retrying while Redis is unreachable.
+async fn connect_redis_source(url: String, streams: Vec<String>, shutdown: CancellationToken) -> Option<Box<dyn AuditSource>> {
+    let consumer = format!("replica-{}", uuid::Uuid::new_v4().simple());
+    loop {
+        match RedisSource::connect(&url, streams.clone(), consumer.clone()).await {
+            Ok(source) => return Some(Box::new(source)),
+            Err(e) => warn!(error = %e, "audit: cannot reach Redis yet; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

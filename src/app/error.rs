@@ -2,6 +2,7 @@
 //! maps each variant to one status code (grpc/error.rs); the detail of an
 //! infrastructure failure is logged where it happens, never returned.
 
+use crate::audit::AuditError;
 use crate::engine::RuleError;
 use crate::store::StoreError;
 
@@ -36,6 +37,19 @@ impl From<RuleError> for AppError {
             RuleError::Unimplemented(m) => AppError::Unimplemented(m),
             // Only the timers ask for a timeout; it never reaches a caller.
             RuleError::NotDue => AppError::FailedPrecondition(e.to_string()),
+        }
+    }
+}
+
+impl From<AuditError> for AppError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::BadPageToken(_) | AuditError::BadPageSize(_) => AppError::InvalidArgument(e.to_string()),
+            AuditError::NotFound => AppError::NotFound(e.to_string()),
+            AuditError::Db(detail) => {
+                tracing::warn!(%detail, "audit database unavailable");
+                AppError::Unavailable("the audit trail is unavailable; retry shortly".into())
+            }
         }
     }
 }

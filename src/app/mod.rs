@@ -15,8 +15,9 @@ use uuid::Uuid;
 pub use error::AppError;
 pub use subscribe::{StreamItem, SubscribeOptions, STREAM_CHANNEL_CAPACITY};
 
+use crate::audit::Audit;
 use crate::engine::{
-    self, Command, Micros, NewSession, ParticipantId, Request, RequestId, Session, SessionId, SessionKey,
+    self, Command, Event, Micros, NewSession, ParticipantId, Request, RequestId, Session, SessionId, SessionKey,
     Tenant,
 };
 use crate::fanout::Hub;
@@ -40,12 +41,19 @@ pub struct Guards {
 pub struct App {
     store: Arc<dyn SessionStore>,
     hub: Arc<Hub>,
+    audit: Option<Audit>,
     shutdown: CancellationToken,
 }
 
+/// One page of a session's audit history.
+pub struct HistoryPage {
+    pub events: Vec<Event>,
+    pub next_page_token: String,
+}
+
 impl App {
-    pub fn new(store: Arc<dyn SessionStore>, hub: Arc<Hub>, shutdown: CancellationToken) -> Self {
-        Self { store, hub, shutdown }
+    pub fn new(store: Arc<dyn SessionStore>, hub: Arc<Hub>, audit: Option<Audit>, shutdown: CancellationToken) -> Self {
+        Self { store, hub, audit, shutdown }
     }
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
@@ -135,6 +143,21 @@ impl App {
 
     pub fn server_time(&self) -> Micros {
         self.store.now()
+    }
+
+    /// The session's history from the audit trail (ListSessionEvents).
+    pub async fn history(
+        &self,
+        id: SessionId,
+        page_size: u32,
+        page_token: &str,
+        after_version: Option<u64>,
+    ) -> Result<HistoryPage, AppError> {
+        let audit = self.audit.as_ref().ok_or_else(|| {
+            AppError::Unimplemented("the audit trail is off on this server (DATABASE_URL is not set)".into())
+        })?;
+        let page = audit.history(&self.key(id), page_size, page_token, after_version).await?;
+        Ok(HistoryPage { events: page.events, next_page_token: page.next_page_token })
     }
 
     /// Opens a Subscribe stream (SPEC §7); see [`subscribe`].

@@ -28,6 +28,12 @@ pub enum Mode {
     CountUp,
 }
 
+impl Mode {
+    pub fn name(self) -> &'static str {
+        super::create::mode_name(self)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
     Pending,
@@ -203,6 +209,45 @@ pub enum EventKind {
     Completed,
     Cancelled,
     Deleted,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 12] = [
+        EventKind::Created,
+        EventKind::Started,
+        EventKind::Switched,
+        EventKind::Paused,
+        EventKind::Resumed,
+        EventKind::TimeAdjusted,
+        EventKind::TimedOut,
+        EventKind::ParticipantExpired,
+        EventKind::Expired,
+        EventKind::Completed,
+        EventKind::Cancelled,
+        EventKind::Deleted,
+    ];
+
+    /// The stable name stored in the audit (`SWITCHED`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Created => "CREATED",
+            EventKind::Started => "STARTED",
+            EventKind::Switched => "SWITCHED",
+            EventKind::Paused => "PAUSED",
+            EventKind::Resumed => "RESUMED",
+            EventKind::TimeAdjusted => "TIME_ADJUSTED",
+            EventKind::TimedOut => "TIMED_OUT",
+            EventKind::ParticipantExpired => "PARTICIPANT_EXPIRED",
+            EventKind::Expired => "EXPIRED",
+            EventKind::Completed => "COMPLETED",
+            EventKind::Cancelled => "CANCELLED",
+            EventKind::Deleted => "DELETED",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
 }
 
 /// One committed version: what happened, to whom, when, and the session after it.

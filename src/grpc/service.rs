@@ -128,11 +128,18 @@ impl SyncService for GrpcService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
     async fn list_session_events(
         &self,
-        _req: Request<pb::ListSessionEventsRequest>,
+        req: Request<pb::ListSessionEventsRequest>,
     ) -> Reply<pb::ListSessionEventsResponse> {
-        Err(Status::unimplemented("ListSessionEvents needs the PostgreSQL audit, which is not built yet"))
+        let r = req.into_inner();
+        let id = convert::session_id(&r.session_id)?;
+        let page = self.app.history(id, r.page_size, &r.page_token, r.after_version).await?;
+        Ok(Response::new(pb::ListSessionEventsResponse {
+            events: page.events.iter().map(convert::event).collect(),
+            next_page_token: page.next_page_token,
+        }))
     }
 }
 

@@ -11,10 +11,10 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use super::clock::Clock;
-use super::{ApplyFn, BuildFn, Replay, SessionStore, StoreError, EVENT_LOG_LEN};
+use super::{ApplyFn, AuditRecord, BuildFn, Replay, SessionStore, StoreError, EVENT_LOG_LEN};
 use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
 use crate::fanout::Hub;
 
@@ -53,6 +53,8 @@ pub struct MemoryStore {
     deadlines: Mutex<Deadlines>,
     wake: Arc<Notify>,
     hub: Arc<Hub>,
+    /// Where committed events go for the audit trail (when it is on).
+    audit: Option<mpsc::UnboundedSender<AuditRecord>>,
 }
 
 /// Recovers the data from a poisoned lock: a panic elsewhere must not take
@@ -70,6 +72,23 @@ impl MemoryStore {
             deadlines: Mutex::new(Deadlines::default()),
             wake: Arc::new(Notify::new()),
             hub,
+            audit: None,
+        }
+    }
+
+    /// Feeds every committed event to `audit` (the audit writer's channel).
+    /// Unbounded on purpose: a commit never waits on the audit, and the
+    /// writer keeps up far beyond the engine's commit rate.
+    pub fn with_audit(mut self, audit: mpsc::UnboundedSender<AuditRecord>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    fn send_audit(&self, key: &SessionKey, events: &[Arc<Event>]) {
+        if let Some(audit) = &self.audit {
+            for e in events {
+                let _ = audit.send(AuditRecord { tenant: key.tenant.clone(), event: e.clone() });
+            }
         }
     }
 
@@ -92,6 +111,7 @@ impl MemoryStore {
             self.wake.notify_one();
         }
         self.hub.deliver(key, &events);
+        self.send_audit(key, &events);
         events
     }
 }
@@ -135,6 +155,7 @@ impl SessionStore for MemoryStore {
         lock(&self.deadlines).set(key, None);
         let event = Arc::new(engine::deleted_event(&entry.session, self.now()));
         self.hub.deliver(key, std::slice::from_ref(&event));
+        self.send_audit(key, std::slice::from_ref(&event));
         Ok(event)
     }
 

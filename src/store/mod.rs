@@ -14,7 +14,18 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::engine::{Applied, Event, Micros, RuleError, Session, SessionKey};
+use crate::engine::{Applied, Event, Micros, RuleError, Session, SessionKey, Tenant};
+
+/// One committed version on its way to the audit trail.
+#[derive(Clone, Debug)]
+pub struct AuditRecord {
+    pub tenant: Tenant,
+    pub event: Arc<Event>,
+}
+
+/// The bucket audit stream's field names (Redis engine).
+pub const AUDIT_FIELD_TENANT: &str = "tenant";
+pub const AUDIT_FIELD_EVENT: &str = "e";
 
 /// How many events a session's log retains for `Subscribe{from_version}` replay.
 pub const EVENT_LOG_LEN: usize = 256;

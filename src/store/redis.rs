@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::clock::Clock;
-use super::{ApplyFn, BuildFn, Replay, SessionStore, StoreError, EVENT_LOG_LEN};
+use super::{ApplyFn, BuildFn, Replay, SessionStore, StoreError, AUDIT_FIELD_EVENT, AUDIT_FIELD_TENANT, EVENT_LOG_LEN};
 use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
 
 /// Write conflicts retried inside the server before `ABORTED`.
@@ -107,6 +107,7 @@ struct Keys {
     channel: String,
     wake: String,
     member: String,
+    tenant: String,
 }
 
 pub struct RedisStore {
@@ -187,6 +188,11 @@ impl RedisStore {
         crc32fast::hash(format!("{}/{}", key.tenant, key.id).as_bytes()) % self.settings.buckets
     }
 
+    /// `sk:{b}:audit` of every one of `buckets` buckets.
+    pub fn audit_streams(buckets: u32) -> Vec<String> {
+        (0..buckets).map(|b| format!("sk:{{{b}}}:audit")).collect()
+    }
+
     /// `sk:{b}:ev:<tenant>:<session>`.
     pub fn channel_of(&self, key: &SessionKey) -> String {
         format!("sk:{{{}}}:ev:{}:{}", self.bucket_of(key), key.tenant, key.id)
@@ -233,6 +239,7 @@ impl RedisStore {
             channel: format!("sk:{{{b}}}:ev:{t}:{id}"),
             wake: format!("sk:{{{b}}}:wake"),
             member: format!("{t}/{id}"),
+            tenant: t.to_string(),
         }
     }
 
@@ -280,7 +287,7 @@ impl RedisStore {
                 .arg(&bytes)
                 .ignore();
             if self.settings.audit {
-                tx.cmd("XADD").arg(&k.audit).arg("*").arg("t").arg(session.id.as_str()).arg("e").arg(&bytes).ignore();
+                tx.cmd("XADD").arg(&k.audit).arg("*").arg(AUDIT_FIELD_TENANT).arg(&k.tenant).arg(AUDIT_FIELD_EVENT).arg(&bytes).ignore();
             }
             batch.push(bytes);
         }
@@ -487,7 +494,7 @@ impl SessionStore for RedisStore {
             tx.cmd("ZREM").arg(&k.deadlines).arg(&k.member).ignore();
             tx.cmd("ZREM").arg(&k.inflight).arg(&k.member).ignore();
             if self.settings.audit {
-                tx.cmd("XADD").arg(&k.audit).arg("*").arg("t").arg(session.id.as_str()).arg("e").arg(&bytes).ignore();
+                tx.cmd("XADD").arg(&k.audit).arg("*").arg(AUDIT_FIELD_TENANT).arg(&k.tenant).arg(AUDIT_FIELD_EVENT).arg(&bytes).ignore();
             }
             tx.cmd("PUBLISH").arg(&k.channel).arg(join_batch(&[bytes])).ignore();
             let done: Option<Value> = exchange(&mut conn, async |c| tx.query_async(c).await).await?;

@@ -1,0 +1,290 @@
+//! PostgreSQL through diesel-async: the pool, the embedded migrations, the
+//! batch insert and the history query. Nothing here knows Redis or tonic.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use diesel_async::pooled_connection::bb8::Pool;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use super::schema::{session_events, sessions};
+use crate::engine::{Event, EventKind, Micros, Session};
+use crate::store::AuditRecord;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Rows per INSERT: 8 columns x 4000 rows stays well under Postgres' 65,535 binds.
+const ROWS_PER_STATEMENT: usize = 4_000;
+
+pub type PgPool = Pool<AsyncPgConnection>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored audit data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+fn unavailable(e: impl std::fmt::Display) -> DbError {
+    DbError::Unavailable(e.to_string())
+}
+
+/// A pool that connects lazily: building it never fails on an unreachable database.
+pub fn pool(url: &str, size: u32) -> PgPool {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(2))
+        .test_on_check_out(true)
+        .build_unchecked(manager)
+}
+
+/// Applies the embedded migrations; returns the versions applied now.
+/// Needs the multi-thread runtime (the harness uses `block_in_place`).
+pub async fn migrate(pool: &PgPool) -> Result<Vec<String>, DbError> {
+    let conn = pool.get_owned().await.map_err(unavailable)?;
+    let mut harness = AsyncMigrationHarness::new(conn);
+    let applied = harness
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(unavailable)?
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    drop(harness.into_inner());
+    Ok(applied)
+}
+
+fn at(micros: Micros) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = session_events)]
+struct NewEventRow<'a> {
+    tenant: &'a str,
+    session_id: &'a str,
+    epoch: &'a str,
+    version: i64,
+    event_type: &'a str,
+    participant_id: Option<&'a str>,
+    occurred_at: DateTime<Utc>,
+    snapshot: serde_json::Value,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = sessions)]
+struct SessionRow<'a> {
+    tenant: &'a str,
+    session_id: &'a str,
+    epoch: &'a str,
+    mode: &'a str,
+    status: &'a str,
+    last_version: i64,
+    config: serde_json::Value,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+/// The configuration part of a session, for the `sessions` row.
+fn config_of(s: &Session) -> serde_json::Value {
+    serde_json::json!({
+        "participants": s.participants.iter().map(|p| serde_json::json!({
+            "participant_id": p.id, "index": p.index, "group_id": p.group, "initial_us": p.clock.initial,
+        })).collect::<Vec<_>>(),
+        "groups": s.groups.iter().map(|g| serde_json::json!({"group_id": g.id, "initial_us": g.clock.initial})).collect::<Vec<_>>(),
+        "time_control": s.time_control,
+        "cycle_time_us": s.cycle_time,
+        "global_time_us": s.global_time,
+        "max_time_us": s.max_time,
+        "timeout_action": s.timeout_action,
+        "metadata": s.metadata,
+    })
+}
+
+/// Inserts a batch in one transaction: every event (a version already
+/// present is skipped, so a replayed batch is harmless) and the latest state
+/// of each session it touches. Returns the number of new event rows.
+pub async fn insert_batch(pool: &PgPool, records: &[AuditRecord]) -> Result<usize, DbError> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let snapshots: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| serde_json::to_value(&r.event.session).map_err(|e| DbError::Corrupt(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let rows: Vec<NewEventRow<'_>> = records
+        .iter()
+        .zip(snapshots)
+        .map(|(r, snapshot)| NewEventRow {
+            tenant: r.tenant.as_str(),
+            session_id: r.event.session.id.as_str(),
+            epoch: &r.event.session.epoch,
+            version: r.event.version as i64,
+            event_type: r.event.kind.name(),
+            participant_id: r.event.participant.as_ref().map(|p| p.as_str()),
+            occurred_at: at(r.event.at),
+            snapshot,
+        })
+        .collect();
+    // The newest event per session id (one upsert row each: Postgres refuses
+    // to update one row twice in a statement).
+    let mut latest: std::collections::HashMap<(&str, &str), &AuditRecord> = std::collections::HashMap::new();
+    for r in records {
+        let k = (r.tenant.as_str(), r.event.session.id.as_str());
+        let newer = latest.get(&k).is_none_or(|cur| {
+            (r.event.session.created_at, r.event.version) > (cur.event.session.created_at, cur.event.version)
+        });
+        if newer {
+            latest.insert(k, r);
+        }
+    }
+    let session_rows: Vec<SessionRow<'_>> = latest
+        .values()
+        .map(|r| {
+            let s = &r.event.session;
+            let deleted = r.event.kind == EventKind::Deleted;
+            SessionRow {
+                tenant: r.tenant.as_str(),
+                session_id: s.id.as_str(),
+                epoch: &s.epoch,
+                mode: s.mode.name(),
+                status: s.status.name(),
+                last_version: r.event.version as i64,
+                config: config_of(s),
+                created_at: at(s.created_at),
+                started_at: s.started_at.map(at),
+                ended_at: s.ended_at.map(at),
+                updated_at: at(r.event.at),
+                deleted_at: deleted.then(|| at(r.event.at)),
+            }
+        })
+        .collect();
+
+    let mut conn = pool.get().await.map_err(unavailable)?;
+    let inserted = conn
+        .transaction::<usize, diesel::result::Error, _>(async |conn| {
+            let mut inserted = 0;
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                inserted += diesel::insert_into(session_events::table)
+                    .values(chunk)
+                    .on_conflict_do_nothing()
+                    .execute(conn)
+                    .await?;
+            }
+            for chunk in session_rows.chunks(ROWS_PER_STATEMENT / 2) {
+                // `filter` on an upsert is the WHERE of its DO UPDATE.
+                use diesel::query_dsl::methods::FilterDsl;
+                use sessions::dsl as s;
+                diesel::insert_into(sessions::table)
+                    .values(chunk)
+                    .on_conflict((s::tenant, s::session_id))
+                    .do_update()
+                    .set((
+                        s::epoch.eq(excluded(s::epoch)),
+                        s::mode.eq(excluded(s::mode)),
+                        s::status.eq(excluded(s::status)),
+                        s::last_version.eq(excluded(s::last_version)),
+                        s::config.eq(excluded(s::config)),
+                        s::created_at.eq(excluded(s::created_at)),
+                        s::started_at.eq(excluded(s::started_at)),
+                        s::ended_at.eq(excluded(s::ended_at)),
+                        s::updated_at.eq(excluded(s::updated_at)),
+                        s::deleted_at.eq(excluded(s::deleted_at)),
+                    ))
+                    // Batches from several replicas may land out of order: never go back.
+                    .filter(
+                        s::created_at
+                            .lt(excluded(s::created_at))
+                            .or(s::epoch.eq(excluded(s::epoch)).and(s::last_version.lt(excluded(s::last_version)))),
+                    )
+                    .execute(conn)
+                    .await?;
+            }
+            Ok(inserted)
+        })
+        .await
+        .map_err(unavailable)?;
+    Ok(inserted)
+}
+
+/// One stored event, as it was committed.
+pub struct StoredEvent {
+    pub event: Event,
+    pub epoch: String,
+}
+
+#[derive(Queryable)]
+struct EventRow {
+    epoch: String,
+    version: i64,
+    event_type: String,
+    participant_id: Option<String>,
+    occurred_at: DateTime<Utc>,
+    snapshot: serde_json::Value,
+}
+
+/// The session id's latest epoch (the one that exists now, or existed last).
+pub async fn latest_epoch(pool: &PgPool, tenant: &str, session_id: &str) -> Result<Option<String>, DbError> {
+    use sessions::dsl as s;
+    let mut conn = pool.get().await.map_err(unavailable)?;
+    s::sessions
+        .filter(s::tenant.eq(tenant).and(s::session_id.eq(session_id)))
+        .select(s::epoch)
+        .first::<String>(&mut conn)
+        .await
+        .optional()
+        .map_err(unavailable)
+}
+
+/// Events of one epoch of a session after `after`, in version order, at most `limit`.
+pub async fn events_page(
+    pool: &PgPool,
+    tenant: &str,
+    session_id: &str,
+    epoch: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, DbError> {
+    use session_events::dsl as e;
+    let mut conn = pool.get().await.map_err(unavailable)?;
+    let rows: Vec<EventRow> = e::session_events
+        .filter(e::tenant.eq(tenant))
+        .filter(e::session_id.eq(session_id))
+        .filter(e::epoch.eq(epoch))
+        .filter(e::version.gt(after.min(i64::MAX as u64) as i64))
+        .order(e::version.asc())
+        .limit(limit as i64)
+        .select((e::epoch, e::version, e::event_type, e::participant_id, e::occurred_at, e::snapshot))
+        .load(&mut conn)
+        .await
+        .map_err(unavailable)?;
+    rows.into_iter()
+        .map(|r| {
+            let session: Session = serde_json::from_value(r.snapshot).map_err(|e| DbError::Corrupt(e.to_string()))?;
+            let kind = EventKind::from_name(&r.event_type).ok_or_else(|| DbError::Corrupt(r.event_type.clone()))?;
+            let participant = r
+                .participant_id
+                .map(|p: String| crate::engine::ParticipantId::parse("participant_id", &p))
+                .transpose()
+                .map_err(|e| DbError::Corrupt(e.to_string()))?;
+            Ok(StoredEvent {
+                epoch: r.epoch,
+                event: Event {
+                    version: r.version as u64,
+                    kind,
+                    participant,
+                    at: r.occurred_at.timestamp_micros(),
+                    session,
+                },
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,146 @@
+//! The batch writer, one per replica: read a batch from the source (flush on
+//! size, or when `FLUSH_EVERY` passes with something read), insert it into
+//! Postgres in one transaction, then acknowledge it. Postgres being down
+//! only delays this loop — with backoff, holding the batch — never a commit:
+//! the clock does not wait on the audit, and nothing is acknowledged before
+//! it is stored. On shutdown it drains what it can within the grace period.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::db::{self, PgPool};
+use super::source::AuditSource;
+use crate::engine::Micros;
+
+/// Records per batch: large batches insert fastest (STACK.md: ~1.3x of 100-row batches).
+pub const BATCH_MAX: usize = 2_000;
+/// How long the writer waits for a batch to fill.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long shutdown keeps draining.
+const DRAIN_FOR: Duration = Duration::from_secs(3);
+
+/// The writer's figures, for logs and the metrics endpoint to come.
+#[derive(Default)]
+pub struct AuditLag {
+    /// Events stored in Postgres by this replica.
+    pub inserted: AtomicU64,
+    /// Age, when it reached Postgres, of the oldest event of the last batch (µs).
+    pub last_lag_us: AtomicI64,
+    /// Largest such age seen (µs).
+    pub max_lag_us: AtomicI64,
+    /// Records waiting, as last measured.
+    pub backlog: AtomicU64,
+}
+
+/// Runs until `shutdown`, then drains for a little while.
+pub async fn run(pool: PgPool, mut source: Box<dyn AuditSource>, lag: Arc<AuditLag>, now: impl Fn() -> Micros + Send, shutdown: CancellationToken) {
+    if !migrate_until_ready(&pool, &shutdown).await {
+        return;
+    }
+    let mut logged_lag = Duration::from_secs(1);
+    let mut last_backlog = Instant::now();
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        if drain_until.is_none() && shutdown.is_cancelled() {
+            drain_until = Some(Instant::now() + DRAIN_FOR);
+        }
+        if drain_until.is_some_and(|t| Instant::now() >= t) {
+            return;
+        }
+        let batch = match source.next(BATCH_MAX, FLUSH_EVERY).await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "audit: reading the source failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.cancelled(), if drain_until.is_none() => {}
+                }
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if drain_until.is_some() {
+                return;
+            }
+            continue;
+        }
+        let (acks, records): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let mut backoff = Duration::from_millis(100);
+        let mut failures = 0u32;
+        loop {
+            match db::insert_batch(&pool, &records).await {
+                Ok(n) => {
+                    lag.inserted.fetch_add(n as u64, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 20 == 0 {
+                        warn!(error = %e, held = records.len(), "audit: Postgres insert failed; holding the batch and retrying");
+                    }
+                    if drain_until.is_some_and(|t| Instant::now() >= t) {
+                        // Redis keeps the entries pending for the next writer; memory cannot.
+                        error!(held = records.len(), "audit: shutting down with a batch Postgres did not take");
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        if failures > 0 {
+            info!(after = failures, "audit: Postgres is back; backlog draining");
+        }
+        if let Err(e) = source.ack(&acks).await {
+            // Not acknowledged: they are redelivered and skipped by ON CONFLICT.
+            warn!(error = %e, "audit: acknowledging failed; entries will be re-inserted harmlessly");
+        }
+        let oldest = records.iter().map(|r| r.event.at).min().unwrap_or_else(&now);
+        let age = (now() - oldest).max(0);
+        lag.last_lag_us.store(age, Ordering::Relaxed);
+        lag.max_lag_us.fetch_max(age, Ordering::Relaxed);
+        let age = Duration::from_micros(age as u64);
+        if age > logged_lag {
+            warn!(lag_ms = age.as_millis() as u64, "audit: the writer is behind");
+            logged_lag = age * 2;
+        } else if age < Duration::from_millis(500) {
+            logged_lag = Duration::from_secs(1);
+        }
+        if last_backlog.elapsed() > Duration::from_secs(2) {
+            last_backlog = Instant::now();
+            if let Some(b) = source.backlog().await {
+                lag.backlog.store(b, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Runs the migrations, retrying while the database cannot be reached.
+async fn migrate_until_ready(pool: &PgPool, shutdown: &CancellationToken) -> bool {
+    let mut backoff = Duration::from_millis(200);
+    let mut attempt = 0u32;
+    loop {
+        match db::migrate(pool).await {
+            Ok(applied) => {
+                info!(?applied, "audit: migrations up to date; writer running");
+                return true;
+            }
+            Err(e) => {
+                attempt += 1;
+                if attempt == 1 || attempt % 10 == 0 {
+                    error!(error = %e, "DATABASE_URL: cannot reach the audit database; the clock keeps serving, the audit waits");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
