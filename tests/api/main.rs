@@ -7,6 +7,7 @@
 //!
 //! `--nocapture` shows the measured flag lateness; `TEST_LOG=1` shows server logs.
 
+mod audit;
 mod concurrency;
 mod docs;
 mod flag;
@@ -14,6 +15,7 @@ mod grpcurl;
 mod health;
 mod helpers;
 mod latency;
+mod pg;
 mod redis_server;
 mod replicas;
 mod sessions;

@@ -1,0 +1,1 @@
+//! The PostgreSQL audit trail end to end (written next).
