@@ -11,6 +11,7 @@ diesel::table! {
         participant_id -> Nullable<Text>,
         occurred_at -> Timestamptz,
         snapshot -> Jsonb,
+        inserted_at -> Timestamptz,
     }
 }
 

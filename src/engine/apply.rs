@@ -325,9 +325,16 @@ impl Tx {
         let who = self.id_of(pos);
         if self.s.mode == Mode::PerCycle {
             return match self.s.timeout_action {
-                TimeoutAction::EndSession => self.end_by_time(at, who),
-                // The cycle sits at zero until the caller switches.
-                TimeoutAction::Notify => self.emit(EventKind::TimedOut, Some(who)),
+                TimeoutAction::EndSession => {
+                    self.s.participants[pos].expired = true;
+                    self.end_by_time(at, who)
+                }
+                // SPEC §5: the participant is expired; the cycle sits at zero
+                // until the caller switches (expired participants are skipped).
+                TimeoutAction::Notify => {
+                    self.s.participants[pos].expired = true;
+                    self.emit(EventKind::TimedOut, Some(who))
+                }
                 TimeoutAction::Skip => {
                     self.complete_turn(pos);
                     let next = self.next_eligible_after(pos).unwrap_or(pos);

@@ -35,8 +35,10 @@ use super::clock::Clock;
 use super::{ApplyFn, BuildFn, Replay, SessionStore, StoreError, AUDIT_FIELD_EVENT, AUDIT_FIELD_TENANT, EVENT_LOG_LEN};
 use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
 
-/// Write conflicts retried inside the server before `ABORTED`.
-const MAX_ATTEMPTS: u32 = 32;
+/// How long write conflicts are retried inside the server before `ABORTED`.
+/// Writers of one session on one replica queue locally first (see
+/// `LocalWriters`), so only replicas contend, and a retry rarely loses twice.
+const RETRY_BUDGET: Duration = Duration::from_secs(3);
 /// One Redis exchange may take this long before the call fails with UNAVAILABLE.
 const IO_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// How long a claimed deadline stays with its claimer before others may take it.
@@ -110,8 +112,47 @@ struct Keys {
     tenant: String,
 }
 
+/// Writers of one session inside this replica take turns: without this, N
+/// local callers on one hot session would fight each other's WATCH as well as
+/// the other replicas', and most of their round trips would be wasted.
+#[derive(Default)]
+struct LocalWriters {
+    queues: Mutex<std::collections::HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A turn at writing one session; the queue is forgotten when nobody waits.
+struct WriterTurn<'a> {
+    writers: &'a LocalWriters,
+    key: SessionKey,
+    queue: Arc<tokio::sync::Mutex<()>>,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl LocalWriters {
+    async fn turn(&self, key: &SessionKey) -> WriterTurn<'_> {
+        let queue = {
+            let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            queues.entry(key.clone()).or_default().clone()
+        };
+        let turn = queue.clone().lock_owned().await;
+        WriterTurn { writers: self, key: key.clone(), queue, turn: Some(turn) }
+    }
+}
+
+impl Drop for WriterTurn<'_> {
+    fn drop(&mut self) {
+        let mut queues = self.writers.queues.lock().unwrap_or_else(|p| p.into_inner());
+        drop(self.turn.take());
+        // Only the map and this turn hold it: nobody is waiting.
+        if Arc::strong_count(&self.queue) == 2 {
+            queues.remove(&self.key);
+        }
+    }
+}
+
 pub struct RedisStore {
     pool: bb8::Pool<Manager>,
+    writers: LocalWriters,
     settings: RedisSettings,
     clock: Arc<SyncedClock>,
     wake: Arc<Notify>,
@@ -165,6 +206,7 @@ impl RedisStore {
             .build_unchecked(Manager(manager));
         let store = Self {
             pool,
+            writers: LocalWriters::default(),
             settings,
             clock: Arc::new(SyncedClock { local, offset: AtomicI64::new(0) }),
             wake: Arc::new(Notify::new()),
@@ -326,10 +368,16 @@ impl RedisStore {
         let _ = exchange(conn, async |c| redis::cmd("UNWATCH").query_async::<()>(c).await).await;
     }
 
-    async fn backoff(attempt: u32) {
-        let cap = 200u64.saturating_mul(1 << attempt.min(6));
+    /// Waits a jittered, growing while after a lost WATCH race; false once
+    /// the retry budget is spent.
+    async fn backoff(attempt: u32, started: std::time::Instant) -> bool {
+        if started.elapsed() >= RETRY_BUDGET {
+            return false;
+        }
+        let cap = 100u64.saturating_mul(1 << attempt.min(7));
         let micros = rand::rng().random_range(0..=cap);
         tokio::time::sleep(Duration::from_micros(micros)).await;
+        true
     }
 
     /// Takes due deadlines from every bucket; returns them and the earliest head left.
@@ -409,9 +457,11 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, key: &SessionKey, build: BuildFn<'_>) -> Result<Arc<Event>, StoreError> {
+        let _turn = self.writers.turn(key).await;
         let mut conn = self.conn().await?;
         let k = self.keys(key);
-        for attempt in 0..MAX_ATTEMPTS {
+        let started = std::time::Instant::now();
+        for attempt in 0.. {
             let (raw, now) = self.watch_read(&mut conn, &k).await?;
             let head = self.known_head();
             if let Some(raw) = raw {
@@ -434,7 +484,9 @@ impl SessionStore for RedisStore {
             if done.is_some() {
                 return Ok(Arc::new(event));
             }
-            Self::backoff(attempt).await;
+            if !Self::backoff(attempt, started).await {
+                break;
+            }
         }
         Err(StoreError::Conflict)
     }
@@ -447,9 +499,11 @@ impl SessionStore for RedisStore {
     }
 
     async fn update(&self, key: &SessionKey, f: ApplyFn<'_>) -> Result<Applied, StoreError> {
+        let _turn = self.writers.turn(key).await;
         let mut conn = self.conn().await?;
         let k = self.keys(key);
-        for attempt in 0..MAX_ATTEMPTS {
+        let started = std::time::Instant::now();
+        for attempt in 0.. {
             let (raw, now) = self.watch_read(&mut conn, &k).await?;
             let head = self.known_head();
             let Some(raw) = raw else {
@@ -471,15 +525,19 @@ impl SessionStore for RedisStore {
             if done.is_some() {
                 return Ok(applied);
             }
-            Self::backoff(attempt).await;
+            if !Self::backoff(attempt, started).await {
+                break;
+            }
         }
         Err(StoreError::Conflict)
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError> {
+        let _turn = self.writers.turn(key).await;
         let mut conn = self.conn().await?;
         let k = self.keys(key);
-        for attempt in 0..MAX_ATTEMPTS {
+        let started = std::time::Instant::now();
+        for attempt in 0.. {
             let (raw, now) = self.watch_read(&mut conn, &k).await?;
             let Some(raw) = raw else {
                 self.unwatch(&mut conn).await;
@@ -501,7 +559,9 @@ impl SessionStore for RedisStore {
             if done.is_some() {
                 return Ok(Arc::new(event));
             }
-            Self::backoff(attempt).await;
+            if !Self::backoff(attempt, started).await {
+                break;
+            }
         }
         Err(StoreError::Conflict)
     }
