@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::upsert::excluded;
 use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::schema::{session_events, sessions};
@@ -17,7 +17,7 @@ use crate::store::AuditRecord;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
-/// Rows per INSERT: 8 columns x 4000 rows stays well under Postgres' 65,535 binds.
+/// Rows per INSERT: 12 columns x 4000 rows stays well under Postgres' 65,535 binds.
 const ROWS_PER_STATEMENT: usize = 4_000;
 
 pub type PgPool = Pool<AsyncPgConnection>;
@@ -109,13 +109,28 @@ fn config_of(s: &Session) -> serde_json::Value {
     })
 }
 
-/// Inserts a batch in one transaction: every event (a version already
-/// present is skipped, so a replayed batch is harmless) and the latest state
-/// of each session it touches. Returns the number of new event rows.
+/// Event rows per INSERT; chunks go to Postgres on up to `PARALLEL` connections at once.
+const CHUNK: usize = 1_000;
+const PARALLEL: usize = 4;
+
+/// Stores a batch: every event (a version already present is skipped, so a
+/// replayed batch is harmless), then the latest state of each session it
+/// touches. Returns the number of new event rows. Not one transaction, and
+/// it need not be: the caller acknowledges the batch only after all of it
+/// succeeded, and a retry of any part is idempotent.
 pub async fn insert_batch(pool: &PgPool, records: &[AuditRecord]) -> Result<usize, DbError> {
-    if records.is_empty() {
-        return Ok(0);
+    let mut inserted = 0;
+    for wave in records.chunks(CHUNK * PARALLEL) {
+        let results = futures_util::future::join_all(wave.chunks(CHUNK).map(|chunk| insert_events(pool, chunk))).await;
+        for r in results {
+            inserted += r?;
+        }
     }
+    upsert_sessions(pool, records).await?;
+    Ok(inserted)
+}
+
+async fn insert_events(pool: &PgPool, records: &[AuditRecord]) -> Result<usize, DbError> {
     let snapshots: Vec<serde_json::Value> = records
         .iter()
         .map(|r| serde_json::to_value(&r.event.session).map_err(|e| DbError::Corrupt(e.to_string())))
@@ -134,8 +149,18 @@ pub async fn insert_batch(pool: &PgPool, records: &[AuditRecord]) -> Result<usiz
             snapshot,
         })
         .collect();
-    // The newest event per session id (one upsert row each: Postgres refuses
-    // to update one row twice in a statement).
+    let mut conn = pool.get().await.map_err(unavailable)?;
+    diesel::insert_into(session_events::table)
+        .values(&rows)
+        .on_conflict_do_nothing()
+        .execute(&mut conn)
+        .await
+        .map_err(unavailable)
+}
+
+/// One upsert row per session id, newest state wins; never goes back.
+async fn upsert_sessions(pool: &PgPool, records: &[AuditRecord]) -> Result<(), DbError> {
+    // Postgres refuses to update one row twice in a statement: keep the newest event per id.
     let mut latest: std::collections::HashMap<(&str, &str), &AuditRecord> = std::collections::HashMap::new();
     for r in records {
         let k = (r.tenant.as_str(), r.event.session.id.as_str());
@@ -146,11 +171,13 @@ pub async fn insert_batch(pool: &PgPool, records: &[AuditRecord]) -> Result<usiz
             latest.insert(k, r);
         }
     }
-    let session_rows: Vec<SessionRow<'_>> = latest
-        .values()
+    let mut newest: Vec<&AuditRecord> = latest.into_values().collect();
+    // One lock order for every writer: concurrent upserts never deadlock.
+    newest.sort_by(|a, b| (a.tenant.as_str(), a.event.session.id.as_str()).cmp(&(b.tenant.as_str(), b.event.session.id.as_str())));
+    let session_rows: Vec<SessionRow<'_>> = newest
+        .iter()
         .map(|r| {
             let s = &r.event.session;
-            let deleted = r.event.kind == EventKind::Deleted;
             SessionRow {
                 tenant: r.tenant.as_str(),
                 session_id: s.id.as_str(),
@@ -163,56 +190,42 @@ pub async fn insert_batch(pool: &PgPool, records: &[AuditRecord]) -> Result<usiz
                 started_at: s.started_at.map(at),
                 ended_at: s.ended_at.map(at),
                 updated_at: at(r.event.at),
-                deleted_at: deleted.then(|| at(r.event.at)),
+                deleted_at: (r.event.kind == EventKind::Deleted).then(|| at(r.event.at)),
             }
         })
         .collect();
-
     let mut conn = pool.get().await.map_err(unavailable)?;
-    let inserted = conn
-        .transaction::<usize, diesel::result::Error, _>(async |conn| {
-            let mut inserted = 0;
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                inserted += diesel::insert_into(session_events::table)
-                    .values(chunk)
-                    .on_conflict_do_nothing()
-                    .execute(conn)
-                    .await?;
-            }
-            for chunk in session_rows.chunks(ROWS_PER_STATEMENT / 2) {
-                // `filter` on an upsert is the WHERE of its DO UPDATE.
-                use diesel::query_dsl::methods::FilterDsl;
-                use sessions::dsl as s;
-                diesel::insert_into(sessions::table)
-                    .values(chunk)
-                    .on_conflict((s::tenant, s::session_id))
-                    .do_update()
-                    .set((
-                        s::epoch.eq(excluded(s::epoch)),
-                        s::mode.eq(excluded(s::mode)),
-                        s::status.eq(excluded(s::status)),
-                        s::last_version.eq(excluded(s::last_version)),
-                        s::config.eq(excluded(s::config)),
-                        s::created_at.eq(excluded(s::created_at)),
-                        s::started_at.eq(excluded(s::started_at)),
-                        s::ended_at.eq(excluded(s::ended_at)),
-                        s::updated_at.eq(excluded(s::updated_at)),
-                        s::deleted_at.eq(excluded(s::deleted_at)),
-                    ))
-                    // Batches from several replicas may land out of order: never go back.
-                    .filter(
-                        s::created_at
-                            .lt(excluded(s::created_at))
-                            .or(s::epoch.eq(excluded(s::epoch)).and(s::last_version.lt(excluded(s::last_version)))),
-                    )
-                    .execute(conn)
-                    .await?;
-            }
-            Ok(inserted)
-        })
-        .await
-        .map_err(unavailable)?;
-    Ok(inserted)
+    for chunk in session_rows.chunks(ROWS_PER_STATEMENT / 2) {
+        // `filter` on an upsert is the WHERE of its DO UPDATE.
+        use diesel::query_dsl::methods::FilterDsl;
+        use sessions::dsl as s;
+        diesel::insert_into(sessions::table)
+            .values(chunk)
+            .on_conflict((s::tenant, s::session_id))
+            .do_update()
+            .set((
+                s::epoch.eq(excluded(s::epoch)),
+                s::mode.eq(excluded(s::mode)),
+                s::status.eq(excluded(s::status)),
+                s::last_version.eq(excluded(s::last_version)),
+                s::config.eq(excluded(s::config)),
+                s::created_at.eq(excluded(s::created_at)),
+                s::started_at.eq(excluded(s::started_at)),
+                s::ended_at.eq(excluded(s::ended_at)),
+                s::updated_at.eq(excluded(s::updated_at)),
+                s::deleted_at.eq(excluded(s::deleted_at)),
+            ))
+            // Batches from several replicas may land out of order: never go back.
+            .filter(
+                s::created_at
+                    .lt(excluded(s::created_at))
+                    .or(s::epoch.eq(excluded(s::epoch)).and(s::last_version.lt(excluded(s::last_version)))),
+            )
+            .execute(&mut conn)
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 /// One stored event, as it was committed.

@@ -170,7 +170,8 @@ impl AuditSource for RedisSource {
         self.claim_abandoned(max, &mut out).await?;
         let started = Instant::now();
         loop {
-            let per_stream = max.saturating_sub(out.len()).max(1);
+            // An even share per bucket keeps one batch near `max`.
+            let per_stream = max.saturating_sub(out.len()).div_ceil(self.streams.len()).max(1);
             let mut pipe = redis::pipe();
             for s in &self.streams {
                 pipe.cmd("XREADGROUP")

@@ -17,29 +17,42 @@ use super::model::{DelayKind, Micros, TimeControl};
 pub struct Budget {
     /// False for a stopwatch with no limit (count-up without a cap, or
     /// time accounting of a participant whose clock is not its own).
+    #[serde(default, skip_serializing_if = "super::model::is_false")]
     pub bounded: bool,
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub initial: Micros,
     /// Main time left, as of the last charge.
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub remaining: Micros,
     /// Wall time charged to this clock.
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub used: Micros,
     /// Increments, delay credits, stage additions, overtime spent.
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub credits: Micros,
     /// AdjustTime deltas as applied (after the floor at 0).
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub adjustments: Micros,
     /// Byo-yomi periods not yet used up (the current one included).
+    #[serde(default, skip_serializing_if = "super::model::is_zero_u32")]
     pub periods_left: u32,
     /// Time left in the current byo-yomi period.
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub period_left: Micros,
     /// Canadian: moves still to play in the current block.
+    #[serde(default, skip_serializing_if = "super::model::is_zero_u32")]
     pub stones_left: u32,
     /// Canadian: time left in the current block.
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub block_left: Micros,
     /// Time of the current turn already charged (delays, Bronstein credit).
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub turn_spent: Micros,
     /// Turns completed by this clock's owner (stages count these).
+    #[serde(default, skip_serializing_if = "super::model::is_zero_u64")]
     pub moves: u64,
     /// Flagged: this clock ran out.
+    #[serde(default, skip_serializing_if = "super::model::is_false")]
     pub expired: bool,
 }
 

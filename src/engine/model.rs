@@ -10,6 +10,22 @@ use serde::{Deserialize, Serialize};
 use super::budget::Budget;
 use super::ids::{GroupId, ParticipantId, SessionId};
 
+// Stored sessions skip fields at their zero value: the snapshot is written
+// to Redis, published and kept in the audit for every version, so its size
+// matters (a two-player session: about half the bytes).
+pub(crate) fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+pub(crate) fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+pub(crate) fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+pub(crate) fn is_false(v: &bool) -> bool {
+    !*v
+}
+
 /// Microseconds: an instant (since the Unix epoch) or a duration.
 pub type Micros = i64;
 
@@ -97,16 +113,26 @@ pub struct Stage {
 /// How budgets change on a move. All zero/empty: sudden death.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeControl {
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub increment: Micros,
     /// 0 = no cap.
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub max_remaining: Micros,
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub delay: Micros,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_kind: Option<DelayKind>,
+    #[serde(default, skip_serializing_if = "super::model::is_zero_u32")]
     pub byoyomi_periods: u32,
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub byoyomi_period: Micros,
+    #[serde(default, skip_serializing_if = "super::model::is_zero_u32")]
     pub canadian_stones: u32,
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub canadian_block: Micros,
+    #[serde(default, skip_serializing_if = "super::model::is_false")]
     pub hourglass: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<Stage>,
 }
 
@@ -117,11 +143,14 @@ pub struct TimeControl {
 pub struct Participant {
     pub id: ParticipantId,
     pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupId>,
     pub clock: Budget,
     /// Turns this participant completed.
+    #[serde(default, skip_serializing_if = "super::model::is_zero_u64")]
     pub cycle_count: u64,
     /// Out of the rotation: its clock (or its group's) ran out.
+    #[serde(default, skip_serializing_if = "super::model::is_false")]
     pub expired: bool,
 }
 
@@ -142,29 +171,45 @@ pub struct Session {
     pub status: Status,
     pub version: u64,
     /// Sorted by `index` (the rotation order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub participants: Vec<Participant>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<Group>,
     /// Position of the active participant in `participants`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<usize>,
     /// Cycles (turns) completed in the session.
+    #[serde(default, skip_serializing_if = "super::model::is_zero_u64")]
     pub cycle_count: u64,
     /// When the running clock last started; `None` while no clock runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cycle_started_at: Option<Micros>,
     pub time_control: TimeControl,
     /// MODE_GLOBAL: the one session-wide clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global: Option<Budget>,
     /// MODE_PER_CYCLE: the current cycle's clock, fresh every cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cycle: Option<Budget>,
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub cycle_time: Micros,
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub global_time: Micros,
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub max_time: Micros,
     pub timeout_action: TimeoutAction,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub created_at: Micros,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Micros>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Micros>,
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub updated_at: Micros,
     /// The last `REMEMBERED_REQUESTS` applied request ids, oldest first.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub recent_requests: VecDeque<String>,
 }
 
@@ -259,4 +304,41 @@ pub struct Event {
     /// The server instant the change was committed at.
     pub at: Micros,
     pub session: Session,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_session_round_trips_with_its_zero_fields_left_out() {
+        let (s, _) = crate::engine::create(
+            crate::engine::NewSession {
+                id: SessionId::parse("id", "s").unwrap(),
+                epoch: "e".into(),
+                mode: Mode::PerParticipant,
+                participants: vec![crate::engine::NewParticipant {
+                    id: ParticipantId::parse("p", "a").unwrap(),
+                    index: None,
+                    group: None,
+                    initial_time_ms: Some(1_000),
+                }],
+                groups: vec![],
+                time_control: Default::default(),
+                initial_time_ms: 0,
+                cycle_time_ms: 0,
+                global_time_ms: 0,
+                max_time_ms: 0,
+                timeout_action: None,
+                metadata: BTreeMap::new(),
+                request_id: None,
+            },
+            5,
+        )
+        .unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("\"credits\""), "{json}");
+        let back: Session = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+    }
 }
