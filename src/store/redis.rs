@@ -33,7 +33,7 @@ use tracing::warn;
 
 use super::clock::Clock;
 use super::{ApplyFn, BuildFn, Replay, SessionStore, StoreError, AUDIT_FIELD_EVENT, AUDIT_FIELD_TENANT, EVENT_LOG_LEN};
-use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
+use crate::engine::{self, Applied, Event, EventKind, Micros, Session, SessionKey};
 
 /// How long write conflicts are retried inside the server before `ABORTED`.
 /// Writers of one session on one replica queue locally first (see
@@ -334,6 +334,10 @@ impl RedisStore {
             batch.push(bytes);
         }
         tx.cmd("PEXPIRE").arg(&k.log).arg(ttl).ignore();
+        // A commit that processed a timeout settles the timers' claim in the same MULTI.
+        if events.iter().any(|e| matches!(e.kind, EventKind::Expired | EventKind::ParticipantExpired | EventKind::TimedOut)) {
+            tx.cmd("ZREM").arg(&k.inflight).arg(&k.member).ignore();
+        }
         match engine::deadline(session) {
             Some(d) => {
                 tx.cmd("ZADD").arg(&k.deadlines).arg(d).arg(&k.member).ignore();
@@ -384,16 +388,28 @@ impl RedisStore {
     async fn claim_round(&self) -> Result<(Vec<SessionKey>, Option<Micros>), StoreError> {
         let mut conn = self.conn().await?;
         let lease = CLAIM_LEASE.as_micros() as i64;
+        // Every bucket's claim in one round trip (EVALSHA; loaded on first use).
+        let mut pipe = redis::pipe();
+        for b in 0..self.settings.buckets {
+            pipe.cmd("EVALSHA")
+                .arg(self.claim.get_hash())
+                .arg(2)
+                .arg(format!("sk:{{{b}}}:deadlines"))
+                .arg(format!("sk:{{{b}}}:inflight"))
+                .arg(lease)
+                .arg(CLAIM_LIMIT);
+        }
+        let replies: Vec<(Vec<String>, Option<f64>)> = match exchange(&mut conn, async |c| pipe.query_async(c).await).await {
+            Err(StoreError::Unavailable(e)) if e.to_ascii_lowercase().contains("noscript") => {
+                let script = &self.claim;
+                exchange(&mut conn, async |c| script.prepare_invoke().load_async(c).await).await?;
+                exchange(&mut conn, async |c| pipe.query_async(c).await).await?
+            }
+            other => other?,
+        };
         let mut due = Vec::new();
         let mut head: Option<Micros> = None;
-        for b in 0..self.settings.buckets {
-            let deadlines = format!("sk:{{{b}}}:deadlines");
-            let inflight = format!("sk:{{{b}}}:inflight");
-            let script = &self.claim;
-            let (members, next): (Vec<String>, Option<f64>) = exchange(&mut conn, async |c| {
-                script.key(&deadlines).key(&inflight).arg(lease).arg(CLAIM_LIMIT).invoke_async(c).await
-            })
-            .await?;
+        for (members, next) in replies {
             due.extend(members.iter().filter_map(|m| parse_member(m)));
             if let Some(n) = next {
                 head = Some(head.map_or(n as Micros, |h| h.min(n as Micros)));

@@ -16,6 +16,10 @@ use crate::store::{SessionStore, StoreError};
 /// The longest the loop sleeps without looking: a safety net under the
 /// wake-ups (e.g. a deadline set by another replica whose wake-up was lost).
 const POLL: Duration = Duration::from_millis(500);
+/// The shortest pause between claim rounds: when deadlines are dense (10,000
+/// in a second) a round every millisecond keeps flags on time without every
+/// replica hammering the store with back-to-back claims.
+const MIN_ROUND: Duration = Duration::from_millis(1);
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
@@ -31,7 +35,7 @@ pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
             Err(e) => warn!(error = %e, "claiming due deadlines failed"),
         }
         let sleep = match store.next_deadline().await {
-            Ok(Some(at)) => Duration::from_micros((at - store.now()).max(0) as u64).min(POLL),
+            Ok(Some(at)) => Duration::from_micros((at - store.now()).max(0) as u64).clamp(MIN_ROUND, POLL),
             Ok(None) => POLL,
             Err(_) => POLL,
         };
@@ -47,7 +51,11 @@ pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
 pub async fn fire(store: &dyn SessionStore, key: &SessionKey) {
     let timeout = Request::new(Command::Timeout);
     match store.update(key, &|s, now| engine::apply(s, &timeout, now)).await {
-        Ok(applied) => debug!(session = %key, version = applied.session.version, "deadline fired"),
+        // The firing commit released the claim itself.
+        Ok(applied) => {
+            debug!(session = %key, version = applied.session.version, "deadline fired");
+            return;
+        }
         Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => {}
         Err(e) => {
             // Keep the claim: its lease runs out and the deadline is retried.
