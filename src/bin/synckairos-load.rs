@@ -442,6 +442,29 @@ async fn flags_mode(common: Common, sessions: usize, spread_ms: u64) -> anyhow::
     Ok(())
 }
 
+/// A two-player sudden-death session for direct store calls.
+fn two_players(id: synckairos::engine::SessionId, initial_ms: i64) -> anyhow::Result<synckairos::engine::NewSession> {
+    use synckairos::engine::{Mode, NewParticipant, NewSession, ParticipantId};
+    Ok(NewSession {
+        id,
+        epoch: "bench".into(),
+        mode: Mode::PerParticipant,
+        participants: vec![
+            NewParticipant { id: ParticipantId::parse("p", "a")?, index: None, group: None, initial_time_ms: None },
+            NewParticipant { id: ParticipantId::parse("p", "b")?, index: None, group: None, initial_time_ms: None },
+        ],
+        groups: vec![],
+        time_control: Default::default(),
+        initial_time_ms: initial_ms,
+        cycle_time_ms: 0,
+        global_time_ms: 0,
+        max_time_ms: 0,
+        timeout_action: None,
+        metadata: Default::default(),
+        request_id: None,
+    })
+}
+
 async fn breakdown_mode(common: Common, redis_url: String) -> anyhow::Result<()> {
     use synckairos::engine::{self, Command, Request, SessionKey, Tenant};
     use synckairos::store::SessionStore;
@@ -459,30 +482,7 @@ async fn breakdown_mode(common: Common, redis_url: String) -> anyhow::Result<()>
     let store = Arc::new(RedisStore::connect(settings, synckairos::store::clock::Clock::new()).await?);
     let run = run_id();
     let key = SessionKey { tenant: Tenant::default_tenant(), id: engine::SessionId::parse("id", &format!("{run}-direct"))? };
-    let mut new = engine::NewSession {
-        id: key.id.clone(),
-        epoch: "bench".into(),
-        mode: engine::Mode::PerParticipant,
-        participants: ["a", "b"]
-            .iter()
-            .map(|p| engine::NewParticipant {
-                id: engine::ParticipantId::parse("p", p).unwrap_or_else(|_| unreachable!()),
-                index: None,
-                group: None,
-                initial_time_ms: None,
-            })
-            .collect(),
-        groups: vec![],
-        time_control: Default::default(),
-        initial_time_ms: 24 * 3600 * 1000,
-        cycle_time_ms: 0,
-        global_time_ms: 0,
-        max_time_ms: 0,
-        timeout_action: None,
-        metadata: Default::default(),
-        request_id: None,
-    };
-    new.epoch = "bench".into();
+    let new = two_players(key.id.clone(), 24 * 3600 * 1000)?;
     store.create(&key, &|now| engine::create(new.clone(), now)).await?;
     let start = Request::new(Command::Start { first: None });
     store.update(&key, &|s, now| engine::apply(s, &start, now)).await?;
@@ -533,29 +533,7 @@ async fn audit_ingest_mode(redis_url: String, database: String, rate: u64, secon
     use synckairos::engine::{self, Event, EventKind};
 
     // One small real session, cloned into every synthetic event.
-    let new = engine::NewSession {
-        id: engine::SessionId::parse("id", "ingest")?,
-        epoch: "ingest".into(),
-        mode: engine::Mode::PerParticipant,
-        participants: ["a", "b"]
-            .iter()
-            .map(|p| engine::NewParticipant {
-                id: engine::ParticipantId::parse("p", p).unwrap_or_else(|_| unreachable!()),
-                index: None,
-                group: None,
-                initial_time_ms: None,
-            })
-            .collect(),
-        groups: vec![],
-        time_control: Default::default(),
-        initial_time_ms: 60_000,
-        cycle_time_ms: 0,
-        global_time_ms: 0,
-        max_time_ms: 0,
-        timeout_action: None,
-        metadata: Default::default(),
-        request_id: None,
-    };
+    let new = two_players(engine::SessionId::parse("id", "ingest")?, 60_000)?;
     let (template, _) = engine::create(new, 0)?;
     let client = redis::Client::open(redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;

@@ -384,6 +384,42 @@ impl RedisStore {
         true
     }
 
+    /// One versioned write of a session: `WATCH`+`GET`+`TIME`, then `plan`
+    /// (pure: it may run again) decides from the state read and Redis's now
+    /// what to write; `EXEC` either commits all of it or, when another writer
+    /// got there first, nothing, and the whole thing runs again (jittered
+    /// backoff, within `RETRY_BUDGET`).
+    async fn versioned<T>(
+        &self,
+        key: &SessionKey,
+        plan: impl Fn(&Keys, Option<Vec<u8>>, Micros, Option<Micros>) -> Result<Plan<T>, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        let _turn = self.writers.turn(key).await;
+        let mut conn = self.conn().await?;
+        let k = self.keys(key);
+        let started = std::time::Instant::now();
+        for attempt in 0.. {
+            let (raw, now) = self.watch_read(&mut conn, &k).await?;
+            let (tx, out) = match plan(&k, raw, now, self.known_head()) {
+                Ok(Plan::Write(tx, out)) => (tx, out),
+                other => {
+                    self.unwatch(&mut conn).await;
+                    return other.map(|p| match p {
+                        Plan::Done(out) | Plan::Write(_, out) => out,
+                    });
+                }
+            };
+            let done: Option<Value> = exchange(&mut conn, async |c| tx.query_async(c).await).await?;
+            if done.is_some() {
+                return Ok(out);
+            }
+            if !Self::backoff(attempt, started).await {
+                break;
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+
     /// Takes due deadlines from every bucket; returns them and the earliest head left.
     async fn claim_round(&self) -> Result<(Vec<SessionKey>, Option<Micros>), StoreError> {
         let mut conn = self.conn().await?;
@@ -417,6 +453,14 @@ impl RedisStore {
         }
         Ok((due, head))
     }
+}
+
+/// What one attempt of a versioned write does.
+enum Plan<T> {
+    /// Nothing to write; answer `T`.
+    Done(T),
+    /// Commit this `MULTI` pipeline, then answer `T`.
+    Write(Pipeline, T),
 }
 
 /// Joins encoded events into one JSON array without re-encoding them.
@@ -473,38 +517,19 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, key: &SessionKey, build: BuildFn<'_>) -> Result<Arc<Event>, StoreError> {
-        let _turn = self.writers.turn(key).await;
-        let mut conn = self.conn().await?;
-        let k = self.keys(key);
-        let started = std::time::Instant::now();
-        for attempt in 0.. {
-            let (raw, now) = self.watch_read(&mut conn, &k).await?;
-            let head = self.known_head();
+        self.versioned(key, |k, raw, now, head| {
             if let Some(raw) = raw {
-                self.unwatch(&mut conn).await;
                 return Err(StoreError::AlreadyExists(Box::new(decode(&raw)?)));
             }
-            let (session, event) = match build(now) {
-                Ok(built) => built,
-                Err(e) => {
-                    self.unwatch(&mut conn).await;
-                    return Err(e.into());
-                }
-            };
+            let (session, event) = build(now)?;
             let mut tx = redis::pipe();
             tx.atomic();
             // A log left by an earlier session of the same id must not hold back version 1.
             tx.cmd("DEL").arg(&k.log).ignore();
-            self.write_commit(&mut tx, &k, &session, std::slice::from_ref(&event), head, now);
-            let done: Option<Value> = exchange(&mut conn, async |c| tx.query_async(c).await).await?;
-            if done.is_some() {
-                return Ok(Arc::new(event));
-            }
-            if !Self::backoff(attempt, started).await {
-                break;
-            }
-        }
-        Err(StoreError::Conflict)
+            self.write_commit(&mut tx, k, &session, std::slice::from_ref(&event), head, now);
+            Ok(Plan::Write(tx, Arc::new(event)))
+        })
+        .await
     }
 
     async fn get(&self, key: &SessionKey) -> Result<Session, StoreError> {
@@ -515,51 +540,23 @@ impl SessionStore for RedisStore {
     }
 
     async fn update(&self, key: &SessionKey, f: ApplyFn<'_>) -> Result<Applied, StoreError> {
-        let _turn = self.writers.turn(key).await;
-        let mut conn = self.conn().await?;
-        let k = self.keys(key);
-        let started = std::time::Instant::now();
-        for attempt in 0.. {
-            let (raw, now) = self.watch_read(&mut conn, &k).await?;
-            let head = self.known_head();
-            let Some(raw) = raw else {
-                self.unwatch(&mut conn).await;
-                return Err(StoreError::NotFound);
-            };
-            let session: Session = decode(&raw)?;
-            let applied = match f(&session, now) {
-                Ok(a) if !a.events.is_empty() => a,
-                other => {
-                    self.unwatch(&mut conn).await;
-                    return other.map_err(StoreError::from);
-                }
-            };
+        self.versioned(key, |k, raw, now, head| {
+            let session: Session = decode(&raw.ok_or(StoreError::NotFound)?)?;
+            let applied = f(&session, now)?;
+            if applied.events.is_empty() {
+                return Ok(Plan::Done(applied));
+            }
             let mut tx = redis::pipe();
             tx.atomic();
-            self.write_commit(&mut tx, &k, &applied.session, &applied.events, head, now);
-            let done: Option<Value> = exchange(&mut conn, async |c| tx.query_async(c).await).await?;
-            if done.is_some() {
-                return Ok(applied);
-            }
-            if !Self::backoff(attempt, started).await {
-                break;
-            }
-        }
-        Err(StoreError::Conflict)
+            self.write_commit(&mut tx, k, &applied.session, &applied.events, head, now);
+            Ok(Plan::Write(tx, applied))
+        })
+        .await
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError> {
-        let _turn = self.writers.turn(key).await;
-        let mut conn = self.conn().await?;
-        let k = self.keys(key);
-        let started = std::time::Instant::now();
-        for attempt in 0.. {
-            let (raw, now) = self.watch_read(&mut conn, &k).await?;
-            let Some(raw) = raw else {
-                self.unwatch(&mut conn).await;
-                return Err(StoreError::NotFound);
-            };
-            let session: Session = decode(&raw)?;
+        self.versioned(key, |k, raw, now, _| {
+            let session: Session = decode(&raw.ok_or(StoreError::NotFound)?)?;
             let event = engine::deleted_event(&session, now);
             let bytes = encode(&event);
             let mut tx = redis::pipe();
@@ -571,15 +568,9 @@ impl SessionStore for RedisStore {
                 tx.cmd("XADD").arg(&k.audit).arg("*").arg(AUDIT_FIELD_TENANT).arg(&k.tenant).arg(AUDIT_FIELD_EVENT).arg(&bytes).ignore();
             }
             tx.cmd("PUBLISH").arg(&k.channel).arg(join_batch(&[bytes])).ignore();
-            let done: Option<Value> = exchange(&mut conn, async |c| tx.query_async(c).await).await?;
-            if done.is_some() {
-                return Ok(Arc::new(event));
-            }
-            if !Self::backoff(attempt, started).await {
-                break;
-            }
-        }
-        Err(StoreError::Conflict)
+            Ok(Plan::Write(tx, Arc::new(event)))
+        })
+        .await
     }
 
     async fn events_after(&self, key: &SessionKey, after: u64) -> Result<Replay, StoreError> {
