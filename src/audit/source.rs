@@ -22,6 +22,10 @@ pub const GROUP: &str = "synckairos-audit";
 /// An entry read by a replica that has not acknowledged it for this long is taken over.
 const CLAIM_IDLE: Duration = Duration::from_secs(15);
 const CLAIM_EVERY: Duration = Duration::from_secs(5);
+/// A consumer with nothing pending and idle this long is removed from the
+/// group (crashed replicas leave their names behind; a live one that was
+/// merely quiet is recreated by its next read).
+const FORGET_IDLE: Duration = Duration::from_secs(3600);
 
 /// Where one record came from, to acknowledge it once inserted.
 #[derive(Clone, Debug)]
@@ -155,6 +159,14 @@ impl RedisSource {
                 match Self::decode(i, entry.id.clone(), &entry.map) {
                     Some(r) => out.push(r),
                     None => tracing::error!(stream = %s, id = %entry.id, "undecodable audit entry left pending"),
+                }
+            }
+            let consumers: redis::streams::StreamInfoConsumersReply =
+                redis::cmd("XINFO").arg("CONSUMERS").arg(s).arg(GROUP).query_async(&mut self.conn).await.map_err(err)?;
+            for c in consumers.consumers {
+                if c.name != self.consumer && c.pending == 0 && c.idle as u128 > FORGET_IDLE.as_millis() {
+                    let _: redis::RedisResult<i64> =
+                        redis::cmd("XGROUP").arg("DELCONSUMER").arg(s).arg(GROUP).arg(&c.name).query_async(&mut self.conn).await;
                 }
             }
         }
