@@ -486,6 +486,9 @@ async fn breakdown_mode(common: Common, redis_url: String) -> anyhow::Result<()>
     store.create(&key, &|now| engine::create(new.clone(), now)).await?;
     let start = Request::new(Command::Start { first: None });
     store.update(&key, &|s, now| engine::apply(s, &start, now)).await?;
+    // Learn the deadline heads as a replica's timers do, so commits wake
+    // other replicas only for an earlier deadline, as they would in service.
+    store.claim_due().await?;
 
     let secs = common.seconds;
     let one = |label: &'static str| move |s: Stats| s.report(label, secs);
