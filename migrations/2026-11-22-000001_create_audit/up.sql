@@ -11,6 +11,8 @@ CREATE TABLE session_events (
     participant_id  TEXT,
     occurred_at     TIMESTAMPTZ NOT NULL,
     snapshot        JSONB       NOT NULL,
+    -- When the writer stored it: inserted_at - occurred_at is the audit lag.
+    inserted_at     TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (tenant, session_id, epoch, version)
 );
 -- "Everything that happened in this time range" (disputes across sessions).
