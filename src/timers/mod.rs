@@ -24,20 +24,27 @@ const MIN_ROUND: Duration = Duration::from_millis(1);
 /// Runs until `shutdown` is cancelled.
 pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
     let wake = store.deadline_wake();
+    let mut failing = false;
     loop {
-        match store.claim_due().await {
+        let claimed = store.claim_due().await;
+        match &claimed {
             Ok(due) => {
-                for key in due {
+                for key in due.iter().cloned() {
                     let store = store.clone();
                     tokio::spawn(async move { fire(store.as_ref(), &key).await });
                 }
+                failing = false;
             }
-            Err(e) => warn!(error = %e, "claiming due deadlines failed"),
+            // Logged once per outage; the deadlines wait in the store meanwhile.
+            Err(e) if !failing => {
+                warn!(error = %e, "claiming due deadlines failed; retrying every {POLL:?}");
+                failing = true;
+            }
+            Err(_) => {}
         }
-        let sleep = match store.next_deadline().await {
-            Ok(Some(at)) => Duration::from_micros((at - store.now()).max(0) as u64).clamp(MIN_ROUND, POLL),
-            Ok(None) => POLL,
-            Err(_) => POLL,
+        let sleep = match (claimed, store.next_deadline().await) {
+            (Ok(_), Ok(Some(at))) => Duration::from_micros((at - store.now()).max(0) as u64).clamp(MIN_ROUND, POLL),
+            _ => POLL,
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
