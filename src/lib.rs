@@ -1,13 +1,15 @@
 //! SyncKairos: authoritative, synchronized clocks for shared sessions, over gRPC.
 //!
 //! # Rooms
-//! Arrows point one way: engine <- store/fanout/timers <- app <- grpc <- startup <- main.
+//! Arrows point one way: engine <- store/fanout/timers/audit <- app <- grpc <- startup <- main.
 //!
 //! - [`engine`]: the pure clock rules; `apply(session, command, now)`. No I/O.
-//! - [`store`]: `SessionStore` and its engines (memory now): versioned commits,
-//!   event log, deadline index, the store's clock.
-//! - [`fanout`]: the per-replica hub handing committed events to local streams.
-//! - [`timers`]: sleeps until deadlines and fires them through the store.
+//! - [`store`]: `SessionStore` and its engines, `memory` and `redis`: versioned
+//!   commits, event log, audit append, deadline index and claims, the store's clock.
+//! - [`fanout`]: the per-replica hub handing committed events to local streams,
+//!   and its Redis Pub/Sub side.
+//! - [`timers`]: sleeps until deadlines, claims them and fires them through the store.
+//! - [`audit`]: the PostgreSQL trail: migrations, batch writer, history queries.
 //! - [`app`]: one async fn per RPC; `AppError`; the Subscribe producer.
 //! - [`grpc`]: tonic service, wire <-> domain conversion, the error table,
 //!   health and reflection.
