@@ -470,6 +470,7 @@ async fn breakdown_mode(common: Common, redis_url: String) -> anyhow::Result<()>
     use synckairos::store::SessionStore;
     use synckairos::store::redis::{RedisSettings, RedisStore};
 
+    let store_url = redis_url.clone();
     let settings = RedisSettings {
         url: redis_url,
         buckets: 16,
@@ -497,6 +498,28 @@ async fn breakdown_mode(common: Common, redis_url: String) -> anyhow::Result<()>
     one("(a) Redis PING through the pool")(drive(1, secs, move |_, _| {
         let st = st.clone();
         async move { st.ping().await.is_ok() }
+    })
+    .await);
+    // (a') the commit's two pipelines on a bare connection: no engine, no JSON, no pool.
+    let bare = redis::Client::open(store_url.as_str())?.get_multiplexed_async_connection().await?;
+    let scratch = format!("{run}-bare");
+    one("(a') the commit's Redis command mix, bare client")(drive(1, secs, move |_, _| {
+        let (mut c, k) = (bare.clone(), scratch.clone());
+        async move {
+            let value = vec![b'x'; 600];
+            let read: redis::RedisResult<(Option<Vec<u8>>, (i64, i64))> =
+                redis::pipe().cmd("WATCH").arg(&k).ignore().cmd("GET").arg(&k).cmd("TIME").query_async(&mut c).await;
+            let write: redis::RedisResult<Option<redis::Value>> = redis::pipe()
+                .atomic()
+                .cmd("SET").arg(&k).arg(&value).arg("PX").arg(60_000).ignore()
+                .cmd("XADD").arg(format!("{k}:log")).arg("MAXLEN").arg(256).arg("*").arg("e").arg(&value).ignore()
+                .cmd("PEXPIRE").arg(format!("{k}:log")).arg(60_000).ignore()
+                .cmd("ZADD").arg(format!("{k}:z")).arg(1).arg(&k).ignore()
+                .cmd("PUBLISH").arg(format!("{k}:ch")).arg(&value).ignore()
+                .query_async(&mut c)
+                .await;
+            read.is_ok() && write.is_ok()
+        }
     })
     .await);
     // (b) the versioned commit, no gRPC.
