@@ -17,8 +17,7 @@
 //!   CARGO_TARGET_DIR=$HOME/.cache/synckairos-target cargo test --test api audit -- --nocapture
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -33,6 +32,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
+use crate::child::ChildReplica;
 use crate::helpers::*;
 use crate::pg::TestDb;
 use crate::redis_server::RedisServer;
@@ -120,63 +120,7 @@ async fn wait_inserted(servers: &[&Server], total: u64) {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
 
-/// The real binary as a child process (redis engine, audit on), so that it can be SIGKILLed.
-struct ChildReplica {
-    child: Child,
-}
-
-impl ChildReplica {
-    async fn spawn(redis_url: &str, database_url: &str) -> (Self, Client) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let stderr = if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
-        let child = Command::new(env!("CARGO_BIN_EXE_synckairos"))
-            .env("SYNCKAIROS_LISTEN", addr.to_string())
-            .env("SYNCKAIROS_ENGINE", "redis")
-            .env("REDIS_URL", redis_url)
-            .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "warn")
-            .env_remove("SYNCKAIROS_REDIS_BUCKETS")
-            .env_remove("SYNCKAIROS_METRICS_LISTEN")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn the synckairos binary");
-        let mut me = ChildReplica { child };
-        let t0 = Instant::now();
-        loop {
-            if let Some(exit) = me.child.try_wait().expect("child status") {
-                panic!("synckairos child exited early: {exit}");
-            }
-            let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_millis(500));
-            if let Ok(channel) = endpoint.connect().await {
-                let mut client = pb::sync_service_client::SyncServiceClient::new(channel);
-                if client.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() {
-                    return (me, client);
-                }
-            }
-            assert!(t0.elapsed() < Duration::from_secs(20), "synckairos child did not answer on {addr}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: no shutdown, no drain, no acknowledgement — like a crash.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildReplica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 // ---------- Postgres ----------
 
@@ -714,7 +658,7 @@ async fn a_killed_replicas_pending_audit_entries_are_taken_over_by_a_survivor() 
     let survivors: HashSet<String> = pending_by_consumer(&mut con).await.into_keys().collect();
     assert_eq!(survivors.len(), 1, "one consumer so far: {survivors:?}");
 
-    let (mut child, mut child_client) = ChildReplica::spawn(&redis.url(), &db.url()).await;
+    let (mut child, mut child_client) = ChildReplica::spawn(&redis.url(), Some(&db.url())).await;
 
     // Load through both replicas.
     let mut ids = started_sessions(&mut [&mut a.client, &mut child_client], 20, "audit-kill").await;

@@ -31,8 +31,9 @@ pub struct TestApp {
     pub client: Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
-    /// The private Redis of this test, when the suite runs on the redis engine.
-    pub redis: Option<std::sync::Arc<std::sync::Mutex<RedisServer>>>,
+    /// The private Redis of this test, when the suite runs on the redis
+    /// engine: held so that it lives exactly as long as the server.
+    _redis: Option<std::sync::Arc<std::sync::Mutex<RedisServer>>>,
     _isolation: Isolation,
 }
 
@@ -161,7 +162,7 @@ pub async fn launch(
         let _ = stop_rx.await;
     }));
     let client = connect(Endpoint::from_shared(format!("http://{addr}")).unwrap()).await;
-    TestApp { addr, client, stop: Some(stop_tx), server: Some(server), redis, _isolation: isolation }
+    TestApp { addr, client, stop: Some(stop_tx), server: Some(server), _redis: redis, _isolation: isolation }
 }
 
 /// A fresh, valid session id: `prefix-<uuid>`.

@@ -8,6 +8,7 @@
 //! `--nocapture` shows the measured flag lateness; `TEST_LOG=1` shows server logs.
 
 mod audit;
+mod child;
 mod concurrency;
 mod docs;
 mod flag;

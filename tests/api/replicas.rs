@@ -12,8 +12,7 @@
 //!
 //!   CARGO_TARGET_DIR=$HOME/.cache/synckairos-target cargo test --test api replicas -- --nocapture
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +29,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::child::ChildReplica;
 use crate::helpers::*;
 use crate::redis_server::RedisServer;
 
@@ -137,66 +137,7 @@ async fn wait_health(h: &mut HealthClient<Channel>, want: ServingStatus, limit: 
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
 
-/// The real binary as a child process, so that it can be SIGKILLed.
-struct ChildReplica {
-    child: Child,
-}
-
-impl ChildReplica {
-    /// Spawns `synckairos` against `redis_url` and waits until it answers gRPC.
-    async fn spawn(redis_url: &str) -> (Self, Client) {
-        let port = free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let stderr = if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
-        let child = Command::new(env!("CARGO_BIN_EXE_synckairos"))
-            .env("SYNCKAIROS_LISTEN", addr.to_string())
-            .env("SYNCKAIROS_ENGINE", "redis")
-            .env("REDIS_URL", redis_url)
-            .env("RUST_LOG", "warn")
-            .env_remove("SYNCKAIROS_REDIS_BUCKETS")
-            .env_remove("DATABASE_URL")
-            .env_remove("SYNCKAIROS_METRICS_LISTEN")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn the synckairos binary");
-        let mut me = ChildReplica { child };
-        let t0 = Instant::now();
-        loop {
-            if let Some(exit) = me.child.try_wait().expect("child status") {
-                panic!("synckairos child exited early: {exit}");
-            }
-            let endpoint =
-                Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_millis(500));
-            if let Ok(channel) = endpoint.connect().await {
-                let mut client = pb::sync_service_client::SyncServiceClient::new(channel);
-                if client.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() {
-                    return (me, client);
-                }
-            }
-            assert!(t0.elapsed() < Duration::from_secs(20), "synckairos child did not answer on {addr}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: no shutdown, no clean-up, like a crash.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildReplica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 // ---------- small helpers ----------
 
@@ -521,7 +462,7 @@ async fn deadlines_set_through_a_killed_replica_still_fire_exactly_once() {
     let _iso = shared_isolation();
     let redis = RedisServer::start();
     let url = redis.url();
-    let (mut doomed, mut via_doomed) = ChildReplica::spawn(&url).await;
+    let (mut doomed, mut via_doomed) = ChildReplica::spawn(&url, None).await;
     let (a, b) = (Replica::start(&url).await, Replica::start(&url).await);
     let _c = Replica::start(&url).await;
 
@@ -955,7 +896,7 @@ async fn a_deadline_claimed_by_a_dead_replica_fires_after_its_lease() {
 
     // Two sessions created and started through a replica that then dies
     // (SIGKILL) before either deadline; no replica runs for a while.
-    let (mut doomed, mut via_doomed) = ChildReplica::spawn(&url).await;
+    let (mut doomed, mut via_doomed) = ChildReplica::spawn(&url, None).await;
     let (expired_lease, live_lease) = (unique_id("lease-over"), unique_id("lease-held"));
     let mut deadlines = Vec::new();
     for id in [&expired_lease, &live_lease] {

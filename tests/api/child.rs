@@ -1,0 +1,74 @@
+//! The real `synckairos` binary as a child process, for tests that kill a
+//! replica with SIGKILL (no shutdown, no drain, no acknowledgement: a crash).
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use synckairos::grpc::pb;
+use tonic::transport::Endpoint;
+
+use crate::helpers::Client;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+pub struct ChildReplica {
+    child: Child,
+}
+
+impl ChildReplica {
+    /// Spawns `synckairos` on the redis engine (audit on when `database_url`
+    /// is given) and waits until it answers gRPC.
+    pub async fn spawn(redis_url: &str, database_url: Option<&str>) -> (Self, Client) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let stderr = if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
+        let mut command = Command::new(env!("CARGO_BIN_EXE_synckairos"));
+        command
+            .env("SYNCKAIROS_LISTEN", addr.to_string())
+            .env("SYNCKAIROS_ENGINE", "redis")
+            .env("REDIS_URL", redis_url)
+            .env("RUST_LOG", "warn")
+            .env_remove("SYNCKAIROS_REDIS_BUCKETS")
+            .env_remove("DATABASE_URL")
+            .env_remove("SYNCKAIROS_METRICS_LISTEN")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        if let Some(db) = database_url {
+            command.env("DATABASE_URL", db);
+        }
+        let child = command.spawn().expect("spawn the synckairos binary");
+        let mut me = ChildReplica { child };
+        let t0 = Instant::now();
+        loop {
+            if let Some(exit) = me.child.try_wait().expect("child status") {
+                panic!("synckairos child exited early: {exit}");
+            }
+            let endpoint =
+                Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_millis(500));
+            if let Ok(channel) = endpoint.connect().await {
+                let mut client = pb::sync_service_client::SyncServiceClient::new(channel);
+                if client.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() {
+                    return (me, client);
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "synckairos child did not answer on {addr}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown, no drain, no clean-up — like a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildReplica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
