@@ -94,7 +94,7 @@ pub(super) async fn open(
                 opts.epoch
             )));
         }
-        _ => snapshot(&mut first, store.as_ref(), session.clone()),
+        _ => snapshot(&mut first, store.as_ref(), session),
     };
     let header = Arc::new(SessionHeader { key: key.clone(), epoch });
     let heartbeat = Duration::from_millis(
