@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The issue-4 benchmarks in one run (not part of the test suite): a private
+# redis-server on a free port, three release replicas on free ports, the load
+# generator against them; everything is stopped at the end.
+#   tests/bench.sh            # all modes
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/synckairos-target}"
+cargo build --release --locked --bins >&2
+R="$CARGO_TARGET_DIR/release"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+redis_port="$(free_port)"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null &
+redis_pid=$!
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; kill "$redis_pid" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
+ports=()
+for _ in 1 2 3; do
+  p="$(free_port)"; ports+=("$p")
+  REDIS_URL="redis://127.0.0.1:$redis_port" SYNCKAIROS_LISTEN="127.0.0.1:$p" RUST_LOG=warn "$R/synckairos" &
+  pids+=($!)
+done
+sleep 2
+A="127.0.0.1:${ports[0]}"; B="127.0.0.1:${ports[1]}"; C="127.0.0.1:${ports[2]}"
+echo "== breakdown (one call in flight)"
+"$R/synckairos-load" breakdown --target "$A" --redis "redis://127.0.0.1:$redis_port" --seconds 5
+echo "== GetServerTime at 64 in flight"
+"$R/synckairos-load" time --target "$A" --concurrency 64 --seconds 5
+echo "== SwitchCycle at 64 in flight over 1000 sessions"
+"$R/synckairos-load" switch --target "$A" --sessions 1000 --concurrency 64 --seconds 10
+echo "== fan-out: switch on A, 1000 streams on B"
+"$R/synckairos-load" fanout --target "$A" --subscribe-target "$B" --sessions 100 --streams 1000 --rate 200 --seconds 10
+echo "== flags: 10000 deadlines within one second over three replicas"
+"$R/synckairos-load" flags --target "$A,$B,$C" --sessions 10000 --spread-ms 1000 --concurrency 64 --connections 2
