@@ -445,24 +445,8 @@ async fn flags_mode(common: Common, sessions: usize, spread_ms: u64) -> anyhow::
 /// A two-player sudden-death session for direct store calls.
 fn two_players(id: synckairos::engine::SessionId, initial_ms: i64) -> anyhow::Result<synckairos::engine::NewSession> {
     use synckairos::engine::{Mode, NewParticipant, NewSession, ParticipantId};
-    Ok(NewSession {
-        id,
-        epoch: "bench".into(),
-        mode: Mode::PerParticipant,
-        participants: vec![
-            NewParticipant { id: ParticipantId::parse("p", "a")?, index: None, group: None, initial_time_ms: None },
-            NewParticipant { id: ParticipantId::parse("p", "b")?, index: None, group: None, initial_time_ms: None },
-        ],
-        groups: vec![],
-        time_control: Default::default(),
-        initial_time_ms: initial_ms,
-        cycle_time_ms: 0,
-        global_time_ms: 0,
-        max_time_ms: 0,
-        timeout_action: None,
-        metadata: Default::default(),
-        request_id: None,
-    })
+    let participants = vec![NewParticipant::named(ParticipantId::parse("p", "a")?), NewParticipant::named(ParticipantId::parse("p", "b")?)];
+    Ok(NewSession { epoch: "bench".into(), initial_time_ms: initial_ms, ..NewSession::new(id, Mode::PerParticipant, participants) })
 }
 
 async fn breakdown_mode(common: Common, redis_url: String) -> anyhow::Result<()> {

@@ -74,6 +74,35 @@ pub struct NewSession {
     pub request_id: Option<RequestId>,
 }
 
+impl NewParticipant {
+    /// A participant with its defaults: index by position, no group, the session's budget.
+    pub fn named(id: ParticipantId) -> Self {
+        Self { id, index: None, group: None, initial_time_ms: None }
+    }
+}
+
+impl NewSession {
+    /// A session with every optional field at its default (no time control,
+    /// no mode-specific budget, default timeout action, no metadata).
+    pub fn new(id: SessionId, mode: Mode, participants: Vec<NewParticipant>) -> Self {
+        Self {
+            id,
+            epoch: String::new(),
+            mode,
+            participants,
+            groups: Vec::new(),
+            time_control: NewTimeControl::default(),
+            initial_time_ms: 0,
+            cycle_time_ms: 0,
+            global_time_ms: 0,
+            max_time_ms: 0,
+            timeout_action: None,
+            metadata: BTreeMap::new(),
+            request_id: None,
+        }
+    }
+}
+
 /// `0 < ms <= 30 days`, as microseconds.
 fn required_duration(field: &str, ms: i64) -> Result<Micros, RuleError> {
     if ms <= 0 || ms > MAX_DURATION_MS {

@@ -312,30 +312,15 @@ mod tests {
 
     #[test]
     fn a_stored_session_round_trips_with_its_zero_fields_left_out() {
-        let (s, _) = crate::engine::create(
-            crate::engine::NewSession {
-                id: SessionId::parse("id", "s").unwrap(),
-                epoch: "e".into(),
-                mode: Mode::PerParticipant,
-                participants: vec![crate::engine::NewParticipant {
-                    id: ParticipantId::parse("p", "a").unwrap(),
-                    index: None,
-                    group: None,
-                    initial_time_ms: Some(1_000),
-                }],
-                groups: vec![],
-                time_control: Default::default(),
-                initial_time_ms: 0,
-                cycle_time_ms: 0,
-                global_time_ms: 0,
-                max_time_ms: 0,
-                timeout_action: None,
-                metadata: BTreeMap::new(),
-                request_id: None,
-            },
-            5,
-        )
-        .unwrap();
+        let participant = crate::engine::NewParticipant {
+            initial_time_ms: Some(1_000),
+            ..crate::engine::NewParticipant::named(ParticipantId::parse("p", "a").unwrap())
+        };
+        let new = crate::engine::NewSession {
+            epoch: "e".into(),
+            ..crate::engine::NewSession::new(SessionId::parse("id", "s").unwrap(), Mode::PerParticipant, vec![participant])
+        };
+        let (s, _) = crate::engine::create(new, 5).unwrap();
         let json = serde_json::to_string(&s).unwrap();
         assert!(!json.contains("\"credits\""), "{json}");
         let back: Session = serde_json::from_str(&json).unwrap();

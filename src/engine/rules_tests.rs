@@ -2,8 +2,6 @@
 //! §5 (timeout actions), straight from the formulas. Times are in ms here
 //! and converted to the engine's microseconds by `ms()`.
 
-use std::collections::BTreeMap;
-
 use super::*;
 
 const T0: Micros = 1_700_000_000_000_000;
@@ -25,24 +23,8 @@ fn gid(s: &str) -> GroupId {
 }
 
 fn new_session(mode: Mode, ids: &[&str]) -> NewSession {
-    NewSession {
-        id: SessionId::parse("session_id", "s").unwrap(),
-        epoch: "e".into(),
-        mode,
-        participants: ids
-            .iter()
-            .map(|id| NewParticipant { id: pid(id), index: None, group: None, initial_time_ms: None })
-            .collect(),
-        groups: Vec::new(),
-        time_control: NewTimeControl::default(),
-        initial_time_ms: 0,
-        cycle_time_ms: 0,
-        global_time_ms: 0,
-        max_time_ms: 0,
-        timeout_action: None,
-        metadata: BTreeMap::new(),
-        request_id: None,
-    }
+    let participants = ids.iter().map(|id| NewParticipant::named(pid(id))).collect();
+    NewSession { epoch: "e".into(), ..NewSession::new(SessionId::parse("session_id", "s").unwrap(), mode, participants) }
 }
 
 fn chess(initial_ms: i64, tc: NewTimeControl) -> NewSession {

@@ -40,20 +40,10 @@ fn new_participant(id: &str, initial_ms: Option<i64>) -> NewParticipant {
 
 /// A valid per-participant session: every participant gets `initial_ms`.
 fn new_session(ids: &[&str], initial_ms: i64) -> NewSession {
+    let participants = ids.iter().map(|id| new_participant(id, Some(initial_ms))).collect();
     NewSession {
-        id: SessionId::parse("session_id", "game-1").unwrap(),
         epoch: "epoch-1".to_owned(),
-        mode: Mode::PerParticipant,
-        participants: ids.iter().map(|id| new_participant(id, Some(initial_ms))).collect(),
-        groups: Vec::new(),
-        time_control: NewTimeControl::default(),
-        initial_time_ms: 0,
-        cycle_time_ms: 0,
-        global_time_ms: 0,
-        max_time_ms: 0,
-        timeout_action: None,
-        metadata: BTreeMap::new(),
-        request_id: None,
+        ..NewSession::new(SessionId::parse("session_id", "game-1").unwrap(), Mode::PerParticipant, participants)
     }
 }
 
