@@ -185,19 +185,29 @@ fn run_id() -> String {
     format!("load-{}", uuid::Uuid::new_v4().simple())
 }
 
-async fn create_running(clients: &[SyncServiceClient<Channel>], ids: &[String], initial_ms: i64) -> anyhow::Result<()> {
+/// Calls `each(client, index, id)` once for every id, from `workers` tasks
+/// sharing one cursor; the first error stops the run.
+async fn for_each_id<F, Fut>(
+    clients: &[SyncServiceClient<Channel>],
+    ids: Arc<Vec<String>>,
+    workers: usize,
+    each: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(SyncServiceClient<Channel>, usize, String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+{
     let next = Arc::new(AtomicU64::new(0));
-    let ids = Arc::new(ids.to_vec());
+    let each = Arc::new(each);
     let mut tasks = Vec::new();
-    for w in 0..32 {
-        let mut c = clients[w % clients.len()].clone();
-        let (next, ids) = (next.clone(), ids.clone());
+    for w in 0..workers.max(1) {
+        let c = clients[w % clients.len()].clone();
+        let (next, ids, each) = (next.clone(), ids.clone(), each.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 let Some(id) = ids.get(i) else { return Ok::<_, tonic::Status>(()) };
-                c.create_session(chess(id.clone(), initial_ms)).await?;
-                c.start_session(pb::StartSessionRequest { session_id: id.clone(), ..Default::default() }).await?;
+                each(c.clone(), i, id.clone()).await?;
             }
         }));
     }
@@ -205,6 +215,15 @@ async fn create_running(clients: &[SyncServiceClient<Channel>], ids: &[String], 
         t.await??;
     }
     Ok(())
+}
+
+async fn create_running(clients: &[SyncServiceClient<Channel>], ids: &[String], initial_ms: i64) -> anyhow::Result<()> {
+    for_each_id(clients, Arc::new(ids.to_vec()), 32, move |mut c, _, id| async move {
+        c.create_session(chess(id.clone(), initial_ms)).await?;
+        c.start_session(pb::StartSessionRequest { session_id: id, ..Default::default() }).await?;
+        Ok(())
+    })
+    .await
 }
 
 /// Runs `call` from `concurrency` workers for warm-up + `seconds`; returns the measured part.
@@ -371,52 +390,25 @@ async fn flags_mode(common: Common, sessions: usize, spread_ms: u64) -> anyhow::
     // Create everything first, then start them all so the deadlines land in the window.
     let started = Instant::now();
     let lead_ms = 3_000;
-    let next = Arc::new(AtomicU64::new(0));
     let ids = Arc::new(ids);
-    let mut tasks = Vec::new();
-    for w in 0..common.concurrency.max(1) {
-        let mut c = clients[w % clients.len()].clone();
-        let (next, ids) = (next.clone(), ids.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(id) = ids.get(i) else { return Ok::<_, tonic::Status>(()) };
-                c.create_session(chess(id.clone(), 3_600_000)).await?;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    for_each_id(&clients, ids.clone(), common.concurrency, |mut c, _, id| async move {
+        c.create_session(chess(id, 3_600_000)).await.map(|_| ())
+    })
+    .await?;
     println!("created {sessions} sessions in {:.1} s", started.elapsed().as_secs_f64());
     // Start each with a budget so that its deadline is at T + lead + (i % spread).
     let t_zero = std::time::SystemTime::now() + Duration::from_millis(lead_ms);
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..common.concurrency.max(1) {
-        let mut c = clients[w % clients.len()].clone();
-        let (next, ids) = (next.clone(), ids.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(id) = ids.get(i) else { return Ok::<_, tonic::Status>(()) };
-                c.start_session(pb::StartSessionRequest { session_id: id.clone(), ..Default::default() }).await?;
-                let target = t_zero + Duration::from_millis((i as u64 * spread_ms) / ids.len() as u64);
-                let left = target.duration_since(std::time::SystemTime::now()).unwrap_or_default();
-                let delta = left.as_millis() as i64 - 3_600_000;
-                c.adjust_time(pb::AdjustTimeRequest {
-                    session_id: id.clone(),
-                    participant_id: "a".into(),
-                    delta_ms: delta,
-                    ..Default::default()
-                })
-                .await?;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    let count = ids.len() as u64;
+    for_each_id(&clients, ids.clone(), common.concurrency, move |mut c, i, id| async move {
+        c.start_session(pb::StartSessionRequest { session_id: id.clone(), ..Default::default() }).await?;
+        let target = t_zero + Duration::from_millis((i as u64 * spread_ms) / count);
+        let left = target.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        let delta = left.as_millis() as i64 - 3_600_000;
+        c.adjust_time(pb::AdjustTimeRequest { session_id: id, participant_id: "a".into(), delta_ms: delta, ..Default::default() })
+            .await
+            .map(|_| ())
+    })
+    .await?;
     let setup = t_zero.duration_since(std::time::SystemTime::now());
     println!("started and armed in time: {}", setup.is_ok());
     tokio::time::sleep(setup.unwrap_or_default() + Duration::from_millis(spread_ms + 1_500)).await;
