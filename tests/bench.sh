@@ -2,7 +2,8 @@
 # The issue-4 benchmarks in one run (not part of the test suite): a private
 # redis-server on a free port, three release replicas on free ports, the load
 # generator against them; everything is stopped at the end.
-#   tests/bench.sh            # all modes
+#   tests/bench.sh                 # all modes
+#   tests/bench.sh breakdown flags # only these
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/synckairos-target}"
@@ -24,13 +25,15 @@ for _ in 1 2 3; do
 done
 sleep 2
 A="127.0.0.1:${ports[0]}"; B="127.0.0.1:${ports[1]}"; C="127.0.0.1:${ports[2]}"
-echo "== breakdown (one call in flight)"
-"$R/synckairos-load" breakdown --target "$A" --redis "redis://127.0.0.1:$redis_port" --seconds 5
-echo "== GetServerTime at 64 in flight"
-"$R/synckairos-load" time --target "$A" --concurrency 64 --seconds 5
-echo "== SwitchCycle at 64 in flight over 1000 sessions"
-"$R/synckairos-load" switch --target "$A" --sessions 1000 --concurrency 64 --seconds 10
-echo "== fan-out: switch on A, 1000 streams on B"
-"$R/synckairos-load" fanout --target "$A" --subscribe-target "$B" --sessions 100 --streams 1000 --rate 200 --seconds 10
-echo "== flags: 10000 deadlines within one second over three replicas"
-"$R/synckairos-load" flags --target "$A,$B,$C" --sessions 10000 --spread-ms 1000 --concurrency 64 --connections 2
+want() { [ -z "$MODES" ] || [[ " $MODES " == *" $1 "* ]]; }
+MODES="$*"
+if want breakdown; then echo "== breakdown (one call in flight)"
+"$R/synckairos-load" breakdown --target "$A" --redis "redis://127.0.0.1:$redis_port" --seconds 5; fi
+if want time; then echo "== GetServerTime at 64 in flight"
+"$R/synckairos-load" time --target "$A" --concurrency 64 --seconds 5; fi
+if want switch; then echo "== SwitchCycle at 64 in flight over 1000 sessions"
+"$R/synckairos-load" switch --target "$A" --sessions 1000 --concurrency 64 --seconds 10; fi
+if want fanout; then echo "== fan-out: switch on A, 1000 streams on B"
+"$R/synckairos-load" fanout --target "$A" --subscribe-target "$B" --sessions 100 --streams 1000 --rate 200 --seconds 10; fi
+if want flags; then echo "== flags: 10000 deadlines within one second over three replicas"
+"$R/synckairos-load" flags --target "$A,$B,$C" --sessions 10000 --spread-ms 1000 --concurrency 64 --connections 2; fi

@@ -16,6 +16,11 @@
 //! replica started with REDIS_URL and DATABASE_URL drains them; then it reads
 //! the ingest rate and the lag (`inserted_at - occurred_at`) from Postgres.
 
+
+/// The server's allocator, so that `breakdown` times the store as it runs in service.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -109,6 +114,9 @@ enum Mode {
         common: Common,
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
+        /// Run only these rows, comma-separated (a, a2, a', b, c, d); all by default.
+        #[arg(long, default_value = "")]
+        only: String,
     },
 }
 
@@ -151,7 +159,8 @@ impl Stats {
         sorted[i] as f64 / 1000.0
     }
 
-    fn report(mut self, label: &str, seconds: f64) {
+    /// Prints the figures; returns the median in milliseconds.
+    fn report(mut self, label: &str, seconds: f64) -> f64 {
         self.micros.sort_unstable();
         let n = self.micros.len();
         let s = &self.micros;
@@ -165,6 +174,7 @@ impl Stats {
             Self::pct(s, 0.999),
             Self::pct(s, 1.0),
         );
+        Self::pct(s, 0.50)
     }
 }
 
@@ -226,15 +236,22 @@ async fn create_running(clients: &[SyncServiceClient<Channel>], ids: &[String], 
     .await
 }
 
-/// Runs `call` from `concurrency` workers for warm-up + `seconds`; returns the measured part.
+/// Runs `call` from `concurrency` workers for a second's warm-up + `seconds`; returns the measured part.
 async fn drive<F, Fut>(concurrency: usize, seconds: f64, call: F) -> Stats
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    drive_for(concurrency, Duration::from_secs(1), seconds, call).await
+}
+
+async fn drive_for<F, Fut>(concurrency: usize, warm: Duration, seconds: f64, call: F) -> Stats
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let call = Arc::new(call);
     let start = Instant::now();
-    let warm = Duration::from_secs(1);
     let end = warm + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for w in 0..concurrency {
@@ -441,7 +458,7 @@ fn two_players(id: synckairos::engine::SessionId, initial_ms: i64) -> anyhow::Re
     Ok(NewSession { epoch: "bench".into(), initial_time_ms: initial_ms, ..NewSession::new(id, Mode::PerParticipant, participants) })
 }
 
-async fn breakdown_mode(common: Common, redis_url: String) -> anyhow::Result<()> {
+async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyhow::Result<()> {
     use synckairos::engine::{self, Command, Request, SessionKey, Tenant};
     use synckairos::store::SessionStore;
     use synckairos::store::redis::{RedisSettings, RedisStore};
@@ -468,65 +485,168 @@ async fn breakdown_mode(common: Common, redis_url: String) -> anyhow::Result<()>
     store.claim_due().await?;
 
     let secs = common.seconds;
-    let one = |label: &'static str| move |s: Stats| s.report(label, secs);
-    // (a) a bare round trip through the same pool.
-    let st = store.clone();
-    one("(a) Redis PING through the pool")(drive(1, secs, move |_, _| {
-        let st = st.clone();
-        async move { st.ping().await.is_ok() }
-    })
-    .await);
-    // (a') the commit's two pipelines on a bare connection: no engine, no JSON, no pool.
+    let on = |x: &str| only.is_empty() || only.split(',').any(|o| o == x);
+    // Redis's own time per commit, from INFO commandstats around one second of (b) alone.
+    let mut info = redis::Client::open(store_url.as_str())?.get_multiplexed_async_connection().await?;
+    let switch = {
+        let (st, k) = (store.clone(), key.clone());
+        move |_: usize, _: u64| {
+            let (st, k) = (st.clone(), k.clone());
+            async move {
+                let req = Request::new(Command::Switch { from: None, next: None });
+                st.update(&k, &|s, now| engine::apply(s, &req, now)).await.is_ok()
+            }
+        }
+    };
+    let before = commit_usec(&mut info).await?;
+    drive_for(1, Duration::ZERO, 1.0, switch.clone()).await;
+    let after = commit_usec(&mut info).await?;
+    let redis_us = after.0.saturating_sub(before.0) as f64 / after.1.saturating_sub(before.1).max(1) as f64;
+
+    let one_conn = Common { connections: 1, ..common.clone() };
+    let remote = clients(&one_conn).await?;
+    let grpc_id = format!("{run}-grpc");
+    create_running(&remote, std::slice::from_ref(&grpc_id), 24 * 3600 * 1000).await?;
     let bare = redis::Client::open(store_url.as_str())?.get_multiplexed_async_connection().await?;
-    let scratch = format!("{run}-bare");
-    one("(a') the commit's Redis command mix, bare client")(drive(1, secs, move |_, _| {
-        let (mut c, k) = (bare.clone(), scratch.clone());
-        async move {
+    let bare_key = format!("{run}-bare");
+
+    type Call = Arc<dyn Fn(usize, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync>;
+    let mut rows: Vec<(&'static str, &'static str, Call)> = Vec::new();
+    let st = store.clone();
+    rows.push(("a", "(a) Redis PING through the pool", Arc::new(move |_, _| {
+        let st = st.clone();
+        Box::pin(async move { st.ping().await.is_ok() })
+    })));
+    // Two PINGs one after the other: the floor of any commit that needs two
+    // round trips (WATCH+GET+TIME, then MULTI..EXEC).
+    let st = store.clone();
+    rows.push(("a2", "(a2) two PINGs in a row through the pool", Arc::new(move |_, _| {
+        let st = st.clone();
+        Box::pin(async move { st.ping().await.is_ok() && st.ping().await.is_ok() })
+    })));
+    // The commit's two pipelines on a bare connection: no engine, no JSON, no pool.
+    rows.push(("a'", "(a') the commit's Redis command mix, bare client", Arc::new(move |_, _| {
+        let (mut c, k) = (bare.clone(), bare_key.clone());
+        Box::pin(async move {
             let value = vec![b'x'; 600];
             let read: redis::RedisResult<(Option<Vec<u8>>, (i64, i64))> =
                 redis::pipe().cmd("WATCH").arg(&k).ignore().cmd("GET").arg(&k).cmd("TIME").query_async(&mut c).await;
             let write: redis::RedisResult<Option<redis::Value>> = redis::pipe()
                 .atomic()
                 .cmd("SET").arg(&k).arg(&value).arg("PX").arg(60_000).ignore()
-                .cmd("XADD").arg(format!("{k}:log")).arg("MAXLEN").arg(256).arg("*").arg("e").arg(&value).ignore()
+                .cmd("XADD").arg(format!("{k}:log")).arg("MAXLEN").arg("~").arg(256).arg("*").arg("e").arg(&value).ignore()
                 .cmd("PEXPIRE").arg(format!("{k}:log")).arg(60_000).ignore()
                 .cmd("ZADD").arg(format!("{k}:z")).arg(1).arg(&k).ignore()
                 .cmd("PUBLISH").arg(format!("{k}:ch")).arg(&value).ignore()
                 .query_async(&mut c)
                 .await;
             read.is_ok() && write.is_ok()
-        }
-    })
-    .await);
-    // (b) the versioned commit, no gRPC.
-    let st = store.clone();
-    let k = key.clone();
-    one("(b) store commit (switch) direct")(drive(1, secs, move |_, _| {
-        let (st, k) = (st.clone(), k.clone());
-        async move {
-            let req = Request::new(Command::Switch { from: None, next: None });
-            st.update(&k, &|s, now| engine::apply(s, &req, now)).await.is_ok()
-        }
-    })
-    .await);
-    // (c) and (d) over gRPC against the server under test.
-    let one_conn = Common { connections: 1, ..common.clone() };
-    let clients = clients(&one_conn).await?;
-    let c0 = clients[0].clone();
-    one("(c) GetServerTime over gRPC")(drive(1, secs, move |_, _| {
+        })
+    })));
+    rows.push(("b", "(b) store commit (switch) direct", Arc::new(move |w, n| Box::pin(switch(w, n)))));
+    let c0 = remote[0].clone();
+    rows.push(("c", "(c) GetServerTime over gRPC", Arc::new(move |_, _| {
         let mut c = c0.clone();
-        async move { c.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() }
-    })
-    .await);
-    let id = format!("{run}-grpc");
-    create_running(&clients, std::slice::from_ref(&id), 24 * 3600 * 1000).await?;
-    let c0 = clients[0].clone();
-    one("(d) SwitchCycle over gRPC")(drive(1, secs, move |_, _| {
-        let (mut c, id) = (c0.clone(), id.clone());
-        async move { c.switch_cycle(pb::SwitchCycleRequest { session_id: id, ..Default::default() }).await.is_ok() }
-    })
-    .await);
+        Box::pin(async move { c.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() })
+    })));
+    let c0 = remote[0].clone();
+    rows.push(("d", "(d) SwitchCycle over gRPC", Arc::new(move |_, _| {
+        let (mut c, id) = (c0.clone(), grpc_id.clone());
+        Box::pin(async move { c.switch_cycle(pb::SwitchCycleRequest { session_id: id, ..Default::default() }).await.is_ok() })
+    })));
+    // The same service in this process (its own Redis pool, timers and
+    // Pub/Sub, on this runtime): (d) minus (d') is what running client,
+    // server and Redis as three processes on this machine's cores costs.
+    if on("b'") || on("c'") || on("d'") {
+        let config = synckairos::config::Config {
+            listen: "127.0.0.1:0".parse()?,
+            engine: synckairos::config::EngineKind::Redis,
+            redis_url: Some(synckairos::config::Secret::new(store_url.clone())),
+            ..synckairos::config::Config::default()
+        };
+        let server = synckairos::startup::Application::build(config).await?;
+        let (addr, app) = (server.local_addr().to_string(), server.app().clone());
+        tokio::spawn(server.run_until_stopped(std::future::pending()));
+        let local = clients(&Common { target: addr, connections: 1, ..common.clone() }).await?;
+        let local_id = format!("{run}-local");
+        create_running(&local, std::slice::from_ref(&local_id), 24 * 3600 * 1000).await?;
+        let sid = engine::SessionId::parse("id", &local_id)?;
+        rows.push(("b'", "(b') App::switch in this process (app layer + store, no gRPC)", Arc::new(move |_, _| {
+            let (app, sid) = (app.clone(), sid.clone());
+            Box::pin(async move { app.switch(sid, None, None, Default::default()).await.is_ok() })
+        })));
+        let c0 = local[0].clone();
+        rows.push(("c'", "(c') GetServerTime over gRPC, server in this process", Arc::new(move |_, _| {
+            let mut c = c0.clone();
+            Box::pin(async move { c.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() })
+        })));
+        let c0 = local[0].clone();
+        rows.push(("d'", "(d') SwitchCycle over gRPC, server in this process", Arc::new(move |_, _| {
+            let (mut c, id) = (c0.clone(), local_id.clone());
+            Box::pin(async move { c.switch_cycle(pb::SwitchCycleRequest { session_id: id, ..Default::default() }).await.is_ok() })
+        })));
+    }
+    rows.retain(|(tag, _, _)| on(tag));
+
+    // Interleaved: every row runs for a short slice in each round, so a noisy
+    // second on this shared machine weighs on every row alike.
+    let rounds = (secs / 0.5).ceil().max(1.0) as usize;
+    let slice = secs / rounds as f64;
+    let mut stats: Vec<Stats> = rows.iter().map(|_| Stats::default()).collect();
+    for (_, _, call) in &rows {
+        let call = call.clone();
+        drive_for(1, Duration::ZERO, 0.3, move |w, n| call(w, n)).await; // warm-up
+    }
+    for _ in 0..rounds {
+        for (i, (_, _, call)) in rows.iter().enumerate() {
+            let call = call.clone();
+            stats[i].merge(drive_for(1, Duration::ZERO, slice, move |w, n| call(w, n)).await);
+        }
+    }
+    let mut p50 = std::collections::HashMap::new();
+    for ((tag, label, _), st) in rows.iter().zip(stats) {
+        p50.insert(*tag, st.report(label, secs));
+    }
+    println!("Redis's own time per commit (WATCH GET TIME MULTI EXEC, from INFO commandstats): {redis_us:.1} us");
+    let get = |k: &str| p50.get(k).copied();
+    if let (Some(a), Some(b)) = (get("a"), get("b")) {
+        println!("target (b) <= 2.5 x (a): (b)/(a) = {:.2} ({})", b / a, if b <= 2.5 * a { "met" } else { "missed" });
+    }
+    if let (Some(a), Some(a2), Some(x)) = (get("a"), get("a2"), get("a'")) {
+        println!(
+            "floor of a two-round-trip commit: (a2)/(a) = {:.2}, ((a2) + Redis's own time)/(a) = {:.2}, bare mix (a')/(a) = {:.2}",
+            a2 / a,
+            (a2 + redis_us / 1000.0) / a,
+            x / a
+        );
+    }
+    for (c, d) in [("c", "d"), ("c'", "d'")] {
+        if let (Some(b), Some(cv), Some(dv)) = (get("b"), get(c), get(d)) {
+            let bound = cv + 1.25 * b;
+            let verdict = if dv <= bound { "met" } else { "missed" };
+            println!("target ({d}) <= ({c}) + 1.25 x (b): {dv:.3} vs {bound:.3} ms ({verdict})");
+        }
+    }
     Ok(())
+}
+
+/// Total microseconds and calls Redis has spent in the commit's commands
+/// (EXEC's time includes the commands it ran).
+async fn commit_usec(c: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<(u64, u64)> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(c).await?;
+    let (mut usec, mut execs) = (0u64, 0u64);
+    for line in info.lines() {
+        let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
+        if !["watch", "get", "time", "multi", "exec"].contains(&name) {
+            continue;
+        }
+        let field = |f: &str| rest.split(',').find_map(|kv| kv.strip_prefix(f)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        usec += field("usec=");
+        if name == "exec" {
+            execs = field("calls=");
+        }
+    }
+    Ok((usec, execs))
 }
 
 async fn audit_ingest_mode(redis_url: String, database: String, rate: u64, seconds: f64, buckets: u32) -> anyhow::Result<()> {
@@ -629,7 +749,7 @@ async fn main() -> anyhow::Result<()> {
             fanout_mode(common, subscribe_target, sessions, streams, rate).await
         }
         Mode::Flags { common, sessions, spread_ms } => flags_mode(common, sessions, spread_ms).await,
-        Mode::Breakdown { common, redis } => breakdown_mode(common, redis).await,
+        Mode::Breakdown { common, redis, only } => breakdown_mode(common, redis, only).await,
         Mode::AuditIngest { redis, database, rate, seconds, buckets } => {
             audit_ingest_mode(redis, database, rate, seconds, buckets).await
         }

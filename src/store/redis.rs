@@ -203,6 +203,9 @@ impl RedisStore {
             // Broken connections are flagged on use; a PING per checkout would
             // add a round trip to every call.
             .test_on_check_out(false)
+            // The most recently used connection first: at low concurrency one
+            // warm connection (and its driver task) serves, not all of them in turn.
+            .queue_strategy(bb8::QueueStrategy::Lifo)
             .build_unchecked(Manager(manager));
         let store = Self {
             pool,
@@ -321,8 +324,10 @@ impl RedisStore {
             let bytes = encode(e);
             tx.cmd("XADD")
                 .arg(&k.log)
-                // Exact trimming (not `~`): both engines retain exactly the last 256.
+                // `~` trims whole stream nodes (cheap); `events_after` serves only
+                // the last EVENT_LOG_LEN, so both engines replay the same window.
                 .arg("MAXLEN")
+                .arg("~")
                 .arg(EVENT_LOG_LEN)
                 .arg(format!("{}-0", e.version))
                 .arg("e")
@@ -591,6 +596,9 @@ impl SessionStore for RedisStore {
         let session: Session = decode(&raw.ok_or(StoreError::NotFound)?)?;
         if after >= session.version {
             return Ok(Replay::Events(Vec::new()));
+        }
+        if session.version - after > EVENT_LOG_LEN as u64 {
+            return Ok(Replay::Truncated);
         }
         let mut events = Vec::with_capacity(entries.len());
         for (_, fields) in entries {
