@@ -203,9 +203,6 @@ impl RedisStore {
             // Broken connections are flagged on use; a PING per checkout would
             // add a round trip to every call.
             .test_on_check_out(false)
-            // The most recently used connection first: at low concurrency one
-            // warm connection (and its driver task) serves, not all of them in turn.
-            .queue_strategy(bb8::QueueStrategy::Lifo)
             .build_unchecked(Manager(manager));
         let store = Self {
             pool,
