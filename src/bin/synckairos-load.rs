@@ -406,13 +406,16 @@ async fn flags_mode(common: Common, sessions: usize, spread_ms: u64) -> anyhow::
     let ids: Vec<String> = (0..sessions).map(|i| format!("{run}-{i}")).collect();
     // Create everything first, then start them all so the deadlines land in the window.
     let started = Instant::now();
-    let lead_ms = 3_000;
     let ids = Arc::new(ids);
     for_each_id(&clients, ids.clone(), common.concurrency, |mut c, _, id| async move {
         c.create_session(chess(id, 3_600_000)).await.map(|_| ())
     })
     .await?;
-    println!("created {sessions} sessions in {:.1} s", started.elapsed().as_secs_f64());
+    let created = started.elapsed();
+    println!("created {sessions} sessions in {:.1} s", created.as_secs_f64());
+    // Arming takes two calls per session: leave it 2.5 creations' time (at
+    // least 3 s), so on a slow machine no deadline passes before it is armed.
+    let lead_ms = (created.as_millis() as u64 * 5 / 2).max(3_000);
     // Start each with a budget so that its deadline is at T + lead + (i % spread).
     let t_zero = std::time::SystemTime::now() + Duration::from_millis(lead_ms);
     let count = ids.len() as u64;
