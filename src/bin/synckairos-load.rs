@@ -513,7 +513,6 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
     let bare = redis::Client::open(store_url.as_str())?.get_multiplexed_async_connection().await?;
     let bare_key = format!("{run}-bare");
 
-    type Call = Arc<dyn Fn(usize, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync>;
     let mut rows: Vec<(&'static str, &'static str, Call)> = Vec::new();
     let st = store.clone();
     rows.push(("a", "(a) Redis PING through the pool", Arc::new(move |_, _| {
@@ -547,16 +546,8 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
         })
     })));
     rows.push(("b", "(b) store commit (switch) direct", Arc::new(move |w, n| Box::pin(switch(w, n)))));
-    let c0 = remote[0].clone();
-    rows.push(("c", "(c) GetServerTime over gRPC", Arc::new(move |_, _| {
-        let mut c = c0.clone();
-        Box::pin(async move { c.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() })
-    })));
-    let c0 = remote[0].clone();
-    rows.push(("d", "(d) SwitchCycle over gRPC", Arc::new(move |_, _| {
-        let (mut c, id) = (c0.clone(), grpc_id.clone());
-        Box::pin(async move { c.switch_cycle(pb::SwitchCycleRequest { session_id: id, ..Default::default() }).await.is_ok() })
-    })));
+    rows.push(("c", "(c) GetServerTime over gRPC", time_call(&remote[0])));
+    rows.push(("d", "(d) SwitchCycle over gRPC", switch_call(&remote[0], grpc_id)));
     // The same service in this process (its own Redis pool, timers and
     // Pub/Sub, on this runtime): (d) minus (d') is what running client,
     // server and Redis as three processes on this machine's cores costs.
@@ -578,16 +569,8 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
             let (app, sid) = (app.clone(), sid.clone());
             Box::pin(async move { app.switch(sid, None, None, Default::default()).await.is_ok() })
         })));
-        let c0 = local[0].clone();
-        rows.push(("c'", "(c') GetServerTime over gRPC, server in this process", Arc::new(move |_, _| {
-            let mut c = c0.clone();
-            Box::pin(async move { c.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() })
-        })));
-        let c0 = local[0].clone();
-        rows.push(("d'", "(d') SwitchCycle over gRPC, server in this process", Arc::new(move |_, _| {
-            let (mut c, id) = (c0.clone(), local_id.clone());
-            Box::pin(async move { c.switch_cycle(pb::SwitchCycleRequest { session_id: id, ..Default::default() }).await.is_ok() })
-        })));
+        rows.push(("c'", "(c') GetServerTime over gRPC, server in this process", time_call(&local[0])));
+        rows.push(("d'", "(d') SwitchCycle over gRPC, server in this process", switch_call(&local[0], local_id)));
     }
     rows.retain(|(tag, _, _)| on(tag));
 
@@ -631,6 +614,25 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
         }
     }
     Ok(())
+}
+
+/// One timed call of a `breakdown` row.
+type Call = Arc<dyn Fn(usize, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync>;
+
+fn time_call(client: &SyncServiceClient<Channel>) -> Call {
+    let client = client.clone();
+    Arc::new(move |_, _| {
+        let mut c = client.clone();
+        Box::pin(async move { c.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() })
+    })
+}
+
+fn switch_call(client: &SyncServiceClient<Channel>, id: String) -> Call {
+    let client = client.clone();
+    Arc::new(move |_, _| {
+        let (mut c, id) = (client.clone(), id.clone());
+        Box::pin(async move { c.switch_cycle(pb::SwitchCycleRequest { session_id: id, ..Default::default() }).await.is_ok() })
+    })
 }
 
 /// Total microseconds and calls Redis has spent in the commit's commands
