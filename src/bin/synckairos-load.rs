@@ -16,7 +16,6 @@
 //! replica started with REDIS_URL and DATABASE_URL drains them; then it reads
 //! the ingest rate and the lag (`inserted_at - occurred_at`) from Postgres.
 
-
 /// The server's allocator, so that `breakdown` times the store as it runs in service.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -114,7 +113,7 @@ enum Mode {
         common: Common,
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
-        /// Run only these rows, comma-separated (a, a2, a', b, c, d); all by default.
+        /// Run only these rows, comma-separated (a, a2, a', b, c, d, e, b', c', d'); all by default.
         #[arg(long, default_value = "")]
         only: String,
     },
@@ -547,7 +546,12 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
     })));
     rows.push(("b", "(b) store commit (switch) direct", Arc::new(move |w, n| Box::pin(switch(w, n)))));
     rows.push(("c", "(c) GetServerTime over gRPC", time_call(&remote[0])));
-    rows.push(("d", "(d) SwitchCycle over gRPC", switch_call(&remote[0], grpc_id)));
+    rows.push(("d", "(d) SwitchCycle over gRPC", switch_call(&remote[0], grpc_id.clone())));
+    let c0 = remote[0].clone();
+    rows.push(("e", "(e) GetSession over gRPC (one Redis GET)", Arc::new(move |_, _| {
+        let (mut c, id) = (c0.clone(), grpc_id.clone());
+        Box::pin(async move { c.get_session(pb::GetSessionRequest { session_id: id }).await.is_ok() })
+    })));
     // The same service in this process (its own Redis pool, timers and
     // Pub/Sub, on this runtime): (d) minus (d') is what running client,
     // server and Redis as three processes on this machine's cores costs.
