@@ -162,16 +162,9 @@ fn group<'a>(s: &'a pb::Session, group_id: &str) -> &'a pb::Group {
     s.groups.iter().find(|g| g.group_id == group_id).unwrap_or_else(|| panic!("no group {group_id:?} in {s:?}"))
 }
 
-/// Creates a session from `req`, subscribes, starts it; returns the stream
-/// (positioned after STARTED) and the session as STARTED showed it.
+/// `helpers::start_watched`, answering the session as STARTED showed it.
 async fn start_watched(client: &mut Client, req: pb::CreateSessionRequest) -> (EventStream, pb::Session) {
-    let id = req.session_id.clone();
-    create(client, req).await;
-    let mut stream = subscribe(client, subscribe_req(&id)).await;
-    assert_eq!(event_type(&next_event(&mut stream).await), EventType::Snapshot);
-    start(client, &id).await;
-    let started = next_change(&mut stream).await;
-    assert_eq!(event_type(&started), EventType::Started, "{started:?}");
+    let (stream, started) = crate::helpers::start_watched(client, req).await;
     let s = session_of(&started).clone();
     (stream, s)
 }

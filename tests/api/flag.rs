@@ -9,19 +9,6 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-/// Creates a session from `req`, subscribes, starts it; returns the stream
-/// (positioned after STARTED) and the STARTED event.
-async fn start_watched(client: &mut Client, req: pb::CreateSessionRequest) -> (EventStream, pb::SessionEvent) {
-    let id = req.session_id.clone();
-    create(client, req).await;
-    let mut stream = subscribe(client, subscribe_req(&id)).await;
-    assert_eq!(event_type(&next_event(&mut stream).await), EventType::Snapshot);
-    start(client, &id).await;
-    let started = next_change(&mut stream).await;
-    assert_eq!(event_type(&started), EventType::Started);
-    (stream, started)
-}
-
 #[tokio::test]
 async fn a_clock_that_runs_out_ends_the_session_with_nobody_calling() {
     let mut app = spawn_app().await;

@@ -281,6 +281,19 @@ pub async fn next_change(stream: &mut EventStream) -> pb::SessionEvent {
     }
 }
 
+/// Creates a session from `req`, subscribes, starts it; returns the stream
+/// (positioned after STARTED) and the STARTED event.
+pub async fn start_watched(client: &mut Client, req: pb::CreateSessionRequest) -> (EventStream, pb::SessionEvent) {
+    let id = req.session_id.clone();
+    create(client, req).await;
+    let mut stream = subscribe(client, subscribe_req(&id)).await;
+    assert_eq!(event_type(&next_event(&mut stream).await), pb::EventType::Snapshot);
+    start(client, &id).await;
+    let started = next_change(&mut stream).await;
+    assert_eq!(event_type(&started), pb::EventType::Started, "{started:?}");
+    (stream, started)
+}
+
 /// Asserts that nothing arrives on `stream` within `window`.
 pub async fn assert_quiet(stream: &mut EventStream, window: Duration) {
     if let Ok(r) = tokio::time::timeout(window, stream.message()).await {

@@ -414,10 +414,9 @@ async fn assert_applied_exactly(client: &mut Client, stream: &mut EventStream, i
     assert_quiet(stream, Duration::from_millis(100)).await;
 }
 
-// BUG (see the report): under this load some calls come back ABORTED "too
-// many concurrent writes to this session; retry" — RedisStore::update gives
-// up after MAX_ATTEMPTS (32) lost WATCH races. Failed in ~8 of 10 runs, 1–5
-// of the 480 calls each time.
+/// 480 unconditioned switches from three replicas at once: lost WATCH races
+/// are retried inside the server (per-session turns on each replica, then a
+/// jittered retry within RETRY_BUDGET), so every call succeeds exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_concurrent_switches_from_three_replicas_all_succeed() {
     let _iso = shared_isolation();
@@ -431,27 +430,6 @@ async fn hundreds_of_concurrent_switches_from_three_replicas_all_succeed() {
     let storm = switch_storm(&[&a, &b, &c], &id, 8, 20).await;
     assert!(storm.failures.is_empty(), "write conflicts must be retried inside the server; got {:?}", storm.failures);
     assert_eq!(storm.versions.len(), 480);
-    assert_applied_exactly(&mut a.client, &mut stream, &id, &storm.versions).await;
-}
-
-/// The same storm, tolerating the ABORTED replies of the bug above: whatever
-/// the retry budget, an ABORTED call was not applied and nothing is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_switches_from_three_replicas_lose_no_update() {
-    let _iso = shared_isolation();
-    let redis = RedisServer::start();
-    let (mut a, b, mut c) = three_replicas(&redis.url()).await;
-    let s = create_started(&mut a.client).await;
-    let id = s.session_id.clone();
-    let mut stream = subscribe(&mut c.client, subscribe_req(&id)).await;
-    assert_eq!(next_event(&mut stream).await.version, 2);
-
-    let storm = switch_storm(&[&a, &b, &c], &id, 8, 20).await;
-    for f in &storm.failures {
-        assert_eq!(f.code(), Code::Aborted, "{f:?}");
-        assert!(f.message().contains("concurrent writes"), "{f:?}");
-    }
-    assert!(storm.failures.len() <= 24, "at most a few conflicts exhausted: {}", storm.failures.len());
     assert_applied_exactly(&mut a.client, &mut stream, &id, &storm.versions).await;
 }
 
