@@ -370,8 +370,11 @@ impl RedisStore {
         *self.next_head.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Ends the WATCH; the connection is reusable again only if that worked.
     async fn unwatch(&self, conn: &mut Conn) {
-        let _ = exchange(conn, async |c| redis::cmd("UNWATCH").query_async::<()>(c).await).await;
+        if exchange(conn, async |c| redis::cmd("UNWATCH").query_async::<()>(c).await).await.is_ok() {
+            conn.broken = false;
+        }
     }
 
     /// Waits a jittered, growing while after a lost WATCH race; false once
@@ -401,6 +404,11 @@ impl RedisStore {
         let k = self.keys(key);
         let started = std::time::Instant::now();
         for attempt in 0.. {
+            // From WATCH until EXEC or UNWATCH answers, the connection carries
+            // this call's WATCH: if the call is dropped midway (a cancelled
+            // RPC), the pool must close it rather than lend it, WATCH and all,
+            // to the next commit.
+            conn.broken = true;
             let (raw, now) = self.watch_read(&mut conn, &k).await?;
             let (tx, out) = match plan(&k, raw, now, self.known_head()) {
                 Ok(Plan::Write(tx, out)) => (tx, out),
@@ -412,6 +420,7 @@ impl RedisStore {
                 }
             };
             let done: Option<Value> = exchange(&mut conn, async |c| tx.query_async(c).await).await?;
+            conn.broken = false; // EXEC, committed or not, ended the WATCH
             if done.is_some() {
                 return Ok(out);
             }

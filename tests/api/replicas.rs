@@ -948,3 +948,64 @@ async fn a_deadline_claimed_by_a_dead_replica_fires_after_its_lease() {
     assert_eq!(get(&mut a.client, &live_lease).await.version, 3);
     assert_eq!(deadline_members(&mut con).await, (0, 0), "both claims released");
 }
+
+// ---------- a cancelled commit leaves no WATCH behind ----------
+
+/// A commit dropped while its WATCH+GET+TIME is in flight (a cancelled RPC)
+/// must not hand its connection, WATCH and all, to the next commit: that one
+/// would fail its EXEC for a key it never read and have to run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use synckairos::engine::{self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, SessionId, SessionKey, Tenant};
+    use synckairos::store::SessionStore;
+    use synckairos::store::redis::{RedisSettings, RedisStore};
+
+    let _iso = shared_isolation();
+    let redis = RedisServer::start();
+    let settings = |pool_size| RedisSettings {
+        url: redis.url(),
+        buckets: 16,
+        session_ttl: Duration::from_secs(3600),
+        idle_ttl: Duration::from_secs(3600),
+        pool_size,
+        pool_timeout: Duration::from_millis(500),
+        audit: false,
+    };
+    // One connection, so the next commit gets the very connection the dropped one used.
+    let store = RedisStore::connect(settings(1), Clock::new()).await.unwrap();
+    let other_replica = RedisStore::connect(settings(4), Clock::new()).await.unwrap();
+    let key = |name: &str| SessionKey { tenant: Tenant::default_tenant(), id: SessionId::parse("id", name).unwrap() };
+    let (dropped, next) = (key("dropped-midway"), key("next-commit"));
+    for k in [&dropped, &next] {
+        let players = ["a", "b"].map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap())).to_vec();
+        let new = NewSession { initial_time_ms: 60_000, ..NewSession::new(k.id.clone(), Mode::PerParticipant, players) };
+        store.create(k, &|now| engine::create(new.clone(), now)).await.unwrap();
+    }
+    let start = Request::new(Command::Start { first: None });
+    store.update(&next, &|s, now| engine::apply(s, &start, now)).await.unwrap();
+    store.update(&dropped, &|s, now| engine::apply(s, &start, now)).await.unwrap();
+
+    // Poll a switch of `dropped` once (its WATCH+GET+TIME goes out), let Redis
+    // answer, then drop it unanswered, as tonic drops a cancelled call.
+    let switch = Request::new(Command::Switch { from: None, next: None });
+    let apply_switch = |s: &engine::Session, now| engine::apply(s, &switch, now);
+    let mut cancelled = Box::pin(store.update(&dropped, &apply_switch));
+    let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(cancelled.as_mut().poll(cx))).await;
+    assert!(polled.is_pending(), "the switch should be waiting for Redis");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(cancelled);
+
+    // Another replica writes the dropped session's key...
+    other_replica.update(&dropped, &apply_switch).await.unwrap();
+    // ...and this replica's next commit, on another session, runs once.
+    let plans = AtomicUsize::new(0);
+    store
+        .update(&next, &|s, now| {
+            plans.fetch_add(1, Ordering::SeqCst);
+            engine::apply(s, &switch, now)
+        })
+        .await
+        .unwrap();
+    assert_eq!(plans.load(Ordering::SeqCst), 1, "the next commit must not inherit the dropped one's WATCH");
+}
