@@ -74,21 +74,10 @@ async fn racing_switches_from_the_active_participant_apply_once() {
     for round in 0..10u64 {
         let current = get(&mut app.client, &id).await;
         let mover = current.active_participant_id.clone();
-        let barrier = Arc::new(Barrier::new(RACERS));
-        let mut racers = Vec::new();
-        for client in &clients {
-            let mut client = client.clone();
-            let req = pb::SwitchCycleRequest { from_participant_id: Some(mover.clone()), ..switch_req(&id) };
-            let barrier = barrier.clone();
-            racers.push(tokio::spawn(async move {
-                barrier.wait().await;
-                client.switch_cycle(req).await.map(|r| r.into_inner())
-            }));
-        }
         let mut ok = Vec::new();
         let mut refused = 0;
-        for r in racers {
-            match r.await.unwrap() {
+        for reply in race_conditional_switches(&clients, &id, &mover).await {
+            match reply {
                 Ok(s) => ok.push(s),
                 Err(status) => {
                     assert_eq!(status.code(), Code::FailedPrecondition, "round {round}: {status:?}");

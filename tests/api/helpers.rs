@@ -294,6 +294,27 @@ pub async fn start_watched(client: &mut Client, req: pb::CreateSessionRequest) -
     (stream, started)
 }
 
+/// Every client sends `SwitchCycle{from_participant_id: mover}` for `id` at
+/// the same instant (a barrier); the replies, in client order.
+pub async fn race_conditional_switches(clients: &[Client], id: &str, mover: &str) -> Vec<Result<pb::Session, Status>> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len()));
+    let mut racers = Vec::new();
+    for client in clients {
+        let mut client = client.clone();
+        let req = pb::SwitchCycleRequest { from_participant_id: Some(mover.to_owned()), ..switch_req(id) };
+        let barrier = barrier.clone();
+        racers.push(tokio::spawn(async move {
+            barrier.wait().await;
+            client.switch_cycle(req).await.map(|r| r.into_inner())
+        }));
+    }
+    let mut replies = Vec::new();
+    for r in racers {
+        replies.push(r.await.expect("racer task"));
+    }
+    replies
+}
+
 /// Asserts that nothing arrives on `stream` within `window`.
 pub async fn assert_quiet(stream: &mut EventStream, window: Duration) {
     if let Ok(r) = tokio::time::timeout(window, stream.message()).await {

@@ -317,20 +317,9 @@ async fn racing_switches_of_one_turn_from_three_replicas_apply_once() {
     let mut aborted = 0;
     for round in 0..ROUNDS {
         let mover = get(&mut a.client, &id).await.active_participant_id;
-        let barrier = Arc::new(Barrier::new(clients.len()));
-        let mut racers = Vec::new();
-        for client in &clients {
-            let mut client = client.clone();
-            let req = pb::SwitchCycleRequest { from_participant_id: Some(mover.clone()), ..switch_req(&id) };
-            let barrier = barrier.clone();
-            racers.push(tokio::spawn(async move {
-                barrier.wait().await;
-                client.switch_cycle(req).await.map(|r| r.into_inner())
-            }));
-        }
         let mut wins = Vec::new();
-        for r in racers {
-            match r.await.unwrap() {
+        for reply in race_conditional_switches(&clients, &id, &mover).await {
+            match reply {
                 Ok(s) => wins.push(s),
                 Err(status) if status.code() == Code::FailedPrecondition => {
                     assert!(status.message().contains("not the active participant"), "{status:?}");
