@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod memory;
+mod recent;
 pub mod redis;
 
 use std::sync::Arc;

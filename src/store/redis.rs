@@ -7,6 +7,9 @@
 //! `MULTI SET(ttl) XADD(log) [XADD(audit)] ZADD|ZREM(deadline) PUBLISH
 //! [PUBLISH wake] EXEC`. A nil EXEC means another replica committed first:
 //! reload and retry (bounded, jittered), since the engine call is pure.
+//! Between the two round trips only CPU is spent, so a commit that reads
+//! back exactly what this replica wrote last reuses it instead of decoding
+//! it (`super::recent`), and an event embeds the state's JSON already made.
 //!
 //! Why a pool and not one multiplexed connection: WATCH belongs to the
 //! server-side connection, so a WATCH…EXEC must own its connection for the
@@ -32,6 +35,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::clock::Clock;
+use super::recent::{Recent, Written};
 use super::{ApplyFn, BuildFn, Replay, SessionStore, StoreError, AUDIT_FIELD_EVENT, AUDIT_FIELD_TENANT, EVENT_LOG_LEN};
 use crate::engine::{self, Applied, Event, EventKind, Micros, Session, SessionKey};
 
@@ -153,6 +157,7 @@ impl Drop for WriterTurn<'_> {
 pub struct RedisStore {
     pool: bb8::Pool<Manager>,
     writers: LocalWriters,
+    recent: Recent<Keys>,
     settings: RedisSettings,
     clock: Arc<SyncedClock>,
     wake: Arc<Notify>,
@@ -172,6 +177,39 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, StoreError> {
 fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     // Serialising plain data with string keys cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// `encode(e)`, reusing `state` (already encoded for the state key) when
+/// the event carries that same session rather than encoding it again.
+fn encode_event(e: &Event, session: &Session, state: &[u8]) -> Vec<u8> {
+    if e.session != *session {
+        return encode(e);
+    }
+    let mut out = Vec::with_capacity(state.len() + 128);
+    // The same fields, in the same order, as `#[derive(Serialize)] Event`
+    // writes them (the tests compare the two for every kind of event).
+    out.extend_from_slice(b"{\"version\":");
+    out.extend_from_slice(e.version.to_string().as_bytes());
+    out.extend_from_slice(b",\"kind\":");
+    out.extend_from_slice(&encode(&e.kind));
+    out.extend_from_slice(b",\"participant\":");
+    out.extend_from_slice(&encode(&e.participant));
+    out.extend_from_slice(b",\"at\":");
+    out.extend_from_slice(e.at.to_string().as_bytes());
+    out.extend_from_slice(b",\"session\":");
+    out.extend_from_slice(state);
+    out.push(b'}');
+    out
+}
+
+/// The session a read returned: the one this replica last wrote when the
+/// bytes are exactly those, else decoded.
+fn read_session(raw: Option<Vec<u8>>, last: Option<&Written>) -> Result<Session, StoreError> {
+    let raw = raw.ok_or(StoreError::NotFound)?;
+    match last.and_then(|w| w.matches(&raw)) {
+        Some(session) => Ok(session),
+        None => decode(&raw),
+    }
 }
 
 /// Runs `f` on a connection within the I/O timeout; marks it broken on failure.
@@ -207,6 +245,7 @@ impl RedisStore {
         let store = Self {
             pool,
             writers: LocalWriters::default(),
+            recent: Recent::default(),
             settings,
             clock: Arc::new(SyncedClock { local, offset: AtomicI64::new(0) }),
             wake: Arc::new(Notify::new()),
@@ -312,13 +351,15 @@ impl RedisStore {
         ttl.max(1) as u64
     }
 
-    /// Queues the writes of one commit into `tx` (already `atomic()`).
-    fn write_commit(&self, tx: &mut Pipeline, k: &Keys, session: &Session, events: &[Event], head: Option<Micros>, now: Micros) {
+    /// Queues the writes of one commit into `tx` (already `atomic()`);
+    /// returns the state's stored bytes.
+    fn write_commit(&self, tx: &mut Pipeline, k: &Keys, session: &Session, events: &[Event], head: Option<Micros>, now: Micros) -> Vec<u8> {
         let ttl = self.ttl_ms(session, now);
-        tx.cmd("SET").arg(&k.state).arg(encode(session)).arg("PX").arg(ttl).ignore();
+        let state = encode(session);
+        tx.cmd("SET").arg(&k.state).arg(&state).arg("PX").arg(ttl).ignore();
         let mut batch = Vec::with_capacity(events.len());
         for e in events {
-            let bytes = encode(e);
+            let bytes = encode_event(e, session, &state);
             tx.cmd("XADD")
                 .arg(&k.log)
                 // `~` trims whole stream nodes (cheap); `events_after` serves only
@@ -352,6 +393,7 @@ impl RedisStore {
             }
         }
         tx.cmd("PUBLISH").arg(&k.channel).arg(join_batch(&batch)).ignore();
+        state
     }
 
     /// Reads the state under WATCH with Redis's TIME, in one round trip.
@@ -397,11 +439,12 @@ impl RedisStore {
     async fn versioned<T>(
         &self,
         key: &SessionKey,
-        plan: impl Fn(&Keys, Option<Vec<u8>>, Micros, Option<Micros>) -> Result<Plan<T>, StoreError> + Send,
+        plan: impl Fn(&Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>) -> Result<Plan<T>, StoreError> + Send,
     ) -> Result<T, StoreError> {
         let _turn = self.writers.turn(key).await;
         let mut conn = self.conn().await?;
-        let k = self.keys(key);
+        // Only this turn writes the session here, so `last` is this replica's latest write.
+        let (k, last) = self.recent.get(key, || self.keys(key));
         let started = std::time::Instant::now();
         for attempt in 0.. {
             // From WATCH until EXEC or UNWATCH answers, the connection carries
@@ -410,18 +453,22 @@ impl RedisStore {
             // to the next commit.
             conn.broken = true;
             let (raw, now) = self.watch_read(&mut conn, &k).await?;
-            let (tx, out) = match plan(&k, raw, now, self.known_head()) {
-                Ok(Plan::Write(tx, out)) => (tx, out),
+            let (tx, out, written) = match plan(&k, raw, last.as_deref(), now, self.known_head()) {
+                Ok(Plan::Write(tx, out, written)) => (tx, out, written),
                 other => {
                     self.unwatch(&mut conn).await;
                     return other.map(|p| match p {
-                        Plan::Done(out) | Plan::Write(_, out) => out,
+                        Plan::Done(out) | Plan::Write(_, out, _) => out,
                     });
                 }
             };
             let done: Option<Value> = exchange(&mut conn, async |c| tx.query_async(c).await).await?;
             conn.broken = false; // EXEC, committed or not, ended the WATCH
             if done.is_some() {
+                match written {
+                    Some(w) => self.recent.remember(key, Some(w)),
+                    None => self.recent.forget(key),
+                }
                 return Ok(out);
             }
             if !Self::backoff(attempt, started).await {
@@ -470,8 +517,9 @@ impl RedisStore {
 enum Plan<T> {
     /// Nothing to write; answer `T`.
     Done(T),
-    /// Commit this `MULTI` pipeline, then answer `T`.
-    Write(Pipeline, T),
+    /// Commit this `MULTI` pipeline, then answer `T`; the state it stores
+    /// (`None`: the session is gone).
+    Write(Pipeline, T, Option<Written>),
 }
 
 /// Joins encoded events into one JSON array without re-encoding them.
@@ -528,17 +576,17 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, key: &SessionKey, build: BuildFn<'_>) -> Result<Arc<Event>, StoreError> {
-        self.versioned(key, |k, raw, now, head| {
-            if let Some(raw) = raw {
-                return Err(StoreError::AlreadyExists(Box::new(decode(&raw)?)));
+        self.versioned(key, |k, raw, last, now, head| {
+            if raw.is_some() {
+                return Err(StoreError::AlreadyExists(Box::new(read_session(raw, last)?)));
             }
             let (session, event) = build(now)?;
             let mut tx = redis::pipe();
             tx.atomic();
             // A log left by an earlier session of the same id must not hold back version 1.
             tx.cmd("DEL").arg(&k.log).ignore();
-            self.write_commit(&mut tx, k, &session, std::slice::from_ref(&event), head, now);
-            Ok(Plan::Write(tx, Arc::new(event)))
+            let bytes = self.write_commit(&mut tx, k, &session, std::slice::from_ref(&event), head, now);
+            Ok(Plan::Write(tx, Arc::new(event), Some(Written { bytes, session })))
         })
         .await
     }
@@ -551,23 +599,24 @@ impl SessionStore for RedisStore {
     }
 
     async fn update(&self, key: &SessionKey, f: ApplyFn<'_>) -> Result<Applied, StoreError> {
-        self.versioned(key, |k, raw, now, head| {
-            let session: Session = decode(&raw.ok_or(StoreError::NotFound)?)?;
+        self.versioned(key, |k, raw, last, now, head| {
+            let session = read_session(raw, last)?;
             let applied = f(&session, now)?;
             if applied.events.is_empty() {
                 return Ok(Plan::Done(applied));
             }
             let mut tx = redis::pipe();
             tx.atomic();
-            self.write_commit(&mut tx, k, &applied.session, &applied.events, head, now);
-            Ok(Plan::Write(tx, applied))
+            let bytes = self.write_commit(&mut tx, k, &applied.session, &applied.events, head, now);
+            let written = Written { bytes, session: applied.session.clone() };
+            Ok(Plan::Write(tx, applied, Some(written)))
         })
         .await
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError> {
-        self.versioned(key, |k, raw, now, _| {
-            let session: Session = decode(&raw.ok_or(StoreError::NotFound)?)?;
+        self.versioned(key, |k, raw, last, now, _| {
+            let session = read_session(raw, last)?;
             let event = engine::deleted_event(&session, now);
             let bytes = encode(&event);
             let mut tx = redis::pipe();
@@ -579,7 +628,7 @@ impl SessionStore for RedisStore {
                 tx.cmd("XADD").arg(&k.audit).arg("*").arg(AUDIT_FIELD_TENANT).arg(&k.tenant).arg(AUDIT_FIELD_EVENT).arg(&bytes).ignore();
             }
             tx.cmd("PUBLISH").arg(&k.channel).arg(join_batch(&[bytes])).ignore();
-            Ok(Plan::Write(tx, Arc::new(event)))
+            Ok(Plan::Write(tx, Arc::new(event), None))
         })
         .await
     }
@@ -651,5 +700,33 @@ impl SessionStore for RedisStore {
         if let Err(e) = self.measure_offset().await {
             warn!(error = %e, "measuring the offset to Redis TIME failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Mode, NewParticipant, NewSession, ParticipantId, SessionId};
+
+    #[test]
+    fn an_event_encoded_around_its_stored_state_is_byte_for_byte_the_derived_encoding() {
+        let p = |id: &str| NewParticipant::named(ParticipantId::parse("p", id).unwrap());
+        let mut new = NewSession::new(SessionId::parse("id", "s-1").unwrap(), Mode::PerParticipant, vec![p("a"), p("b")]);
+        new.initial_time_ms = 60_000;
+        new.metadata.insert("note".into(), "quote \" backslash \\ unicode é".into());
+        let (session, _) = engine::create(new, 1_700_000_000_000_000).unwrap();
+        let state = encode(&session);
+        for kind in EventKind::ALL {
+            for participant in [None, Some(ParticipantId::parse("p", "b").unwrap())] {
+                let e = Event { version: 7, kind, participant, at: -3, session: session.clone() };
+                assert_eq!(encode_event(&e, &session, &state), encode(&e), "{kind:?}");
+                let _: Event = decode(&encode_event(&e, &session, &state)).unwrap();
+            }
+        }
+        // An event that carries another state is encoded whole.
+        let mut earlier = session.clone();
+        earlier.version -= 1;
+        let e = Event { version: 6, kind: EventKind::Switched, participant: None, at: 1, session: earlier };
+        assert_eq!(encode_event(&e, &session, &state), encode(&e));
     }
 }
