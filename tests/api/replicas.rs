@@ -861,27 +861,41 @@ async fn a_deadline_claimed_by_a_dead_replica_fires_after_its_lease() {
     let url = redis.url();
     let mut con = redis_conn(&url).await;
 
-    // Two sessions created and started through a replica that then dies
-    // (SIGKILL) before either deadline; no replica runs for a while.
+    // Sessions created and started through a replica that then dies
+    // (SIGKILL) before any deadline; no replica runs for a while. Three of
+    // them share a bucket, so one claim hands several back at once.
     let (mut doomed, mut via_doomed) = ChildReplica::spawn(&url, None).await;
-    let (expired_lease, live_lease) = (unique_id("lease-over"), unique_id("lease-held"));
-    let mut deadlines = Vec::new();
-    for id in [&expired_lease, &live_lease] {
+    let expired: Vec<String> = {
+        let first = unique_id("lease-over");
+        let mut same = vec![first.clone()];
+        while same.len() < 3 {
+            let id = unique_id("lease-over");
+            if bucket_of(&id) == bucket_of(&first) {
+                same.push(id);
+            }
+        }
+        same
+    };
+    let (expired_lease, live_lease) = (expired[0].clone(), unique_id("lease-held"));
+    let mut deadlines = std::collections::HashMap::new();
+    for id in expired.iter().chain([&live_lease]) {
         create(&mut via_doomed, chess_white(id, 300)).await;
-        deadlines.push(micros_of(&start(&mut via_doomed, id).await.deadline_at));
+        deadlines.insert(id.clone(), micros_of(&start(&mut via_doomed, id).await.deadline_at));
     }
     doomed.kill();
-    assert!(wall_micros() < deadlines[0], "killed before the deadlines");
+    assert!(wall_micros() < deadlines.values().copied().min().unwrap(), "killed before the deadlines");
 
-    // Both deadlines pass with nobody running.
-    tokio::time::sleep(Duration::from_micros((deadlines[1] - wall_micros()).max(0) as u64 + 100_000)).await;
+    // Every deadline passes with nobody running.
+    let last = deadlines.values().copied().max().unwrap();
+    tokio::time::sleep(Duration::from_micros((last - wall_micros()).max(0) as u64 + 100_000)).await;
 
     // Simulate "a replica claimed them, then died": move each member from the
     // due set to the in-flight set, as the claim script does. One lease has
-    // run out already; the other still has 1.5 s to go.
+    // run out already (three of them); the other still has 1.5 s to go.
     let now = redis_time(&mut con).await;
     let lease_end = now + 1_500_000;
-    for (id, score) in [(&expired_lease, now - 1_000_000), (&live_lease, lease_end)] {
+    let scores = expired.iter().map(|id| (id, now - 1_000_000)).chain([(&live_lease, lease_end)]);
+    for (id, score) in scores {
         let b = bucket_of(id);
         let member = format!("default/{id}");
         let removed: i64 =
@@ -903,17 +917,19 @@ async fn a_deadline_claimed_by_a_dead_replica_fires_after_its_lease() {
     let snap = next_event(&mut held).await;
     assert_eq!((event_type(&snap), snap.version), (EventType::Snapshot, 2), "not fired while the lease runs");
 
-    // The one whose lease ran out fires at once.
+    // The ones whose lease ran out fire at once, each once.
     let t0 = Instant::now();
-    loop {
-        let s = get(&mut a.client, &expired_lease).await;
-        if status_of(&s) == pb::Status::Expired {
-            assert_eq!(s.version, 3);
-            assert_eq!(micros_of(&s.ended_at), deadlines[0]);
-            break;
+    for id in &expired {
+        loop {
+            let s = get(&mut a.client, id).await;
+            if status_of(&s) == pb::Status::Expired {
+                assert_eq!(s.version, 3, "{id}");
+                assert_eq!(micros_of(&s.ended_at), deadlines[id], "{id}");
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(2), "a lease-expired claim ({id}) was not recovered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(t0.elapsed() < Duration::from_secs(2), "a lease-expired claim was not recovered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("lease already over: fired {:.0} ms after fresh replicas started", ms(t0.elapsed()));
     let mut replay = subscribe(
@@ -931,11 +947,14 @@ async fn a_deadline_claimed_by_a_dead_replica_fires_after_its_lease() {
     println!("lease held: fired {:.1} ms after the lease ended", (fired - lease_end) as f64 / 1e3);
     assert!(fired >= lease_end, "fired {} ms before the lease ended", (lease_end - fired) / 1_000);
     assert!(fired - lease_end < 1_000_000, "fired {} ms after the lease ended", (fired - lease_end) / 1_000);
-    assert_eq!(micros_of(&e.session.as_ref().unwrap().ended_at), deadlines[1]);
+    assert_eq!(micros_of(&e.session.as_ref().unwrap().ended_at), deadlines[&live_lease]);
     assert_quiet(&mut held, Duration::from_millis(600)).await;
     assert_quiet(&mut replay, Duration::from_millis(100)).await;
     assert_eq!(get(&mut a.client, &live_lease).await.version, 3);
-    assert_eq!(deadline_members(&mut con).await, (0, 0), "both claims released");
+    for id in &expired {
+        assert_eq!(get(&mut a.client, id).await.version, 3, "{id} fired once");
+    }
+    assert_eq!(deadline_members(&mut con).await, (0, 0), "every claim released");
 }
 
 // ---------- a cancelled commit leaves no WATCH behind ----------
