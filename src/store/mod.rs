@@ -77,6 +77,23 @@ pub trait SessionStore: Send + Sync + 'static {
     /// (nothing is written when `f` returns no events).
     async fn update(&self, key: &SessionKey, f: ApplyFn<'_>) -> Result<Applied, StoreError>;
 
+    /// `update` of several sessions with one `f`; one result per key, in
+    /// order (a key given twice is applied twice, one after the other). Sessions with the same `batch_of` may share one commit
+    /// (the Redis engine: one WATCH/MULTI per bucket); this default applies
+    /// them one by one.
+    async fn update_many(&self, keys: &[SessionKey], f: ApplyFn<'_>) -> Vec<Result<Applied, StoreError>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.update(key, f).await);
+        }
+        out
+    }
+
+    /// Which sessions `update_many` can commit together (equal values).
+    fn batch_of(&self, _key: &SessionKey) -> u32 {
+        0
+    }
+
     /// Removes the session and publishes its DELETED event.
     async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError>;
 

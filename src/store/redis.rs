@@ -2,11 +2,14 @@
 //!
 //! Keys are cluster-ready: every key of one session carries the hash tag of
 //! its bucket `b = crc32("<tenant>/<session>") % B`, so each MULTI touches one
-//! slot. A commit is `WATCH state` + `GET state` + `TIME` in one pipeline,
+//! slot. A commit is `WATCH state` + `MGET state` + `TIME` in one pipeline,
 //! the pure engine at Redis's `TIME`, then
 //! `MULTI SET(ttl) XADD(log) [XADD(audit)] ZADD|ZREM(deadline) PUBLISH
 //! [PUBLISH wake] EXEC`. A nil EXEC means another replica committed first:
 //! reload and retry (bounded, jittered), since the engine call is pure.
+//! The same commit takes several sessions of one bucket at once (all keys
+//! watched, read and written in the one slot): the timers fire a burst of
+//! deadlines that way.
 //! Between the two round trips only CPU is spent, so a commit that reads
 //! back exactly what this replica wrote last reuses it instead of decoding
 //! it (`super::recent`), and an event embeds the state's JSON already made.
@@ -19,8 +22,8 @@
 //! Deadlines: each bucket has a ZSET of due times and an in-flight ZSET.
 //! One Lua script per bucket reads `TIME`, moves due members to in-flight
 //! with a lease, and gives lease-expired members back, so a claimer that
-//! crashed loses nothing. Firing is an ordinary commit that re-checks the
-//! clock, so a duplicate claim is a no-op.
+//! crashed loses nothing. Firing is an ordinary commit (`update_many`) that
+//! re-checks the clock, so a duplicate claim is a no-op.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -392,13 +395,24 @@ impl RedisStore {
         state
     }
 
-    /// Reads the state under WATCH with Redis's TIME, in one round trip.
-    async fn watch_read(&self, conn: &mut Conn, k: &Keys) -> Result<(Option<Vec<u8>>, Micros), StoreError> {
-        let (raw, (secs, micros)): (Option<Vec<u8>>, (i64, i64)) = exchange(conn, async |c| {
-            redis::pipe().cmd("WATCH").arg(&k.state).ignore().cmd("GET").arg(&k.state).cmd("TIME").query_async(c).await
-        })
-        .await?;
-        Ok((raw, secs * 1_000_000 + micros))
+    /// Reads the states under WATCH with Redis's TIME, in one round trip.
+    async fn watch_read(&self, conn: &mut Conn, sessions: &[Recalled]) -> Result<(Vec<Option<Vec<u8>>>, Micros), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("WATCH");
+        for (k, _) in sessions {
+            pipe.arg(&k.state);
+        }
+        pipe.ignore().cmd("MGET");
+        for (k, _) in sessions {
+            pipe.arg(&k.state);
+        }
+        pipe.cmd("TIME");
+        let (raws, (secs, micros)): (Vec<Option<Vec<u8>>>, (i64, i64)) =
+            exchange(conn, async |c| pipe.query_async(c).await).await?;
+        if raws.len() != sessions.len() {
+            return Err(io(format!("MGET answered {} values for {} keys", raws.len(), sessions.len())));
+        }
+        Ok((raws, secs * 1_000_000 + micros))
     }
 
     /// The earliest deadline the timers of this replica will wake for. Every
@@ -427,20 +441,28 @@ impl RedisStore {
         true
     }
 
-    /// One versioned write of a session: `WATCH`+`GET`+`TIME`, then `plan`
-    /// (pure: it may run again) decides from the state read and Redis's now
-    /// what to write; `EXEC` either commits all of it or, when another writer
-    /// got there first, nothing, and the whole thing runs again (jittered
-    /// backoff, within `RETRY_BUDGET`).
+    /// One versioned write of sessions that share a bucket (usually one):
+    /// `WATCH`, `MGET` and `TIME` in one round trip, then `plan` (pure: it may
+    /// run again) decides for each, from its state and Redis's now, what to
+    /// queue into the one MULTI; `EXEC` commits all of it or, when another
+    /// writer got there first, nothing, and the whole thing runs again
+    /// (jittered backoff, within `RETRY_BUDGET`). One result per key; `Err`
+    /// when the round trips themselves fail.
     async fn versioned<T>(
         &self,
-        key: &SessionKey,
-        plan: impl Fn(&Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>) -> Result<Plan<T>, StoreError> + Send,
-    ) -> Result<T, StoreError> {
-        let _turn = self.writers.turn(key).await;
+        keys: &[SessionKey],
+        plan: impl Fn(&Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send,
+    ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
+        // Turns are taken in key order, so two batches never wait on each other.
+        let mut order: Vec<&SessionKey> = keys.iter().collect();
+        order.sort();
+        let mut turns = Vec::with_capacity(keys.len());
+        for key in order {
+            turns.push(self.writers.turn(key).await);
+        }
         let mut conn = self.conn().await?;
-        // Only this turn writes the session here, so `last` is this replica's latest write.
-        let (k, last) = self.recent.get(key, || self.keys(key));
+        // Only these turns write the sessions here, so `last` is this replica's latest write.
+        let sessions: Vec<Recalled> = keys.iter().map(|key| self.recent.get(key, || self.keys(key))).collect();
         let started = std::time::Instant::now();
         for attempt in 0.. {
             // From WATCH until EXEC or UNWATCH answers, the connection carries
@@ -448,30 +470,68 @@ impl RedisStore {
             // RPC), the pool must close it rather than lend it, WATCH and all,
             // to the next commit.
             conn.broken = true;
-            let (raw, now) = self.watch_read(&mut conn, &k).await?;
-            let (tx, out, written) = match plan(&k, raw, last.as_deref(), now, self.known_head()) {
-                Ok(Plan::Write(tx, out, written)) => (tx, out, written),
-                other => {
-                    self.unwatch(&mut conn).await;
-                    return other.map(|p| match p {
-                        Plan::Done(out) | Plan::Write(_, out, _) => out,
-                    });
-                }
-            };
+            let (raws, now) = self.watch_read(&mut conn, &sessions).await?;
+            let head = self.known_head();
+            let mut tx = Pipeline::with_capacity(8 * keys.len());
+            tx.atomic();
+            let (mut outs, mut stored) = (Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()));
+            for ((k, last), raw) in sessions.iter().zip(raws) {
+                let (out, state) = match plan(k, raw, last.as_deref(), now, head, &mut tx) {
+                    Ok(Plan::Done(out)) => (Ok(out), None),
+                    Ok(Plan::Write(out, state)) => (Ok(out), Some(state)),
+                    Err(e) => (Err(e), None),
+                };
+                outs.push(out);
+                stored.push(state);
+            }
+            if stored.iter().all(Option::is_none) {
+                self.unwatch(&mut conn).await;
+                return Ok(outs);
+            }
             let done: Option<Value> = exchange(&mut conn, async |c| tx.query_async(c).await).await?;
             conn.broken = false; // EXEC, committed or not, ended the WATCH
             if done.is_some() {
-                match written {
-                    Some(w) => self.recent.remember(key, Some(w)),
-                    None => self.recent.forget(key),
+                for (key, state) in keys.iter().zip(stored) {
+                    match state {
+                        Some(Some(w)) => self.recent.remember(key, Some(w)),
+                        Some(None) => self.recent.forget(key),
+                        None => {}
+                    }
                 }
-                return Ok(out);
+                return Ok(outs);
             }
             if !Self::backoff(attempt, started).await {
                 break;
             }
         }
         Err(StoreError::Conflict)
+    }
+
+    /// `versioned` of one session.
+    async fn versioned_one<T>(
+        &self,
+        key: &SessionKey,
+        plan: impl Fn(&Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        let mut outs = self.versioned(std::slice::from_ref(key), plan).await?;
+        outs.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))
+    }
+
+    /// The plan of `update`: `f` at Redis's now, its commit queued into `tx`.
+    fn plan_update(
+        &self,
+        f: ApplyFn<'_>,
+    ) -> impl Fn(&Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<Applied>, StoreError> + Send {
+        move |k, raw, last, now, head, tx| {
+            let session = read_session(raw, last)?;
+            let applied = f(&session, now)?;
+            if applied.events.is_empty() {
+                return Ok(Plan::Done(applied));
+            }
+            let bytes = self.write_commit(tx, k, &applied.session, &applied.events, head, now);
+            let written = Written { bytes, session: applied.session.clone() };
+            Ok(Plan::Write(applied, Some(written)))
+        }
     }
 
     /// Takes due deadlines from every bucket; returns them and the earliest head left.
@@ -509,13 +569,25 @@ impl RedisStore {
     }
 }
 
-/// What one attempt of a versioned write does.
+/// What one attempt of a versioned write does with one session.
 enum Plan<T> {
     /// Nothing to write; answer `T`.
     Done(T),
-    /// Commit this `MULTI` pipeline, then answer `T`; the state it stores
-    /// (`None`: the session is gone).
-    Write(Pipeline, T, Option<Written>),
+    /// Writes were queued into the MULTI; answer `T` once it commits. The
+    /// state it stores (`None`: the session is gone).
+    Write(T, Option<Written>),
+}
+
+/// A session's key names and this replica's last write of it.
+type Recalled = (Arc<Keys>, Option<Arc<Written>>);
+
+/// One batch's failure, for each of its sessions.
+fn for_each(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Conflict => StoreError::Conflict,
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
 }
 
 /// A command built at its final size: growing the buffers of the commit's
@@ -597,17 +669,15 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, key: &SessionKey, build: BuildFn<'_>) -> Result<Arc<Event>, StoreError> {
-        self.versioned(key, |k, raw, last, now, head| {
+        self.versioned_one(key, |k, raw, last, now, head, tx| {
             if raw.is_some() {
                 return Err(StoreError::AlreadyExists(Box::new(read_session(raw, last)?)));
             }
             let (session, event) = build(now)?;
-            let mut tx = Pipeline::with_capacity(8);
-            tx.atomic();
             // A log left by an earlier session of the same id must not hold back version 1.
             tx.cmd("DEL").arg(&k.log).ignore();
-            let bytes = self.write_commit(&mut tx, k, &session, std::slice::from_ref(&event), head, now);
-            Ok(Plan::Write(tx, Arc::new(event), Some(Written { bytes, session })))
+            let bytes = self.write_commit(tx, k, &session, std::slice::from_ref(&event), head, now);
+            Ok(Plan::Write(Arc::new(event), Some(Written { bytes, session })))
         })
         .await
     }
@@ -620,28 +690,44 @@ impl SessionStore for RedisStore {
     }
 
     async fn update(&self, key: &SessionKey, f: ApplyFn<'_>) -> Result<Applied, StoreError> {
-        self.versioned(key, |k, raw, last, now, head| {
-            let session = read_session(raw, last)?;
-            let applied = f(&session, now)?;
-            if applied.events.is_empty() {
-                return Ok(Plan::Done(applied));
+        self.versioned_one(key, self.plan_update(f)).await
+    }
+
+    /// One commit per bucket for the sessions that share it.
+    async fn update_many(&self, keys: &[SessionKey], f: ApplyFn<'_>) -> Vec<Result<Applied, StoreError>> {
+        let (mut by_bucket, mut repeats): (Vec<(u32, Vec<usize>)>, Vec<usize>) = (Vec::new(), Vec::new());
+        for (i, key) in keys.iter().enumerate() {
+            let b = self.bucket_of(key);
+            match by_bucket.iter_mut().find(|(bucket, _)| *bucket == b) {
+                // A key twice in one commit would wait for its own turn.
+                Some((_, at)) if at.iter().any(|&j| keys[j] == *key) => repeats.push(i),
+                Some((_, at)) => at.push(i),
+                None => by_bucket.push((b, vec![i])),
             }
-            let mut tx = Pipeline::with_capacity(8);
-            tx.atomic();
-            let bytes = self.write_commit(&mut tx, k, &applied.session, &applied.events, head, now);
-            let written = Written { bytes, session: applied.session.clone() };
-            Ok(Plan::Write(tx, applied, Some(written)))
-        })
-        .await
+        }
+        let mut out: Vec<Option<Result<Applied, StoreError>>> = keys.iter().map(|_| None).collect();
+        for (_, at) in by_bucket {
+            let batch: Vec<SessionKey> = at.iter().map(|&i| keys[i].clone()).collect();
+            match self.versioned(&batch, self.plan_update(f)).await {
+                Ok(results) => at.iter().zip(results).for_each(|(&i, r)| out[i] = Some(r)),
+                Err(e) => at.iter().for_each(|&i| out[i] = Some(Err(for_each(&e)))),
+            }
+        }
+        for i in repeats {
+            out[i] = Some(self.update(&keys[i], f).await);
+        }
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(io("a session of the batch gave no result")))).collect()
+    }
+
+    fn batch_of(&self, key: &SessionKey) -> u32 {
+        self.bucket_of(key)
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError> {
-        self.versioned(key, |k, raw, last, now, _| {
+        self.versioned_one(key, |k, raw, last, now, _, tx| {
             let session = read_session(raw, last)?;
             let event = engine::deleted_event(&session, now);
             let bytes = encode(&event);
-            let mut tx = Pipeline::with_capacity(8);
-            tx.atomic();
             tx.cmd("DEL").arg(&k.state).arg(&k.log).ignore();
             tx.cmd("ZREM").arg(&k.deadlines).arg(&k.member).ignore();
             tx.cmd("ZREM").arg(&k.inflight).arg(&k.member).ignore();
@@ -649,7 +735,7 @@ impl SessionStore for RedisStore {
                 tx.cmd("XADD").arg(&k.audit).arg("*").arg(AUDIT_FIELD_TENANT).arg(&k.tenant).arg(AUDIT_FIELD_EVENT).arg(&bytes).ignore();
             }
             tx.cmd("PUBLISH").arg(&k.channel).arg(join_batch(&[bytes])).ignore();
-            Ok(Plan::Write(tx, Arc::new(event), None))
+            Ok(Plan::Write(Arc::new(event), None))
         })
         .await
     }

@@ -4,14 +4,18 @@
 //! that the clock really ran out, so a duplicate or stale claim is a no-op
 //! and each deadline causes exactly one transition.
 //!
-//! Under a burst (10,000 deadlines in a second) firings queue here, a bounded
-//! number at a time, instead of all waiting on the store's connection pool
-//! and timing out there; a firing that fails for a passing reason (pool
-//! timeout, write conflict, a Redis blip) is retried at once with a short
-//! backoff while this replica still holds the claim, instead of waiting for
-//! the claim's lease to run out.
+//! Under a burst (10,000 deadlines in a second) claimed deadlines queue
+//! here and a bounded number of firings run at a time, instead of all
+//! waiting on the store's connection pool and timing out there. A firing
+//! takes every queued deadline of its batch (the Redis engine's bucket), up
+//! to `BATCH`, into one commit: the busier the burst, the fewer round trips
+//! per flag. A firing that fails for a passing reason (pool timeout, write
+//! conflict, a Redis blip) is retried at once, one session at a time, with
+//! a short backoff while this replica still holds the claim, instead of
+//! waiting for the claim's lease to run out.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -30,6 +34,8 @@ const MIN_ROUND: Duration = Duration::from_millis(1);
 /// Firings in flight at once per replica: enough to keep the store busy,
 /// few enough to leave the connection pool to the calls.
 const FIRING_CONCURRENCY: usize = 32;
+/// Most deadlines fired in one commit.
+const BATCH: usize = 16;
 /// How long a failed firing is retried here; well inside the Redis claim
 /// lease (5 s), after which any replica may take the deadline again.
 const RETRY_WINDOW: Duration = Duration::from_secs(2);
@@ -38,17 +44,25 @@ const RETRY_WINDOW: Duration = Duration::from_secs(2);
 pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
     let wake = store.deadline_wake();
     let firing = Arc::new(tokio::sync::Semaphore::new(FIRING_CONCURRENCY));
+    let queued = Arc::new(Queued::default());
     let mut failing = false;
     loop {
         let claimed = store.claim_due().await;
         match &claimed {
             Ok(due) => {
+                // One waiting firing per deadline; each takes whatever of its
+                // batch is still queued when its turn comes (maybe nothing).
                 for key in due.iter().cloned() {
-                    let (store, firing) = (store.clone(), firing.clone());
+                    let batch = store.batch_of(&key);
+                    queued.push(batch, key);
+                    let (store, firing, queued) = (store.clone(), firing.clone(), queued.clone());
                     tokio::spawn(async move {
                         // The semaphore is never closed; Err cannot happen.
                         let _permit = firing.acquire_owned().await;
-                        fire(store.as_ref(), &key).await
+                        let keys = queued.take(batch, BATCH);
+                        if !keys.is_empty() {
+                            fire_many(store.as_ref(), &keys).await
+                        }
                     });
                 }
                 failing = false;
@@ -69,6 +83,51 @@ pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
         }
+    }
+}
+
+/// Claimed deadlines not yet taken by a firing, by batch.
+#[derive(Default)]
+struct Queued {
+    by_batch: Mutex<HashMap<u32, Vec<SessionKey>>>,
+}
+
+impl Queued {
+    fn push(&self, batch: u32, key: SessionKey) {
+        self.by_batch.lock().unwrap_or_else(|p| p.into_inner()).entry(batch).or_default().push(key);
+    }
+
+    /// Up to `max` of the batch's deadlines, oldest first.
+    fn take(&self, batch: u32, max: usize) -> Vec<SessionKey> {
+        let mut by_batch = self.by_batch.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(keys) = by_batch.get_mut(&batch) else { return Vec::new() };
+        let taken: Vec<SessionKey> = keys.drain(..max.min(keys.len())).collect();
+        if keys.is_empty() {
+            by_batch.remove(&batch);
+        }
+        taken
+    }
+}
+
+/// Applies the timeout to several sessions in one go (see `fire` for the
+/// outcomes); those that fail for a passing reason are retried one by one.
+pub async fn fire_many(store: &dyn SessionStore, keys: &[SessionKey]) {
+    let timeout = Request::new(Command::Timeout);
+    let results = store.update_many(keys, &|s, now| engine::apply(s, &timeout, now)).await;
+    for (key, result) in keys.iter().zip(results) {
+        match result {
+            Ok(applied) => debug!(session = %key, version = applied.session.version, "deadline fired"),
+            Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => release(store, key).await,
+            Err(StoreError::Unavailable(_) | StoreError::Conflict) => fire(store, key).await,
+            Err(e) => warn!(session = %key, error = %e, "firing a deadline failed"),
+        }
+    }
+}
+
+/// Drops this replica's claim on a deadline that needed no firing.
+async fn release(store: &dyn SessionStore, key: &SessionKey) {
+    if let Err(e) = store.release(key).await {
+        debug!(session = %key, error = %e, "releasing a claim failed; its lease will expire");
     }
 }
 
@@ -99,9 +158,7 @@ pub async fn fire(store: &dyn SessionStore, key: &SessionKey) {
             }
         }
     }
-    if let Err(e) = store.release(key).await {
-        debug!(session = %key, error = %e, "releasing a claim failed; its lease will expire");
-    }
+    release(store, key).await
 }
 
 /// The pause before retry `attempt + 1` of a firing that has been failing
@@ -116,6 +173,22 @@ fn retry_after(attempt: u32, elapsed: Duration) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_firing_takes_only_its_own_batch_oldest_first_and_at_most_the_limit() {
+        let key = |id: &str| SessionKey { tenant: crate::engine::Tenant::default_tenant(), id: crate::engine::SessionId::parse("id", id).unwrap() };
+        let q = Queued::default();
+        for i in 0..5 {
+            q.push(1, key(&format!("a{i}")));
+        }
+        q.push(2, key("b0"));
+        let ids = |keys: Vec<SessionKey>| keys.into_iter().map(|k| k.id.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(q.take(1, 3)), ["a0", "a1", "a2"]);
+        assert_eq!(ids(q.take(1, 3)), ["a3", "a4"]);
+        assert!(q.take(1, 3).is_empty(), "another firing took them all");
+        assert_eq!(ids(q.take(2, 3)), ["b0"]);
+        assert!(q.by_batch.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn retries_back_off_from_5ms_to_200ms() {

@@ -1026,3 +1026,97 @@ async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
         .unwrap();
     assert_eq!(plans.load(Ordering::SeqCst), 1, "the next commit must not inherit the dropped one's WATCH");
 }
+
+// ---------- a burst of timeouts fires in one commit per bucket ----------
+
+/// The timers fire the due deadlines of one bucket together: one WATCH/MULTI
+/// for all of them, each session with its own outcome (fired, not due, gone),
+/// and a write by someone else to any of them reruns the whole batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_of_one_bucket_fire_in_one_commit_and_a_lost_race_reruns_it() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use synckairos::engine::{self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, RuleError, SessionId, SessionKey, Tenant};
+    use synckairos::store::redis::{RedisSettings, RedisStore};
+    use synckairos::store::{SessionStore, StoreError};
+
+    let _iso = shared_isolation();
+    let redis = RedisServer::start();
+    let settings = RedisSettings {
+        url: redis.url(),
+        buckets: 1,
+        session_ttl: Duration::from_secs(3600),
+        idle_ttl: Duration::from_secs(3600),
+        pool_size: 2,
+        pool_timeout: Duration::from_millis(500),
+        audit: false,
+    };
+    // No timers run here: nothing fires the deadlines but the call below.
+    let store = RedisStore::connect(settings, Clock::new()).await.unwrap();
+    let key = |name: &str| SessionKey { tenant: Tenant::default_tenant(), id: SessionId::parse("id", name).unwrap() };
+    let (due, not_due, missing) = (["due-1", "due-2", "due-3"].map(key), key("not-due"), key("missing"));
+    let start = Request::new(Command::Start { first: None });
+    for (k, budget_ms) in due.iter().map(|k| (k, 50)).chain([(&not_due, 60_000)]) {
+        let players = ["a", "b"].map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap())).to_vec();
+        let new = NewSession { initial_time_ms: budget_ms, ..NewSession::new(k.id.clone(), Mode::PerParticipant, players) };
+        store.create(k, &|now| engine::create(new.clone(), now)).await.unwrap();
+        store.update(k, &|s, now| engine::apply(s, &start, now)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // The first time the batch plans due-2, another client changes that
+    // session's key (its TTL): the batch's EXEC must fail and all of it rerun.
+    let mut outsider = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let outsider_state_key = format!("sk:{{0}}:s:default:{}", due[1].id);
+    let outsider = std::sync::Mutex::new(&mut outsider);
+    let (raced, plans) = (AtomicBool::new(false), AtomicUsize::new(0));
+    let timeout = Request::new(Command::Timeout);
+    let fire = |s: &engine::Session, now| {
+        plans.fetch_add(1, Ordering::SeqCst);
+        if s.id == due[1].id && !raced.swap(true, Ordering::SeqCst) {
+            let mut con = outsider.lock().unwrap();
+            let changed: i64 = redis::cmd("PEXPIRE").arg(&outsider_state_key).arg(7_200_000).query(&mut **con).unwrap();
+            assert_eq!(changed, 1);
+        }
+        engine::apply(s, &timeout, now)
+    };
+    let execs_before = exec_calls(&redis.url()).await;
+    // due-1 twice: the second time it has fired already.
+    let keys = [due[0].clone(), not_due.clone(), due[1].clone(), missing.clone(), due[2].clone(), due[0].clone()];
+    let results = store.update_many(&keys, &fire).await;
+    let execs = exec_calls(&redis.url()).await - execs_before;
+
+    assert_eq!(results.len(), keys.len());
+    for (i, (k, r)) in keys.iter().zip(&results).enumerate() {
+        match r {
+            Err(StoreError::Rule(RuleError::NotDue)) if i == 5 => {}
+            Ok(applied) if due.contains(k) && i != 5 => {
+                assert_eq!(applied.session.status, engine::Status::Expired, "{k}");
+                assert_eq!(applied.session.version, 3, "{k}");
+            }
+            Err(StoreError::Rule(RuleError::NotDue)) if *k == not_due => {}
+            Err(StoreError::NotFound) if *k == missing => {}
+            other => panic!("{k}: unexpected {other:?}"),
+        }
+    }
+    assert!(raced.load(Ordering::SeqCst));
+    // Four sessions planned twice (the lost race, then the rerun), the
+    // repeated one once more on its own; the missing one never.
+    assert_eq!(plans.load(Ordering::SeqCst), 9);
+    assert_eq!(execs, 2, "one EXEC that lost the race, one that committed all three");
+    for k in &due {
+        let s = store.get(k).await.unwrap();
+        assert_eq!((s.status, s.version), (engine::Status::Expired, 3), "{k}: fired exactly once");
+    }
+    assert_eq!(store.get(&not_due).await.unwrap().version, 2, "not due: untouched");
+}
+
+/// How many EXECs Redis has run.
+async fn exec_calls(url: &str) -> u64 {
+    let mut con = redis_conn(url).await;
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
