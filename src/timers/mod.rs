@@ -110,18 +110,21 @@ impl Queued {
 }
 
 /// Applies the timeout to several sessions in one go (see `fire` for the
-/// outcomes); those that fail for a passing reason are retried one by one.
+/// outcomes); those that fail for a passing reason are retried each on its
+/// own, side by side, so that all of them retry within their claim's lease.
 pub async fn fire_many(store: &dyn SessionStore, keys: &[SessionKey]) {
     let timeout = Request::new(Command::Timeout);
     let results = store.update_many(keys, &|s, now| engine::apply(s, &timeout, now)).await;
+    let mut retries = Vec::new();
     for (key, result) in keys.iter().zip(results) {
         match result {
             Ok(applied) => debug!(session = %key, version = applied.session.version, "deadline fired"),
             Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => release(store, key).await,
-            Err(StoreError::Unavailable(_) | StoreError::Conflict) => fire(store, key).await,
+            Err(StoreError::Unavailable(_) | StoreError::Conflict) => retries.push(fire(store, key)),
             Err(e) => warn!(session = %key, error = %e, "firing a deadline failed"),
         }
     }
+    futures_util::future::join_all(retries).await;
 }
 
 /// Drops this replica's claim on a deadline that needed no firing.
