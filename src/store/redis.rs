@@ -451,7 +451,7 @@ impl RedisStore {
     async fn versioned<T>(
         &self,
         keys: &[SessionKey],
-        plan: impl Fn(&Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send,
+        plan: impl Planner<T>,
     ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
         // Turns are taken in key order, so two batches never wait on each other.
         let mut order: Vec<&SessionKey> = keys.iter().collect();
@@ -511,7 +511,7 @@ impl RedisStore {
     async fn versioned_one<T>(
         &self,
         key: &SessionKey,
-        plan: impl Fn(&Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send,
+        plan: impl Planner<T>,
     ) -> Result<T, StoreError> {
         let mut outs = self.versioned(std::slice::from_ref(key), plan).await?;
         outs.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))
@@ -521,7 +521,7 @@ impl RedisStore {
     fn plan_update(
         &self,
         f: ApplyFn<'_>,
-    ) -> impl Fn(&Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<Applied>, StoreError> + Send {
+    ) -> impl Planner<Applied> {
         move |k, raw, last, now, head, tx| {
             let session = read_session(raw, last)?;
             let applied = f(&session, now)?;
@@ -569,7 +569,17 @@ impl RedisStore {
     }
 }
 
+/// What `versioned` asks for each session: from its key names, the state
+/// read, this replica's last write of it, Redis's now and the known deadline
+/// head, queue its writes into the MULTI (pure: it may run again).
+trait Planner<T>: Fn(&Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send {}
+
+impl<T, F> Planner<T> for F where F: Fn(&Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send {}
+
 /// What one attempt of a versioned write does with one session.
+// One of these lives per session per attempt; boxing `Write` would cost an
+// allocation on every commit to save a few hundred bytes of stack.
+#[allow(clippy::large_enum_variant)]
 enum Plan<T> {
     /// Nothing to write; answer `T`.
     Done(T),
@@ -582,7 +592,7 @@ enum Plan<T> {
 type Recalled = (Arc<Keys>, Option<Arc<Written>>);
 
 /// One batch's failure, for each of its sessions.
-fn for_each(e: &StoreError) -> StoreError {
+fn batch_failure(e: &StoreError) -> StoreError {
     match e {
         StoreError::Conflict => StoreError::Conflict,
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
@@ -710,7 +720,7 @@ impl SessionStore for RedisStore {
             let batch: Vec<SessionKey> = at.iter().map(|&i| keys[i].clone()).collect();
             match self.versioned(&batch, self.plan_update(f)).await {
                 Ok(results) => at.iter().zip(results).for_each(|(&i, r)| out[i] = Some(r)),
-                Err(e) => at.iter().for_each(|&i| out[i] = Some(Err(for_each(&e)))),
+                Err(e) => at.iter().for_each(|&i| out[i] = Some(Err(batch_failure(&e)))),
             }
         }
         for i in repeats {
