@@ -2,7 +2,7 @@
 //!
 //! Keys are cluster-ready: every key of one session carries the hash tag of
 //! its bucket `b = crc32("<tenant>/<session>") % B`, so each MULTI touches one
-//! slot. A commit is `WATCH state` + `MGET state` + `TIME` in one pipeline,
+//! slot. A commit is `WATCH state` + `GET state` + `TIME` in one pipeline,
 //! the pure engine at Redis's `TIME`, then
 //! `MULTI SET(ttl) XADD(log) [XADD(audit)] ZADD|ZREM(deadline) PUBLISH
 //! [PUBLISH wake] EXEC`. A nil EXEC means another replica committed first:
@@ -401,6 +401,12 @@ impl RedisStore {
         pipe.cmd("WATCH");
         for (k, _) in sessions {
             pipe.arg(&k.state);
+        }
+        if let [(k, _)] = sessions {
+            // The common case, one session: a plain GET.
+            pipe.ignore().cmd("GET").arg(&k.state).cmd("TIME");
+            let (raw, (secs, micros)): (Option<Vec<u8>>, (i64, i64)) = exchange(conn, async |c| pipe.query_async(c).await).await?;
+            return Ok((vec![raw], secs * 1_000_000 + micros));
         }
         pipe.ignore().cmd("MGET");
         for (k, _) in sessions {
