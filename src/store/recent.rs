@@ -62,11 +62,11 @@ impl<K> Recent<K> {
         (keys, None)
     }
 
-    /// Records what a commit wrote (`None`: nothing worth keeping).
-    pub fn remember(&self, key: &SessionKey, written: Option<Written>) {
+    /// Records what a commit wrote.
+    pub fn remember(&self, key: &SessionKey, written: Written) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = map.get_mut(key) {
-            e.last = written.filter(|w| w.bytes.len() <= MAX_REMEMBERED_BYTES).map(Arc::new);
+            e.last = (written.bytes.len() <= MAX_REMEMBERED_BYTES).then(|| Arc::new(written));
         }
     }
 
@@ -98,7 +98,7 @@ mod tests {
         let (_, last) = recent.get(&k, || "keys".into());
         assert!(last.is_none());
         let bytes = serde_json::to_vec(&s).unwrap();
-        recent.remember(&k, Some(Written { bytes: bytes.clone(), session: s.clone() }));
+        recent.remember(&k, Written { bytes: bytes.clone(), session: s.clone() });
         let (keys, last) = recent.get(&k, || unreachable!("made once"));
         assert_eq!(*keys, "keys");
         let last = last.expect("remembered");
@@ -117,11 +117,11 @@ mod tests {
         assert!(recent.map.lock().unwrap().len() <= CAPACITY);
         let (k, s) = (key("gone"), session("gone"));
         recent.get(&k, || 1);
-        recent.remember(&k, Some(Written { bytes: b"{}".to_vec(), session: s }));
+        recent.remember(&k, Written { bytes: b"{}".to_vec(), session: s });
         recent.forget(&k);
         assert!(recent.get(&k, || 2).1.is_none());
         // Oversized states are not kept.
-        recent.remember(&k, Some(Written { bytes: vec![b' '; MAX_REMEMBERED_BYTES + 1], session: session("gone") }));
+        recent.remember(&k, Written { bytes: vec![b' '; MAX_REMEMBERED_BYTES + 1], session: session("gone") });
         assert!(recent.get(&k, || 3).1.is_none());
     }
 }

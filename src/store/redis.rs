@@ -499,7 +499,7 @@ impl RedisStore {
             if done.is_some() {
                 for (key, state) in keys.iter().zip(stored) {
                     match state {
-                        Some(Some(w)) => self.recent.remember(key, Some(w)),
+                        Some(Some(w)) => self.recent.remember(key, w),
                         Some(None) => self.recent.forget(key),
                         None => {}
                     }
