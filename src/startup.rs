@@ -63,11 +63,7 @@ impl Application {
                     pool_timeout: REDIS_POOL_TIMEOUT,
                     audit: config.database_url.is_some(),
                 };
-                let store = Arc::new(
-                    RedisStore::connect(settings, clock)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?,
-                );
+                let store = RedisStore::connect(settings, clock).await.map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
                 let client = redis::Client::open(url.expose()).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
                 let channel_store = store.clone();
                 let pubsub = fanout::redis::spawn(

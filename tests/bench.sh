@@ -4,11 +4,16 @@
 # generator against them; everything is stopped at the end.
 #   tests/bench.sh                 # all modes
 #   tests/bench.sh breakdown flags # only these
+#   BENCH_BIN=/some/dir tests/bench.sh  # binaries built elsewhere (A/B runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/synckairos-target}"
-cargo build --release --locked --bins >&2
-R="$CARGO_TARGET_DIR/release"
+if [ -n "${BENCH_BIN:-}" ]; then
+  R="$BENCH_BIN"
+else
+  cargo build --release --locked --bins >&2
+  R="$CARGO_TARGET_DIR/release"
+fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 redis_port="$(free_port)"
@@ -32,7 +37,10 @@ if want breakdown; then echo "== breakdown (one call in flight)"
 if want time; then echo "== GetServerTime at 64 in flight"
 "$R/synckairos-load" time --target "$A" --concurrency 64 --seconds 5; fi
 if want switch; then echo "== SwitchCycle at 64 in flight over 1000 sessions"
-"$R/synckairos-load" switch --target "$A" --sessions 1000 --concurrency 64 --seconds 10; fi
+execs() { redis-cli -p "$redis_port" info commandstats | sed -n 's/^cmdstat_exec:calls=\([0-9]*\).*/\1/p'; }
+before="$(execs)"
+"$R/synckairos-load" switch --target "$A" --sessions 1000 --concurrency 64 --seconds 10
+echo "EXECs during the run (warm-up and set-up included): $(( $(execs) - ${before:-0} ))"; fi
 if want fanout; then echo "== fan-out: switch on A, 1000 streams on B"
 "$R/synckairos-load" fanout --target "$A" --subscribe-target "$B" --sessions 100 --streams 1000 --rate 200 --seconds 10; fi
 if want flags; then echo "== flags: 10000 deadlines within one second over three replicas"

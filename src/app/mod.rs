@@ -21,7 +21,7 @@ use crate::engine::{
     Tenant,
 };
 use crate::fanout::Hub;
-use crate::store::{SessionStore, StoreError};
+use crate::store::{self, SessionStore, StoreError};
 
 /// A session and the server instant its computed values refer to.
 #[derive(Clone, Debug)]
@@ -92,7 +92,7 @@ impl App {
 
     async fn mutate(&self, id: SessionId, command: Command, guards: Guards) -> Result<Reply, AppError> {
         let request = Request { command, expected_version: guards.expected_version, request_id: guards.request_id };
-        let applied = self.store.update(&self.key(id), &|s, now| engine::apply(s, &request, now)).await?;
+        let applied = self.store.update(&self.key(id), store::apply(request)).await?;
         Ok(self.reply(applied.session))
     }
 

@@ -475,13 +475,13 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
         pool_timeout: Duration::from_millis(250),
         audit: false,
     };
-    let store = Arc::new(RedisStore::connect(settings, synckairos::store::clock::Clock::new()).await?);
+    let store = RedisStore::connect(settings, synckairos::store::clock::Clock::new()).await?;
     let run = run_id();
     let key = SessionKey { tenant: Tenant::default_tenant(), id: engine::SessionId::parse("id", &format!("{run}-direct"))? };
     let new = two_players(key.id.clone(), 24 * 3600 * 1000)?;
     store.create(&key, &|now| engine::create(new.clone(), now)).await?;
     let start = Request::new(Command::Start { first: None });
-    store.update(&key, &|s, now| engine::apply(s, &start, now)).await?;
+    store.update(&key, synckairos::store::apply(start)).await?;
     // Learn the deadline heads as a replica's timers do, so commits wake
     // other replicas only for an earlier deadline, as they would in service.
     store.claim_due().await?;
@@ -496,7 +496,7 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
             let (st, k) = (st.clone(), k.clone());
             async move {
                 let req = Request::new(Command::Switch { from: None, next: None });
-                st.update(&k, &|s, now| engine::apply(s, &req, now)).await.is_ok()
+                st.update(&k, synckairos::store::apply(req)).await.is_ok()
             }
         }
     };

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, Notify};
 
 use super::clock::Clock;
-use super::{ApplyFn, AuditRecord, BuildFn, Replay, SessionStore, StoreError, EVENT_LOG_LEN};
+use super::{AuditRecord, Change, BuildFn, Replay, SessionStore, StoreError, EVENT_LOG_LEN};
 use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
 use crate::fanout::Hub;
 
@@ -138,7 +138,7 @@ impl SessionStore for MemoryStore {
         self.shard(key).get(key).map(|e| e.session.clone()).ok_or(StoreError::NotFound)
     }
 
-    async fn update(&self, key: &SessionKey, f: ApplyFn<'_>) -> Result<Applied, StoreError> {
+    async fn update(&self, key: &SessionKey, f: Change) -> Result<Applied, StoreError> {
         let mut shard = self.shard(key);
         let entry = shard.get_mut(key).ok_or(StoreError::NotFound)?;
         let applied = f(&entry.session, self.now())?;

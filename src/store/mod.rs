@@ -7,6 +7,7 @@
 //! number of replicas sharing one Redis). Same behaviour, same tests.
 
 pub mod clock;
+mod group;
 pub mod memory;
 mod recent;
 pub mod redis;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::engine::{Applied, Event, Micros, RuleError, Session, SessionKey, Tenant};
+use crate::engine::{self, Applied, Event, Micros, Request, RuleError, Session, SessionKey, Tenant};
 
 /// One committed version on its way to the audit trail.
 #[derive(Clone, Debug)]
@@ -34,8 +35,14 @@ pub const EVENT_LOG_LEN: usize = 256;
 /// Builds a new session at the store's `now`.
 pub type BuildFn<'a> = &'a (dyn Fn(Micros) -> Result<(Session, Event), RuleError> + Send + Sync);
 
-/// A pure change of an existing session at the store's `now`; may be retried.
-pub type ApplyFn<'a> = &'a (dyn Fn(&Session, Micros) -> Result<Applied, RuleError> + Send + Sync);
+/// A pure change of an existing session at the store's `now`; may be
+/// retried, and may run in another task than the caller's (a group commit).
+pub type Change = Arc<dyn Fn(&Session, Micros) -> Result<Applied, RuleError> + Send + Sync>;
+
+/// The usual change: the engine applying `request`.
+pub fn apply(request: Request) -> Change {
+    Arc::new(move |s, now| engine::apply(s, &request, now))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,16 +82,16 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Loads, applies `f` at the store's now, and commits its events atomically
     /// (nothing is written when `f` returns no events).
-    async fn update(&self, key: &SessionKey, f: ApplyFn<'_>) -> Result<Applied, StoreError>;
+    async fn update(&self, key: &SessionKey, f: Change) -> Result<Applied, StoreError>;
 
     /// `update` of several sessions with one `f`; one result per key, in
     /// order (a key given twice is applied twice, one after the other). Sessions with the same `batch_of` may share one commit
     /// (the Redis engine: one WATCH/MULTI per bucket); this default applies
     /// them one by one.
-    async fn update_many(&self, keys: &[SessionKey], f: ApplyFn<'_>) -> Vec<Result<Applied, StoreError>> {
+    async fn update_many(&self, keys: &[SessionKey], f: Change) -> Vec<Result<Applied, StoreError>> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            out.push(self.update(key, f).await);
+            out.push(self.update(key, f.clone()).await);
         }
         out
     }

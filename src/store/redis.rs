@@ -9,7 +9,8 @@
 //! reload and retry (bounded, jittered), since the engine call is pure.
 //! The same commit takes several sessions of one bucket at once (all keys
 //! watched, read and written in the one slot): the timers fire a burst of
-//! deadlines that way.
+//! deadlines that way, and calls that arrive while their bucket has a
+//! commit in flight here share the next one (`super::group`).
 //! Between the two round trips only CPU is spent, so a commit that reads
 //! back exactly what this replica wrote last reuses it instead of decoding
 //! it (`super::recent`), and an event embeds the state's JSON already made.
@@ -26,7 +27,7 @@
 //! re-checks the clock, so a duplicate claim is a no-op.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,8 +39,9 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::clock::Clock;
+use super::group::{Entry, Groups};
 use super::recent::{Recent, Written};
-use super::{ApplyFn, BuildFn, Replay, SessionStore, StoreError, AUDIT_FIELD_EVENT, AUDIT_FIELD_TENANT, EVENT_LOG_LEN};
+use super::{BuildFn, Change, Replay, SessionStore, StoreError, AUDIT_FIELD_EVENT, AUDIT_FIELD_TENANT, EVENT_LOG_LEN};
 use crate::engine::{self, Applied, Event, EventKind, Micros, Session, SessionKey};
 
 /// How long write conflicts are retried inside the server before `ABORTED`.
@@ -157,9 +159,19 @@ impl Drop for WriterTurn<'_> {
     }
 }
 
+/// A change waiting for its bucket's next group commit.
+struct Job {
+    key: SessionKey,
+    change: Change,
+    done: tokio::sync::oneshot::Sender<Result<Applied, StoreError>>,
+}
+
 pub struct RedisStore {
+    /// Itself, for the tasks that commit queued changes.
+    me: Weak<RedisStore>,
     pool: bb8::Pool<Manager>,
     writers: LocalWriters,
+    groups: Groups<Job>,
     recent: Recent<Keys>,
     settings: RedisSettings,
     clock: Arc<SyncedClock>,
@@ -236,7 +248,7 @@ async fn exchange<T>(
 }
 
 impl RedisStore {
-    pub async fn connect(settings: RedisSettings, local: Clock) -> Result<Self, StoreError> {
+    pub async fn connect(settings: RedisSettings, local: Clock) -> Result<Arc<Self>, StoreError> {
         let manager = RedisConnectionManager::new(settings.url.as_str()).map_err(io)?;
         let pool = bb8::Pool::builder()
             .max_size(settings.pool_size)
@@ -245,16 +257,18 @@ impl RedisStore {
             // add a round trip to every call.
             .test_on_check_out(false)
             .build_unchecked(Manager(manager));
-        let store = Self {
+        let store = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             pool,
             writers: LocalWriters::default(),
+            groups: Groups::new(settings.buckets),
             recent: Recent::default(),
             settings,
             clock: Arc::new(SyncedClock { local, offset: AtomicI64::new(0) }),
             wake: Arc::new(Notify::new()),
             next_head: Arc::new(Mutex::new(None)),
             claim: redis::Script::new(CLAIM_SCRIPT),
-        };
+        });
         // A first offset measurement; failure is fine (Redis may come later).
         let _ = store.measure_offset().await;
         Ok(store)
@@ -447,13 +461,7 @@ impl RedisStore {
         true
     }
 
-    /// One versioned write of sessions that share a bucket (usually one):
-    /// `WATCH`, `MGET` and `TIME` in one round trip, then `plan` (pure: it may
-    /// run again) decides for each, from its state and Redis's now, what to
-    /// queue into the one MULTI; `EXEC` commits all of it or, when another
-    /// writer got there first, nothing, and the whole thing runs again
-    /// (jittered backoff, within `RETRY_BUDGET`). One result per key; `Err`
-    /// when the round trips themselves fail.
+    /// `commit` of sessions of one bucket, each on its writer turn.
     async fn versioned<T>(
         &self,
         keys: &[SessionKey],
@@ -466,6 +474,24 @@ impl RedisStore {
         for key in order {
             turns.push(self.writers.turn(key).await);
         }
+        self.commit(keys, plan, Retry::Yes).await
+    }
+
+    /// One versioned write of sessions that share a bucket (usually one),
+    /// whose callers hold their writer turns: `WATCH`, `MGET` and `TIME` in
+    /// one round trip, then `plan` (pure: it may run again) decides for each
+    /// (by its index in `keys`), from its state and Redis's now, what to
+    /// queue into the one MULTI; `EXEC` commits all of it or, when another
+    /// writer got there first, nothing, and the whole thing runs again
+    /// (jittered backoff, within `RETRY_BUDGET`) or, with `Retry::No`, ends
+    /// in `Conflict`. One result per key; `Err` when the round trips
+    /// themselves fail.
+    async fn commit<T>(
+        &self,
+        keys: &[SessionKey],
+        plan: impl Planner<T>,
+        retry: Retry,
+    ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
         let mut conn = self.conn().await?;
         // Only these turns write the sessions here, so `last` is this replica's latest write.
         let sessions: Vec<Recalled> = keys.iter().map(|key| self.recent.get(key, || self.keys(key))).collect();
@@ -481,8 +507,8 @@ impl RedisStore {
             let mut tx = Pipeline::with_capacity(8 * keys.len());
             tx.atomic();
             let (mut outs, mut stored) = (Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()));
-            for ((k, last), raw) in sessions.iter().zip(raws) {
-                let (out, state) = match plan(k, raw, last.as_deref(), now, head, &mut tx) {
+            for (i, ((k, last), raw)) in sessions.iter().zip(raws).enumerate() {
+                let (out, state) = match plan(i, k, raw, last.as_deref(), now, head, &mut tx) {
                     Ok(Plan::Done(out)) => (Ok(out), None),
                     Ok(Plan::Write(out, state)) => (Ok(out), Some(state)),
                     Err(e) => (Err(e), None),
@@ -506,7 +532,7 @@ impl RedisStore {
                 }
                 return Ok(outs);
             }
-            if !Self::backoff(attempt, started).await {
+            if retry == Retry::No || !Self::backoff(attempt, started).await {
                 break;
             }
         }
@@ -523,14 +549,12 @@ impl RedisStore {
         outs.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))
     }
 
-    /// The plan of `update`: `f` at Redis's now, its commit queued into `tx`.
-    fn plan_update(
-        &self,
-        f: ApplyFn<'_>,
-    ) -> impl Planner<Applied> {
-        move |k, raw, last, now, head, tx| {
+    /// The plan of `update`: the change of session `i` (`f(i)`) at Redis's
+    /// now, its commit queued into `tx`.
+    fn plan_update<'a>(&'a self, f: impl Fn(usize) -> &'a Change + Send + 'a) -> impl Planner<Applied> + 'a {
+        move |i, k, raw, last, now, head, tx| {
             let session = read_session(raw, last)?;
-            let applied = f(&session, now)?;
+            let applied = f(i)(&session, now)?;
             if applied.events.is_empty() {
                 return Ok(Plan::Done(applied));
             }
@@ -575,12 +599,87 @@ impl RedisStore {
     }
 }
 
+/// A commit of a bucket in flight here: when it ends, or its caller gives
+/// up on it, the changes queued meanwhile go on as the next group commit.
+struct Lead<'a> {
+    store: &'a RedisStore,
+    bucket: u32,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.store.commit_next(self.bucket);
+    }
+}
+
+impl RedisStore {
+    /// Starts the next group commit of bucket `b`, if changes are queued, in
+    /// a task of its own: its callers wait for it, and it must not end with
+    /// the call that happened to lead the one before.
+    fn commit_next(&self, b: u32) {
+        let Some(jobs) = self.groups.next(b, |j: &Job| &j.key) else { return };
+        match (self.me.upgrade(), tokio::runtime::Handle::try_current()) {
+            (Some(store), Ok(runtime)) => {
+                runtime.spawn(async move {
+                    let _lead = Lead { store: &store, bucket: b };
+                    store.commit_group(jobs).await;
+                });
+            }
+            // Shutting down: the callers get an error from their dropped jobs.
+            _ => {
+                drop(jobs);
+                while self.groups.next(b, |j: &Job| &j.key).is_some() {}
+            }
+        }
+    }
+
+    /// One group commit of queued changes of one bucket (their callers hold
+    /// their writer turns). A lost race does not rerun the group: each change
+    /// runs again on its own, side by side, so that one hot session does not
+    /// hold back the others.
+    async fn commit_group(&self, jobs: Vec<Job>) {
+        // Callers that gave up need nothing committed.
+        let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.done.is_closed()).collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let keys: Vec<SessionKey> = jobs.iter().map(|j| j.key.clone()).collect();
+        let retry = if jobs.len() > 1 { Retry::No } else { Retry::Yes };
+        match self.commit(&keys, self.plan_update(|i| &jobs[i].change), retry).await {
+            Ok(outs) => {
+                for (job, out) in jobs.into_iter().zip(outs) {
+                    let _ = job.done.send(out);
+                }
+            }
+            Err(StoreError::Conflict) if retry == Retry::No => {
+                futures_util::future::join_all(jobs.into_iter().map(|job| async move {
+                    let out = self.commit(std::slice::from_ref(&job.key), self.plan_update(|_| &job.change), Retry::Yes).await;
+                    let _ = job.done.send(out.and_then(|mut o| o.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))));
+                }))
+                .await;
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.done.send(Err(batch_failure(&e)));
+                }
+            }
+        }
+    }
+}
+
 /// What `versioned` asks for each session: from its key names, the state
 /// read, this replica's last write of it, Redis's now and the known deadline
 /// head, queue its writes into the MULTI (pure: it may run again).
-trait Planner<T>: Fn(&Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send {}
+trait Planner<T>: Fn(usize, &Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send {}
 
-impl<T, F> Planner<T> for F where F: Fn(&Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send {}
+impl<T, F> Planner<T> for F where F: Fn(usize, &Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send {}
+
+/// Whether `commit` runs again after losing a race.
+#[derive(Clone, Copy, PartialEq)]
+enum Retry {
+    Yes,
+    No,
+}
 
 /// What one attempt of a versioned write does with one session.
 // One of these lives per session per attempt; boxing `Write` would cost an
@@ -685,7 +784,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, key: &SessionKey, build: BuildFn<'_>) -> Result<Arc<Event>, StoreError> {
-        self.versioned_one(key, |k, raw, last, now, head, tx| {
+        self.versioned_one(key, |_, k, raw, last, now, head, tx| {
             if raw.is_some() {
                 return Err(StoreError::AlreadyExists(Box::new(read_session(raw, last)?)));
             }
@@ -705,12 +804,25 @@ impl SessionStore for RedisStore {
         decode(&raw.ok_or(StoreError::NotFound)?)
     }
 
-    async fn update(&self, key: &SessionKey, f: ApplyFn<'_>) -> Result<Applied, StoreError> {
-        self.versioned_one(key, self.plan_update(f)).await
+    /// Commits at once when nothing of the session's bucket is in flight
+    /// here, else joins the bucket's next group commit (`super::group`).
+    async fn update(&self, key: &SessionKey, f: Change) -> Result<Applied, StoreError> {
+        let _turn = self.writers.turn(key).await;
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let b = self.bucket_of(key);
+        match self.groups.enter(b, Job { key: key.clone(), change: f, done }) {
+            Entry::Lead(job) => {
+                let _lead = Lead { store: self, bucket: b };
+                let change = job.change;
+                let mut outs = self.commit(std::slice::from_ref(key), self.plan_update(|_| &change), Retry::Yes).await?;
+                outs.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))
+            }
+            Entry::Queued => answer.await.unwrap_or_else(|_| Err(io("the group commit ended without an answer"))),
+        }
     }
 
     /// One commit per bucket for the sessions that share it.
-    async fn update_many(&self, keys: &[SessionKey], f: ApplyFn<'_>) -> Vec<Result<Applied, StoreError>> {
+    async fn update_many(&self, keys: &[SessionKey], f: Change) -> Vec<Result<Applied, StoreError>> {
         let (mut by_bucket, mut repeats): (Vec<(u32, Vec<usize>)>, Vec<usize>) = (Vec::new(), Vec::new());
         for (i, key) in keys.iter().enumerate() {
             let b = self.bucket_of(key);
@@ -724,13 +836,13 @@ impl SessionStore for RedisStore {
         let mut out: Vec<Option<Result<Applied, StoreError>>> = keys.iter().map(|_| None).collect();
         for (_, at) in by_bucket {
             let batch: Vec<SessionKey> = at.iter().map(|&i| keys[i].clone()).collect();
-            match self.versioned(&batch, self.plan_update(f)).await {
+            match self.versioned(&batch, self.plan_update(|_| &f)).await {
                 Ok(results) => at.iter().zip(results).for_each(|(&i, r)| out[i] = Some(r)),
                 Err(e) => at.iter().for_each(|&i| out[i] = Some(Err(batch_failure(&e)))),
             }
         }
         for i in repeats {
-            out[i] = Some(self.update(&keys[i], f).await);
+            out[i] = Some(self.update(&keys[i], f.clone()).await);
         }
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(io("a session of the batch gave no result")))).collect()
     }
@@ -740,7 +852,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError> {
-        self.versioned_one(key, |k, raw, last, now, _, tx| {
+        self.versioned_one(key, |_, k, raw, last, now, _, tx| {
             let session = read_session(raw, last)?;
             let event = engine::deleted_event(&session, now);
             let bytes = encode(&event);

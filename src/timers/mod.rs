@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::engine::{self, Command, Request, RuleError, SessionKey};
+use crate::engine::{Command, Request, RuleError, SessionKey};
 use crate::store::{SessionStore, StoreError};
 
 /// The longest the loop sleeps without looking: a safety net under the
@@ -113,8 +113,7 @@ impl Queued {
 /// outcomes); those that fail for a passing reason are retried each on its
 /// own, side by side, so that all of them retry within their claim's lease.
 pub async fn fire_many(store: &dyn SessionStore, keys: &[SessionKey]) {
-    let timeout = Request::new(Command::Timeout);
-    let results = store.update_many(keys, &|s, now| engine::apply(s, &timeout, now)).await;
+    let results = store.update_many(keys, crate::store::apply(Request::new(Command::Timeout))).await;
     let mut retries = Vec::new();
     for (key, result) in keys.iter().zip(results) {
         match result {
@@ -137,10 +136,10 @@ async fn release(store: &dyn SessionStore, key: &SessionKey) {
 /// Applies the timeout to one session; "not due" and "gone" are normal
 /// outcomes. A passing failure is retried (see `retry_after`).
 pub async fn fire(store: &dyn SessionStore, key: &SessionKey) {
-    let timeout = Request::new(Command::Timeout);
+    let timeout = crate::store::apply(Request::new(Command::Timeout));
     let started = Instant::now();
     for attempt in 0u32.. {
-        match store.update(key, &|s, now| engine::apply(s, &timeout, now)).await {
+        match store.update(key, timeout.clone()).await {
             // The firing commit released the claim itself.
             Ok(applied) => {
                 debug!(session = %key, version = applied.session.version, "deadline fired");

@@ -966,7 +966,7 @@ async fn a_deadline_claimed_by_a_dead_replica_fires_after_its_lease() {
 async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use synckairos::engine::{self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, SessionId, SessionKey, Tenant};
-    use synckairos::store::SessionStore;
+    use synckairos::store::{self, SessionStore};
     use synckairos::store::redis::{RedisSettings, RedisStore};
 
     let _iso = shared_isolation();
@@ -991,18 +991,18 @@ async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
         store.create(k, &|now| engine::create(new.clone(), now)).await.unwrap();
     }
     let start = Request::new(Command::Start { first: None });
-    store.update(&next, &|s, now| engine::apply(s, &start, now)).await.unwrap();
-    store.update(&dropped, &|s, now| engine::apply(s, &start, now)).await.unwrap();
+    store.update(&next, store::apply(start.clone())).await.unwrap();
+    store.update(&dropped, store::apply(start)).await.unwrap();
 
     // Poll a switch of `dropped` once (its WATCH+GET+TIME goes out), let Redis
     // answer, then drop it unanswered, as tonic drops a cancelled call.
     let switch = Request::new(Command::Switch { from: None, next: None });
-    let apply_switch = |s: &engine::Session, now| engine::apply(s, &switch, now);
+    let apply_switch = store::apply(switch.clone());
     // (On a loaded machine a single poll may, rarely, see the whole commit
     // through; that is just a switch, and the next try stops midway.)
     let mut dropped_midway = false;
     for _ in 0..20 {
-        let mut cancelled = Box::pin(store.update(&dropped, &apply_switch));
+        let mut cancelled = Box::pin(store.update(&dropped, apply_switch.clone()));
         let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(cancelled.as_mut().poll(cx))).await;
         if polled.is_pending() {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1014,14 +1014,18 @@ async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
     assert!(dropped_midway, "no try stopped while waiting for Redis");
 
     // Another replica writes the dropped session's key...
-    other_replica.update(&dropped, &apply_switch).await.unwrap();
+    other_replica.update(&dropped, apply_switch).await.unwrap();
     // ...and this replica's next commit, on another session, runs once.
-    let plans = AtomicUsize::new(0);
+    let plans = Arc::new(AtomicUsize::new(0));
+    let counted = plans.clone();
     store
-        .update(&next, &|s, now| {
-            plans.fetch_add(1, Ordering::SeqCst);
-            engine::apply(s, &switch, now)
-        })
+        .update(
+            &next,
+            Arc::new(move |s, now| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                engine::apply(s, &switch, now)
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(plans.load(Ordering::SeqCst), 1, "the next commit must not inherit the dropped one's WATCH");
@@ -1037,7 +1041,7 @@ async fn timeouts_of_one_bucket_fire_in_one_commit_and_a_lost_race_reruns_it() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use synckairos::engine::{self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, RuleError, SessionId, SessionKey, Tenant};
     use synckairos::store::redis::{RedisSettings, RedisStore};
-    use synckairos::store::{SessionStore, StoreError};
+    use synckairos::store::{self, SessionStore, StoreError};
 
     let _iso = shared_isolation();
     let redis = RedisServer::start();
@@ -1059,30 +1063,33 @@ async fn timeouts_of_one_bucket_fire_in_one_commit_and_a_lost_race_reruns_it() {
         let players = ["a", "b"].map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap())).to_vec();
         let new = NewSession { initial_time_ms: budget_ms, ..NewSession::new(k.id.clone(), Mode::PerParticipant, players) };
         store.create(k, &|now| engine::create(new.clone(), now)).await.unwrap();
-        store.update(k, &|s, now| engine::apply(s, &start, now)).await.unwrap();
+        store.update(k, store::apply(start.clone())).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     // The first time the batch plans due-2, another client changes that
     // session's key (its TTL): the batch's EXEC must fail and all of it rerun.
-    let mut outsider = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let outsider = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
     let outsider_state_key = format!("sk:{{0}}:s:default:{}", due[1].id);
-    let outsider = std::sync::Mutex::new(&mut outsider);
-    let (raced, plans) = (AtomicBool::new(false), AtomicUsize::new(0));
+    let outsider = std::sync::Mutex::new(outsider);
+    let (raced, plans) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let timeout = Request::new(Command::Timeout);
-    let fire = |s: &engine::Session, now| {
-        plans.fetch_add(1, Ordering::SeqCst);
-        if s.id == due[1].id && !raced.swap(true, Ordering::SeqCst) {
-            let mut con = outsider.lock().unwrap();
-            let changed: i64 = redis::cmd("PEXPIRE").arg(&outsider_state_key).arg(7_200_000).query(&mut **con).unwrap();
-            assert_eq!(changed, 1);
-        }
-        engine::apply(s, &timeout, now)
+    let fire: store::Change = {
+        let (raced, plans, raced_id) = (raced.clone(), plans.clone(), due[1].id.clone());
+        Arc::new(move |s: &engine::Session, now| {
+            plans.fetch_add(1, Ordering::SeqCst);
+            if s.id == raced_id && !raced.swap(true, Ordering::SeqCst) {
+                let mut con = outsider.lock().unwrap();
+                let changed: i64 = redis::cmd("PEXPIRE").arg(&outsider_state_key).arg(7_200_000).query(&mut *con).unwrap();
+                assert_eq!(changed, 1);
+            }
+            engine::apply(s, &timeout, now)
+        })
     };
     let execs_before = exec_calls(&redis.url()).await;
     // due-1 twice: the second time it has fired already.
     let keys = [due[0].clone(), not_due.clone(), due[1].clone(), missing.clone(), due[2].clone(), due[0].clone()];
-    let results = store.update_many(&keys, &fire).await;
+    let results = store.update_many(&keys, fire).await;
     let execs = exec_calls(&redis.url()).await - execs_before;
 
     assert_eq!(results.len(), keys.len());
@@ -1119,4 +1126,137 @@ async fn exec_calls(url: &str) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+// ---------- calls on one bucket share commits (group commit) ----------
+
+mod group_commit {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::task::Poll;
+
+    use synckairos::engine::{self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, SessionId, SessionKey, Tenant};
+    use synckairos::store::redis::{RedisSettings, RedisStore};
+    use synckairos::store::{self, SessionStore};
+
+    use super::*;
+
+    /// A store with one bucket, and `n` started sessions in it.
+    async fn started_sessions(redis: &RedisServer, n: usize) -> (Arc<RedisStore>, Vec<SessionKey>) {
+        let settings = RedisSettings {
+            url: redis.url(),
+            buckets: 1,
+            session_ttl: Duration::from_secs(3600),
+            idle_ttl: Duration::from_secs(3600),
+            pool_size: 4,
+            pool_timeout: Duration::from_millis(500),
+            audit: false,
+        };
+        let store = RedisStore::connect(settings, Clock::new()).await.unwrap();
+        let mut keys = Vec::new();
+        for i in 0..n {
+            let k = SessionKey { tenant: Tenant::default_tenant(), id: SessionId::parse("id", &format!("g-{i}")).unwrap() };
+            let players = ["a", "b"].map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap())).to_vec();
+            let new = NewSession { initial_time_ms: 60_000, ..NewSession::new(k.id.clone(), Mode::PerParticipant, players) };
+            store.create(&k, &|now| engine::create(new.clone(), now)).await.unwrap();
+            store.update(&k, store::apply(Request::new(Command::Start { first: None }))).await.unwrap();
+            keys.push(k);
+        }
+        (store, keys)
+    }
+
+    fn switch() -> store::Change {
+        store::apply(Request::new(Command::Switch { from: None, next: None }))
+    }
+
+    /// Polls each future once (each sends its first request or queues).
+    async fn poll_once<F: Future + Unpin>(futures: &mut [F]) {
+        for f in futures.iter_mut() {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx))).await;
+            assert!(polled.is_pending(), "a commit answered before Redis could");
+        }
+    }
+
+    async fn version(store: &RedisStore, k: &SessionKey) -> u64 {
+        store.get(k).await.unwrap().version
+    }
+
+    /// The first switch of the bucket commits alone; the seven that arrive
+    /// while it is in flight wait, then share one commit, each with its own
+    /// result.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn switches_arriving_during_a_commit_of_their_bucket_share_the_next_one() {
+        let _iso = shared_isolation();
+        let redis = RedisServer::start();
+        let (store, keys) = started_sessions(&redis, 8).await;
+        let before = exec_calls(&redis.url()).await;
+        let results = futures_util::future::join_all(keys.iter().map(|k| store.update(k, switch()))).await;
+        assert_eq!(exec_calls(&redis.url()).await - before, 2, "one commit alone, then one for the seven queued behind it");
+        for (k, r) in keys.iter().zip(results) {
+            let applied = r.unwrap();
+            assert_eq!((applied.session.id.as_str(), applied.session.version), (k.id.as_str(), 3));
+            assert_eq!(version(&store, k).await, 3, "{k}: switched exactly once");
+        }
+    }
+
+    /// When another writer changes one session of a group commit, the group
+    /// is not rerun as a whole: each of its changes runs again on its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_that_loses_a_race_commits_each_change_on_its_own() {
+        let _iso = shared_isolation();
+        let redis = RedisServer::start();
+        let (store, keys) = started_sessions(&redis, 4).await;
+        let outsider = std::sync::Mutex::new(redis::Client::open(redis.url()).unwrap().get_connection().unwrap());
+        let raced_key = format!("sk:{{0}}:s:default:{}", keys[2].id);
+        let (raced, plans) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let change: store::Change = {
+            let (raced, plans, raced_id, switch) = (raced.clone(), plans.clone(), keys[2].id.clone(), switch());
+            Arc::new(move |s: &engine::Session, now| {
+                plans.fetch_add(1, Ordering::SeqCst);
+                if s.id == raced_id && !raced.swap(true, Ordering::SeqCst) {
+                    let changed: i64 = redis::cmd("PEXPIRE").arg(&raced_key).arg(7_200_000).query(&mut *outsider.lock().unwrap()).unwrap();
+                    assert_eq!(changed, 1);
+                }
+                switch(s, now)
+            })
+        };
+        let before = exec_calls(&redis.url()).await;
+        let results = futures_util::future::join_all(keys.iter().map(|k| store.update(k, change.clone()))).await;
+        let execs = exec_calls(&redis.url()).await - before;
+        assert!(raced.load(Ordering::SeqCst));
+        // keys[0] alone; keys[1..] as a group that loses; then three on their own.
+        assert_eq!(execs, 5, "lead, lost group, three single commits");
+        assert_eq!(plans.load(Ordering::SeqCst), 1 + 3 + 3);
+        for (k, r) in keys.iter().zip(results) {
+            assert_eq!(r.unwrap().session.version, 3, "{k}");
+            assert_eq!(version(&store, k).await, 3, "{k}: switched exactly once");
+        }
+    }
+
+    /// A queued call dropped before its group starts is not committed; a
+    /// leading call dropped midway still hands the queue on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_that_give_up_neither_commit_late_nor_strand_the_queue() {
+        let _iso = shared_isolation();
+        let redis = RedisServer::start();
+        let (store, keys) = started_sessions(&redis, 4).await;
+
+        // keys[0] leads, keys[1] and keys[2] queue; keys[2]'s caller gives up.
+        let mut calls: Vec<_> = keys[..3].iter().map(|k| Box::pin(store.update(k, switch()))).collect();
+        poll_once(&mut calls).await;
+        drop(calls.pop());
+        for r in futures_util::future::join_all(calls).await {
+            assert_eq!(r.unwrap().session.version, 3);
+        }
+        assert_eq!(version(&store, &keys[2]).await, 2, "given up before its commit: not switched");
+
+        // keys[3] leads and is dropped midway; keys[2], queued behind it, still commits.
+        let mut calls: Vec<_> = [&keys[3], &keys[2]].into_iter().map(|k| Box::pin(store.update(k, switch()))).collect();
+        poll_once(&mut calls).await;
+        let lead = calls.remove(0);
+        drop(lead);
+        let queued = calls.pop().unwrap();
+        let applied = tokio::time::timeout(Duration::from_secs(5), queued).await.expect("the queue was handed on").unwrap();
+        assert_eq!(applied.session.version, 3);
+    }
 }
