@@ -16,9 +16,9 @@ pub const MAX_BATCH: usize = 16;
 
 /// What `enter` decided.
 #[derive(Debug, PartialEq)]
-pub enum Entry<J> {
-    /// Nothing of the bucket is in flight: commit `J` now; call `next` when done.
-    Lead(J),
+pub enum Entry {
+    /// Nothing of the bucket is in flight: commit now; call `next` when done.
+    Lead,
     /// Queued: a commit in flight will hand it on.
     Queued,
 }
@@ -43,15 +43,15 @@ impl<J> Groups<J> {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Leads a commit of bucket `b` with `job`, or queues it behind the one in flight.
-    pub fn enter(&self, b: u32, job: J) -> Entry<J> {
+    /// Leads a commit of bucket `b`, or queues `job()` behind the one in flight.
+    pub fn enter(&self, b: u32, job: impl FnOnce() -> J) -> Entry {
         let mut bucket = self.bucket(b);
         if bucket.busy {
-            bucket.queue.push_back(job);
+            bucket.queue.push_back(job());
             Entry::Queued
         } else {
             bucket.busy = true;
-            Entry::Lead(job)
+            Entry::Lead
         }
     }
 
@@ -85,28 +85,28 @@ mod tests {
     #[test]
     fn the_first_change_of_a_bucket_leads_and_later_ones_queue_until_it_ends() {
         let g = Groups::new(2);
-        assert_eq!(g.enter(0, (1, "a")), Entry::Lead((1, "a")));
-        assert_eq!(g.enter(0, (2, "b")), Entry::Queued);
-        assert_eq!(g.enter(0, (3, "c")), Entry::Queued);
+        assert_eq!(g.enter(0, || (1, "a")), Entry::Lead);
+        assert_eq!(g.enter(0, || (2, "b")), Entry::Queued);
+        assert_eq!(g.enter(0, || (3, "c")), Entry::Queued);
         // Another bucket is free.
-        assert_eq!(g.enter(1, (4, "d")), Entry::Lead((4, "d")));
+        assert_eq!(g.enter(1, || (4, "d")), Entry::Lead);
         assert_eq!(g.next(0, id), Some(vec![(2, "b"), (3, "c")]));
         // Still busy with that batch: a new change queues.
-        assert_eq!(g.enter(0, (5, "e")), Entry::Queued);
+        assert_eq!(g.enter(0, || (5, "e")), Entry::Queued);
         assert_eq!(g.next(0, id), Some(vec![(5, "e")]));
         assert_eq!(g.next(0, id), None);
         // Free again: the next change leads.
-        assert_eq!(g.enter(0, (6, "f")), Entry::Lead((6, "f")));
+        assert_eq!(g.enter(0, || (6, "f")), Entry::Lead);
     }
 
     #[test]
     fn a_batch_holds_each_session_once_and_at_most_the_limit_oldest_first() {
         let g = Groups::new(1);
-        assert!(matches!(g.enter(0, (0, "lead")), Entry::Lead(_)));
+        assert_eq!(g.enter(0, || (0, "lead")), Entry::Lead);
         let names: Vec<&'static str> = (0..MAX_BATCH + 3).map(|i| &*format!("s{i}").leak()).collect();
-        g.enter(0, (100, "s0"));
+        g.enter(0, || (100, "s0"));
         for (i, n) in names.iter().enumerate() {
-            g.enter(0, (i as u32, *n));
+            g.enter(0, || (i as u32, *n));
         }
         let first = g.next(0, id).unwrap();
         assert_eq!(first.len(), MAX_BATCH);

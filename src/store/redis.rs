@@ -283,7 +283,7 @@ impl RedisStore {
     }
 
     pub fn bucket_of(&self, key: &SessionKey) -> u32 {
-        crc32fast::hash(format!("{}/{}", key.tenant, key.id).as_bytes()) % self.settings.buckets
+        bucket(key, self.settings.buckets)
     }
 
     /// `sk:{b}:audit` of every one of `buckets` buckets.
@@ -734,6 +734,15 @@ fn join_batch(batch: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// `crc32("<tenant>/<session>") % buckets` (SPEC §8), without building the string.
+fn bucket(key: &SessionKey, buckets: u32) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(key.tenant.as_str().as_bytes());
+    crc.update(b"/");
+    crc.update(key.id.as_str().as_bytes());
+    crc.finalize() % buckets
+}
+
 /// `<tenant>/<session>` back to a key ('/' is in neither alphabet).
 fn parse_member(m: &str) -> Option<SessionKey> {
     let (t, id) = m.split_once('/')?;
@@ -808,16 +817,23 @@ impl SessionStore for RedisStore {
     /// here, else joins the bucket's next group commit (`super::group`).
     async fn update(&self, key: &SessionKey, f: Change) -> Result<Applied, StoreError> {
         let _turn = self.writers.turn(key).await;
-        let (done, answer) = tokio::sync::oneshot::channel();
         let b = self.bucket_of(key);
-        match self.groups.enter(b, Job { key: key.clone(), change: f, done }) {
-            Entry::Lead(job) => {
+        let mut answer = None;
+        let entry = self.groups.enter(b, || {
+            let (done, rx) = tokio::sync::oneshot::channel();
+            answer = Some(rx);
+            Job { key: key.clone(), change: f.clone(), done }
+        });
+        match entry {
+            Entry::Lead => {
                 let _lead = Lead { store: self, bucket: b };
-                let change = job.change;
-                let mut outs = self.commit(std::slice::from_ref(key), self.plan_update(|_| &change), Retry::Yes).await?;
+                let mut outs = self.commit(std::slice::from_ref(key), self.plan_update(|_| &f), Retry::Yes).await?;
                 outs.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))
             }
-            Entry::Queued => answer.await.unwrap_or_else(|_| Err(io("the group commit ended without an answer"))),
+            Entry::Queued => match answer {
+                Some(answer) => answer.await.unwrap_or_else(|_| Err(io("the group commit ended without an answer"))),
+                None => Err(io("a queued change has no answer")),
+            },
         }
     }
 
@@ -963,5 +979,16 @@ mod tests {
         earlier.version -= 1;
         let e = Event { version: 6, kind: EventKind::Switched, participant: None, at: 1, session: earlier };
         assert_eq!(encode_event(&e, &session, &state), encode(&e));
+    }
+
+    #[test]
+    fn a_session_s_bucket_is_the_crc32_of_tenant_slash_id() {
+        let key = SessionKey { tenant: engine::Tenant::default_tenant(), id: SessionId::parse("id", "game-42").unwrap() };
+        // crc32("default/game-42"), as SPEC §8 spells the bucket.
+        let crc = crc32fast::hash(b"default/game-42");
+        for buckets in [1, 16, 1024, 65_521] {
+            assert_eq!(bucket(&key, buckets), crc % buckets);
+        }
+        assert_ne!(bucket(&key, 1024), 0, "a bucket other than 0, so a wrong hash shows");
     }
 }
