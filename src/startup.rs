@@ -72,7 +72,7 @@ impl Application {
                         hub: hub.clone(),
                         channel_of: Arc::new(move |key| channel_store.channel_of(key)),
                         wake_channels: store.wake_channels(),
-                        on_wake: store.wake_handler(),
+                        on_wake: Arc::new(store.wake_handler()),
                     },
                     shutdown.clone(),
                 );

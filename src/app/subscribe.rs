@@ -41,8 +41,9 @@ pub struct SubscribeOptions {
 /// What a stream carries, before it meets the wire.
 #[derive(Clone, Debug)]
 pub enum StreamItem {
-    /// The whole session, computed at `at`.
-    Snapshot { session: Session, at: Micros },
+    /// The whole session, computed at `at` (boxed: a stream's queue holds
+    /// many small events for each rare snapshot).
+    Snapshot { session: Box<Session>, at: Micros },
     /// A committed version.
     Event(Arc<Event>),
     /// Keep-alive: the latest version sent and the server time.
@@ -108,7 +109,7 @@ pub(super) async fn open(
 
 fn snapshot(first: &mut Vec<StreamItem>, store: &dyn SessionStore, session: Session) -> u64 {
     let version = session.version;
-    first.push(StreamItem::Snapshot { session, at: store.now() });
+    first.push(StreamItem::Snapshot { session: Box::new(session), at: store.now() });
     version
 }
 
@@ -240,7 +241,7 @@ impl Producer {
         match self.store.get(&self.key).await {
             Ok(session) => {
                 let at = self.store.now();
-                self.send(StreamItem::Snapshot { session, at }).await
+                self.send(StreamItem::Snapshot { session: Box::new(session), at }).await
             }
             // Deleted meanwhile: its DELETED event is already queued behind.
             Err(StoreError::NotFound) => Flow::Continue,

@@ -530,7 +530,7 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
         let (mut c, k) = (bare.clone(), bare_key.clone());
         Box::pin(async move {
             let value = vec![b'x'; 600];
-            let read: redis::RedisResult<(Option<Vec<u8>>, (i64, i64))> =
+            let read: redis::RedisResult<(Option<Vec<u8>>, RedisTime)> =
                 redis::pipe().cmd("WATCH").arg(&k).ignore().cmd("GET").arg(&k).cmd("TIME").query_async(&mut c).await;
             let write: redis::RedisResult<Option<redis::Value>> = redis::pipe()
                 .atomic()
@@ -619,6 +619,9 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
     }
     Ok(())
 }
+
+/// Redis `TIME`: seconds and microseconds.
+type RedisTime = (i64, i64);
 
 /// One timed call of a `breakdown` row.
 type Call = Arc<dyn Fn(usize, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync>;

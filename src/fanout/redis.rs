@@ -39,8 +39,11 @@ pub struct PubSubSetup {
     pub wake_channels: Vec<String>,
     /// Called with a wake-up's payload (the new earliest deadline), and with
     /// `None` after a reconnect (wake-ups may have been lost).
-    pub on_wake: Arc<dyn Fn(Option<&[u8]>) + Send + Sync>,
+    pub on_wake: OnWake,
 }
+
+/// What the Pub/Sub task calls with a deadline wake-up.
+pub type OnWake = Arc<dyn Fn(Option<&[u8]>) + Send + Sync>;
 
 /// The handle the hub holds.
 pub struct RedisPubSub {

@@ -315,14 +315,14 @@ impl RedisStore {
         self.wake.notify_one();
     }
 
-    /// A shareable wake-up handler for the Pub/Sub task.
-    pub fn wake_handler(self: &Arc<Self>) -> Arc<dyn Fn(Option<&[u8]>) + Send + Sync> {
+    /// A wake-up handler for the Pub/Sub task (it does not keep the store alive).
+    pub fn wake_handler(self: &Arc<Self>) -> impl Fn(Option<&[u8]>) + Send + Sync + 'static {
         let me = Arc::downgrade(self);
-        Arc::new(move |payload| {
+        move |payload| {
             if let Some(store) = me.upgrade() {
                 store.on_wake(payload);
             }
-        })
+        }
     }
 
     fn keys(&self, key: &SessionKey) -> Keys {
