@@ -667,9 +667,10 @@ impl RedisStore {
     }
 }
 
-/// What `versioned` asks for each session: from its key names, the state
-/// read, this replica's last write of it, Redis's now and the known deadline
-/// head, queue its writes into the MULTI (pure: it may run again).
+/// What `commit` asks for each session: from its index in the commit, its
+/// key names, the state read, this replica's last write of it, Redis's now
+/// and the known deadline head, queue its writes into the MULTI (pure: it
+/// may run again).
 trait Planner<T>: Fn(usize, &Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send {}
 
 impl<T, F> Planner<T> for F where F: Fn(usize, &Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send {}
