@@ -1135,9 +1135,9 @@ mod group_commit {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::task::Poll;
 
-    use synckairos::engine::{self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, SessionId, SessionKey, Tenant};
+    use synckairos::engine::{self, Applied, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, SessionId, SessionKey, Tenant};
     use synckairos::store::redis::{RedisSettings, RedisStore};
-    use synckairos::store::{self, SessionStore};
+    use synckairos::store::{self, SessionStore, StoreError};
 
     use super::*;
 
@@ -1177,8 +1177,20 @@ mod group_commit {
         }
     }
 
-    async fn version(store: &RedisStore, k: &SessionKey) -> u64 {
-        store.get(k).await.unwrap().version
+    /// `change` on every session at once; the results and the EXECs it took.
+    async fn update_all(redis: &RedisServer, store: &RedisStore, keys: &[SessionKey], change: store::Change) -> (Vec<Result<Applied, StoreError>>, u64) {
+        let before = exec_calls(&redis.url()).await;
+        let results = futures_util::future::join_all(keys.iter().map(|k| store.update(k, change.clone()))).await;
+        (results, exec_calls(&redis.url()).await - before)
+    }
+
+    /// Each session answered and stored version 3: switched exactly once since its start.
+    async fn assert_switched_once(store: &RedisStore, keys: &[SessionKey], results: Vec<Result<Applied, StoreError>>) {
+        for (k, r) in keys.iter().zip(results) {
+            let applied = r.unwrap();
+            assert_eq!((applied.session.id.as_str(), applied.session.version), (k.id.as_str(), 3));
+            assert_eq!(store.get(k).await.unwrap().version, 3, "{k}: switched exactly once");
+        }
     }
 
     /// The first switch of the bucket commits alone; the seven that arrive
@@ -1189,14 +1201,9 @@ mod group_commit {
         let _iso = shared_isolation();
         let redis = RedisServer::start();
         let (store, keys) = started_sessions(&redis, 8).await;
-        let before = exec_calls(&redis.url()).await;
-        let results = futures_util::future::join_all(keys.iter().map(|k| store.update(k, switch()))).await;
-        assert_eq!(exec_calls(&redis.url()).await - before, 2, "one commit alone, then one for the seven queued behind it");
-        for (k, r) in keys.iter().zip(results) {
-            let applied = r.unwrap();
-            assert_eq!((applied.session.id.as_str(), applied.session.version), (k.id.as_str(), 3));
-            assert_eq!(version(&store, k).await, 3, "{k}: switched exactly once");
-        }
+        let (results, execs) = update_all(&redis, &store, &keys, switch()).await;
+        assert_eq!(execs, 2, "one commit alone, then one for the seven queued behind it");
+        assert_switched_once(&store, &keys, results).await;
     }
 
     /// When another writer changes one session of a group commit, the group
@@ -1220,17 +1227,12 @@ mod group_commit {
                 switch(s, now)
             })
         };
-        let before = exec_calls(&redis.url()).await;
-        let results = futures_util::future::join_all(keys.iter().map(|k| store.update(k, change.clone()))).await;
-        let execs = exec_calls(&redis.url()).await - before;
+        let (results, execs) = update_all(&redis, &store, &keys, change).await;
         assert!(raced.load(Ordering::SeqCst));
         // keys[0] alone; keys[1..] as a group that loses; then three on their own.
         assert_eq!(execs, 5, "lead, lost group, three single commits");
         assert_eq!(plans.load(Ordering::SeqCst), 1 + 3 + 3);
-        for (k, r) in keys.iter().zip(results) {
-            assert_eq!(r.unwrap().session.version, 3, "{k}");
-            assert_eq!(version(&store, k).await, 3, "{k}: switched exactly once");
-        }
+        assert_switched_once(&store, &keys, results).await;
     }
 
     /// A queued call dropped before its group starts is not committed; a
@@ -1248,7 +1250,7 @@ mod group_commit {
         for r in futures_util::future::join_all(calls).await {
             assert_eq!(r.unwrap().session.version, 3);
         }
-        assert_eq!(version(&store, &keys[2]).await, 2, "given up before its commit: not switched");
+        assert_eq!(store.get(&keys[2]).await.unwrap().version, 2, "given up before its commit: not switched");
 
         // keys[3] leads and is dropped midway; keys[2], queued behind it, still commits.
         let mut calls: Vec<_> = [&keys[3], &keys[2]].into_iter().map(|k| Box::pin(store.update(k, switch()))).collect();
