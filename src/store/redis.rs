@@ -48,12 +48,17 @@ use crate::engine::{self, Applied, Event, EventKind, Micros, Session, SessionKey
 /// Writers of one session on one replica queue locally first (see
 /// `LocalWriters`), so only replicas contend, and a retry rarely loses twice.
 const RETRY_BUDGET: Duration = Duration::from_secs(3);
-/// One Redis exchange may take this long before the call fails with UNAVAILABLE.
+/// One Redis exchange may take this long before the call fails with
+/// UNAVAILABLE (redis-rs's own response timeout comes first: a frozen Redis
+/// fails a commit after about 500 ms here).
 const IO_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// How long a claimed deadline stays with its claimer before others may take it.
 const CLAIM_LEASE: Duration = Duration::from_secs(5);
 /// Deadlines claimed per bucket per round.
 const CLAIM_LIMIT: usize = 512;
+/// A commit that failed with UNAVAILABLE after this long waited out a
+/// timeout: the calls queued behind it fail with it rather than wait again.
+const SLOW_FAILURE: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
@@ -600,15 +605,35 @@ impl RedisStore {
 }
 
 /// A commit of a bucket in flight here: when it ends, or its caller gives
-/// up on it, the changes queued meanwhile go on as the next group commit.
+/// up on it, the changes queued meanwhile go on as the next group commit,
+/// or, when it `failed` slowly (Redis unreachable or not answering), fail
+/// with it at once instead of waiting out the same timeout again.
 struct Lead<'a> {
     store: &'a RedisStore,
     bucket: u32,
+    failed: Option<String>,
 }
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        self.store.commit_next(self.bucket);
+        match self.failed.take() {
+            None => self.store.commit_next(self.bucket),
+            Some(why) => {
+                while let Some(jobs) = self.store.groups.next(self.bucket, |j: &Job| &j.key) {
+                    for job in jobs {
+                        let _ = job.done.send(Err(StoreError::Unavailable(why.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a commit failed, when it failed with UNAVAILABLE after `SLOW_FAILURE`.
+fn slow_failure<T>(outcome: &Result<T, StoreError>, started: std::time::Instant) -> Option<String> {
+    match outcome {
+        Err(StoreError::Unavailable(why)) if started.elapsed() >= SLOW_FAILURE => Some(why.clone()),
+        _ => None,
     }
 }
 
@@ -621,8 +646,8 @@ impl RedisStore {
         match (self.me.upgrade(), tokio::runtime::Handle::try_current()) {
             (Some(store), Ok(runtime)) => {
                 runtime.spawn(async move {
-                    let _lead = Lead { store: &store, bucket: b };
-                    store.commit_group(jobs).await;
+                    let mut lead = Lead { store: &store, bucket: b, failed: None };
+                    lead.failed = store.commit_group(jobs).await;
                 });
             }
             // Shutting down: the callers get an error from their dropped jobs.
@@ -636,16 +661,19 @@ impl RedisStore {
     /// One group commit of queued changes of one bucket (their callers hold
     /// their writer turns). A lost race does not rerun the group: each change
     /// runs again on its own, side by side, so that one hot session does not
-    /// hold back the others.
-    async fn commit_group(&self, jobs: Vec<Job>) {
+    /// hold back the others. Returns why it failed, if it failed slowly.
+    async fn commit_group(&self, jobs: Vec<Job>) -> Option<String> {
         // Callers that gave up need nothing committed.
         let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.done.is_closed()).collect();
         if jobs.is_empty() {
-            return;
+            return None;
         }
         let keys: Vec<SessionKey> = jobs.iter().map(|j| j.key.clone()).collect();
         let retry = if jobs.len() > 1 { Retry::No } else { Retry::Yes };
-        match self.commit(&keys, self.plan_update(|i| &jobs[i].change), retry).await {
+        let started = std::time::Instant::now();
+        let outcome = self.commit(&keys, self.plan_update(|i| &jobs[i].change), retry).await;
+        let failed = slow_failure(&outcome, started);
+        match outcome {
             Ok(outs) => {
                 for (job, out) in jobs.into_iter().zip(outs) {
                     let _ = job.done.send(out);
@@ -664,6 +692,7 @@ impl RedisStore {
                 }
             }
         }
+        failed
     }
 }
 
@@ -827,9 +856,11 @@ impl SessionStore for RedisStore {
         });
         match entry {
             Entry::Lead => {
-                let _lead = Lead { store: self, bucket: b };
-                let mut outs = self.commit(std::slice::from_ref(key), self.plan_update(|_| &f), Retry::Yes).await?;
-                outs.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))
+                let mut lead = Lead { store: self, bucket: b, failed: None };
+                let started = std::time::Instant::now();
+                let outs = self.commit(std::slice::from_ref(key), self.plan_update(|_| &f), Retry::Yes).await;
+                lead.failed = slow_failure(&outs, started);
+                outs?.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))
             }
             Entry::Queued => match answer {
                 Some(answer) => answer.await.unwrap_or_else(|_| Err(io("the group commit ended without an answer"))),

@@ -51,6 +51,22 @@ impl RedisServer {
         panic!("redis-server on port {} did not come up", self.port);
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// Kills the server (abruptly, like a crash).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1169,18 +1169,27 @@ mod group_commit {
         store::apply(Request::new(Command::Switch { from: None, next: None }))
     }
 
-    /// Polls each future once (each sends its first request or queues).
-    async fn poll_once<F: Future + Unpin>(futures: &mut [F]) {
+    /// Polls each future once (each sends its first request or queues) with
+    /// Redis frozen, so that none can finish its commit meanwhile, however
+    /// the threads of a busy machine are scheduled.
+    async fn poll_once_frozen<F: Future + Unpin>(redis: &RedisServer, futures: &mut [F])
+    where
+        F::Output: std::fmt::Debug,
+    {
+        redis.pause();
         for f in futures.iter_mut() {
             let polled = std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx))).await;
-            assert!(polled.is_pending(), "a commit answered before Redis could");
+            assert!(polled.is_pending(), "a commit answered while Redis was frozen: {polled:?}");
         }
     }
 
     /// `change` on every session at once; the results and the EXECs it took.
     async fn update_all(redis: &RedisServer, store: &RedisStore, keys: &[SessionKey], change: store::Change) -> (Vec<Result<Applied, StoreError>>, u64) {
         let before = exec_calls(&redis.url()).await;
-        let results = futures_util::future::join_all(keys.iter().map(|k| store.update(k, change.clone()))).await;
+        let mut calls: Vec<_> = keys.iter().map(|k| Box::pin(store.update(k, change.clone()))).collect();
+        poll_once_frozen(redis, &mut calls).await;
+        redis.resume();
+        let results = futures_util::future::join_all(calls).await;
         (results, exec_calls(&redis.url()).await - before)
     }
 
@@ -1235,6 +1244,34 @@ mod group_commit {
         assert_switched_once(&store, &keys, results).await;
     }
 
+    /// While Redis does not answer, a call queued behind a commit that times
+    /// out fails with it, instead of waiting out a timeout of its own after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_queued_behind_a_commit_that_times_out_fail_with_it() {
+        let _iso = shared_isolation();
+        let redis = RedisServer::start();
+        let (store, keys) = started_sessions(&redis, 2).await;
+        let mut calls: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                let store = store.clone();
+                Box::pin(async move { (store.update(k, switch()).await, Instant::now()) })
+            })
+            .collect();
+        poll_once_frozen(&redis, &mut calls).await;
+        let t0 = Instant::now();
+        let done = futures_util::future::join_all(calls).await;
+        redis.resume();
+        for (r, _) in &done {
+            assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        }
+        let (lead, queued) = (done[0].1 - t0, done[1].1 - t0);
+        // The lead waits out a timeout (redis-rs's 500 ms response timeout,
+        // or ours); the queued call must not add a timeout of its own.
+        assert!(lead >= Duration::from_millis(400), "the lead failed after {lead:?}");
+        assert!(queued < lead + Duration::from_millis(300), "the queued call failed {queued:?} after the start, the lead {lead:?}");
+    }
+
     /// A queued call dropped before its group starts is not committed; a
     /// leading call dropped midway still hands the queue on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1245,18 +1282,22 @@ mod group_commit {
 
         // keys[0] leads, keys[1] and keys[2] queue; keys[2]'s caller gives up.
         let mut calls: Vec<_> = keys[..3].iter().map(|k| Box::pin(store.update(k, switch()))).collect();
-        poll_once(&mut calls).await;
+        poll_once_frozen(&redis, &mut calls).await;
         drop(calls.pop());
+        redis.resume();
         for r in futures_util::future::join_all(calls).await {
             assert_eq!(r.unwrap().session.version, 3);
         }
         assert_eq!(store.get(&keys[2]).await.unwrap().version, 2, "given up before its commit: not switched");
+        // The group's task lets go of the bucket just after it answers.
+        tokio::time::sleep(Duration::from_millis(50)).await;
 
         // keys[3] leads and is dropped midway; keys[2], queued behind it, still commits.
         let mut calls: Vec<_> = [&keys[3], &keys[2]].into_iter().map(|k| Box::pin(store.update(k, switch()))).collect();
-        poll_once(&mut calls).await;
+        poll_once_frozen(&redis, &mut calls).await;
         let lead = calls.remove(0);
         drop(lead);
+        redis.resume();
         let queued = calls.pop().unwrap();
         let applied = tokio::time::timeout(Duration::from_secs(5), queued).await.expect("the queue was handed on").unwrap();
         assert_eq!(applied.session.version, 3);
