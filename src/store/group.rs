@@ -2,9 +2,9 @@
 //! bucket is in flight waits in the bucket's queue, and the next commit takes
 //! the queue together (one WATCH/MULTI for all of it). Alone, a change
 //! commits at once; under load, the busier the bucket, the more changes share
-//! each round trip. At 64 calls in flight over 16 buckets that is about four
-//! per commit: a quarter of the round trips, syscalls and wake-ups, on Redis
-//! and here, for each change.
+//! each round trip. SwitchCycle at 64 in flight over 16 buckets (`tests/bench.sh`)
+//! makes about two changes per commit: half the round trips, syscalls and
+//! wake-ups, on Redis and here, for each change.
 //!
 //! This is only the queue; the Redis engine owns the commits.
 
