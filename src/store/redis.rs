@@ -346,7 +346,7 @@ impl RedisStore {
         }
     }
 
-    async fn conn(&self) -> Result<bb8::PooledConnection<'_, Manager>, StoreError> {
+    async fn conn(&self) -> Result<Pooled<'_>, StoreError> {
         self.pool.get().await.map_err(|e| io(format!("no redis connection: {e}")))
     }
 
@@ -507,7 +507,14 @@ impl RedisStore {
             // RPC), the pool must close it rather than lend it, WATCH and all,
             // to the next commit.
             conn.broken = true;
-            let (raws, now) = self.watch_read(&mut conn, &sessions).await?;
+            let reading = std::time::Instant::now();
+            let mut read = self.watch_read(&mut conn, &sessions).await;
+            if attempt == 0 && failed_at_once(&read, reading) {
+                conn = self.conn().await?;
+                conn.broken = true;
+                read = self.watch_read(&mut conn, &sessions).await;
+            }
+            let (raws, now) = read?;
             let head = self.known_head();
             let mut tx = Pipeline::with_capacity(8 * keys.len());
             tx.atomic();
@@ -629,6 +636,14 @@ impl Drop for Lead<'_> {
     }
 }
 
+/// Whether a read (it writes nothing) failed with UNAVAILABLE at once, as on
+/// a connection that Redis or a proxy closed while it sat idle in the pool:
+/// then it runs once more on a fresh connection. A slow failure (a timeout)
+/// is not repeated: Redis is unreachable, and the call fails fast.
+fn failed_at_once<T>(read: &Result<T, StoreError>, started: std::time::Instant) -> bool {
+    matches!(read, Err(StoreError::Unavailable(_))) && started.elapsed() < SLOW_FAILURE
+}
+
 /// Why a commit failed, when it failed with UNAVAILABLE after `SLOW_FAILURE`.
 fn slow_failure<T>(outcome: &Result<T, StoreError>, started: std::time::Instant) -> Option<String> {
     match outcome {
@@ -722,6 +737,9 @@ enum Plan<T> {
     /// state it stores (`None`: the session is gone).
     Write(T, Option<Written>),
 }
+
+/// A connection checked out of the pool.
+type Pooled<'a> = bb8::PooledConnection<'a, Manager>;
 
 /// A session's key names and this replica's last write of it.
 type Recalled = (Arc<Keys>, Option<Arc<Written>>);
@@ -839,7 +857,13 @@ impl SessionStore for RedisStore {
     async fn get(&self, key: &SessionKey) -> Result<Session, StoreError> {
         let mut conn = self.conn().await?;
         let state = self.keys(key).state;
-        let raw: Option<Vec<u8>> = exchange(&mut conn, async |c| c.get(&state).await).await?;
+        let started = std::time::Instant::now();
+        let mut raw = exchange(&mut conn, async |c| c.get(&state).await).await;
+        if failed_at_once(&raw, started) {
+            conn = self.conn().await?;
+            raw = exchange(&mut conn, async |c| c.get(&state).await).await;
+        }
+        let raw: Option<Vec<u8>> = raw?;
         decode(&raw.ok_or(StoreError::NotFound)?)
     }
 

@@ -1142,7 +1142,7 @@ mod group_commit {
     use super::*;
 
     /// A store with one bucket, and `n` started sessions in it.
-    async fn started_sessions(redis: &RedisServer, n: usize) -> (Arc<RedisStore>, Vec<SessionKey>) {
+    pub(super) async fn started_sessions(redis: &RedisServer, n: usize) -> (Arc<RedisStore>, Vec<SessionKey>) {
         let settings = RedisSettings {
             url: redis.url(),
             buckets: 1,
@@ -1301,5 +1301,31 @@ mod group_commit {
         let queued = calls.pop().unwrap();
         let applied = tokio::time::timeout(Duration::from_secs(5), queued).await.expect("the queue was handed on").unwrap();
         assert_eq!(applied.session.version, 3);
+    }
+}
+
+// ---------- a pooled connection that died while idle ----------
+
+/// Redis (or a proxy) may close connections that sit idle in the pool. The
+/// next call must not fail for it: a read that fails at once on such a
+/// connection runs again on a fresh one (it wrote nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_died_idle_in_the_pool_cost_no_call_an_error() {
+    use synckairos::engine::{Command, Request};
+    use synckairos::store::{self, SessionStore};
+
+    let _iso = shared_isolation();
+    let redis = RedisServer::start();
+    let (store, keys) = group_commit::started_sessions(&redis, 2).await;
+    let mut outsider = redis_conn(&redis.url()).await;
+    for k in &keys {
+        let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes").query_async(&mut outsider).await.unwrap();
+        assert!(killed >= 1, "the store's pooled connections were closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let applied = store.update(k, store::apply(Request::new(Command::Switch { from: None, next: None }))).await;
+        assert_eq!(applied.unwrap().session.version, 3, "{k}: a commit on a dead pooled connection");
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes").query_async::<i64>(&mut outsider).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(store.get(k).await.unwrap().version, 3, "{k}: a read on a dead pooled connection");
     }
 }
