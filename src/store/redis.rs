@@ -35,6 +35,7 @@ use bb8_redis::RedisConnectionManager;
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Pipeline, Value};
+use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -348,6 +349,19 @@ impl RedisStore {
 
     async fn conn(&self) -> Result<Pooled<'_>, StoreError> {
         self.pool.get().await.map_err(|e| io(format!("no redis connection: {e}")))
+    }
+
+    /// Runs `read` (it writes nothing) on a pooled connection, and once more
+    /// on a fresh one when it fails at once (see `failed_at_once`).
+    async fn read<T>(&self, read: impl for<'c> Fn(&'c mut Conn) -> BoxFuture<'c, Result<T, StoreError>>) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        let started = std::time::Instant::now();
+        let out = read(&mut conn).await;
+        if !failed_at_once(&out, started) {
+            return out;
+        }
+        let mut conn = self.conn().await?;
+        read(&mut conn).await
     }
 
     /// Measures the offset of Redis `TIME` from the process clock.
@@ -855,15 +869,13 @@ impl SessionStore for RedisStore {
     }
 
     async fn get(&self, key: &SessionKey) -> Result<Session, StoreError> {
-        let mut conn = self.conn().await?;
         let state = self.keys(key).state;
-        let started = std::time::Instant::now();
-        let mut raw = exchange(&mut conn, async |c| c.get(&state).await).await;
-        if failed_at_once(&raw, started) {
-            conn = self.conn().await?;
-            raw = exchange(&mut conn, async |c| c.get(&state).await).await;
-        }
-        let raw: Option<Vec<u8>> = raw?;
+        let raw: Option<Vec<u8>> = self
+            .read(|c| {
+                let state = state.clone();
+                Box::pin(exchange(c, async move |c| c.get(&state).await))
+            })
+            .await?;
         decode(&raw.ok_or(StoreError::NotFound)?)
     }
 
@@ -941,20 +953,15 @@ impl SessionStore for RedisStore {
     }
 
     async fn events_after(&self, key: &SessionKey, after: u64) -> Result<Replay, StoreError> {
-        let mut conn = self.conn().await?;
         let k = self.keys(key);
-        let (raw, entries): (Option<Vec<u8>>, Vec<(String, Vec<(String, Vec<u8>)>)>) = exchange(&mut conn, async |c| {
-            redis::pipe()
-                .cmd("GET")
-                .arg(&k.state)
-                .cmd("XRANGE")
-                .arg(&k.log)
-                .arg(format!("({after}-0"))
-                .arg("+")
-                .query_async(c)
-                .await
-        })
-        .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&k.state).cmd("XRANGE").arg(&k.log).arg(format!("({after}-0")).arg("+");
+        let (raw, entries): (Option<Vec<u8>>, Vec<(String, Vec<(String, Vec<u8>)>)>) =
+            self.read(|c| {
+                let pipe = pipe.clone();
+                Box::pin(exchange(c, async move |c| pipe.query_async(c).await))
+            })
+            .await?;
         let session: Session = decode(&raw.ok_or(StoreError::NotFound)?)?;
         if after >= session.version {
             return Ok(Replay::Events(Vec::new()));
@@ -998,8 +1005,8 @@ impl SessionStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let _: String = exchange(&mut conn, async |c| redis::cmd("PING").query_async(c).await).await?;
+        // A connection closed while idle must not turn health NOT_SERVING.
+        let _: String = self.read(|c| Box::pin(exchange(c, async |c| redis::cmd("PING").query_async(c).await))).await?;
         Ok(())
     }
 

@@ -1318,14 +1318,23 @@ async fn connections_that_died_idle_in_the_pool_cost_no_call_an_error() {
     let redis = RedisServer::start();
     let (store, keys) = group_commit::started_sessions(&redis, 2).await;
     let mut outsider = redis_conn(&redis.url()).await;
-    for k in &keys {
+    let mut kill_store_connections = async || {
         let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes").query_async(&mut outsider).await.unwrap();
         assert!(killed >= 1, "the store's pooled connections were closed");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for k in &keys {
+        kill_store_connections().await;
         let applied = store.update(k, store::apply(Request::new(Command::Switch { from: None, next: None }))).await;
-        assert_eq!(applied.unwrap().session.version, 3, "{k}: a commit on a dead pooled connection");
-        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes").query_async::<i64>(&mut outsider).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(store.get(k).await.unwrap().version, 3, "{k}: a read on a dead pooled connection");
+        assert_eq!(applied.unwrap().session.version, 3, "{k}: a commit");
+        kill_store_connections().await;
+        assert_eq!(store.get(k).await.unwrap().version, 3, "{k}: a read");
+        kill_store_connections().await;
+        match store.events_after(k, 2).await.unwrap() {
+            store::Replay::Events(events) => assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), [3], "{k}"),
+            other => panic!("{k}: a replay: {other:?}"),
+        }
+        kill_store_connections().await;
+        store.ping().await.expect("health's ping");
     }
 }
