@@ -18,7 +18,11 @@
 //! Why a pool and not one multiplexed connection: WATCH belongs to the
 //! server-side connection, so a WATCH…EXEC must own its connection for the
 //! whole span (STACK.md shows lost updates otherwise). Each bb8 connection is
-//! checked out by one task at a time and never cloned out of the guard.
+//! checked out by one task at a time and never cloned out of the guard. A
+//! read that fails at once (a pooled connection that Redis or a proxy closed
+//! while it sat idle) runs once more on a fresh connection: reads write
+//! nothing. Writes are never repeated after an I/O error, since EXEC may
+//! have committed.
 //!
 //! Deadlines: each bucket has a ZSET of due times and an in-flight ZSET.
 //! One Lua script per bucket reads `TIME`, moves due members to in-flight
