@@ -36,10 +36,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bb8_redis::RedisConnectionManager;
+use futures_util::future::BoxFuture;
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Pipeline, Value};
-use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -364,6 +364,8 @@ impl RedisStore {
         if !failed_at_once(&out, started) {
             return out;
         }
+        // Back to the pool first (which drops it): the pool may have room for one only.
+        drop(conn);
         let mut conn = self.conn().await?;
         read(&mut conn).await
     }
@@ -528,6 +530,7 @@ impl RedisStore {
             let reading = std::time::Instant::now();
             let mut read = self.watch_read(&mut conn, &sessions).await;
             if attempt == 0 && failed_at_once(&read, reading) {
+                drop(conn);
                 conn = self.conn().await?;
                 conn.broken = true;
                 read = self.watch_read(&mut conn, &sessions).await;

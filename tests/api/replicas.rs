@@ -1142,13 +1142,18 @@ mod group_commit {
     use super::*;
 
     /// A store with one bucket, and `n` started sessions in it.
-    pub(super) async fn started_sessions(redis: &RedisServer, n: usize) -> (Arc<RedisStore>, Vec<SessionKey>) {
+    async fn started_sessions(redis: &RedisServer, n: usize) -> (Arc<RedisStore>, Vec<SessionKey>) {
+        started_sessions_pooled(redis, n, 4).await
+    }
+
+    /// `started_sessions` with a pool of `pool_size` connections.
+    pub(super) async fn started_sessions_pooled(redis: &RedisServer, n: usize, pool_size: u32) -> (Arc<RedisStore>, Vec<SessionKey>) {
         let settings = RedisSettings {
             url: redis.url(),
             buckets: 1,
             session_ttl: Duration::from_secs(3600),
             idle_ttl: Duration::from_secs(3600),
-            pool_size: 4,
+            pool_size,
             pool_timeout: Duration::from_millis(500),
             audit: false,
         };
@@ -1316,7 +1321,8 @@ async fn connections_that_died_idle_in_the_pool_cost_no_call_an_error() {
 
     let _iso = shared_isolation();
     let redis = RedisServer::start();
-    let (store, keys) = group_commit::started_sessions(&redis, 2).await;
+    // One connection: the dead one must go back before a fresh one is made.
+    let (store, keys) = group_commit::started_sessions_pooled(&redis, 2, 1).await;
     let mut outsider = redis_conn(&redis.url()).await;
     let mut kill_store_connections = async || {
         let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes").query_async(&mut outsider).await.unwrap();
