@@ -578,8 +578,7 @@ impl RedisStore {
         key: &SessionKey,
         plan: impl Planner<T>,
     ) -> Result<T, StoreError> {
-        let mut outs = self.versioned(std::slice::from_ref(key), plan).await?;
-        outs.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))
+        one(self.versioned(std::slice::from_ref(key), plan).await)
     }
 
     /// The plan of `update`: the change of session `i` (`f(i)`) at Redis's
@@ -718,7 +717,7 @@ impl RedisStore {
             Err(StoreError::Conflict) if retry == Retry::No => {
                 futures_util::future::join_all(jobs.into_iter().map(|job| async move {
                     let out = self.commit(std::slice::from_ref(&job.key), self.plan_update(|_| &job.change), Retry::Yes).await;
-                    let _ = job.done.send(out.and_then(|mut o| o.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))));
+                    let _ = job.done.send(one(out));
                 }))
                 .await;
             }
@@ -764,6 +763,11 @@ type Pooled<'a> = bb8::PooledConnection<'a, Manager>;
 
 /// A session's key names and this replica's last write of it.
 type Recalled = (Arc<Keys>, Option<Arc<Written>>);
+
+/// The result of a commit of one session.
+fn one<T>(outs: Result<Vec<Result<T, StoreError>>, StoreError>) -> Result<T, StoreError> {
+    outs?.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))
+}
 
 /// One batch's failure, for each of its sessions.
 fn batch_failure(e: &StoreError) -> StoreError {
@@ -903,7 +907,7 @@ impl SessionStore for RedisStore {
                 let started = std::time::Instant::now();
                 let outs = self.commit(std::slice::from_ref(key), self.plan_update(|_| &f), Retry::Yes).await;
                 lead.failed = slow_failure(&outs, started);
-                outs?.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))
+                one(outs)
             }
             Entry::Queued => match answer {
                 Some(answer) => answer.await.unwrap_or_else(|_| Err(io("the group commit ended without an answer"))),
