@@ -21,7 +21,11 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(room);
         let mut files = Vec::new();
         rust_files(&dir, &mut files);
-        assert!(!files.is_empty(), "no sources found under {}", dir.display());
+        assert!(
+            !files.is_empty(),
+            "no sources found under {}",
+            dir.display()
+        );
         let mut bad = Vec::new();
         for file in files {
             let text = std::fs::read_to_string(&file).expect("source is readable");
@@ -42,16 +46,33 @@ mod tests {
 
     #[test]
     fn engine_imports_no_io_or_transport_crate() {
-        let forbidden = ["tokio", "tonic", "prost", "redis", "diesel", "bb8", "tracing", "async_trait"];
+        let forbidden = [
+            "tokio",
+            "tonic",
+            "prost",
+            "redis",
+            "diesel",
+            "bb8",
+            "tracing",
+            "async_trait",
+        ];
         let bad = offending_lines("engine", &forbidden);
-        assert!(bad.is_empty(), "src/engine must stay pure, found:\n{}", bad.join("\n"));
+        assert!(
+            bad.is_empty(),
+            "src/engine must stay pure, found:\n{}",
+            bad.join("\n")
+        );
     }
 
     #[test]
     fn only_grpc_knows_tonic_and_prost() {
         for room in ["engine", "store", "fanout", "timers", "app"] {
             let bad = offending_lines(room, &["tonic", "prost", "diesel"]);
-            assert!(bad.is_empty(), "src/{room} must not know tonic/prost/diesel, found:\n{}", bad.join("\n"));
+            assert!(
+                bad.is_empty(),
+                "src/{room} must not know tonic/prost/diesel, found:\n{}",
+                bad.join("\n")
+            );
         }
     }
 

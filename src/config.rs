@@ -68,7 +68,10 @@ pub struct ConfigError {
 }
 
 fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { var, reason: reason.into() }
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
 }
 
 /// Parses `90`, `90s`, `500ms`, `15m`, `1h`, `7d`.
@@ -119,9 +122,12 @@ impl Config {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         let mut c = Config::default();
         if let Some(v) = get("SYNCKAIROS_LISTEN") {
-            c.listen = v
-                .parse()
-                .map_err(|_| err("SYNCKAIROS_LISTEN", format!("{v:?} is not a socket address like 0.0.0.0:50051")))?;
+            c.listen = v.parse().map_err(|_| {
+                err(
+                    "SYNCKAIROS_LISTEN",
+                    format!("{v:?} is not a socket address like 0.0.0.0:50051"),
+                )
+            })?;
         }
         c.redis_url = get("REDIS_URL").map(Secret::new);
         if let Some(url) = &c.redis_url {
@@ -131,15 +137,25 @@ impl Config {
         }
         c.database_url = get("DATABASE_URL").map(Secret::new);
         if let Some(url) = &c.database_url {
-            if !(url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://")) {
-                return Err(err("DATABASE_URL", "must start with postgres:// or postgresql://"));
+            if !(url.expose().starts_with("postgres://")
+                || url.expose().starts_with("postgresql://"))
+            {
+                return Err(err(
+                    "DATABASE_URL",
+                    "must start with postgres:// or postgresql://",
+                ));
             }
         }
         c.engine = match get("SYNCKAIROS_ENGINE").as_deref() {
             None if c.redis_url.is_some() => EngineKind::Redis,
             None | Some("memory") => EngineKind::Memory,
             Some("redis") => EngineKind::Redis,
-            Some(other) => return Err(err("SYNCKAIROS_ENGINE", format!("{other:?} is not one of memory, redis"))),
+            Some(other) => {
+                return Err(err(
+                    "SYNCKAIROS_ENGINE",
+                    format!("{other:?} is not one of memory, redis"),
+                ));
+            }
         };
         if c.engine == EngineKind::Redis && c.redis_url.is_none() {
             return Err(err("REDIS_URL", "is required when SYNCKAIROS_ENGINE=redis"));
@@ -149,14 +165,24 @@ impl Config {
                 .parse()
                 .ok()
                 .filter(|b| (1..=16_384).contains(b))
-                .ok_or_else(|| err("SYNCKAIROS_REDIS_BUCKETS", format!("{v:?} is not a whole number from 1 to 16384")))?;
+                .ok_or_else(|| {
+                    err(
+                        "SYNCKAIROS_REDIS_BUCKETS",
+                        format!("{v:?} is not a whole number from 1 to 16384"),
+                    )
+                })?;
         }
         if let Some(v) = get("SYNCKAIROS_REDIS_POOL") {
             c.redis_pool_size = v
                 .parse()
                 .ok()
                 .filter(|n| (1..=1024).contains(n))
-                .ok_or_else(|| err("SYNCKAIROS_REDIS_POOL", format!("{v:?} is not a whole number from 1 to 1024")))?;
+                .ok_or_else(|| {
+                    err(
+                        "SYNCKAIROS_REDIS_POOL",
+                        format!("{v:?} is not a whole number from 1 to 1024"),
+                    )
+                })?;
         }
         for (var, slot) in [
             ("SYNCKAIROS_SESSION_TTL", &mut c.session_ttl),
@@ -164,28 +190,44 @@ impl Config {
             ("SYNCKAIROS_SHUTDOWN_GRACE", &mut c.shutdown_grace),
         ] {
             if let Some(v) = get(var) {
-                *slot = parse_duration(&v)
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| err(var, format!("{v:?} is not a positive duration like 90s, 15m, 1h or 7d")))?;
+                *slot = parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                    err(
+                        var,
+                        format!("{v:?} is not a positive duration like 90s, 15m, 1h or 7d"),
+                    )
+                })?;
             }
         }
         if let Some(v) = get("SYNCKAIROS_METRICS_LISTEN") {
             c.metrics_listen = Some(v.parse().map_err(|_| {
-                err("SYNCKAIROS_METRICS_LISTEN", format!("{v:?} is not a socket address like 0.0.0.0:9090"))
+                err(
+                    "SYNCKAIROS_METRICS_LISTEN",
+                    format!("{v:?} is not a socket address like 0.0.0.0:9090"),
+                )
             })?);
         }
         c.otlp_endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT");
         c.log_format = match get("SYNCKAIROS_LOG_FORMAT").as_deref() {
             None | Some("human") | Some("text") => LogFormat::Human,
             Some("json") => LogFormat::Json,
-            Some(other) => return Err(err("SYNCKAIROS_LOG_FORMAT", format!("{other:?} is not one of human, json"))),
+            Some(other) => {
+                return Err(err(
+                    "SYNCKAIROS_LOG_FORMAT",
+                    format!("{other:?} is not one of human, json"),
+                ));
+            }
         };
         if let Some(v) = get("SYNCKAIROS_STREAM_BUFFER") {
             c.stream_buffer = v
                 .parse()
                 .ok()
                 .filter(|n| (1..=65_536).contains(n))
-                .ok_or_else(|| err("SYNCKAIROS_STREAM_BUFFER", format!("{v:?} is not a whole number from 1 to 65536")))?;
+                .ok_or_else(|| {
+                    err(
+                        "SYNCKAIROS_STREAM_BUFFER",
+                        format!("{v:?} is not a whole number from 1 to 65536"),
+                    )
+                })?;
         }
         Ok(c)
     }
@@ -198,7 +240,10 @@ mod tests {
     use super::*;
 
     fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -236,7 +281,10 @@ mod tests {
             assert_eq!(e.var, var, "{e}");
             assert!(e.to_string().starts_with(var), "{e}");
         }
-        assert_eq!(from(&[("SYNCKAIROS_ENGINE", "redis")]).unwrap_err().var, "REDIS_URL");
+        assert_eq!(
+            from(&[("SYNCKAIROS_ENGINE", "redis")]).unwrap_err().var,
+            "REDIS_URL"
+        );
     }
 
     #[test]

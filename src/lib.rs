@@ -16,8 +16,8 @@
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 
 pub mod app;
-pub mod audit;
 mod architecture;
+pub mod audit;
 pub mod config;
 pub mod engine;
 pub mod fanout;

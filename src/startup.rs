@@ -10,19 +10,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::app::App;
-use crate::audit::{self, source::{AuditSource, MemorySource, RedisSource}, writer::AuditLag, Audit};
+use crate::audit::{
+    self, Audit,
+    source::{AuditSource, MemorySource, RedisSource},
+    writer::AuditLag,
+};
 use crate::config::{Config, EngineKind};
-use crate::fanout::{self, redis::PubSubSetup, Hub};
+use crate::fanout::{self, Hub, redis::PubSubSetup};
 use crate::grpc::{self, HealthControl};
+use crate::store::SessionStore;
 use crate::store::clock::Clock;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSettings, RedisStore};
-use crate::store::SessionStore;
 use crate::timers;
 
 /// How often health re-checks the store (and the store does its upkeep).
@@ -63,8 +67,11 @@ impl Application {
                     pool_timeout: REDIS_POOL_TIMEOUT,
                     audit: config.database_url.is_some(),
                 };
-                let store = RedisStore::connect(settings, clock).await.map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
-                let client = redis::Client::open(url.expose()).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+                let store = RedisStore::connect(settings, clock)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+                let client = redis::Client::open(url.expose())
+                    .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
                 let channel_store = store.clone();
                 let pubsub = fanout::redis::spawn(
                     PubSubSetup {
@@ -79,7 +86,9 @@ impl Application {
                 hub.set_remote(pubsub);
                 store
             }
-            (EngineKind::Redis, None) => anyhow::bail!("REDIS_URL: is required when SYNCKAIROS_ENGINE=redis"),
+            (EngineKind::Redis, None) => {
+                anyhow::bail!("REDIS_URL: is required when SYNCKAIROS_ENGINE=redis")
+            }
             (EngineKind::Memory, _) => {
                 let store = MemoryStore::new(hub.clone(), clock);
                 match config.database_url {
@@ -98,29 +107,52 @@ impl Application {
             Some(url) => {
                 let pool = audit::db::pool(url.expose(), 8);
                 let source: SourceFuture = match (memory_audit, &config.redis_url) {
-                    (Some(rx), _) => Box::pin(async move { Some(Box::new(MemorySource::new(rx)) as Box<dyn AuditSource>) }),
+                    (Some(rx), _) => Box::pin(async move {
+                        Some(Box::new(MemorySource::new(rx)) as Box<dyn AuditSource>)
+                    }),
                     (None, Some(redis_url)) => {
-                        let (url, streams, token) = (redis_url.expose().to_owned(), RedisStore::audit_streams(config.redis_buckets), shutdown.clone());
+                        let (url, streams, token) = (
+                            redis_url.expose().to_owned(),
+                            RedisStore::audit_streams(config.redis_buckets),
+                            shutdown.clone(),
+                        );
                         Box::pin(async move { connect_redis_source(url, streams, token).await })
                     }
-                    (None, None) => anyhow::bail!("DATABASE_URL: the audit needs an engine that records events"),
+                    (None, None) => {
+                        anyhow::bail!("DATABASE_URL: the audit needs an engine that records events")
+                    }
                 };
-                let (writer_pool, lag, token, clock) = (pool.clone(), audit_lag.clone(), shutdown.clone(), store.clone());
+                let (writer_pool, lag, token, clock) = (
+                    pool.clone(),
+                    audit_lag.clone(),
+                    shutdown.clone(),
+                    store.clone(),
+                );
                 let writer = tokio::spawn(async move {
                     if let Some(source) = source.await {
-                        audit::writer::run(writer_pool, source, lag, move || clock.now(), token).await;
+                        audit::writer::run(writer_pool, source, lag, move || clock.now(), token)
+                            .await;
                     }
                 });
                 (Some(Audit::new(pool)), Some(writer))
             }
             None => (None, None),
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("SYNCKAIROS_LISTEN: cannot bind {}: {e}", config.listen))?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            anyhow::anyhow!("SYNCKAIROS_LISTEN: cannot bind {}: {e}", config.listen)
+        })?;
         let addr = listener.local_addr()?;
         let app = App::new(store.clone(), hub, audit, shutdown.clone());
-        Ok(Self { listener, addr, app, store, shutdown, grace: config.shutdown_grace, audit_writer, audit_lag })
+        Ok(Self {
+            listener,
+            addr,
+            app,
+            store,
+            shutdown,
+            grace: config.shutdown_grace,
+            audit_writer,
+            audit_lag,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -140,12 +172,19 @@ impl Application {
         self.audit_lag.clone()
     }
 
-    pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (router, health) = grpc::router(self.app.clone())?;
         health.set(self.store.ping().await.is_ok()).await;
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(timers::run(self.store.clone(), self.shutdown.clone()));
-        tasks.spawn(watch_health(self.store.clone(), health, self.shutdown.clone()));
+        tasks.spawn(watch_health(
+            self.store.clone(),
+            health,
+            self.shutdown.clone(),
+        ));
 
         let shutdown = self.shutdown.clone();
         let signal = async move {
@@ -179,7 +218,11 @@ impl Application {
 type SourceFuture = std::pin::Pin<Box<dyn Future<Output = Option<Box<dyn AuditSource>>> + Send>>;
 
 /// Connects the writer's Redis source, retrying while Redis is unreachable.
-async fn connect_redis_source(url: String, streams: Vec<String>, shutdown: CancellationToken) -> Option<Box<dyn AuditSource>> {
+async fn connect_redis_source(
+    url: String,
+    streams: Vec<String>,
+    shutdown: CancellationToken,
+) -> Option<Box<dyn AuditSource>> {
     let consumer = format!("replica-{}", uuid::Uuid::new_v4().simple());
     loop {
         match RedisSource::connect(&url, streams.clone(), consumer.clone()).await {
@@ -194,7 +237,11 @@ async fn connect_redis_source(url: String, streams: Vec<String>, shutdown: Cance
 }
 
 /// Health follows the store: NOT_SERVING while it cannot be reached.
-async fn watch_health(store: Arc<dyn SessionStore>, health: HealthControl, shutdown: CancellationToken) {
+async fn watch_health(
+    store: Arc<dyn SessionStore>,
+    health: HealthControl,
+    shutdown: CancellationToken,
+) {
     let mut serving = true;
     loop {
         tokio::select! {
@@ -207,7 +254,11 @@ async fn watch_health(store: Arc<dyn SessionStore>, health: HealthControl, shutd
         store.maintain().await;
         let ok = store.ping().await.is_ok();
         if ok != serving {
-            if ok { info!("store reachable again: SERVING") } else { warn!("store unreachable: NOT_SERVING") }
+            if ok {
+                info!("store reachable again: SERVING")
+            } else {
+                warn!("store unreachable: NOT_SERVING")
+            }
             health.set(ok).await;
             serving = ok;
         }

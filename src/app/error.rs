@@ -44,7 +44,9 @@ impl From<RuleError> for AppError {
 impl From<AuditError> for AppError {
     fn from(e: AuditError) -> Self {
         match e {
-            AuditError::BadPageToken(_) | AuditError::BadPageSize(_) => AppError::InvalidArgument(e.to_string()),
+            AuditError::BadPageToken(_) | AuditError::BadPageSize(_) => {
+                AppError::InvalidArgument(e.to_string())
+            }
             AuditError::NotFound => AppError::NotFound(e.to_string()),
             AuditError::Db(detail) => {
                 tracing::warn!(%detail, "audit database unavailable");

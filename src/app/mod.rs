@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use error::AppError;
-pub use subscribe::{StreamItem, SubscribeOptions, STREAM_CHANNEL_CAPACITY};
+pub use subscribe::{STREAM_CHANNEL_CAPACITY, StreamItem, SubscribeOptions};
 
 use crate::audit::Audit;
 use crate::engine::{
-    self, Command, Event, Micros, NewSession, ParticipantId, Request, RequestId, Session, SessionId, SessionKey,
-    Tenant,
+    self, Command, Event, Micros, NewSession, ParticipantId, Request, RequestId, Session,
+    SessionId, SessionKey, Tenant,
 };
 use crate::fanout::Hub;
 use crate::store::{self, SessionStore, StoreError};
@@ -52,8 +52,18 @@ pub struct HistoryPage {
 }
 
 impl App {
-    pub fn new(store: Arc<dyn SessionStore>, hub: Arc<Hub>, audit: Option<Audit>, shutdown: CancellationToken) -> Self {
-        Self { store, hub, audit, shutdown }
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        hub: Arc<Hub>,
+        audit: Option<Audit>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            hub,
+            audit,
+            shutdown,
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
@@ -61,11 +71,17 @@ impl App {
     }
 
     fn key(&self, id: SessionId) -> SessionKey {
-        SessionKey { tenant: Tenant::default_tenant(), id }
+        SessionKey {
+            tenant: Tenant::default_tenant(),
+            id,
+        }
     }
 
     fn reply(&self, session: Session) -> Reply {
-        Reply { session, server_time: self.store.now() }
+        Reply {
+            session,
+            server_time: self.store.now(),
+        }
     }
 
     /// Creates `new` (its `epoch` is replaced by a fresh random one).
@@ -73,11 +89,17 @@ impl App {
         let key = self.key(new.id.clone());
         new.epoch = Uuid::new_v4().simple().to_string();
         let request_id = new.request_id.clone();
-        match self.store.create(&key, &|now| engine::create(new.clone(), now)).await {
+        match self
+            .store
+            .create(&key, &|now| engine::create(new.clone(), now))
+            .await
+        {
             Ok(event) => Ok(self.reply(event.session.clone())),
             // A retried create (same request_id) gets the session it made.
             Err(StoreError::AlreadyExists(existing))
-                if request_id.as_ref().is_some_and(|r| existing.has_applied(r.as_str())) =>
+                if request_id
+                    .as_ref()
+                    .is_some_and(|r| existing.has_applied(r.as_str())) =>
             {
                 Ok(self.reply(*existing))
             }
@@ -90,13 +112,30 @@ impl App {
         Ok(self.reply(session))
     }
 
-    async fn mutate(&self, id: SessionId, command: Command, guards: Guards) -> Result<Reply, AppError> {
-        let request = Request { command, expected_version: guards.expected_version, request_id: guards.request_id };
-        let applied = self.store.update(&self.key(id), store::apply(request)).await?;
+    async fn mutate(
+        &self,
+        id: SessionId,
+        command: Command,
+        guards: Guards,
+    ) -> Result<Reply, AppError> {
+        let request = Request {
+            command,
+            expected_version: guards.expected_version,
+            request_id: guards.request_id,
+        };
+        let applied = self
+            .store
+            .update(&self.key(id), store::apply(request))
+            .await?;
         Ok(self.reply(applied.session))
     }
 
-    pub async fn start(&self, id: SessionId, first: Option<ParticipantId>, g: Guards) -> Result<Reply, AppError> {
+    pub async fn start(
+        &self,
+        id: SessionId,
+        first: Option<ParticipantId>,
+        g: Guards,
+    ) -> Result<Reply, AppError> {
         self.mutate(id, Command::Start { first }, g).await
     }
 
@@ -133,7 +172,8 @@ impl App {
         delta_ms: i64,
         g: Guards,
     ) -> Result<Reply, AppError> {
-        self.mutate(id, Command::Adjust { target, delta_ms }, g).await
+        self.mutate(id, Command::Adjust { target, delta_ms }, g)
+            .await
     }
 
     pub async fn delete(&self, id: SessionId) -> Result<(), AppError> {
@@ -154,10 +194,17 @@ impl App {
         after_version: Option<u64>,
     ) -> Result<HistoryPage, AppError> {
         let audit = self.audit.as_ref().ok_or_else(|| {
-            AppError::Unimplemented("the audit trail is off on this server (DATABASE_URL is not set)".into())
+            AppError::Unimplemented(
+                "the audit trail is off on this server (DATABASE_URL is not set)".into(),
+            )
         })?;
-        let page = audit.history(&self.key(id), page_size, page_token, after_version).await?;
-        Ok(HistoryPage { events: page.events, next_page_token: page.next_page_token })
+        let page = audit
+            .history(&self.key(id), page_size, page_token, after_version)
+            .await?;
+        Ok(HistoryPage {
+            events: page.events,
+            next_page_token: page.next_page_token,
+        })
     }
 
     /// Opens a Subscribe stream (SPEC §7); see [`subscribe`].
@@ -166,6 +213,13 @@ impl App {
         id: SessionId,
         opts: SubscribeOptions,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<StreamItem, AppError>>, AppError> {
-        subscribe::open(self.store.clone(), &self.hub, self.key(id), opts, self.shutdown.clone()).await
+        subscribe::open(
+            self.store.clone(),
+            &self.hub,
+            self.key(id),
+            opts,
+            self.shutdown.clone(),
+        )
+        .await
     }
 }

@@ -47,7 +47,11 @@ pub enum StreamItem {
     /// A committed version.
     Event(Arc<Event>),
     /// Keep-alive: the latest version sent and the server time.
-    Heartbeat { session: Arc<SessionHeader>, version: u64, at: Micros },
+    Heartbeat {
+        session: Arc<SessionHeader>,
+        version: u64,
+        at: Micros,
+    },
 }
 
 /// What a heartbeat names.
@@ -97,19 +101,36 @@ pub(super) async fn open(
         }
         _ => snapshot(&mut first, store.as_ref(), session),
     };
-    let header = Arc::new(SessionHeader { key: key.clone(), epoch });
+    let header = Arc::new(SessionHeader {
+        key: key.clone(),
+        epoch,
+    });
     let heartbeat = Duration::from_millis(
-        opts.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS).clamp(MIN_HEARTBEAT_MS, MAX_HEARTBEAT_MS) as u64,
+        opts.heartbeat_ms
+            .unwrap_or(DEFAULT_HEARTBEAT_MS)
+            .clamp(MIN_HEARTBEAT_MS, MAX_HEARTBEAT_MS) as u64,
     );
     let (tx, rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
-    let producer = Producer { store, key, sub, tx, last_sent, header, heartbeat, shutdown };
+    let producer = Producer {
+        store,
+        key,
+        sub,
+        tx,
+        last_sent,
+        header,
+        heartbeat,
+        shutdown,
+    };
     tokio::spawn(producer.run(first));
     Ok(rx)
 }
 
 fn snapshot(first: &mut Vec<StreamItem>, store: &dyn SessionStore, session: Session) -> u64 {
     let version = session.version;
-    first.push(StreamItem::Snapshot { session: Box::new(session), at: store.now() });
+    first.push(StreamItem::Snapshot {
+        session: Box::new(session),
+        at: store.now(),
+    });
     version
 }
 
@@ -161,7 +182,8 @@ impl Producer {
                 return;
             }
         }
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let flow = tokio::select! {
@@ -241,7 +263,11 @@ impl Producer {
         match self.store.get(&self.key).await {
             Ok(session) => {
                 let at = self.store.now();
-                self.send(StreamItem::Snapshot { session: Box::new(session), at }).await
+                self.send(StreamItem::Snapshot {
+                    session: Box::new(session),
+                    at,
+                })
+                .await
             }
             // Deleted meanwhile: its DELETED event is already queued behind.
             Err(StoreError::NotFound) => Flow::Continue,

@@ -6,10 +6,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::upsert::excluded;
-use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
-use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::schema::{session_events, sessions};
 use crate::engine::{Event, EventKind, Micros, Session};
@@ -121,7 +121,10 @@ const PARALLEL: usize = 4;
 pub async fn insert_batch(pool: &PgPool, records: &[AuditRecord]) -> Result<usize, DbError> {
     let mut inserted = 0;
     for wave in records.chunks(CHUNK * PARALLEL) {
-        let results = futures_util::future::join_all(wave.chunks(CHUNK).map(|chunk| insert_events(pool, chunk))).await;
+        let results = futures_util::future::join_all(
+            wave.chunks(CHUNK).map(|chunk| insert_events(pool, chunk)),
+        )
+        .await;
         for r in results {
             inserted += r?;
         }
@@ -133,7 +136,9 @@ pub async fn insert_batch(pool: &PgPool, records: &[AuditRecord]) -> Result<usiz
 async fn insert_events(pool: &PgPool, records: &[AuditRecord]) -> Result<usize, DbError> {
     let snapshots: Vec<serde_json::Value> = records
         .iter()
-        .map(|r| serde_json::to_value(&r.event.session).map_err(|e| DbError::Corrupt(e.to_string())))
+        .map(|r| {
+            serde_json::to_value(&r.event.session).map_err(|e| DbError::Corrupt(e.to_string()))
+        })
         .collect::<Result<_, _>>()?;
     let rows: Vec<NewEventRow<'_>> = records
         .iter()
@@ -161,11 +166,13 @@ async fn insert_events(pool: &PgPool, records: &[AuditRecord]) -> Result<usize, 
 /// One upsert row per session id, newest state wins; never goes back.
 async fn upsert_sessions(pool: &PgPool, records: &[AuditRecord]) -> Result<(), DbError> {
     // Postgres refuses to update one row twice in a statement: keep the newest event per id.
-    let mut latest: std::collections::HashMap<(&str, &str), &AuditRecord> = std::collections::HashMap::new();
+    let mut latest: std::collections::HashMap<(&str, &str), &AuditRecord> =
+        std::collections::HashMap::new();
     for r in records {
         let k = (r.tenant.as_str(), r.event.session.id.as_str());
         let newer = latest.get(&k).is_none_or(|cur| {
-            (r.event.session.created_at, r.event.version) > (cur.event.session.created_at, cur.event.version)
+            (r.event.session.created_at, r.event.version)
+                > (cur.event.session.created_at, cur.event.version)
         });
         if newer {
             latest.insert(k, r);
@@ -173,7 +180,10 @@ async fn upsert_sessions(pool: &PgPool, records: &[AuditRecord]) -> Result<(), D
     }
     let mut newest: Vec<&AuditRecord> = latest.into_values().collect();
     // One lock order for every writer: concurrent upserts never deadlock.
-    newest.sort_by(|a, b| (a.tenant.as_str(), a.event.session.id.as_str()).cmp(&(b.tenant.as_str(), b.event.session.id.as_str())));
+    newest.sort_by(|a, b| {
+        (a.tenant.as_str(), a.event.session.id.as_str())
+            .cmp(&(b.tenant.as_str(), b.event.session.id.as_str()))
+    });
     let session_rows: Vec<SessionRow<'_>> = newest
         .iter()
         .map(|r| {
@@ -217,9 +227,9 @@ async fn upsert_sessions(pool: &PgPool, records: &[AuditRecord]) -> Result<(), D
             ))
             // Batches from several replicas may land out of order: never go back.
             .filter(
-                s::created_at
-                    .lt(excluded(s::created_at))
-                    .or(s::epoch.eq(excluded(s::epoch)).and(s::last_version.lt(excluded(s::last_version)))),
+                s::created_at.lt(excluded(s::created_at)).or(s::epoch
+                    .eq(excluded(s::epoch))
+                    .and(s::last_version.lt(excluded(s::last_version)))),
             )
             .execute(&mut conn)
             .await
@@ -245,7 +255,11 @@ struct EventRow {
 }
 
 /// The session id's latest epoch (the one that exists now, or existed last).
-pub async fn latest_epoch(pool: &PgPool, tenant: &str, session_id: &str) -> Result<Option<String>, DbError> {
+pub async fn latest_epoch(
+    pool: &PgPool,
+    tenant: &str,
+    session_id: &str,
+) -> Result<Option<String>, DbError> {
     use sessions::dsl as s;
     let mut conn = pool.get().await.map_err(unavailable)?;
     s::sessions
@@ -275,14 +289,23 @@ pub async fn events_page(
         .filter(e::version.gt(after.min(i64::MAX as u64) as i64))
         .order(e::version.asc())
         .limit(limit as i64)
-        .select((e::epoch, e::version, e::event_type, e::participant_id, e::occurred_at, e::snapshot))
+        .select((
+            e::epoch,
+            e::version,
+            e::event_type,
+            e::participant_id,
+            e::occurred_at,
+            e::snapshot,
+        ))
         .load(&mut conn)
         .await
         .map_err(unavailable)?;
     rows.into_iter()
         .map(|r| {
-            let session: Session = serde_json::from_value(r.snapshot).map_err(|e| DbError::Corrupt(e.to_string()))?;
-            let kind = EventKind::from_name(&r.event_type).ok_or_else(|| DbError::Corrupt(r.event_type.clone()))?;
+            let session: Session =
+                serde_json::from_value(r.snapshot).map_err(|e| DbError::Corrupt(e.to_string()))?;
+            let kind = EventKind::from_name(&r.event_type)
+                .ok_or_else(|| DbError::Corrupt(r.event_type.clone()))?;
             let participant = r
                 .participant_id
                 .map(|p: String| crate::engine::ParticipantId::parse("participant_id", &p))

@@ -44,7 +44,10 @@ pub struct Audit {
 
 /// Page tokens are opaque to clients: hex of `<epoch>:<last version>`.
 fn encode_token(epoch: &str, version: u64) -> String {
-    format!("{epoch}:{version}").bytes().map(|b| format!("{b:02x}")).collect()
+    format!("{epoch}:{version}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn decode_token(token: &str) -> Result<(String, u64), AuditError> {
@@ -79,7 +82,11 @@ impl Audit {
         if page_size > MAX_PAGE_SIZE {
             return Err(AuditError::BadPageSize(page_size));
         }
-        let size = if page_size == 0 { DEFAULT_PAGE_SIZE } else { page_size } as usize;
+        let size = if page_size == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            page_size
+        } as usize;
         let (epoch, after) = if page_token.is_empty() {
             let epoch = db::latest_epoch(&self.pool, key.tenant.as_str(), key.id.as_str())
                 .await?
@@ -90,14 +97,25 @@ impl Audit {
             (epoch, last.max(after_version.unwrap_or(0)))
         };
         // One more than asked: whether a next page exists.
-        let mut rows = db::events_page(&self.pool, key.tenant.as_str(), key.id.as_str(), &epoch, after, size + 1).await?;
+        let mut rows = db::events_page(
+            &self.pool,
+            key.tenant.as_str(),
+            key.id.as_str(),
+            &epoch,
+            after,
+            size + 1,
+        )
+        .await?;
         let more = rows.len() > size;
         rows.truncate(size);
         let next_page_token = match (more, rows.last()) {
             (true, Some(last)) => encode_token(&last.epoch, last.event.version),
             _ => String::new(),
         };
-        Ok(Page { events: rows.into_iter().map(|r| r.event).collect(), next_page_token })
+        Ok(Page {
+            events: rows.into_iter().map(|r| r.event).collect(),
+            next_page_token,
+        })
     }
 }
 

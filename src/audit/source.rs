@@ -16,7 +16,7 @@ use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use tokio::sync::mpsc;
 
 use crate::engine::{Event, Tenant};
-use crate::store::{AuditRecord, AUDIT_FIELD_EVENT, AUDIT_FIELD_TENANT};
+use crate::store::{AUDIT_FIELD_EVENT, AUDIT_FIELD_TENANT, AuditRecord};
 
 pub const GROUP: &str = "synckairos-audit";
 /// An entry read by a replica that has not acknowledged it for this long is taken over.
@@ -37,7 +37,8 @@ pub enum Ack {
 #[async_trait]
 pub trait AuditSource: Send {
     /// Up to `max` records not yet inserted; waits at most `wait` for the first.
-    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<(Ack, AuditRecord)>, String>;
+    async fn next(&mut self, max: usize, wait: Duration)
+    -> Result<Vec<(Ack, AuditRecord)>, String>;
     /// The records are in Postgres: forget them.
     async fn ack(&mut self, acks: &[Ack]) -> Result<(), String>;
     /// Records waiting to be inserted (for the lag figures), if known.
@@ -57,7 +58,11 @@ impl MemorySource {
 
 #[async_trait]
 impl AuditSource for MemorySource {
-    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<(Ack, AuditRecord)>, String> {
+    async fn next(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(Ack, AuditRecord)>, String> {
         let mut out = Vec::new();
         match tokio::time::timeout(wait, self.rx.recv()).await {
             Ok(Some(r)) => out.push((Ack::Memory, r)),
@@ -95,13 +100,25 @@ fn err(e: redis::RedisError) -> String {
 }
 
 impl RedisSource {
-    pub async fn connect(url: &str, streams: Vec<String>, consumer: String) -> Result<Self, String> {
+    pub async fn connect(
+        url: &str,
+        streams: Vec<String>,
+        consumer: String,
+    ) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(err)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)));
-        let conn = ConnectionManager::new_with_config(client, config).await.map_err(err)?;
-        Ok(Self { conn, streams, consumer, groups_ready: false, last_claim: None })
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(err)?;
+        Ok(Self {
+            conn,
+            streams,
+            consumer,
+            groups_ready: false,
+            last_claim: None,
+        })
     }
 
     async fn ensure_groups(&mut self) -> Result<(), String> {
@@ -127,18 +144,36 @@ impl RedisSource {
         Ok(())
     }
 
-    fn decode(stream: usize, id: String, fields: &std::collections::HashMap<String, redis::Value>) -> Option<(Ack, AuditRecord)> {
+    fn decode(
+        stream: usize,
+        id: String,
+        fields: &std::collections::HashMap<String, redis::Value>,
+    ) -> Option<(Ack, AuditRecord)> {
         let bytes = |f: &str| match fields.get(f) {
             Some(redis::Value::BulkString(b)) => Some(b.clone()),
             _ => None,
         };
-        let tenant = Tenant::parse("tenant", std::str::from_utf8(&bytes(AUDIT_FIELD_TENANT)?).ok()?).ok()?;
+        let tenant = Tenant::parse(
+            "tenant",
+            std::str::from_utf8(&bytes(AUDIT_FIELD_TENANT)?).ok()?,
+        )
+        .ok()?;
         let event: Event = serde_json::from_slice(&bytes(AUDIT_FIELD_EVENT)?).ok()?;
-        Some((Ack::Redis { stream, id }, AuditRecord { tenant, event: std::sync::Arc::new(event) }))
+        Some((
+            Ack::Redis { stream, id },
+            AuditRecord {
+                tenant,
+                event: std::sync::Arc::new(event),
+            },
+        ))
     }
 
     /// Takes over entries that other (dead) consumers read but never acknowledged.
-    async fn claim_abandoned(&mut self, max: usize, out: &mut Vec<(Ack, AuditRecord)>) -> Result<(), String> {
+    async fn claim_abandoned(
+        &mut self,
+        max: usize,
+        out: &mut Vec<(Ack, AuditRecord)>,
+    ) -> Result<(), String> {
         if self.last_claim.is_some_and(|t| t.elapsed() < CLAIM_EVERY) {
             return Ok(());
         }
@@ -158,15 +193,30 @@ impl RedisSource {
             for entry in reply.claimed {
                 match Self::decode(i, entry.id.clone(), &entry.map) {
                     Some(r) => out.push(r),
-                    None => tracing::error!(stream = %s, id = %entry.id, "undecodable audit entry left pending"),
+                    None => {
+                        tracing::error!(stream = %s, id = %entry.id, "undecodable audit entry left pending")
+                    }
                 }
             }
-            let consumers: redis::streams::StreamInfoConsumersReply =
-                redis::cmd("XINFO").arg("CONSUMERS").arg(s).arg(GROUP).query_async(&mut self.conn).await.map_err(err)?;
+            let consumers: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(s)
+                .arg(GROUP)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(err)?;
             for c in consumers.consumers {
-                if c.name != self.consumer && c.pending == 0 && c.idle as u128 > FORGET_IDLE.as_millis() {
-                    let _: redis::RedisResult<i64> =
-                        redis::cmd("XGROUP").arg("DELCONSUMER").arg(s).arg(GROUP).arg(&c.name).query_async(&mut self.conn).await;
+                if c.name != self.consumer
+                    && c.pending == 0
+                    && c.idle as u128 > FORGET_IDLE.as_millis()
+                {
+                    let _: redis::RedisResult<i64> = redis::cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(s)
+                        .arg(GROUP)
+                        .arg(&c.name)
+                        .query_async(&mut self.conn)
+                        .await;
                 }
             }
         }
@@ -176,14 +226,21 @@ impl RedisSource {
 
 #[async_trait]
 impl AuditSource for RedisSource {
-    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<(Ack, AuditRecord)>, String> {
+    async fn next(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(Ack, AuditRecord)>, String> {
         self.ensure_groups().await?;
         let mut out = Vec::new();
         self.claim_abandoned(max, &mut out).await?;
         let started = Instant::now();
         loop {
             // An even share per bucket keeps one batch near `max`.
-            let per_stream = max.saturating_sub(out.len()).div_ceil(self.streams.len()).max(1);
+            let per_stream = max
+                .saturating_sub(out.len())
+                .div_ceil(self.streams.len())
+                .max(1);
             let mut pipe = redis::pipe();
             for s in &self.streams {
                 pipe.cmd("XREADGROUP")
@@ -196,13 +253,16 @@ impl AuditSource for RedisSource {
                     .arg(s)
                     .arg(">");
             }
-            let replies: Vec<Option<StreamReadReply>> = pipe.query_async(&mut self.conn).await.map_err(err)?;
+            let replies: Vec<Option<StreamReadReply>> =
+                pipe.query_async(&mut self.conn).await.map_err(err)?;
             for (i, reply) in replies.into_iter().enumerate() {
                 for key in reply.map(|r| r.keys).unwrap_or_default() {
                     for entry in key.ids {
                         match Self::decode(i, entry.id.clone(), &entry.map) {
                             Some(r) => out.push(r),
-                            None => tracing::error!(stream = %key.key, id = %entry.id, "undecodable audit entry left pending"),
+                            None => {
+                                tracing::error!(stream = %key.key, id = %entry.id, "undecodable audit entry left pending")
+                            }
                         }
                     }
                 }

@@ -5,8 +5,8 @@
 //! the clock does not wait on the audit, and nothing is acknowledged before
 //! it is stored. On shutdown it drains what it can within the grace period.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,13 @@ pub struct AuditLag {
 }
 
 /// Runs until `shutdown`, then drains for a little while.
-pub async fn run(pool: PgPool, mut source: Box<dyn AuditSource>, lag: Arc<AuditLag>, now: impl Fn() -> Micros + Send, shutdown: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    mut source: Box<dyn AuditSource>,
+    lag: Arc<AuditLag>,
+    now: impl Fn() -> Micros + Send,
+    shutdown: CancellationToken,
+) {
     if !migrate_until_ready(&pool, &shutdown).await {
         return;
     }
@@ -78,7 +84,12 @@ pub async fn run(pool: PgPool, mut source: Box<dyn AuditSource>, lag: Arc<AuditL
             match db::insert_batch(&pool, &records).await {
                 Ok(n) => {
                     lag.inserted.fetch_add(n as u64, Ordering::Relaxed);
-                    tracing::debug!(records = records.len(), inserted = n, ms = t.elapsed().as_millis() as u64, "audit: batch stored");
+                    tracing::debug!(
+                        records = records.len(),
+                        inserted = n,
+                        ms = t.elapsed().as_millis() as u64,
+                        "audit: batch stored"
+                    );
                     break;
                 }
                 Err(e) => {
@@ -88,7 +99,10 @@ pub async fn run(pool: PgPool, mut source: Box<dyn AuditSource>, lag: Arc<AuditL
                     }
                     if drain_until.is_some_and(|t| Instant::now() >= t) {
                         // Redis keeps the entries pending for the next writer; memory cannot.
-                        error!(held = records.len(), "audit: shutting down with a batch Postgres did not take");
+                        error!(
+                            held = records.len(),
+                            "audit: shutting down with a batch Postgres did not take"
+                        );
                         return;
                     }
                     tokio::time::sleep(backoff).await;
@@ -97,19 +111,29 @@ pub async fn run(pool: PgPool, mut source: Box<dyn AuditSource>, lag: Arc<AuditL
             }
         }
         if failures > 0 {
-            info!(after = failures, "audit: Postgres is back; backlog draining");
+            info!(
+                after = failures,
+                "audit: Postgres is back; backlog draining"
+            );
         }
         if let Err(e) = source.ack(&acks).await {
             // Not acknowledged: they are redelivered and skipped by ON CONFLICT.
             warn!(error = %e, "audit: acknowledging failed; entries will be re-inserted harmlessly");
         }
-        let oldest = records.iter().map(|r| r.event.at).min().unwrap_or_else(&now);
+        let oldest = records
+            .iter()
+            .map(|r| r.event.at)
+            .min()
+            .unwrap_or_else(&now);
         let age = (now() - oldest).max(0);
         lag.last_lag_us.store(age, Ordering::Relaxed);
         lag.max_lag_us.fetch_max(age, Ordering::Relaxed);
         let age = Duration::from_micros(age as u64);
         if age > logged_lag {
-            warn!(lag_ms = age.as_millis() as u64, "audit: the writer is behind");
+            warn!(
+                lag_ms = age.as_millis() as u64,
+                "audit: the writer is behind"
+            );
             logged_lag = age * 2;
         } else if age < Duration::from_millis(500) {
             logged_lag = Duration::from_secs(1);

@@ -120,7 +120,12 @@ enum Mode {
 }
 
 fn targets(common: &Common) -> Vec<String> {
-    common.target.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect()
+    common
+        .target
+        .split(',')
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 async fn clients(common: &Common) -> anyhow::Result<Vec<SyncServiceClient<Channel>>> {
@@ -184,7 +189,10 @@ fn chess(id: String, initial_ms: i64) -> pb::CreateSessionRequest {
         initial_time_ms: initial_ms,
         participants: ["a", "b"]
             .iter()
-            .map(|p| pb::ParticipantSpec { participant_id: p.to_string(), ..Default::default() })
+            .map(|p| pb::ParticipantSpec {
+                participant_id: p.to_string(),
+                ..Default::default()
+            })
             .collect(),
         ..Default::default()
     }
@@ -215,7 +223,9 @@ where
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(id) = ids.get(i) else { return Ok::<_, tonic::Status>(()) };
+                let Some(id) = ids.get(i) else {
+                    return Ok::<_, tonic::Status>(());
+                };
                 each(c.clone(), i, id.clone()).await?;
             }
         }));
@@ -226,12 +236,25 @@ where
     Ok(())
 }
 
-async fn create_running(clients: &[SyncServiceClient<Channel>], ids: &[String], initial_ms: i64) -> anyhow::Result<()> {
-    for_each_id(clients, Arc::new(ids.to_vec()), 32, move |mut c, _, id| async move {
-        c.create_session(chess(id.clone(), initial_ms)).await?;
-        c.start_session(pb::StartSessionRequest { session_id: id, ..Default::default() }).await?;
-        Ok(())
-    })
+async fn create_running(
+    clients: &[SyncServiceClient<Channel>],
+    ids: &[String],
+    initial_ms: i64,
+) -> anyhow::Result<()> {
+    for_each_id(
+        clients,
+        Arc::new(ids.to_vec()),
+        32,
+        move |mut c, _, id| async move {
+            c.create_session(chess(id.clone(), initial_ms)).await?;
+            c.start_session(pb::StartSessionRequest {
+                session_id: id,
+                ..Default::default()
+            })
+            .await?;
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -297,11 +320,22 @@ async fn switch_mode(common: Common, sessions: usize) -> anyhow::Result<()> {
         let per = (ids.len() / concurrency).max(1);
         let id = ids[(w + (n as usize % per) * concurrency) % ids.len()].clone();
         async move {
-            c.switch_cycle(pb::SwitchCycleRequest { session_id: id, ..Default::default() }).await.is_ok()
+            c.switch_cycle(pb::SwitchCycleRequest {
+                session_id: id,
+                ..Default::default()
+            })
+            .await
+            .is_ok()
         }
     })
     .await;
-    stats.report(&format!("SwitchCycle x{} over {} sessions", common.concurrency, sessions), common.seconds);
+    stats.report(
+        &format!(
+            "SwitchCycle x{} over {} sessions",
+            common.concurrency, sessions
+        ),
+        common.seconds,
+    );
     Ok(())
 }
 
@@ -312,20 +346,35 @@ async fn time_mode(common: Common) -> anyhow::Result<()> {
         async move { c.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() }
     })
     .await;
-    stats.report(&format!("GetServerTime x{}", common.concurrency), common.seconds);
+    stats.report(
+        &format!("GetServerTime x{}", common.concurrency),
+        common.seconds,
+    );
     Ok(())
 }
 
-async fn fanout_mode(common: Common, subscribe_target: String, sessions: usize, streams: usize, rate: u64) -> anyhow::Result<()> {
+async fn fanout_mode(
+    common: Common,
+    subscribe_target: String,
+    sessions: usize,
+    streams: usize,
+    rate: u64,
+) -> anyhow::Result<()> {
     let clients = clients(&common).await?;
-    let sub_common = Common { target: subscribe_target, ..common.clone() };
+    let sub_common = Common {
+        target: subscribe_target,
+        ..common.clone()
+    };
     let sub_clients = self::clients(&sub_common).await?;
     let run = run_id();
     let ids: Vec<String> = (0..sessions).map(|i| format!("{run}-{i}")).collect();
     create_running(&clients, &ids, 24 * 3600 * 1000).await?;
     // version -> when its switch was sent, per session.
-    let sent: Arc<Vec<Mutex<std::collections::HashMap<u64, Instant>>>> =
-        Arc::new((0..sessions).map(|_| Mutex::new(Default::default())).collect());
+    let sent: Arc<Vec<Mutex<std::collections::HashMap<u64, Instant>>>> = Arc::new(
+        (0..sessions)
+            .map(|_| Mutex::new(Default::default()))
+            .collect(),
+    );
     let latencies = Arc::new(Mutex::new(Stats::default()));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
@@ -335,17 +384,26 @@ async fn fanout_mode(common: Common, subscribe_target: String, sessions: usize, 
         let id = ids[i].clone();
         let (sent, latencies, measuring) = (sent.clone(), latencies.clone(), measuring.clone());
         let mut stream = c
-            .subscribe(pb::SubscribeRequest { session_id: id, heartbeat_ms: Some(60_000), ..Default::default() })
+            .subscribe(pb::SubscribeRequest {
+                session_id: id,
+                heartbeat_ms: Some(60_000),
+                ..Default::default()
+            })
             .await?
             .into_inner();
         readers.push(tokio::spawn(async move {
             while let Ok(Some(ev)) = stream.message().await {
-                if ev.r#type != pb::EventType::Switched as i32 || !measuring.load(Ordering::Relaxed) {
+                if ev.r#type != pb::EventType::Switched as i32 || !measuring.load(Ordering::Relaxed)
+                {
                     continue;
                 }
                 let at = sent[i].lock().await.get(&ev.version).copied();
                 if let Some(at) = at {
-                    latencies.lock().await.micros.push(at.elapsed().as_micros() as u64);
+                    latencies
+                        .lock()
+                        .await
+                        .micros
+                        .push(at.elapsed().as_micros() as u64);
                 }
             }
         }));
@@ -366,13 +424,24 @@ async fn fanout_mode(common: Common, subscribe_target: String, sessions: usize, 
         let (id, sent) = (ids[i].clone(), sent.clone());
         in_flight.push(tokio::spawn(async move {
             // The switch makes version current + 1 (expected_version guards it).
-            let current = c.get_session(pb::GetSessionRequest { session_id: id.clone() }).await.ok()?.into_inner().version;
+            let current = c
+                .get_session(pb::GetSessionRequest {
+                    session_id: id.clone(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .version;
             let t = Instant::now();
             sent[i].lock().await.insert(current + 1, t);
-            c.switch_cycle(pb::SwitchCycleRequest { session_id: id, expected_version: Some(current), ..Default::default() })
-                .await
-                .ok()
-                .map(|_| ())
+            c.switch_cycle(pb::SwitchCycleRequest {
+                session_id: id,
+                expected_version: Some(current),
+                ..Default::default()
+            })
+            .await
+            .ok()
+            .map(|_| ())
         }));
         if in_flight.len() > 256 {
             for t in in_flight.drain(..) {
@@ -394,8 +463,13 @@ async fn fanout_mode(common: Common, subscribe_target: String, sessions: usize, 
     }
     let mut stats = std::mem::take(&mut *latencies.lock().await);
     stats.errors = errors;
-    println!("switches sent: {n} ({errors} failed or raced); deliveries measured to {streams} streams:");
-    stats.report("switch -> event on another replica's stream", common.seconds);
+    println!(
+        "switches sent: {n} ({errors} failed or raced); deliveries measured to {streams} streams:"
+    );
+    stats.report(
+        "switch -> event on another replica's stream",
+        common.seconds,
+    );
     Ok(())
 }
 
@@ -406,27 +480,49 @@ async fn flags_mode(common: Common, sessions: usize, spread_ms: u64) -> anyhow::
     // Create everything first, then start them all so the deadlines land in the window.
     let started = Instant::now();
     let ids = Arc::new(ids);
-    for_each_id(&clients, ids.clone(), common.concurrency, |mut c, _, id| async move {
-        c.create_session(chess(id, 3_600_000)).await.map(|_| ())
-    })
+    for_each_id(
+        &clients,
+        ids.clone(),
+        common.concurrency,
+        |mut c, _, id| async move { c.create_session(chess(id, 3_600_000)).await.map(|_| ()) },
+    )
     .await?;
     let created = started.elapsed();
-    println!("created {sessions} sessions in {:.1} s", created.as_secs_f64());
+    println!(
+        "created {sessions} sessions in {:.1} s",
+        created.as_secs_f64()
+    );
     // Arming takes two calls per session: leave it 2.5 creations' time (at
     // least 3 s), so on a slow machine no deadline passes before it is armed.
     let lead_ms = (created.as_millis() as u64 * 5 / 2).max(3_000);
     // Start each with a budget so that its deadline is at T + lead + (i % spread).
     let t_zero = std::time::SystemTime::now() + Duration::from_millis(lead_ms);
     let count = ids.len() as u64;
-    for_each_id(&clients, ids.clone(), common.concurrency, move |mut c, i, id| async move {
-        c.start_session(pb::StartSessionRequest { session_id: id.clone(), ..Default::default() }).await?;
-        let target = t_zero + Duration::from_millis((i as u64 * spread_ms) / count);
-        let left = target.duration_since(std::time::SystemTime::now()).unwrap_or_default();
-        let delta = left.as_millis() as i64 - 3_600_000;
-        c.adjust_time(pb::AdjustTimeRequest { session_id: id, participant_id: "a".into(), delta_ms: delta, ..Default::default() })
+    for_each_id(
+        &clients,
+        ids.clone(),
+        common.concurrency,
+        move |mut c, i, id| async move {
+            c.start_session(pb::StartSessionRequest {
+                session_id: id.clone(),
+                ..Default::default()
+            })
+            .await?;
+            let target = t_zero + Duration::from_millis((i as u64 * spread_ms) / count);
+            let left = target
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            let delta = left.as_millis() as i64 - 3_600_000;
+            c.adjust_time(pb::AdjustTimeRequest {
+                session_id: id,
+                participant_id: "a".into(),
+                delta_ms: delta,
+                ..Default::default()
+            })
             .await
             .map(|_| ())
-    })
+        },
+    )
     .await?;
     let setup = t_zero.duration_since(std::time::SystemTime::now());
     println!("started and armed in time: {}", setup.is_ok());
@@ -435,7 +531,12 @@ async fn flags_mode(common: Common, sessions: usize, spread_ms: u64) -> anyhow::
     let (mut misses, mut duplicates) = (0u64, 0u64);
     let mut c = clients[0].clone();
     for id in ids.iter() {
-        let s = c.get_session(pb::GetSessionRequest { session_id: id.clone() }).await?.into_inner();
+        let s = c
+            .get_session(pb::GetSessionRequest {
+                session_id: id.clone(),
+            })
+            .await?
+            .into_inner();
         if s.status != pb::Status::Expired as i32 {
             misses += 1;
             continue;
@@ -444,7 +545,9 @@ async fn flags_mode(common: Common, sessions: usize, spread_ms: u64) -> anyhow::
         if s.version != 4 {
             duplicates += 1;
         }
-        let (Some(ended), Some(fired)) = (s.ended_at, s.updated_at) else { continue };
+        let (Some(ended), Some(fired)) = (s.ended_at, s.updated_at) else {
+            continue;
+        };
         let us = |t: prost_types::Timestamp| t.seconds * 1_000_000 + t.nanos as i64 / 1_000;
         lateness.micros.push((us(fired) - us(ended)).max(0) as u64);
     }
@@ -454,10 +557,20 @@ async fn flags_mode(common: Common, sessions: usize, spread_ms: u64) -> anyhow::
 }
 
 /// A two-player sudden-death session for direct store calls.
-fn two_players(id: synckairos::engine::SessionId, initial_ms: i64) -> anyhow::Result<synckairos::engine::NewSession> {
+fn two_players(
+    id: synckairos::engine::SessionId,
+    initial_ms: i64,
+) -> anyhow::Result<synckairos::engine::NewSession> {
     use synckairos::engine::{Mode, NewParticipant, NewSession, ParticipantId};
-    let participants = vec![NewParticipant::named(ParticipantId::parse("p", "a")?), NewParticipant::named(ParticipantId::parse("p", "b")?)];
-    Ok(NewSession { epoch: "bench".into(), initial_time_ms: initial_ms, ..NewSession::new(id, Mode::PerParticipant, participants) })
+    let participants = vec![
+        NewParticipant::named(ParticipantId::parse("p", "a")?),
+        NewParticipant::named(ParticipantId::parse("p", "b")?),
+    ];
+    Ok(NewSession {
+        epoch: "bench".into(),
+        initial_time_ms: initial_ms,
+        ..NewSession::new(id, Mode::PerParticipant, participants)
+    })
 }
 
 async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyhow::Result<()> {
@@ -477,9 +590,14 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
     };
     let store = RedisStore::connect(settings, synckairos::store::clock::Clock::new()).await?;
     let run = run_id();
-    let key = SessionKey { tenant: Tenant::default_tenant(), id: engine::SessionId::parse("id", &format!("{run}-direct"))? };
+    let key = SessionKey {
+        tenant: Tenant::default_tenant(),
+        id: engine::SessionId::parse("id", &format!("{run}-direct"))?,
+    };
     let new = two_players(key.id.clone(), 24 * 3600 * 1000)?;
-    store.create(&key, &|now| engine::create(new.clone(), now)).await?;
+    store
+        .create(&key, &|now| engine::create(new.clone(), now))
+        .await?;
     let start = Request::new(Command::Start { first: None });
     store.update(&key, synckairos::store::apply(start)).await?;
     // Learn the deadline heads as a replica's timers do, so commits wake
@@ -489,13 +607,18 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
     let secs = common.seconds;
     let on = |x: &str| only.is_empty() || only.split(',').any(|o| o == x);
     // Redis's own time per commit, from INFO commandstats around one second of (b) alone.
-    let mut info = redis::Client::open(store_url.as_str())?.get_multiplexed_async_connection().await?;
+    let mut info = redis::Client::open(store_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
     let switch = {
         let (st, k) = (store.clone(), key.clone());
         move |_: usize, _: u64| {
             let (st, k) = (st.clone(), k.clone());
             async move {
-                let req = Request::new(Command::Switch { from: None, next: None });
+                let req = Request::new(Command::Switch {
+                    from: None,
+                    next: None,
+                });
                 st.update(&k, synckairos::store::apply(req)).await.is_ok()
             }
         }
@@ -503,55 +626,119 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
     let before = commit_usec(&mut info).await?;
     drive_for(1, Duration::ZERO, 1.0, switch.clone()).await;
     let after = commit_usec(&mut info).await?;
-    let redis_us = after.0.saturating_sub(before.0) as f64 / after.1.saturating_sub(before.1).max(1) as f64;
+    let redis_us =
+        after.0.saturating_sub(before.0) as f64 / after.1.saturating_sub(before.1).max(1) as f64;
 
-    let one_conn = Common { connections: 1, ..common.clone() };
+    let one_conn = Common {
+        connections: 1,
+        ..common.clone()
+    };
     let remote = clients(&one_conn).await?;
     let grpc_id = format!("{run}-grpc");
     create_running(&remote, std::slice::from_ref(&grpc_id), 24 * 3600 * 1000).await?;
-    let bare = redis::Client::open(store_url.as_str())?.get_multiplexed_async_connection().await?;
+    let bare = redis::Client::open(store_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
     let bare_key = format!("{run}-bare");
 
     let mut rows: Vec<(&'static str, &'static str, Call)> = Vec::new();
     let st = store.clone();
-    rows.push(("a", "(a) Redis PING through the pool", Arc::new(move |_, _| {
-        let st = st.clone();
-        Box::pin(async move { st.ping().await.is_ok() })
-    })));
+    rows.push((
+        "a",
+        "(a) Redis PING through the pool",
+        Arc::new(move |_, _| {
+            let st = st.clone();
+            Box::pin(async move { st.ping().await.is_ok() })
+        }),
+    ));
     // Two PINGs one after the other: the floor of any commit that needs two
     // round trips (WATCH+GET+TIME, then MULTI..EXEC).
     let st = store.clone();
-    rows.push(("a2", "(a2) two PINGs in a row through the pool", Arc::new(move |_, _| {
-        let st = st.clone();
-        Box::pin(async move { st.ping().await.is_ok() && st.ping().await.is_ok() })
-    })));
+    rows.push((
+        "a2",
+        "(a2) two PINGs in a row through the pool",
+        Arc::new(move |_, _| {
+            let st = st.clone();
+            Box::pin(async move { st.ping().await.is_ok() && st.ping().await.is_ok() })
+        }),
+    ));
     // The commit's two pipelines on a bare connection: no engine, no JSON, no pool.
-    rows.push(("a'", "(a') the commit's Redis command mix, bare client", Arc::new(move |_, _| {
-        let (mut c, k) = (bare.clone(), bare_key.clone());
-        Box::pin(async move {
-            let value = vec![b'x'; 600];
-            let read: redis::RedisResult<(Option<Vec<u8>>, RedisTime)> =
-                redis::pipe().cmd("WATCH").arg(&k).ignore().cmd("GET").arg(&k).cmd("TIME").query_async(&mut c).await;
-            let write: redis::RedisResult<Option<redis::Value>> = redis::pipe()
-                .atomic()
-                .cmd("SET").arg(&k).arg(&value).arg("PX").arg(60_000).ignore()
-                .cmd("XADD").arg(format!("{k}:log")).arg("MAXLEN").arg("~").arg(256).arg("*").arg("e").arg(&value).ignore()
-                .cmd("PEXPIRE").arg(format!("{k}:log")).arg(60_000).ignore()
-                .cmd("ZADD").arg(format!("{k}:z")).arg(1).arg(&k).ignore()
-                .cmd("PUBLISH").arg(format!("{k}:ch")).arg(&value).ignore()
-                .query_async(&mut c)
-                .await;
-            read.is_ok() && write.is_ok()
-        })
-    })));
-    rows.push(("b", "(b) store commit (switch) direct", Arc::new(move |w, n| Box::pin(switch(w, n)))));
+    rows.push((
+        "a'",
+        "(a') the commit's Redis command mix, bare client",
+        Arc::new(move |_, _| {
+            let (mut c, k) = (bare.clone(), bare_key.clone());
+            Box::pin(async move {
+                let value = vec![b'x'; 600];
+                let read: redis::RedisResult<(Option<Vec<u8>>, RedisTime)> = redis::pipe()
+                    .cmd("WATCH")
+                    .arg(&k)
+                    .ignore()
+                    .cmd("GET")
+                    .arg(&k)
+                    .cmd("TIME")
+                    .query_async(&mut c)
+                    .await;
+                let write: redis::RedisResult<Option<redis::Value>> = redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(&k)
+                    .arg(&value)
+                    .arg("PX")
+                    .arg(60_000)
+                    .ignore()
+                    .cmd("XADD")
+                    .arg(format!("{k}:log"))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(256)
+                    .arg("*")
+                    .arg("e")
+                    .arg(&value)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(format!("{k}:log"))
+                    .arg(60_000)
+                    .ignore()
+                    .cmd("ZADD")
+                    .arg(format!("{k}:z"))
+                    .arg(1)
+                    .arg(&k)
+                    .ignore()
+                    .cmd("PUBLISH")
+                    .arg(format!("{k}:ch"))
+                    .arg(&value)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await;
+                read.is_ok() && write.is_ok()
+            })
+        }),
+    ));
+    rows.push((
+        "b",
+        "(b) store commit (switch) direct",
+        Arc::new(move |w, n| Box::pin(switch(w, n))),
+    ));
     rows.push(("c", "(c) GetServerTime over gRPC", time_call(&remote[0])));
-    rows.push(("d", "(d) SwitchCycle over gRPC", switch_call(&remote[0], grpc_id.clone())));
+    rows.push((
+        "d",
+        "(d) SwitchCycle over gRPC",
+        switch_call(&remote[0], grpc_id.clone()),
+    ));
     let c0 = remote[0].clone();
-    rows.push(("e", "(e) GetSession over gRPC (one Redis GET)", Arc::new(move |_, _| {
-        let (mut c, id) = (c0.clone(), grpc_id.clone());
-        Box::pin(async move { c.get_session(pb::GetSessionRequest { session_id: id }).await.is_ok() })
-    })));
+    rows.push((
+        "e",
+        "(e) GetSession over gRPC (one Redis GET)",
+        Arc::new(move |_, _| {
+            let (mut c, id) = (c0.clone(), grpc_id.clone());
+            Box::pin(async move {
+                c.get_session(pb::GetSessionRequest { session_id: id })
+                    .await
+                    .is_ok()
+            })
+        }),
+    ));
     // The same service in this process (its own Redis pool, timers and
     // Pub/Sub, on this runtime): (d) minus (d') is what running client,
     // server and Redis as three processes on this machine's cores costs.
@@ -565,16 +752,37 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
         let server = synckairos::startup::Application::build(config).await?;
         let (addr, app) = (server.local_addr().to_string(), server.app().clone());
         tokio::spawn(server.run_until_stopped(std::future::pending()));
-        let local = clients(&Common { target: addr, connections: 1, ..common.clone() }).await?;
+        let local = clients(&Common {
+            target: addr,
+            connections: 1,
+            ..common.clone()
+        })
+        .await?;
         let local_id = format!("{run}-local");
         create_running(&local, std::slice::from_ref(&local_id), 24 * 3600 * 1000).await?;
         let sid = engine::SessionId::parse("id", &local_id)?;
-        rows.push(("b'", "(b') App::switch in this process (app layer + store, no gRPC)", Arc::new(move |_, _| {
-            let (app, sid) = (app.clone(), sid.clone());
-            Box::pin(async move { app.switch(sid, None, None, Default::default()).await.is_ok() })
-        })));
-        rows.push(("c'", "(c') GetServerTime over gRPC, server in this process", time_call(&local[0])));
-        rows.push(("d'", "(d') SwitchCycle over gRPC, server in this process", switch_call(&local[0], local_id)));
+        rows.push((
+            "b'",
+            "(b') App::switch in this process (app layer + store, no gRPC)",
+            Arc::new(move |_, _| {
+                let (app, sid) = (app.clone(), sid.clone());
+                Box::pin(async move {
+                    app.switch(sid, None, None, Default::default())
+                        .await
+                        .is_ok()
+                })
+            }),
+        ));
+        rows.push((
+            "c'",
+            "(c') GetServerTime over gRPC, server in this process",
+            time_call(&local[0]),
+        ));
+        rows.push((
+            "d'",
+            "(d') SwitchCycle over gRPC, server in this process",
+            switch_call(&local[0], local_id),
+        ));
     }
     rows.retain(|(tag, _, _)| on(tag));
 
@@ -597,10 +805,16 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
     for ((tag, label, _), st) in rows.iter().zip(stats) {
         p50.insert(*tag, st.report(label, secs));
     }
-    println!("Redis's own time per commit (WATCH GET TIME MULTI EXEC, from INFO commandstats): {redis_us:.1} us");
+    println!(
+        "Redis's own time per commit (WATCH GET TIME MULTI EXEC, from INFO commandstats): {redis_us:.1} us"
+    );
     let get = |k: &str| p50.get(k).copied();
     if let (Some(a), Some(b)) = (get("a"), get("b")) {
-        println!("target (b) <= 2.5 x (a): (b)/(a) = {:.2} ({})", b / a, if b <= 2.5 * a { "met" } else { "missed" });
+        println!(
+            "target (b) <= 2.5 x (a): (b)/(a) = {:.2} ({})",
+            b / a,
+            if b <= 2.5 * a { "met" } else { "missed" }
+        );
     }
     if let (Some(a), Some(a2), Some(x)) = (get("a"), get("a2"), get("a'")) {
         println!(
@@ -624,7 +838,11 @@ async fn breakdown_mode(common: Common, redis_url: String, only: String) -> anyh
 type RedisTime = (i64, i64);
 
 /// One timed call of a `breakdown` row.
-type Call = Arc<dyn Fn(usize, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync>;
+type Call = Arc<
+    dyn Fn(usize, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
 
 fn time_call(client: &SyncServiceClient<Channel>) -> Call {
     let client = client.clone();
@@ -638,21 +856,41 @@ fn switch_call(client: &SyncServiceClient<Channel>, id: String) -> Call {
     let client = client.clone();
     Arc::new(move |_, _| {
         let (mut c, id) = (client.clone(), id.clone());
-        Box::pin(async move { c.switch_cycle(pb::SwitchCycleRequest { session_id: id, ..Default::default() }).await.is_ok() })
+        Box::pin(async move {
+            c.switch_cycle(pb::SwitchCycleRequest {
+                session_id: id,
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        })
     })
 }
 
 /// Total microseconds and calls Redis has spent in the commit's commands
 /// (EXEC's time includes the commands it ran).
 async fn commit_usec(c: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<(u64, u64)> {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(c).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await?;
     let (mut usec, mut execs) = (0u64, 0u64);
     for line in info.lines() {
-        let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
+        let Some((name, rest)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
         if !["watch", "get", "time", "multi", "exec"].contains(&name) {
             continue;
         }
-        let field = |f: &str| rest.split(',').find_map(|kv| kv.strip_prefix(f)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let field = |f: &str| {
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix(f))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         usec += field("usec=");
         if name == "exec" {
             execs = field("calls=");
@@ -661,7 +899,13 @@ async fn commit_usec(c: &mut redis::aio::MultiplexedConnection) -> anyhow::Resul
     Ok((usec, execs))
 }
 
-async fn audit_ingest_mode(redis_url: String, database: String, rate: u64, seconds: f64, buckets: u32) -> anyhow::Result<()> {
+async fn audit_ingest_mode(
+    redis_url: String,
+    database: String,
+    rate: u64,
+    seconds: f64,
+    buckets: u32,
+) -> anyhow::Result<()> {
     use diesel::QueryableByName;
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
     use synckairos::engine::{self, Event, EventKind};
@@ -684,14 +928,22 @@ async fn audit_ingest_mode(redis_url: String, database: String, rate: u64, secon
             continue;
         }
         let mut pipe = redis::pipe();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros() as i64;
         while sent < target {
             let s = sent % sessions;
             let version = sent / sessions + 1;
             let mut session = template.clone();
             session.id = engine::SessionId::parse("id", &format!("{run}-{s}"))?;
             session.version = version;
-            let event = Event { version, kind: EventKind::Switched, participant: None, at: now, session };
+            let event = Event {
+                version,
+                kind: EventKind::Switched,
+                participant: None,
+                at: now,
+                session,
+            };
             let key = format!("default/{}", event.session.id);
             let b = crc32fast::hash(key.as_bytes()) % buckets;
             pipe.cmd("XADD")
@@ -707,7 +959,10 @@ async fn audit_ingest_mode(redis_url: String, database: String, rate: u64, secon
         pipe.query_async::<()>(&mut conn).await?;
     }
     let produce_secs = started.elapsed().as_secs_f64();
-    println!("appended {sent} events in {produce_secs:.1} s ({:.0}/s)", sent as f64 / produce_secs);
+    println!(
+        "appended {sent} events in {produce_secs:.1} s ({:.0}/s)",
+        sent as f64 / produce_secs
+    );
 
     #[derive(QueryableByName)]
     struct Row {
@@ -757,13 +1012,29 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().mode {
         Mode::Switch { common, sessions } => switch_mode(common, sessions).await,
         Mode::Time { common } => time_mode(common).await,
-        Mode::Fanout { common, subscribe_target, sessions, streams, rate } => {
-            fanout_mode(common, subscribe_target, sessions, streams, rate).await
-        }
-        Mode::Flags { common, sessions, spread_ms } => flags_mode(common, sessions, spread_ms).await,
-        Mode::Breakdown { common, redis, only } => breakdown_mode(common, redis, only).await,
-        Mode::AuditIngest { redis, database, rate, seconds, buckets } => {
-            audit_ingest_mode(redis, database, rate, seconds, buckets).await
-        }
+        Mode::Fanout {
+            common,
+            subscribe_target,
+            sessions,
+            streams,
+            rate,
+        } => fanout_mode(common, subscribe_target, sessions, streams, rate).await,
+        Mode::Flags {
+            common,
+            sessions,
+            spread_ms,
+        } => flags_mode(common, sessions, spread_ms).await,
+        Mode::Breakdown {
+            common,
+            redis,
+            only,
+        } => breakdown_mode(common, redis, only).await,
+        Mode::AuditIngest {
+            redis,
+            database,
+            rate,
+            seconds,
+            buckets,
+        } => audit_ingest_mode(redis, database, rate, seconds, buckets).await,
     }
 }

@@ -7,10 +7,10 @@
 //! would have. So a switch that arrives late is judged by the clock and never
 //! rescues a flagged participant.
 
+use super::RuleError;
 use super::budget::Budget;
 use super::ids::{GroupId, ParticipantId, RequestId};
 use super::model::{Event, EventKind, Micros, Mode, Session, Status, TimeoutAction};
-use super::RuleError;
 
 /// Who an AdjustTime is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,13 +22,21 @@ pub enum AdjustTarget {
 /// A mutation of an existing session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    Start { first: Option<ParticipantId> },
-    Switch { from: Option<ParticipantId>, next: Option<ParticipantId> },
+    Start {
+        first: Option<ParticipantId>,
+    },
+    Switch {
+        from: Option<ParticipantId>,
+        next: Option<ParticipantId>,
+    },
     Pause,
     Resume,
     Complete,
     Cancel,
-    Adjust { target: AdjustTarget, delta_ms: i64 },
+    Adjust {
+        target: AdjustTarget,
+        delta_ms: i64,
+    },
     /// Sent by the timers: process the deadline if it has passed.
     Timeout,
 }
@@ -43,7 +51,11 @@ pub struct Request {
 
 impl Request {
     pub fn new(command: Command) -> Self {
-        Self { command, expected_version: None, request_id: None }
+        Self {
+            command,
+            expected_version: None,
+            request_id: None,
+        }
     }
 }
 
@@ -76,7 +88,10 @@ fn owner_of(s: &Session, pos: usize) -> Owner {
     match s.mode {
         Mode::PerParticipant | Mode::CountUp => Owner::Participant(pos),
         Mode::PerGroup => {
-            let group = s.participants[pos].group.as_ref().and_then(|g| s.group_position(g));
+            let group = s.participants[pos]
+                .group
+                .as_ref()
+                .and_then(|g| s.group_position(g));
             // Creation guarantees every participant of a per-group session has a group.
             group.map_or(Owner::Participant(pos), Owner::Group)
         }
@@ -122,7 +137,11 @@ pub fn deadline(s: &Session) -> Option<Micros> {
 /// deadline): what every computed value of a reply is read from. A view, not
 /// a new version.
 pub fn view(s: &Session, now: Micros) -> Session {
-    let mut tx = Tx { s: s.clone(), now, events: Vec::new() };
+    let mut tx = Tx {
+        s: s.clone(),
+        now,
+        events: Vec::new(),
+    };
     let until = deadline(s).map_or(now, |d| d.min(now));
     tx.checkpoint(until);
     tx.s
@@ -158,8 +177,16 @@ pub fn participant_view(v: &Session, pos: usize) -> ClockView {
         remaining,
         used: p.clock.used,
         in_overtime: owned.in_overtime(tc),
-        periods_left: if tc.byoyomi_periods > 0 { owned.periods_left } else { 0 },
-        stones_left: if tc.canadian_stones > 0 { owned.stones_left } else { 0 },
+        periods_left: if tc.byoyomi_periods > 0 {
+            owned.periods_left
+        } else {
+            0
+        },
+        stones_left: if tc.canadian_stones > 0 {
+            owned.stones_left
+        } else {
+            0
+        },
     }
 }
 
@@ -174,23 +201,39 @@ pub fn deleted_event(s: &Session, now: Micros) -> Event {
     let mut session = s.clone();
     session.version += 1;
     session.updated_at = now.max(s.updated_at);
-    Event { version: session.version, kind: EventKind::Deleted, participant: None, at: session.updated_at, session }
+    Event {
+        version: session.version,
+        kind: EventKind::Deleted,
+        participant: None,
+        at: session.updated_at,
+        session,
+    }
 }
 
 pub fn apply(s: &Session, req: &Request, now: Micros) -> Result<Applied, RuleError> {
     if let Some(rid) = &req.request_id {
         if s.has_applied(rid.as_str()) {
-            return Ok(Applied { session: s.clone(), events: Vec::new() });
+            return Ok(Applied {
+                session: s.clone(),
+                events: Vec::new(),
+            });
         }
     }
     if let Some(expected) = req.expected_version {
         if expected != s.version {
-            return Err(RuleError::VersionMismatch { expected, actual: s.version });
+            return Err(RuleError::VersionMismatch {
+                expected,
+                actual: s.version,
+            });
         }
     }
     // Time never runs backwards inside one session, whatever the caller's clock says.
     let now = now.max(s.updated_at);
-    let mut tx = Tx { s: s.clone(), now, events: Vec::new() };
+    let mut tx = Tx {
+        s: s.clone(),
+        now,
+        events: Vec::new(),
+    };
     let mover_before = s.active;
     tx.settle();
     let settled = !tx.events.is_empty();
@@ -218,7 +261,10 @@ pub fn apply(s: &Session, req: &Request, now: Micros) -> Result<Applied, RuleErr
             last.session.recent_requests = tx.s.recent_requests.clone();
         }
     }
-    Ok(Applied { session: tx.s, events: tx.events })
+    Ok(Applied {
+        session: tx.s,
+        events: tx.events,
+    })
 }
 
 /// One application in progress: the session being changed and its new events.
@@ -252,9 +298,12 @@ impl Tx {
     }
 
     fn participant_arg(&self, field: &str, id: &ParticipantId) -> Result<usize, RuleError> {
-        self.s
-            .participant_position(id)
-            .ok_or_else(|| RuleError::invalid(field, format!("no participant {:?} in this session", id.as_str())))
+        self.s.participant_position(id).ok_or_else(|| {
+            RuleError::invalid(
+                field,
+                format!("no participant {:?} in this session", id.as_str()),
+            )
+        })
     }
 
     fn id_of(&self, pos: usize) -> ParticipantId {
@@ -275,7 +324,9 @@ impl Tx {
     /// active participant's own time, and (hourglass) the other clocks; the
     /// next stretch starts at `at`.
     fn checkpoint(&mut self, at: Micros) {
-        let Some((pos, started)) = running(&self.s) else { return };
+        let Some((pos, started)) = running(&self.s) else {
+            return;
+        };
         let e = at.saturating_sub(started).max(0);
         let tc = self.s.time_control.clone();
         let owner = owner_of(&self.s, pos);
@@ -349,7 +400,12 @@ impl Tx {
         match owner {
             Owner::Group(g) => {
                 let gid = self.s.groups[g].id.clone();
-                for p in self.s.participants.iter_mut().filter(|p| p.group.as_ref() == Some(&gid)) {
+                for p in self
+                    .s
+                    .participants
+                    .iter_mut()
+                    .filter(|p| p.group.as_ref() == Some(&gid))
+                {
                     p.expired = true;
                 }
             }
@@ -395,7 +451,9 @@ impl Tx {
     /// ones; `pos` itself comes last (a one-player session switches to itself).
     fn next_eligible_after(&self, pos: usize) -> Option<usize> {
         let n = self.s.participants.len();
-        (1..=n).map(|k| (pos + k) % n).find(|&i| !self.s.participants[i].expired)
+        (1..=n)
+            .map(|k| (pos + k) % n)
+            .find(|&i| !self.s.participants[i].expired)
     }
 
     fn start(&mut self, first: Option<&ParticipantId>) -> Result<(), RuleError> {
@@ -413,10 +471,16 @@ impl Tx {
         Ok(())
     }
 
-    fn switch(&mut self, from: Option<&ParticipantId>, next: Option<&ParticipantId>) -> Result<(), RuleError> {
+    fn switch(
+        &mut self,
+        from: Option<&ParticipantId>,
+        next: Option<&ParticipantId>,
+    ) -> Result<(), RuleError> {
         self.require_status(&[Status::Running], "switch the cycle of")?;
         let Some(mover) = self.s.active else {
-            return Err(RuleError::FailedPrecondition("no participant is active".into()));
+            return Err(RuleError::FailedPrecondition(
+                "no participant is active".into(),
+            ));
         };
         let mover_id = self.id_of(mover);
         if let Some(from) = from {
@@ -485,7 +549,11 @@ impl Tx {
     }
 
     fn finish(&mut self, status: Status, kind: EventKind) -> Result<(), RuleError> {
-        let action = if status == Status::Completed { "complete" } else { "cancel" };
+        let action = if status == Status::Completed {
+            "complete"
+        } else {
+            "cancel"
+        };
         self.require_status(&[Status::Pending, Status::Running, Status::Paused], action)?;
         self.checkpoint(self.now);
         self.s.status = status;
@@ -496,22 +564,31 @@ impl Tx {
     }
 
     fn adjust(&mut self, target: &AdjustTarget, delta_ms: i64) -> Result<(), RuleError> {
-        self.require_status(&[Status::Pending, Status::Running, Status::Paused], "adjust the time of")?;
+        self.require_status(
+            &[Status::Pending, Status::Running, Status::Paused],
+            "adjust the time of",
+        )?;
         if delta_ms == 0 || delta_ms.unsigned_abs() > MAX_ADJUST_MS as u64 {
             return Err(RuleError::invalid(
                 "delta_ms",
-                format!("must be non-zero and at most {MAX_ADJUST_MS} ms either way, got {delta_ms}"),
+                format!(
+                    "must be non-zero and at most {MAX_ADJUST_MS} ms either way, got {delta_ms}"
+                ),
             ));
         }
         let (owner, who) = match (target, self.s.mode) {
             (AdjustTarget::Group(id), Mode::PerGroup) => {
-                let g = self
-                    .s
-                    .group_position(id)
-                    .ok_or_else(|| RuleError::invalid("group_id", format!("no group {:?} in this session", id.as_str())))?;
+                let g = self.s.group_position(id).ok_or_else(|| {
+                    RuleError::invalid(
+                        "group_id",
+                        format!("no group {:?} in this session", id.as_str()),
+                    )
+                })?;
                 (Owner::Group(g), None)
             }
-            (AdjustTarget::Group(_), _) => return Err(RuleError::invalid("group_id", "this session has no groups")),
+            (AdjustTarget::Group(_), _) => {
+                return Err(RuleError::invalid("group_id", "this session has no groups"));
+            }
             (AdjustTarget::Participant(_), Mode::PerGroup) => {
                 return Err(RuleError::invalid(
                     "participant_id",
@@ -532,12 +609,16 @@ impl Tx {
                 self.participant_arg("participant_id", id)?;
                 (Owner::Global, Some(id.clone()))
             }
-            (AdjustTarget::Participant(id), _) => {
-                (Owner::Participant(self.participant_arg("participant_id", id)?), Some(id.clone()))
-            }
+            (AdjustTarget::Participant(id), _) => (
+                Owner::Participant(self.participant_arg("participant_id", id)?),
+                Some(id.clone()),
+            ),
         };
         if !budget(&self.s, owner).is_some_and(|b| b.bounded) {
-            return Err(RuleError::invalid("participant_id", "this clock has no limit (count-up without max_time_ms)"));
+            return Err(RuleError::invalid(
+                "participant_id",
+                "this clock has no limit (count-up without max_time_ms)",
+            ));
         }
         self.checkpoint(self.now);
         if let Some(b) = budget_mut(&mut self.s, owner) {

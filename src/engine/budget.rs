@@ -64,9 +64,17 @@ impl Budget {
             initial,
             remaining: initial,
             periods_left: tc.byoyomi_periods,
-            period_left: if tc.byoyomi_periods > 0 { tc.byoyomi_period } else { 0 },
+            period_left: if tc.byoyomi_periods > 0 {
+                tc.byoyomi_period
+            } else {
+                0
+            },
             stones_left: tc.canadian_stones,
-            block_left: if tc.canadian_stones > 0 { tc.canadian_block } else { 0 },
+            block_left: if tc.canadian_stones > 0 {
+                tc.canadian_block
+            } else {
+                0
+            },
             ..Budget::default()
         }
     }
@@ -78,7 +86,10 @@ impl Budget {
 
     /// Whether the main time is spent and overtime runs.
     pub fn in_overtime(&self, tc: &TimeControl) -> bool {
-        self.bounded && !self.expired && self.remaining == 0 && (tc.byoyomi_periods > 0 || tc.canadian_stones > 0)
+        self.bounded
+            && !self.expired
+            && self.remaining == 0
+            && (tc.byoyomi_periods > 0 || tc.canadian_stones > 0)
     }
 
     /// Free delay left in this turn (simple/US delay only).
@@ -140,7 +151,11 @@ impl Budget {
                 over -= take;
                 if self.period_left == 0 {
                     self.periods_left -= 1;
-                    self.period_left = if self.periods_left > 0 { tc.byoyomi_period } else { 0 };
+                    self.period_left = if self.periods_left > 0 {
+                        tc.byoyomi_period
+                    } else {
+                        0
+                    };
                 }
             }
         } else if tc.canadian_stones > 0 {
@@ -175,7 +190,11 @@ impl Budget {
             if tc.delay_kind == Some(DelayKind::Bronstein) {
                 credit += self.turn_spent.min(tc.delay);
             }
-            for stage in tc.stages.iter().filter(|s| s.after_cycles as u64 == self.moves) {
+            for stage in tc
+                .stages
+                .iter()
+                .filter(|s| s.after_cycles as u64 == self.moves)
+            {
                 credit += stage.add;
             }
             self.remaining += credit;
@@ -225,7 +244,11 @@ impl Budget {
             return 0;
         }
         if self.in_overtime(tc) {
-            return if tc.byoyomi_periods > 0 { self.period_left } else { self.block_left };
+            return if tc.byoyomi_periods > 0 {
+                self.period_left
+            } else {
+                self.block_left
+            };
         }
         self.remaining
     }

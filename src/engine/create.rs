@@ -3,13 +3,13 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use super::ids::{GroupId, ParticipantId, RequestId, SessionId};
-use super::budget::Budget;
-use super::model::{
-    DelayKind, Event, EventKind, Group, Micros, Mode, Participant, Session, Stage, Status, TimeControl,
-    TimeoutAction, MICROS_PER_MS,
-};
 use super::RuleError;
+use super::budget::Budget;
+use super::ids::{GroupId, ParticipantId, RequestId, SessionId};
+use super::model::{
+    DelayKind, Event, EventKind, Group, MICROS_PER_MS, Micros, Mode, Participant, Session, Stage,
+    Status, TimeControl, TimeoutAction,
+};
 
 /// Longest duration accepted anywhere: 30 days.
 pub const MAX_DURATION_MS: i64 = 30 * 24 * 3600 * 1000;
@@ -77,7 +77,12 @@ pub struct NewSession {
 impl NewParticipant {
     /// A participant with its defaults: index by position, no group, the session's budget.
     pub fn named(id: ParticipantId) -> Self {
-        Self { id, index: None, group: None, initial_time_ms: None }
+        Self {
+            id,
+            index: None,
+            group: None,
+            initial_time_ms: None,
+        }
     }
 }
 
@@ -124,7 +129,10 @@ fn optional_duration(field: &str, ms: i64) -> Result<Micros, RuleError> {
 
 fn must_be_unset(field: &str, set: bool, mode: Mode) -> Result<(), RuleError> {
     if set {
-        return Err(RuleError::invalid(field, format!("is not used by {}", mode_name(mode))));
+        return Err(RuleError::invalid(
+            field,
+            format!("is not used by {}", mode_name(mode)),
+        ));
     }
     Ok(())
 }
@@ -143,7 +151,10 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), RuleError> 
     if metadata.len() > MAX_METADATA_ENTRIES {
         return Err(RuleError::invalid(
             "metadata",
-            format!("at most {MAX_METADATA_ENTRIES} entries, got {}", metadata.len()),
+            format!(
+                "at most {MAX_METADATA_ENTRIES} entries, got {}",
+                metadata.len()
+            ),
         ));
     }
     let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -161,7 +172,10 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), RuleError> 
 
 fn non_negative(field: &str, ms: i64) -> Result<Micros, RuleError> {
     if !(0..=MAX_DURATION_MS).contains(&ms) {
-        return Err(RuleError::invalid(field, format!("must be between 0 and {MAX_DURATION_MS} ms, got {ms}")));
+        return Err(RuleError::invalid(
+            field,
+            format!("must be between 0 and {MAX_DURATION_MS} ms, got {ms}"),
+        ));
     }
     Ok(ms * MICROS_PER_MS)
 }
@@ -188,8 +202,18 @@ fn check_time_control(tc: &NewTimeControl, mode: Mode) -> Result<TimeControl, Ru
     let max_remaining = optional_duration("time_control.max_remaining_ms", tc.max_remaining_ms)?;
     let delay = non_negative("time_control.delay_ms", tc.delay_ms)?;
     match (delay > 0, tc.delay_kind) {
-        (true, None) => return Err(RuleError::invalid("time_control.delay_kind", "is required with delay_ms")),
-        (false, Some(_)) => return Err(RuleError::invalid("time_control.delay_ms", "is required with delay_kind")),
+        (true, None) => {
+            return Err(RuleError::invalid(
+                "time_control.delay_kind",
+                "is required with delay_ms",
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(RuleError::invalid(
+                "time_control.delay_ms",
+                "is required with delay_kind",
+            ));
+        }
         _ => {}
     }
     let byoyomi_period = non_negative("time_control.byoyomi_period_ms", tc.byoyomi_period_ms)?;
@@ -207,21 +231,34 @@ fn check_time_control(tc: &NewTimeControl, mode: Mode) -> Result<TimeControl, Ru
         ));
     }
     if tc.byoyomi_periods > 1000 || tc.canadian_stones > 1000 {
-        return Err(RuleError::invalid("time_control.byoyomi_periods", "periods and stones are at most 1000"));
+        return Err(RuleError::invalid(
+            "time_control.byoyomi_periods",
+            "periods and stones are at most 1000",
+        ));
     }
     // One family at a time: they answer the same question differently.
     let families = [
-        ("time_control.increment_ms", increment > 0 || tc.stages.iter().any(|s| s.increment_ms.is_some())),
+        (
+            "time_control.increment_ms",
+            increment > 0 || tc.stages.iter().any(|s| s.increment_ms.is_some()),
+        ),
         ("time_control.delay_ms", delay > 0),
         ("time_control.byoyomi_periods", tc.byoyomi_periods > 0),
         ("time_control.canadian_stones", tc.canadian_stones > 0),
         ("time_control.hourglass", tc.hourglass),
     ];
-    let set: Vec<&str> = families.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
+    let set: Vec<&str> = families
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(f, _)| *f)
+        .collect();
     if set.len() > 1 {
         return Err(RuleError::invalid(
             set[1],
-            format!("cannot be combined with {} (one of increment, delay, byo-yomi, Canadian, hourglass)", set[0]),
+            format!(
+                "cannot be combined with {} (one of increment, delay, byo-yomi, Canadian, hourglass)",
+                set[0]
+            ),
         ));
     }
     if max_remaining > 0 && set.first() != Some(&"time_control.increment_ms") {
@@ -231,7 +268,10 @@ fn check_time_control(tc: &NewTimeControl, mode: Mode) -> Result<TimeControl, Ru
         ));
     }
     if tc.hourglass && !tc.stages.is_empty() {
-        return Err(RuleError::invalid("time_control.stages", "cannot be combined with time_control.hourglass"));
+        return Err(RuleError::invalid(
+            "time_control.stages",
+            "cannot be combined with time_control.hourglass",
+        ));
     }
     let mut stages = Vec::with_capacity(tc.stages.len());
     let mut last_after = 0;
@@ -247,11 +287,17 @@ fn check_time_control(tc: &NewTimeControl, mode: Mode) -> Result<TimeControl, Ru
         stages.push(Stage {
             after_cycles: st.after_cycles,
             add: non_negative(&field("add_ms"), st.add_ms)?,
-            increment: st.increment_ms.map(|ms| non_negative(&field("increment_ms"), ms)).transpose()?,
+            increment: st
+                .increment_ms
+                .map(|ms| non_negative(&field("increment_ms"), ms))
+                .transpose()?,
         });
     }
     if stages.len() > 32 {
-        return Err(RuleError::invalid("time_control.stages", "at most 32 stages"));
+        return Err(RuleError::invalid(
+            "time_control.stages",
+            "at most 32 stages",
+        ));
     }
     Ok(TimeControl {
         increment,
@@ -274,24 +320,60 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
     if new.participants.is_empty() || new.participants.len() > MAX_PARTICIPANTS {
         return Err(RuleError::invalid(
             "participants",
-            format!("must hold 1 to {MAX_PARTICIPANTS} participants, got {}", new.participants.len()),
+            format!(
+                "must hold 1 to {MAX_PARTICIPANTS} participants, got {}",
+                new.participants.len()
+            ),
         ));
     }
     let time_control = check_time_control(&new.time_control, mode)?;
-    must_be_unset("cycle_time_ms", mode != Mode::PerCycle && new.cycle_time_ms != 0, mode)?;
-    must_be_unset("global_time_ms", mode != Mode::Global && new.global_time_ms != 0, mode)?;
-    must_be_unset("max_time_ms", mode != Mode::CountUp && new.max_time_ms != 0, mode)?;
-    must_be_unset("groups", mode != Mode::PerGroup && !new.groups.is_empty(), mode)?;
+    must_be_unset(
+        "cycle_time_ms",
+        mode != Mode::PerCycle && new.cycle_time_ms != 0,
+        mode,
+    )?;
+    must_be_unset(
+        "global_time_ms",
+        mode != Mode::Global && new.global_time_ms != 0,
+        mode,
+    )?;
+    must_be_unset(
+        "max_time_ms",
+        mode != Mode::CountUp && new.max_time_ms != 0,
+        mode,
+    )?;
+    must_be_unset(
+        "groups",
+        mode != Mode::PerGroup && !new.groups.is_empty(),
+        mode,
+    )?;
     let own_clocks = mode == Mode::PerParticipant;
-    must_be_unset("initial_time_ms", !own_clocks && new.initial_time_ms != 0, mode)?;
+    must_be_unset(
+        "initial_time_ms",
+        !own_clocks && new.initial_time_ms != 0,
+        mode,
+    )?;
     if new.initial_time_ms != 0 {
         required_duration("initial_time_ms", new.initial_time_ms)?;
     }
-    let cycle_time = if mode == Mode::PerCycle { required_duration("cycle_time_ms", new.cycle_time_ms)? } else { 0 };
-    let global_time =
-        if mode == Mode::Global { required_duration("global_time_ms", new.global_time_ms)? } else { 0 };
-    let max_time = if mode == Mode::CountUp { optional_duration("max_time_ms", new.max_time_ms)? } else { 0 };
-    let timeout_action = new.timeout_action.unwrap_or(TimeoutAction::default_for(mode));
+    let cycle_time = if mode == Mode::PerCycle {
+        required_duration("cycle_time_ms", new.cycle_time_ms)?
+    } else {
+        0
+    };
+    let global_time = if mode == Mode::Global {
+        required_duration("global_time_ms", new.global_time_ms)?
+    } else {
+        0
+    };
+    let max_time = if mode == Mode::CountUp {
+        optional_duration("max_time_ms", new.max_time_ms)?
+    } else {
+        0
+    };
+    let timeout_action = new
+        .timeout_action
+        .unwrap_or(TimeoutAction::default_for(mode));
     if mode == Mode::Global && timeout_action != TimeoutAction::EndSession {
         return Err(RuleError::invalid(
             "timeout_action",
@@ -299,20 +381,33 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
         ));
     }
     if mode == Mode::CountUp && max_time == 0 && new.timeout_action.is_some() {
-        return Err(RuleError::invalid("timeout_action", "needs max_time_ms: a count-up without a cap never times out"));
+        return Err(RuleError::invalid(
+            "timeout_action",
+            "needs max_time_ms: a count-up without a cap never times out",
+        ));
     }
 
     let mut groups = Vec::with_capacity(new.groups.len());
     let mut seen_groups = HashSet::new();
     for (i, g) in new.groups.iter().enumerate() {
         if !seen_groups.insert(g.id.clone()) {
-            return Err(RuleError::invalid(&format!("groups[{i}].group_id"), format!("duplicate id {:?}", g.id.as_str())));
+            return Err(RuleError::invalid(
+                &format!("groups[{i}].group_id"),
+                format!("duplicate id {:?}", g.id.as_str()),
+            ));
         }
-        let initial = required_duration(&format!("groups[{i}].initial_time_ms"), g.initial_time_ms)?;
-        groups.push(Group { id: g.id.clone(), clock: Budget::new(initial, &time_control) });
+        let initial =
+            required_duration(&format!("groups[{i}].initial_time_ms"), g.initial_time_ms)?;
+        groups.push(Group {
+            id: g.id.clone(),
+            clock: Budget::new(initial, &time_control),
+        });
     }
     if mode == Mode::PerGroup && groups.is_empty() {
-        return Err(RuleError::invalid("groups", "MODE_PER_GROUP needs at least one group"));
+        return Err(RuleError::invalid(
+            "groups",
+            "MODE_PER_GROUP needs at least one group",
+        ));
     }
 
     let mut seen_ids = HashSet::new();
@@ -321,23 +416,39 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
     for (pos, p) in new.participants.iter().enumerate() {
         let field = |name: &str| format!("participants[{pos}].{name}");
         if !seen_ids.insert(p.id.clone()) {
-            return Err(RuleError::invalid(&field("participant_id"), format!("duplicate id {:?}", p.id.as_str())));
+            return Err(RuleError::invalid(
+                &field("participant_id"),
+                format!("duplicate id {:?}", p.id.as_str()),
+            ));
         }
         let index = p.index.unwrap_or(pos as u32);
         if !seen_indexes.insert(index) {
-            return Err(RuleError::invalid(&field("index"), format!("duplicate index {index}")));
+            return Err(RuleError::invalid(
+                &field("index"),
+                format!("duplicate index {index}"),
+            ));
         }
         match (&p.group, mode) {
             (None, Mode::PerGroup) => {
-                return Err(RuleError::invalid(&field("group_id"), "is required in MODE_PER_GROUP"));
+                return Err(RuleError::invalid(
+                    &field("group_id"),
+                    "is required in MODE_PER_GROUP",
+                ));
             }
             (Some(g), Mode::PerGroup) if !seen_groups.contains(g) => {
-                return Err(RuleError::invalid(&field("group_id"), format!("no group {:?} in groups", g.as_str())));
+                return Err(RuleError::invalid(
+                    &field("group_id"),
+                    format!("no group {:?} in groups", g.as_str()),
+                ));
             }
             (Some(_), m) if m != Mode::PerGroup => must_be_unset(&field("group_id"), true, mode)?,
             _ => {}
         }
-        must_be_unset(&field("initial_time_ms"), !own_clocks && p.initial_time_ms.is_some(), mode)?;
+        must_be_unset(
+            &field("initial_time_ms"),
+            !own_clocks && p.initial_time_ms.is_some(),
+            mode,
+        )?;
         let clock = match mode {
             Mode::PerParticipant => {
                 let initial = match p.initial_time_ms {
@@ -364,8 +475,15 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
             expired: false,
         });
     }
-    if let Some((i, g)) = groups.iter().enumerate().find(|(_, g)| !participants.iter().any(|p| p.group.as_ref() == Some(&g.id))) {
-        return Err(RuleError::invalid(&format!("groups[{i}].group_id"), format!("group {:?} has no participants", g.id.as_str())));
+    if let Some((i, g)) = groups
+        .iter()
+        .enumerate()
+        .find(|(_, g)| !participants.iter().any(|p| p.group.as_ref() == Some(&g.id)))
+    {
+        return Err(RuleError::invalid(
+            &format!("groups[{i}].group_id"),
+            format!("group {:?} has no participants", g.id.as_str()),
+        ));
     }
     participants.sort_by_key(|p| p.index);
 

@@ -101,8 +101,12 @@ mod tests {
     fn rejects_empty_long_and_foreign_characters_naming_the_field() {
         let e = SessionId::parse("session_id", "").unwrap_err();
         assert!(e.to_string().contains("session_id"), "{e}");
-        let e = ParticipantId::parse("participants[3].participant_id", &"x".repeat(129)).unwrap_err();
-        assert!(e.to_string().contains("participants[3].participant_id"), "{e}");
+        let e =
+            ParticipantId::parse("participants[3].participant_id", &"x".repeat(129)).unwrap_err();
+        assert!(
+            e.to_string().contains("participants[3].participant_id"),
+            "{e}"
+        );
         assert!(SessionId::parse("session_id", "a b").is_err());
         assert!(SessionId::parse("session_id", "é").is_err());
         assert!(SessionId::parse("session_id", "a/b").is_err());

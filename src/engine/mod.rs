@@ -22,18 +22,18 @@ mod rules_tests;
 mod tests;
 
 pub use apply::{
-    apply, deadline, deleted_event, participant_clock, participant_view, view, AdjustTarget, Applied, ClockView,
-    Command, Request,
+    AdjustTarget, Applied, ClockView, Command, Request, apply, deadline, deleted_event,
+    participant_clock, participant_view, view,
 };
 pub use budget::Budget;
 pub use create::{
-    create, NewGroup, NewParticipant, NewSession, NewStage, NewTimeControl, MAX_DURATION_MS,
-    MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, MAX_PARTICIPANTS,
+    MAX_DURATION_MS, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, MAX_PARTICIPANTS, NewGroup,
+    NewParticipant, NewSession, NewStage, NewTimeControl, create,
 };
-pub use ids::{GroupId, ParticipantId, RequestId, SessionId, SessionKey, Tenant, MAX_ID_LEN};
+pub use ids::{GroupId, MAX_ID_LEN, ParticipantId, RequestId, SessionId, SessionKey, Tenant};
 pub use model::{
-    DelayKind, Event, EventKind, Group, Micros, Mode, Participant, Session, Stage, Status,
-    TimeControl, TimeoutAction, MICROS_PER_MS, REMEMBERED_REQUESTS,
+    DelayKind, Event, EventKind, Group, MICROS_PER_MS, Micros, Mode, Participant,
+    REMEMBERED_REQUESTS, Session, Stage, Status, TimeControl, TimeoutAction,
 };
 
 /// Why a request was refused. Each message names the field or the state.
@@ -58,6 +58,9 @@ pub enum RuleError {
 
 impl RuleError {
     pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
-        RuleError::InvalidArgument { field: field.to_owned(), reason: reason.into() }
+        RuleError::InvalidArgument {
+            field: field.to_owned(),
+            reason: reason.into(),
+        }
     }
 }

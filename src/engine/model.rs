@@ -63,7 +63,10 @@ pub enum Status {
 impl Status {
     /// EXPIRED, COMPLETED and CANCELLED accept no mutation.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Expired | Status::Completed | Status::Cancelled)
+        matches!(
+            self,
+            Status::Expired | Status::Completed | Status::Cancelled
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -318,7 +321,11 @@ mod tests {
         };
         let new = crate::engine::NewSession {
             epoch: "e".into(),
-            ..crate::engine::NewSession::new(SessionId::parse("id", "s").unwrap(), Mode::PerParticipant, vec![participant])
+            ..crate::engine::NewSession::new(
+                SessionId::parse("id", "s").unwrap(),
+                Mode::PerParticipant,
+                vec![participant],
+            )
         };
         let (s, _) = crate::engine::create(new, 5).unwrap();
         let json = serde_json::to_string(&s).unwrap();

@@ -15,26 +15,47 @@ const T0: Micros = 1_800_000_000_000_000;
 #[derive(Clone, Debug)]
 enum Control {
     SuddenDeath,
-    Fischer { inc: i64, cap: Option<i64> },
+    Fischer {
+        inc: i64,
+        cap: Option<i64>,
+    },
     Bronstein(i64),
     Simple(i64),
-    Byoyomi { periods: u32, period: i64 },
-    Canadian { stones: u32, block: i64 },
+    Byoyomi {
+        periods: u32,
+        period: i64,
+    },
+    Canadian {
+        stones: u32,
+        block: i64,
+    },
     Hourglass,
-    Stages { inc: i64, after: u32, add: i64, stage_inc: i64 },
+    Stages {
+        inc: i64,
+        after: u32,
+        add: i64,
+        stage_inc: i64,
+    },
 }
 
 fn control() -> impl Strategy<Value = Control> {
     prop_oneof![
         Just(Control::SuddenDeath),
-        (1..5_000i64, proptest::option::of(1_000..20_000i64)).prop_map(|(inc, cap)| Control::Fischer { inc, cap }),
+        (1..5_000i64, proptest::option::of(1_000..20_000i64))
+            .prop_map(|(inc, cap)| Control::Fischer { inc, cap }),
         (1..5_000i64).prop_map(Control::Bronstein),
         (1..5_000i64).prop_map(Control::Simple),
         (1..5u32, 100..3_000i64).prop_map(|(periods, period)| Control::Byoyomi { periods, period }),
         (1..5u32, 100..5_000i64).prop_map(|(stones, block)| Control::Canadian { stones, block }),
         Just(Control::Hourglass),
-        (0..3_000i64, 1..4u32, 0..5_000i64, 0..3_000i64)
-            .prop_map(|(inc, after, add, stage_inc)| Control::Stages { inc, after, add, stage_inc }),
+        (0..3_000i64, 1..4u32, 0..5_000i64, 0..3_000i64).prop_map(
+            |(inc, after, add, stage_inc)| Control::Stages {
+                inc,
+                after,
+                add,
+                stage_inc
+            }
+        ),
     ]
 }
 
@@ -63,9 +84,18 @@ fn time_control(c: &Control) -> NewTimeControl {
             tc.canadian_block_ms = block;
         }
         Control::Hourglass => tc.hourglass = true,
-        Control::Stages { inc, after, add, stage_inc } => {
+        Control::Stages {
+            inc,
+            after,
+            add,
+            stage_inc,
+        } => {
             tc.increment_ms = inc;
-            tc.stages = vec![NewStage { after_cycles: after, add_ms: add, increment_ms: Some(stage_inc) }];
+            tc.stages = vec![NewStage {
+                after_cycles: after,
+                add_ms: add,
+                increment_ms: Some(stage_inc),
+            }];
         }
     }
     tc
@@ -95,15 +125,28 @@ fn setup() -> impl Strategy<Value = Setup> {
         Just(Some(TimeoutAction::Skip)),
         Just(Some(TimeoutAction::Notify)),
     ];
-    (mode, 1..6usize, 1..4usize, 200..20_000i64, control(), action).prop_map(
-        |(mode, players, groups, budget_ms, control, action)| {
+    (
+        mode,
+        1..6usize,
+        1..4usize,
+        200..20_000i64,
+        control(),
+        action,
+    )
+        .prop_map(|(mode, players, groups, budget_ms, control, action)| {
             let action = match mode {
                 Mode::Global => None,
                 _ => action,
             };
-            Setup { mode, players, groups: groups.min(players), budget_ms, control, action }
-        },
-    )
+            Setup {
+                mode,
+                players,
+                groups: groups.min(players),
+                budget_ms,
+                control,
+                action,
+            }
+        })
 }
 
 fn build(st: &Setup) -> Session {
@@ -119,23 +162,47 @@ fn build(st: &Setup) -> Session {
             .map(|(i, id)| NewParticipant {
                 id: ParticipantId::parse("p", id).unwrap(),
                 index: Some((st.players - i) as u32 * 10),
-                group: (st.mode == Mode::PerGroup).then(|| GroupId::parse("g", &format!("g{}", i % st.groups)).unwrap()),
+                group: (st.mode == Mode::PerGroup)
+                    .then(|| GroupId::parse("g", &format!("g{}", i % st.groups)).unwrap()),
                 initial_time_ms: None,
             })
             .collect(),
         groups: Vec::new(),
-        time_control: if uses_control { time_control(&st.control) } else { NewTimeControl::default() },
-        initial_time_ms: if st.mode == Mode::PerParticipant { st.budget_ms } else { 0 },
-        cycle_time_ms: if st.mode == Mode::PerCycle { st.budget_ms } else { 0 },
-        global_time_ms: if st.mode == Mode::Global { st.budget_ms } else { 0 },
-        max_time_ms: if st.mode == Mode::CountUp && st.budget_ms % 2 == 0 { st.budget_ms } else { 0 },
+        time_control: if uses_control {
+            time_control(&st.control)
+        } else {
+            NewTimeControl::default()
+        },
+        initial_time_ms: if st.mode == Mode::PerParticipant {
+            st.budget_ms
+        } else {
+            0
+        },
+        cycle_time_ms: if st.mode == Mode::PerCycle {
+            st.budget_ms
+        } else {
+            0
+        },
+        global_time_ms: if st.mode == Mode::Global {
+            st.budget_ms
+        } else {
+            0
+        },
+        max_time_ms: if st.mode == Mode::CountUp && st.budget_ms % 2 == 0 {
+            st.budget_ms
+        } else {
+            0
+        },
         timeout_action: st.action,
         metadata: BTreeMap::new(),
         request_id: None,
     };
     if st.mode == Mode::PerGroup {
         new.groups = (0..st.groups)
-            .map(|g| NewGroup { id: GroupId::parse("g", &format!("g{g}")).unwrap(), initial_time_ms: st.budget_ms })
+            .map(|g| NewGroup {
+                id: GroupId::parse("g", &format!("g{g}")).unwrap(),
+                initial_time_ms: st.budget_ms,
+            })
             .collect();
     }
     if st.mode == Mode::CountUp && new.max_time_ms == 0 {
@@ -147,12 +214,19 @@ fn build(st: &Setup) -> Session {
 #[derive(Clone, Debug)]
 enum Op {
     Start(Option<usize>),
-    Switch { from_active: bool, next: Option<usize> },
+    Switch {
+        from_active: bool,
+        next: Option<usize>,
+    },
     Pause,
     Resume,
     Complete,
     Cancel,
-    Adjust { who: usize, delta_ms: i64, group: bool },
+    Adjust {
+        who: usize,
+        delta_ms: i64,
+        group: bool,
+    },
     Timeout,
 }
 
@@ -171,16 +245,26 @@ fn op() -> impl Strategy<Value = Op> {
 fn command(s: &Session, op: &Op) -> Command {
     let pid = |i: usize| s.participants[i % s.participants.len()].id.clone();
     match *op {
-        Op::Start(first) => Command::Start { first: first.map(pid) },
+        Op::Start(first) => Command::Start {
+            first: first.map(pid),
+        },
         Op::Switch { from_active, next } => Command::Switch {
-            from: if from_active { s.active_participant().map(|p| p.id.clone()) } else { None },
+            from: if from_active {
+                s.active_participant().map(|p| p.id.clone())
+            } else {
+                None
+            },
             next: next.map(pid),
         },
         Op::Pause => Command::Pause,
         Op::Resume => Command::Resume,
         Op::Complete => Command::Complete,
         Op::Cancel => Command::Cancel,
-        Op::Adjust { who, delta_ms, group } => Command::Adjust {
+        Op::Adjust {
+            who,
+            delta_ms,
+            group,
+        } => Command::Adjust {
             target: if group && !s.groups.is_empty() {
                 AdjustTarget::Group(s.groups[who % s.groups.len()].id.clone())
             } else {
@@ -193,7 +277,11 @@ fn command(s: &Session, op: &Op) -> Command {
 }
 
 fn budgets(s: &Session) -> Vec<(&'static str, &Budget)> {
-    let mut out: Vec<(&'static str, &Budget)> = s.participants.iter().map(|p| ("participant", &p.clock)).collect();
+    let mut out: Vec<(&'static str, &Budget)> = s
+        .participants
+        .iter()
+        .map(|p| ("participant", &p.clock))
+        .collect();
     out.extend(s.groups.iter().map(|g| ("group", &g.clock)));
     out.extend(s.global.iter().map(|b| ("global", b)));
     out.extend(s.cycle.iter().map(|b| ("cycle", b)));
@@ -205,7 +293,13 @@ fn check_clocks(s: &Session) -> Result<(), TestCaseError> {
         prop_assert!(b.remaining >= 0, "{what} remaining {} < 0", b.remaining);
         prop_assert!(b.used >= 0, "{what} used {} < 0", b.used);
         if b.bounded {
-            prop_assert_eq!(b.initial + b.credits + b.adjustments - b.used, b.remaining, "{} ledger: {:?}", what, b);
+            prop_assert_eq!(
+                b.initial + b.credits + b.adjustments - b.used,
+                b.remaining,
+                "{} ledger: {:?}",
+                what,
+                b
+            );
         } else {
             prop_assert_eq!(b.remaining, 0, "an unbounded clock has no budget");
         }
@@ -214,23 +308,41 @@ fn check_clocks(s: &Session) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn check_step(before: &Session, result: &Result<Applied, RuleError>, now: Micros) -> Result<(), TestCaseError> {
+fn check_step(
+    before: &Session,
+    result: &Result<Applied, RuleError>,
+    now: Micros,
+) -> Result<(), TestCaseError> {
     let Ok(applied) = result else { return Ok(()) };
     let after = &applied.session;
     prop_assert_eq!(after.version, before.version + applied.events.len() as u64);
     for (i, e) in applied.events.iter().enumerate() {
-        prop_assert_eq!(e.version, before.version + 1 + i as u64, "versions are contiguous");
+        prop_assert_eq!(
+            e.version,
+            before.version + 1 + i as u64,
+            "versions are contiguous"
+        );
         prop_assert_eq!(e.session.version, e.version);
         check_clocks(&e.session)?;
     }
     if before.status.is_terminal() {
-        prop_assert!(applied.events.is_empty(), "a terminal session accepted {:?}", applied.events);
+        prop_assert!(
+            applied.events.is_empty(),
+            "a terminal session accepted {:?}",
+            applied.events
+        );
     }
     check_clocks(after)?;
     let effective_now = now.max(before.updated_at);
     if let Some(d) = deadline(after) {
-        prop_assert!(d > effective_now, "deadline {d} left overdue at {effective_now}");
-        prop_assert!(after.status == Status::Running && after.cycle_started_at.is_some(), "a deadline only while a clock runs");
+        prop_assert!(
+            d > effective_now,
+            "deadline {d} left overdue at {effective_now}"
+        );
+        prop_assert!(
+            after.status == Status::Running && after.cycle_started_at.is_some(),
+            "a deadline only while a clock runs"
+        );
     }
     if after.status != Status::Running {
         prop_assert_eq!(deadline(after), None);

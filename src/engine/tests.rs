@@ -35,15 +35,27 @@ fn rid(s: &str) -> RequestId {
 }
 
 fn new_participant(id: &str, initial_ms: Option<i64>) -> NewParticipant {
-    NewParticipant { id: pid(id), index: None, group: None, initial_time_ms: initial_ms }
+    NewParticipant {
+        id: pid(id),
+        index: None,
+        group: None,
+        initial_time_ms: initial_ms,
+    }
 }
 
 /// A valid per-participant session: every participant gets `initial_ms`.
 fn new_session(ids: &[&str], initial_ms: i64) -> NewSession {
-    let participants = ids.iter().map(|id| new_participant(id, Some(initial_ms))).collect();
+    let participants = ids
+        .iter()
+        .map(|id| new_participant(id, Some(initial_ms)))
+        .collect();
     NewSession {
         epoch: "epoch-1".to_owned(),
-        ..NewSession::new(SessionId::parse("session_id", "game-1").unwrap(), Mode::PerParticipant, participants)
+        ..NewSession::new(
+            SessionId::parse("session_id", "game-1").unwrap(),
+            Mode::PerParticipant,
+            participants,
+        )
     }
 }
 
@@ -83,7 +95,10 @@ fn ok(s: &Session, c: Command, now: Micros) -> Applied {
 fn err(s: &Session, c: Command, now: Micros) -> RuleError {
     let c2 = c.clone();
     match apply(s, &req(c), now) {
-        Ok(a) => panic!("{c2:?} at {now} should be refused, got events {:?}", kinds(&a)),
+        Ok(a) => panic!(
+            "{c2:?} at {now} should be refused, got events {:?}",
+            kinds(&a)
+        ),
         Err(e) => e,
     }
 }
@@ -93,27 +108,49 @@ fn start() -> Command {
 }
 
 fn start_with(id: &str) -> Command {
-    Command::Start { first: Some(pid(id)) }
+    Command::Start {
+        first: Some(pid(id)),
+    }
 }
 
 fn switch() -> Command {
-    Command::Switch { from: None, next: None }
+    Command::Switch {
+        from: None,
+        next: None,
+    }
 }
 
 fn switch_from(id: &str) -> Command {
-    Command::Switch { from: Some(pid(id)), next: None }
+    Command::Switch {
+        from: Some(pid(id)),
+        next: None,
+    }
 }
 
 fn switch_to(id: &str) -> Command {
-    Command::Switch { from: None, next: Some(pid(id)) }
+    Command::Switch {
+        from: None,
+        next: Some(pid(id)),
+    }
 }
 
 fn adjust(id: &str, delta_ms: i64) -> Command {
-    Command::Adjust { target: AdjustTarget::Participant(pid(id)), delta_ms }
+    Command::Adjust {
+        target: AdjustTarget::Participant(pid(id)),
+        delta_ms,
+    }
 }
 
 fn kinds(a: &Applied) -> Vec<(EventKind, Option<String>)> {
-    a.events.iter().map(|e| (e.kind, e.participant.as_ref().map(|p| p.as_str().to_owned()))).collect()
+    a.events
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.participant.as_ref().map(|p| p.as_str().to_owned()),
+            )
+        })
+        .collect()
 }
 
 fn ev(kind: EventKind, who: Option<&str>) -> (EventKind, Option<String>) {
@@ -121,7 +158,10 @@ fn ev(kind: EventKind, who: Option<&str>) -> (EventKind, Option<String>) {
 }
 
 fn part<'a>(s: &'a Session, id: &str) -> &'a Participant {
-    s.participants.iter().find(|p| p.id.as_str() == id).unwrap_or_else(|| panic!("no participant {id}"))
+    s.participants
+        .iter()
+        .find(|p| p.id.as_str() == id)
+        .unwrap_or_else(|| panic!("no participant {id}"))
 }
 
 fn pos(s: &Session, id: &str) -> usize {
@@ -147,19 +187,30 @@ fn field(e: &RuleError) -> &str {
 /// The error is INVALID_ARGUMENT for `name`, and its message starts with the field.
 fn assert_field(e: &RuleError, name: &str) {
     assert_eq!(field(e), name, "{e}");
-    assert!(e.to_string().starts_with(&format!("{name}: ")), "message must name the field: {e}");
+    assert!(
+        e.to_string().starts_with(&format!("{name}: ")),
+        "message must name the field: {e}"
+    );
 }
 
 fn assert_failed_precondition(e: &RuleError, mentions: &str) {
     match e {
-        RuleError::FailedPrecondition(msg) => assert!(msg.contains(mentions), "{msg:?} should mention {mentions:?}"),
+        RuleError::FailedPrecondition(msg) => assert!(
+            msg.contains(mentions),
+            "{msg:?} should mention {mentions:?}"
+        ),
         other => panic!("expected FailedPrecondition mentioning {mentions:?}, got {other:?}"),
     }
 }
 
 fn assert_ledger(s: &Session) {
     for p in &s.participants {
-        assert_eq!(p.clock.initial + p.clock.credits + p.clock.adjustments - p.clock.used, p.clock.remaining, "ledger of {}: {p:?}", p.id);
+        assert_eq!(
+            p.clock.initial + p.clock.credits + p.clock.adjustments - p.clock.used,
+            p.clock.remaining,
+            "ledger of {}: {p:?}",
+            p.id
+        );
         assert!(p.clock.remaining >= 0 && p.clock.used >= 0, "{p:?}");
     }
 }
@@ -174,16 +225,38 @@ fn create_builds_version_1_pending_with_a_created_event() {
     assert_eq!(s.version, 1);
     assert_eq!(s.status, Status::Pending);
     assert_eq!(s.mode, Mode::PerParticipant);
-    assert_eq!(s.timeout_action, TimeoutAction::EndSession, "END_SESSION is the per-participant default");
+    assert_eq!(
+        s.timeout_action,
+        TimeoutAction::EndSession,
+        "END_SESSION is the per-participant default"
+    );
     assert_eq!((s.created_at, s.updated_at), (T0, T0));
-    assert_eq!((s.active, s.cycle_started_at, s.started_at, s.ended_at), (None, None, None, None));
+    assert_eq!(
+        (s.active, s.cycle_started_at, s.started_at, s.ended_at),
+        (None, None, None, None)
+    );
     assert_eq!(s.cycle_count, 0);
     assert_eq!(deadline(&s), None, "no clock runs while PENDING");
     for p in &s.participants {
-        assert_eq!((p.clock.initial, p.clock.remaining, p.clock.used, p.clock.credits, p.clock.adjustments), (5 * MIN, 5 * MIN, 0, 0, 0));
-        assert_eq!((p.cycle_count, p.expired, p.group.clone()), (0, false, None));
+        assert_eq!(
+            (
+                p.clock.initial,
+                p.clock.remaining,
+                p.clock.used,
+                p.clock.credits,
+                p.clock.adjustments
+            ),
+            (5 * MIN, 5 * MIN, 0, 0, 0)
+        );
+        assert_eq!(
+            (p.cycle_count, p.expired, p.group.clone()),
+            (0, false, None)
+        );
     }
-    assert_eq!((e.version, e.kind, e.participant.clone(), e.at), (1, EventKind::Created, None, T0));
+    assert_eq!(
+        (e.version, e.kind, e.participant.clone(), e.at),
+        (1, EventKind::Created, None, T0)
+    );
     assert_eq!(e.session, s);
 }
 
@@ -194,11 +267,19 @@ fn create_orders_participants_by_index_which_defaults_to_the_position() {
     n.participants[1].index = Some(5);
     n.participants[2].index = Some(11);
     let s = created(n);
-    let order: Vec<(&str, u32)> = s.participants.iter().map(|p| (p.id.as_str(), p.index)).collect();
+    let order: Vec<(&str, u32)> = s
+        .participants
+        .iter()
+        .map(|p| (p.id.as_str(), p.index))
+        .collect();
     assert_eq!(order, vec![("y", 5), ("z", 11), ("x", 20)]);
 
     let s = created(new_session(&["c", "a", "b"], 1000));
-    let order: Vec<(&str, u32)> = s.participants.iter().map(|p| (p.id.as_str(), p.index)).collect();
+    let order: Vec<(&str, u32)> = s
+        .participants
+        .iter()
+        .map(|p| (p.id.as_str(), p.index))
+        .collect();
     assert_eq!(order, vec![("c", 0), ("a", 1), ("b", 2)]);
 }
 
@@ -250,13 +331,21 @@ fn create_accepts_1_to_1000_participants() {
     let ids: Vec<String> = (0..MAX_PARTICIPANTS + 1).map(|i| format!("p{i}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     assert_eq!(created(new_session(&refs[..1], 1000)).participants.len(), 1);
-    assert_eq!(created(new_session(&refs[..MAX_PARTICIPANTS], 1000)).participants.len(), 1000);
+    assert_eq!(
+        created(new_session(&refs[..MAX_PARTICIPANTS], 1000))
+            .participants
+            .len(),
+        1000
+    );
     assert_field(&create_err(new_session(&refs, 1000)), "participants");
 }
 
 #[test]
 fn create_rejects_duplicate_ids_and_indexes_naming_the_second() {
-    assert_field(&create_err(new_session(&["a", "b", "a"], 1000)), "participants[2].participant_id");
+    assert_field(
+        &create_err(new_session(&["a", "b", "a"], 1000)),
+        "participants[2].participant_id",
+    );
 
     let mut n = new_session(&["a", "b", "c"], 1000);
     n.participants[1].index = Some(7);
@@ -271,8 +360,17 @@ fn create_rejects_duplicate_ids_and_indexes_naming_the_second() {
 
 #[test]
 fn participant_ids_are_1_to_128_allowed_characters_naming_the_field() {
-    assert!(ParticipantId::parse("participants[0].participant_id", &"a".repeat(MAX_ID_LEN)).is_ok());
-    for bad in [String::new(), "a".repeat(MAX_ID_LEN + 1), "a b".into(), "ä".into(), "a/b".into(), "a\n".into()] {
+    assert!(
+        ParticipantId::parse("participants[0].participant_id", &"a".repeat(MAX_ID_LEN)).is_ok()
+    );
+    for bad in [
+        String::new(),
+        "a".repeat(MAX_ID_LEN + 1),
+        "a b".into(),
+        "ä".into(),
+        "a/b".into(),
+        "a\n".into(),
+    ] {
         let e = ParticipantId::parse("participants[4].participant_id", &bad).unwrap_err();
         assert_field(&e, "participants[4].participant_id");
     }
@@ -286,7 +384,10 @@ fn create_rejects_fields_other_modes_use() {
     assert_field(&create_err(n), "participants[0].group_id");
 
     let mut n = new_session(&["a"], 1000);
-    n.groups.push(NewGroup { id: GroupId::parse("g", "team").unwrap(), initial_time_ms: 1000 });
+    n.groups.push(NewGroup {
+        id: GroupId::parse("g", "team").unwrap(),
+        initial_time_ms: 1000,
+    });
     assert_field(&create_err(n), "groups");
 
     let mut n = new_session(&["a"], 1000);
@@ -309,19 +410,35 @@ fn create_limits_metadata_to_32_entries_and_4_kib() {
         n.metadata = entries.into_iter().collect();
         n
     };
-    let many = |k: usize| (0..k).map(|i| (format!("k{i:02}"), "v".to_owned())).collect::<Vec<_>>();
+    let many = |k: usize| {
+        (0..k)
+            .map(|i| (format!("k{i:02}"), "v".to_owned()))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(created(with(many(MAX_METADATA_ENTRIES))).metadata.len(), 32);
-    assert_field(&create_err(with(many(MAX_METADATA_ENTRIES + 1))), "metadata");
+    assert_field(
+        &create_err(with(many(MAX_METADATA_ENTRIES + 1))),
+        "metadata",
+    );
 
     // keys and values both count: "k" + 4095 bytes = 4096 exactly.
     let exactly = vec![("k".to_owned(), "v".repeat(MAX_METADATA_BYTES - 1))];
-    assert_eq!(created(with(exactly.clone())).metadata, exactly.into_iter().collect::<BTreeMap<_, _>>());
+    assert_eq!(
+        created(with(exactly.clone())).metadata,
+        exactly.into_iter().collect::<BTreeMap<_, _>>()
+    );
     let over = vec![("k".to_owned(), "v".repeat(MAX_METADATA_BYTES))];
     assert_field(&create_err(with(over)), "metadata");
-    let spread = vec![("kk".to_owned(), "v".repeat(2047)), ("k2".to_owned(), "v".repeat(2046))];
+    let spread = vec![
+        ("kk".to_owned(), "v".repeat(2047)),
+        ("k2".to_owned(), "v".repeat(2046)),
+    ];
     assert_field(&create_err(with(spread)), "metadata");
 
-    assert_field(&create_err(with(vec![(String::new(), "v".into())])), "metadata");
+    assert_field(
+        &create_err(with(vec![(String::new(), "v".into())])),
+        "metadata",
+    );
 }
 
 #[test]
@@ -330,8 +447,16 @@ fn create_checks_the_fischer_increment_and_its_cap() {
     assert_field(&e, "time_control.increment_ms");
     let e = create_err(fischer(new_session(&["a"], 1000), MAX_DURATION_MS + 1, 0));
     assert_field(&e, "time_control.increment_ms");
-    assert_eq!(created(fischer(new_session(&["a"], 1000), MAX_DURATION_MS, 0)).time_control.increment, MAX_DURATION_MS * MS);
-    assert_eq!(created(fischer(new_session(&["a"], 1000), 0, 0)).time_control, TimeControl::default());
+    assert_eq!(
+        created(fischer(new_session(&["a"], 1000), MAX_DURATION_MS, 0))
+            .time_control
+            .increment,
+        MAX_DURATION_MS * MS
+    );
+    assert_eq!(
+        created(fischer(new_session(&["a"], 1000), 0, 0)).time_control,
+        TimeControl::default()
+    );
 
     // The cap only caps an increment.
     let e = create_err(fischer(new_session(&["a"], 1000), 0, 10_000));
@@ -341,7 +466,10 @@ fn create_checks_the_fischer_increment_and_its_cap() {
         assert_field(&e, "time_control.max_remaining_ms");
     }
     let s = created(fischer(new_session(&["a"], 1000), 2000, 60_000));
-    assert_eq!((s.time_control.increment, s.time_control.max_remaining), (2 * SEC, 60 * SEC));
+    assert_eq!(
+        (s.time_control.increment, s.time_control.max_remaining),
+        (2 * SEC, 60 * SEC)
+    );
 }
 
 #[test]
@@ -371,7 +499,10 @@ fn start_defaults_to_the_participant_with_the_lowest_index() {
     let s = &a.session;
     assert_eq!((s.version, s.status), (2, Status::Running));
     assert_eq!(active_id(s), Some("y"));
-    assert_eq!((s.cycle_started_at, s.started_at, s.updated_at), (Some(now), Some(now), now));
+    assert_eq!(
+        (s.cycle_started_at, s.started_at, s.updated_at),
+        (Some(now), Some(now), now)
+    );
     assert_eq!(deadline(s), Some(now + 5 * MIN));
     assert_eq!(a.events[0].session, *s);
     assert_eq!((a.events[0].version, a.events[0].at), (2, now));
@@ -379,7 +510,11 @@ fn start_defaults_to_the_participant_with_the_lowest_index() {
 
 #[test]
 fn start_with_an_explicit_first_participant() {
-    let a = ok(&created(new_session(&["a", "b", "c"], FIVE_MIN_MS)), start_with("c"), T0);
+    let a = ok(
+        &created(new_session(&["a", "b", "c"], FIVE_MIN_MS)),
+        start_with("c"),
+        T0,
+    );
     assert_eq!(kinds(&a), vec![ev(EventKind::Started, Some("c"))]);
     assert_eq!(active_id(&a.session), Some("c"));
 }
@@ -403,7 +538,13 @@ fn start_with_a_budget_adjusted_to_zero_flags_at_once() {
     let s = created(new_session(&["a", "b"], FIVE_MIN_MS));
     let s = ok(&s, adjust("a", -FIVE_MIN_MS), T0).session;
     let a = ok(&s, start(), T0 + SEC);
-    assert_eq!(kinds(&a), vec![ev(EventKind::Started, Some("a")), ev(EventKind::Expired, Some("a"))]);
+    assert_eq!(
+        kinds(&a),
+        vec![
+            ev(EventKind::Started, Some("a")),
+            ev(EventKind::Expired, Some("a"))
+        ]
+    );
     assert_eq!(a.session.status, Status::Expired);
 }
 
@@ -419,9 +560,24 @@ fn switch_charges_the_elapsed_time_and_activates_the_next() {
     assert_eq!(kinds(&a), vec![ev(EventKind::Switched, Some("a"))]);
     let s = &a.session;
     let pa = part(s, "a");
-    assert_eq!((pa.clock.remaining, pa.clock.used, pa.clock.credits, pa.cycle_count), (5 * MIN - 12_345_678, 12_345_678, 0, 1));
-    assert_eq!(part(s, "b"), part(&created(new_session(&["a", "b"], FIVE_MIN_MS)), "b"), "the next is not charged");
-    assert_eq!((s.version, s.cycle_count, s.cycle_started_at), (3, 1, Some(now)));
+    assert_eq!(
+        (
+            pa.clock.remaining,
+            pa.clock.used,
+            pa.clock.credits,
+            pa.cycle_count
+        ),
+        (5 * MIN - 12_345_678, 12_345_678, 0, 1)
+    );
+    assert_eq!(
+        part(s, "b"),
+        part(&created(new_session(&["a", "b"], FIVE_MIN_MS)), "b"),
+        "the next is not charged"
+    );
+    assert_eq!(
+        (s.version, s.cycle_count, s.cycle_started_at),
+        (3, 1, Some(now))
+    );
     assert_eq!(active_id(s), Some("b"));
     assert_eq!(deadline(s), Some(now + 5 * MIN));
     assert_ledger(s);
@@ -432,11 +588,17 @@ fn switch_adds_the_fischer_increment() {
     let s = started(fischer(new_session(&["a", "b"], FIVE_MIN_MS), 2000, 0));
     let s = ok(&s, switch(), T0 + 12_345_678).session;
     let pa = part(&s, "a");
-    assert_eq!((pa.clock.remaining, pa.clock.used, pa.clock.credits), (5 * MIN - 12_345_678 + 2 * SEC, 12_345_678, 2 * SEC));
+    assert_eq!(
+        (pa.clock.remaining, pa.clock.used, pa.clock.credits),
+        (5 * MIN - 12_345_678 + 2 * SEC, 12_345_678, 2 * SEC)
+    );
     // An instant move still earns the increment.
     let s = ok(&s, switch(), T0 + 12_345_678).session;
     let pb = part(&s, "b");
-    assert_eq!((pb.clock.remaining, pb.clock.used, pb.clock.credits), (5 * MIN + 2 * SEC, 0, 2 * SEC));
+    assert_eq!(
+        (pb.clock.remaining, pb.clock.used, pb.clock.credits),
+        (5 * MIN + 2 * SEC, 0, 2 * SEC)
+    );
     assert_ledger(&s);
 }
 
@@ -445,13 +607,24 @@ fn the_increment_never_lifts_the_budget_above_the_cap() {
     // 60 s + 10 s per move, capped at 65 s.
     let s = started(fischer(new_session(&["a", "b"], 60_000), 10_000, 65_000));
     let s = ok(&s, switch(), T0 + 3 * SEC).session;
-    assert_eq!((part(&s, "a").clock.remaining, part(&s, "a").clock.credits), (65 * SEC, 8 * SEC), "57 s + min(10 s, 8 s)");
+    assert_eq!(
+        (part(&s, "a").clock.remaining, part(&s, "a").clock.credits),
+        (65 * SEC, 8 * SEC),
+        "57 s + min(10 s, 8 s)"
+    );
     let s = ok(&s, switch(), T0 + 4 * SEC).session;
-    assert_eq!((part(&s, "b").clock.remaining, part(&s, "b").clock.credits), (65 * SEC, 6 * SEC), "59 s + min(10 s, 6 s)");
+    assert_eq!(
+        (part(&s, "b").clock.remaining, part(&s, "b").clock.credits),
+        (65 * SEC, 6 * SEC),
+        "59 s + min(10 s, 6 s)"
+    );
     // Above the cap (by an adjustment) the increment is 0, and the cap never takes time away.
     let s = ok(&s, adjust("a", 30_000), T0 + 4 * SEC).session;
     let s = ok(&s, switch(), T0 + 5 * SEC).session;
-    assert_eq!((part(&s, "a").clock.remaining, part(&s, "a").clock.credits), (94 * SEC, 8 * SEC));
+    assert_eq!(
+        (part(&s, "a").clock.remaining, part(&s, "a").clock.credits),
+        (94 * SEC, 8 * SEC)
+    );
     assert_ledger(&s);
 
     // A cap far above the budget lets the whole increment through.
@@ -474,7 +647,13 @@ fn switch_goes_to_the_next_index_wrapping() {
     }
     assert_eq!(seen, ["y", "z", "x", "y", "z"]);
     assert_eq!(s.cycle_count, 4);
-    assert_eq!(s.participants.iter().map(|p| p.cycle_count).collect::<Vec<_>>(), [2, 1, 1]);
+    assert_eq!(
+        s.participants
+            .iter()
+            .map(|p| p.cycle_count)
+            .collect::<Vec<_>>(),
+        [2, 1, 1]
+    );
 }
 
 #[test]
@@ -483,12 +662,22 @@ fn switch_to_an_explicit_next_participant() {
     let s = ok(&s, switch_to("c"), T0 + SEC).session;
     assert_eq!(active_id(&s), Some("c"));
     // The mover may even keep the turn.
-    let a = ok(&s, Command::Switch { from: Some(pid("c")), next: Some(pid("c")) }, T0 + 3 * SEC);
+    let a = ok(
+        &s,
+        Command::Switch {
+            from: Some(pid("c")),
+            next: Some(pid("c")),
+        },
+        T0 + 3 * SEC,
+    );
     assert_eq!(kinds(&a), vec![ev(EventKind::Switched, Some("c"))]);
     assert_eq!(active_id(&a.session), Some("c"));
     assert_eq!(a.session.cycle_started_at, Some(T0 + 3 * SEC));
     assert_eq!(part(&a.session, "c").clock.used, 2 * SEC);
-    assert_field(&err(&s, switch_to("nobody"), T0 + 4 * SEC), "next_participant_id");
+    assert_field(
+        &err(&s, switch_to("nobody"), T0 + 4 * SEC),
+        "next_participant_id",
+    );
 }
 
 #[test]
@@ -504,16 +693,25 @@ fn a_one_participant_session_switches_to_itself() {
 fn switch_from_a_participant_who_is_not_active_is_refused() {
     let s = started(new_session(&["a", "b"], FIVE_MIN_MS));
     assert_failed_precondition(&err(&s, switch_from("b"), T0 + SEC), "from_participant_id");
-    assert_failed_precondition(&err(&s, switch_from("ghost"), T0 + SEC), "from_participant_id");
+    assert_failed_precondition(
+        &err(&s, switch_from("ghost"), T0 + SEC),
+        "from_participant_id",
+    );
     let s = ok(&s, switch_from("a"), T0 + SEC).session;
     assert_eq!(active_id(&s), Some("b"));
     // The second of two racing moves by "a" is refused.
-    assert_failed_precondition(&err(&s, switch_from("a"), T0 + SEC), "not the active participant");
+    assert_failed_precondition(
+        &err(&s, switch_from("a"), T0 + SEC),
+        "not the active participant",
+    );
 }
 
 #[test]
 fn switch_to_an_expired_participant_is_refused_and_rotation_skips_it() {
-    let s = started(on_timeout(new_session(&["a", "b", "c"], FIVE_MIN_MS), TimeoutAction::Skip));
+    let s = started(on_timeout(
+        new_session(&["a", "b", "c"], FIVE_MIN_MS),
+        TimeoutAction::Skip,
+    ));
     let s = ok(&s, Command::Timeout, T0 + 5 * MIN).session;
     assert!(part(&s, "a").expired);
     assert_eq!(active_id(&s), Some("b"));
@@ -521,7 +719,11 @@ fn switch_to_an_expired_participant_is_refused_and_rotation_skips_it() {
     let s = ok(&s, switch(), T0 + 6 * MIN).session;
     assert_eq!(active_id(&s), Some("c"));
     let s = ok(&s, switch(), T0 + 7 * MIN).session;
-    assert_eq!(active_id(&s), Some("b"), "c wraps around past the expired a");
+    assert_eq!(
+        active_id(&s),
+        Some("b"),
+        "c wraps around past the expired a"
+    );
 }
 
 #[test]
@@ -536,9 +738,22 @@ fn switch_only_while_running() {
 fn switching_to_a_clock_at_zero_flags_it_at_once() {
     let s = started(new_session(&["a", "b"], FIVE_MIN_MS));
     let s = ok(&s, adjust("b", -10 * 60 * 1000), T0 + SEC).session;
-    assert_eq!((part(&s, "b").clock.remaining, part(&s, "b").clock.adjustments, part(&s, "b").expired), (0, -5 * MIN, false));
+    assert_eq!(
+        (
+            part(&s, "b").clock.remaining,
+            part(&s, "b").clock.adjustments,
+            part(&s, "b").expired
+        ),
+        (0, -5 * MIN, false)
+    );
     let a = ok(&s, switch(), T0 + 2 * SEC);
-    assert_eq!(kinds(&a), vec![ev(EventKind::Switched, Some("a")), ev(EventKind::Expired, Some("b"))]);
+    assert_eq!(
+        kinds(&a),
+        vec![
+            ev(EventKind::Switched, Some("a")),
+            ev(EventKind::Expired, Some("b"))
+        ]
+    );
     assert_eq!(a.session.ended_at, Some(T0 + 2 * SEC));
     assert!(part(&a.session, "b").expired);
 }
@@ -555,27 +770,44 @@ fn pause_charges_the_running_stretch_and_stops_the_clock() {
     let s = a.session;
     assert_eq!(s.status, Status::Paused);
     assert_eq!(active_id(&s), Some("a"), "the turn stays with a");
-    assert_eq!((part(&s, "a").clock.remaining, part(&s, "a").clock.used), (290 * SEC, 10 * SEC));
+    assert_eq!(
+        (part(&s, "a").clock.remaining, part(&s, "a").clock.used),
+        (290 * SEC, 10 * SEC)
+    );
     assert_eq!((s.cycle_started_at, deadline(&s)), (None, None));
-    assert_eq!(clock(&s, "a", T0 + 60 * MIN), (290 * SEC, 10 * SEC), "a paused clock does not move");
+    assert_eq!(
+        clock(&s, "a", T0 + 60 * MIN),
+        (290 * SEC, 10 * SEC),
+        "a paused clock does not move"
+    );
     assert_eq!(err(&s, Command::Timeout, T0 + 60 * MIN), RuleError::NotDue);
 
     let a = ok(&s, Command::Resume, T0 + 100 * SEC);
     assert_eq!(kinds(&a), vec![ev(EventKind::Resumed, None)]);
     let s = a.session;
-    assert_eq!((s.status, s.cycle_started_at), (Status::Running, Some(T0 + 100 * SEC)));
+    assert_eq!(
+        (s.status, s.cycle_started_at),
+        (Status::Running, Some(T0 + 100 * SEC))
+    );
     assert_eq!(deadline(&s), Some(T0 + 100 * SEC + 290 * SEC));
     assert_eq!(clock(&s, "a", T0 + 101 * SEC), (289 * SEC, 11 * SEC));
 
     let s = ok(&s, switch(), T0 + 130 * SEC).session;
-    assert_eq!((part(&s, "a").clock.remaining, part(&s, "a").clock.used), (260 * SEC, 40 * SEC), "the pause is not charged");
+    assert_eq!(
+        (part(&s, "a").clock.remaining, part(&s, "a").clock.used),
+        (260 * SEC, 40 * SEC),
+        "the pause is not charged"
+    );
     assert_ledger(&s);
 }
 
 #[test]
 fn pause_and_resume_only_from_the_right_status() {
     let s = created(new_session(&["a", "b"], FIVE_MIN_MS));
-    assert_failed_precondition(&err(&s, Command::Pause, T0), "cannot pause a session that is PENDING");
+    assert_failed_precondition(
+        &err(&s, Command::Pause, T0),
+        "cannot pause a session that is PENDING",
+    );
     assert_failed_precondition(&err(&s, Command::Resume, T0), "PENDING");
     let s = ok(&s, start(), T0).session;
     assert_failed_precondition(&err(&s, Command::Resume, T0), "RUNNING");
@@ -590,7 +822,13 @@ fn resuming_a_clock_adjusted_to_zero_flags_at_once() {
     let s = ok(&s, adjust("a", -FIVE_MIN_MS), T0 + 20 * SEC).session;
     assert_eq!(part(&s, "a").clock.remaining, 0);
     let a = ok(&s, Command::Resume, T0 + 30 * SEC);
-    assert_eq!(kinds(&a), vec![ev(EventKind::Resumed, None), ev(EventKind::Expired, Some("a"))]);
+    assert_eq!(
+        kinds(&a),
+        vec![
+            ev(EventKind::Resumed, None),
+            ev(EventKind::Expired, Some("a"))
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -603,8 +841,14 @@ fn complete_charges_the_running_clock_and_ends_the_session() {
     let a = ok(&s, Command::Complete, T0 + 7 * SEC);
     assert_eq!(kinds(&a), vec![ev(EventKind::Completed, None)]);
     let s = a.session;
-    assert_eq!((s.status, s.ended_at, s.cycle_started_at), (Status::Completed, Some(T0 + 7 * SEC), None));
-    assert_eq!((part(&s, "a").clock.remaining, part(&s, "a").clock.used), (293 * SEC, 7 * SEC));
+    assert_eq!(
+        (s.status, s.ended_at, s.cycle_started_at),
+        (Status::Completed, Some(T0 + 7 * SEC), None)
+    );
+    assert_eq!(
+        (part(&s, "a").clock.remaining, part(&s, "a").clock.used),
+        (293 * SEC, 7 * SEC)
+    );
     assert_eq!(deadline(&s), None);
     assert_ledger(&s);
 }
@@ -614,15 +858,24 @@ fn cancel_from_pending_running_and_paused() {
     let pending = created(new_session(&["a", "b"], FIVE_MIN_MS));
     let a = ok(&pending, Command::Cancel, T0 + SEC);
     assert_eq!(kinds(&a), vec![ev(EventKind::Cancelled, None)]);
-    assert_eq!((a.session.status, a.session.ended_at), (Status::Cancelled, Some(T0 + SEC)));
+    assert_eq!(
+        (a.session.status, a.session.ended_at),
+        (Status::Cancelled, Some(T0 + SEC))
+    );
 
     let running = ok(&pending, start(), T0).session;
     let a = ok(&running, Command::Cancel, T0 + 4 * SEC);
-    assert_eq!((a.session.status, part(&a.session, "a").clock.used), (Status::Cancelled, 4 * SEC));
+    assert_eq!(
+        (a.session.status, part(&a.session, "a").clock.used),
+        (Status::Cancelled, 4 * SEC)
+    );
 
     let paused = ok(&running, Command::Pause, T0 + 4 * SEC).session;
     let a = ok(&paused, Command::Complete, T0 + 60 * SEC);
-    assert_eq!((a.session.status, part(&a.session, "a").clock.used), (Status::Completed, 4 * SEC));
+    assert_eq!(
+        (a.session.status, part(&a.session, "a").clock.used),
+        (Status::Completed, 4 * SEC)
+    );
     let a = ok(&paused, Command::Cancel, T0 + 60 * SEC);
     assert_eq!(a.session.status, Status::Cancelled);
 }
@@ -632,7 +885,10 @@ fn complete_after_the_deadline_finds_the_session_expired() {
     // The clock is judged first: the session ended by time before the complete arrived.
     let s = started(new_session(&["a", "b"], FIVE_MIN_MS));
     assert_failed_precondition(&err(&s, Command::Complete, T0 + 5 * MIN), "EXPIRED");
-    assert_failed_precondition(&err(&s, Command::Pause, T0 + 6 * MIN), "cannot pause a session that is EXPIRED");
+    assert_failed_precondition(
+        &err(&s, Command::Pause, T0 + 6 * MIN),
+        "cannot pause a session that is EXPIRED",
+    );
     let a = ok(&s, Command::Complete, T0 + 5 * MIN - 1);
     assert_eq!(a.session.status, Status::Completed);
 }
@@ -651,10 +907,17 @@ fn adjust_gives_time_to_the_running_clock_and_moves_its_deadline() {
     assert_eq!(clock(&s, "a", T0 + 10 * SEC), (320 * SEC, 10 * SEC));
     assert_eq!(part(&s, "a").clock.adjustments, 30 * SEC);
     assert_eq!(deadline(&s), Some(T0 + 5 * MIN + 30 * SEC));
-    assert_eq!((s.status, active_id(&s)), (Status::Running, Some("a")), "the turn goes on");
+    assert_eq!(
+        (s.status, active_id(&s)),
+        (Status::Running, Some("a")),
+        "the turn goes on"
+    );
     assert_eq!(clock(&s, "a", T0 + 15 * SEC), (315 * SEC, 15 * SEC));
     let s = ok(&s, switch(), T0 + 20 * SEC).session;
-    assert_eq!((part(&s, "a").clock.remaining, part(&s, "a").clock.used), (310 * SEC, 20 * SEC));
+    assert_eq!(
+        (part(&s, "a").clock.remaining, part(&s, "a").clock.used),
+        (310 * SEC, 20 * SEC)
+    );
     assert_ledger(&s);
 }
 
@@ -662,11 +925,30 @@ fn adjust_gives_time_to_the_running_clock_and_moves_its_deadline() {
 fn adjust_takes_time_from_a_waiting_clock_never_below_zero() {
     let s = started(new_session(&["a", "b"], FIVE_MIN_MS));
     let s = ok(&s, adjust("b", -60_000), T0 + SEC).session;
-    assert_eq!((part(&s, "b").clock.remaining, part(&s, "b").clock.adjustments), (4 * MIN, -MIN));
+    assert_eq!(
+        (
+            part(&s, "b").clock.remaining,
+            part(&s, "b").clock.adjustments
+        ),
+        (4 * MIN, -MIN)
+    );
     let s = ok(&s, adjust("b", -600_000), T0 + 2 * SEC).session;
-    assert_eq!((part(&s, "b").clock.remaining, part(&s, "b").clock.adjustments), (0, -5 * MIN), "only what was left is taken");
-    assert!(!part(&s, "b").expired, "a clock that does not run does not flag");
-    assert_eq!((s.status, deadline(&s)), (Status::Running, Some(T0 + 5 * MIN)));
+    assert_eq!(
+        (
+            part(&s, "b").clock.remaining,
+            part(&s, "b").clock.adjustments
+        ),
+        (0, -5 * MIN),
+        "only what was left is taken"
+    );
+    assert!(
+        !part(&s, "b").expired,
+        "a clock that does not run does not flag"
+    );
+    assert_eq!(
+        (s.status, deadline(&s)),
+        (Status::Running, Some(T0 + 5 * MIN))
+    );
     let s = ok(&s, adjust("b", 1), T0 + 3 * SEC).session;
     assert_eq!(part(&s, "b").clock.remaining, MS);
     assert_ledger(&s);
@@ -679,7 +961,10 @@ fn adjust_works_while_pending_and_paused() {
     assert_eq!(part(&s, "a").clock.remaining, 5 * MIN + SEC);
     let s = ok(&ok(&s, start(), T0).session, Command::Pause, T0 + SEC).session;
     let s = ok(&s, adjust("a", -2000), T0 + 5 * SEC).session;
-    assert_eq!((part(&s, "a").clock.remaining, part(&s, "a").clock.used), (5 * MIN - 2 * SEC, SEC));
+    assert_eq!(
+        (part(&s, "a").clock.remaining, part(&s, "a").clock.used),
+        (5 * MIN - 2 * SEC, SEC)
+    );
     assert_eq!(s.status, Status::Paused);
     assert_ledger(&s);
 }
@@ -690,12 +975,32 @@ fn adjust_that_empties_the_running_clock_flags_in_the_same_apply() {
     let s = started(new_session(&["a", "b"], FIVE_MIN_MS));
     for delta in [-290_000, -600_000, -MAX_DURATION_MS] {
         let a = ok(&s, adjust("a", delta), T0 + 10 * SEC);
-        assert_eq!(kinds(&a), vec![ev(EventKind::TimeAdjusted, Some("a")), ev(EventKind::Expired, Some("a"))]);
-        assert_eq!(a.events.iter().map(|e| e.version).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(
+            kinds(&a),
+            vec![
+                ev(EventKind::TimeAdjusted, Some("a")),
+                ev(EventKind::Expired, Some("a"))
+            ]
+        );
+        assert_eq!(
+            a.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+            [3, 4]
+        );
         let s = &a.session;
         let pa = part(s, "a");
-        assert_eq!((pa.clock.remaining, pa.clock.used, pa.clock.adjustments, pa.expired), (0, 10 * SEC, -290 * SEC, true));
-        assert_eq!((s.status, s.ended_at, deadline(s)), (Status::Expired, Some(T0 + 10 * SEC), None));
+        assert_eq!(
+            (
+                pa.clock.remaining,
+                pa.clock.used,
+                pa.clock.adjustments,
+                pa.expired
+            ),
+            (0, 10 * SEC, -290 * SEC, true)
+        );
+        assert_eq!(
+            (s.status, s.ended_at, deadline(s)),
+            (Status::Expired, Some(T0 + 10 * SEC), None)
+        );
         assert_ledger(s);
     }
     // 1 ms left: no flag.
@@ -704,27 +1009,69 @@ fn adjust_that_empties_the_running_clock_flags_in_the_same_apply() {
     assert_eq!(deadline(&a.session), Some(T0 + 10 * SEC + MS));
 
     // NOTIFY: the session runs on with that clock at 0.
-    let s = started(on_timeout(new_session(&["a", "b"], FIVE_MIN_MS), TimeoutAction::Notify));
+    let s = started(on_timeout(
+        new_session(&["a", "b"], FIVE_MIN_MS),
+        TimeoutAction::Notify,
+    ));
     let a = ok(&s, adjust("a", -600_000), T0 + 10 * SEC);
-    assert_eq!(kinds(&a), vec![ev(EventKind::TimeAdjusted, Some("a")), ev(EventKind::ParticipantExpired, Some("a"))]);
-    assert_eq!((a.session.status, active_id(&a.session), deadline(&a.session)), (Status::Running, Some("a"), None));
+    assert_eq!(
+        kinds(&a),
+        vec![
+            ev(EventKind::TimeAdjusted, Some("a")),
+            ev(EventKind::ParticipantExpired, Some("a"))
+        ]
+    );
+    assert_eq!(
+        (
+            a.session.status,
+            active_id(&a.session),
+            deadline(&a.session)
+        ),
+        (Status::Running, Some("a"), None)
+    );
 
     // SKIP: the turn moves on at that instant.
-    let s = started(on_timeout(new_session(&["a", "b", "c"], FIVE_MIN_MS), TimeoutAction::Skip));
+    let s = started(on_timeout(
+        new_session(&["a", "b", "c"], FIVE_MIN_MS),
+        TimeoutAction::Skip,
+    ));
     let a = ok(&s, adjust("a", -600_000), T0 + 10 * SEC);
-    assert_eq!(kinds(&a), vec![ev(EventKind::TimeAdjusted, Some("a")), ev(EventKind::ParticipantExpired, Some("a"))]);
-    assert_eq!((active_id(&a.session), a.session.cycle_started_at), (Some("b"), Some(T0 + 10 * SEC)));
+    assert_eq!(
+        kinds(&a),
+        vec![
+            ev(EventKind::TimeAdjusted, Some("a")),
+            ev(EventKind::ParticipantExpired, Some("a"))
+        ]
+    );
+    assert_eq!(
+        (active_id(&a.session), a.session.cycle_started_at),
+        (Some("b"), Some(T0 + 10 * SEC))
+    );
 }
 
 #[test]
 fn adjust_checks_its_arguments() {
     let s = started(new_session(&["a", "b"], FIVE_MIN_MS));
-    for bad in [0, MAX_DURATION_MS + 1, -MAX_DURATION_MS - 1, i64::MAX, i64::MIN + 1] {
+    for bad in [
+        0,
+        MAX_DURATION_MS + 1,
+        -MAX_DURATION_MS - 1,
+        i64::MAX,
+        i64::MIN + 1,
+    ] {
         assert_field(&err(&s, adjust("a", bad), T0), "delta_ms");
     }
-    assert_eq!(part(&ok(&s, adjust("b", MAX_DURATION_MS), T0).session, "b").clock.remaining, 5 * MIN + 30 * 24 * 60 * MIN);
+    assert_eq!(
+        part(&ok(&s, adjust("b", MAX_DURATION_MS), T0).session, "b")
+            .clock
+            .remaining,
+        5 * MIN + 30 * 24 * 60 * MIN
+    );
     assert_field(&err(&s, adjust("nobody", 1000), T0), "participant_id");
-    let group = Command::Adjust { target: AdjustTarget::Group(GroupId::parse("g", "team").unwrap()), delta_ms: 1000 };
+    let group = Command::Adjust {
+        target: AdjustTarget::Group(GroupId::parse("g", "team").unwrap()),
+        delta_ms: 1000,
+    };
     assert_field(&err(&s, group, T0), "group_id");
 }
 
@@ -758,7 +1105,10 @@ fn timeout_is_not_due_one_microsecond_before_the_deadline() {
     assert_eq!(err(&s, Command::Timeout, T0), RuleError::NotDue);
     assert_eq!(clock(&s, "a", d - 1), (1, 5 * MIN - 1));
     let pending = created(new_session(&["a"], 1000));
-    assert_eq!(err(&pending, Command::Timeout, T0 + 60 * MIN), RuleError::NotDue);
+    assert_eq!(
+        err(&pending, Command::Timeout, T0 + 60 * MIN),
+        RuleError::NotDue
+    );
 }
 
 #[test]
@@ -768,9 +1118,21 @@ fn timeout_exactly_at_the_deadline_ends_the_session_once() {
     let a = ok(&s, Command::Timeout, d);
     assert_eq!(kinds(&a), vec![ev(EventKind::Expired, Some("a"))]);
     let s2 = &a.session;
-    assert_eq!((s2.version, s2.status, s2.ended_at, s2.cycle_started_at), (3, Status::Expired, Some(d), None));
+    assert_eq!(
+        (s2.version, s2.status, s2.ended_at, s2.cycle_started_at),
+        (3, Status::Expired, Some(d), None)
+    );
     let pa = part(s2, "a");
-    assert_eq!((pa.clock.remaining, pa.clock.used, pa.clock.credits, pa.expired), (0, 5 * MIN, 0, true), "no increment on a flag");
+    assert_eq!(
+        (
+            pa.clock.remaining,
+            pa.clock.used,
+            pa.clock.credits,
+            pa.expired
+        ),
+        (0, 5 * MIN, 0, true),
+        "no increment on a flag"
+    );
     assert_eq!(part(s2, "b"), part(&s, "b"));
     assert_eq!(deadline(s2), None);
     assert_ledger(s2);
@@ -786,21 +1148,43 @@ fn a_late_timeout_is_processed_at_the_deadline_instant() {
     let a = ok(&s, Command::Timeout, d + 3 * SEC);
     assert_eq!(kinds(&a), vec![ev(EventKind::Expired, Some("a"))]);
     assert_eq!(a.session.ended_at, Some(d), "ended when the clock ran out");
-    assert_eq!((a.events[0].at, a.session.updated_at), (d + 3 * SEC, d + 3 * SEC), "committed when processed");
-    assert_eq!(part(&a.session, "a").clock.used, 5 * MIN, "never charged past zero");
+    assert_eq!(
+        (a.events[0].at, a.session.updated_at),
+        (d + 3 * SEC, d + 3 * SEC),
+        "committed when processed"
+    );
+    assert_eq!(
+        part(&a.session, "a").clock.used,
+        5 * MIN,
+        "never charged past zero"
+    );
     assert_eq!(clock(&s, "a", d + 3 * SEC), (0, 5 * MIN));
 }
 
 #[test]
 fn notify_flags_the_participant_and_keeps_the_session_running() {
-    let s = started(fischer(on_timeout(new_session(&["a", "b"], FIVE_MIN_MS), TimeoutAction::Notify), 2000, 0));
+    let s = started(fischer(
+        on_timeout(new_session(&["a", "b"], FIVE_MIN_MS), TimeoutAction::Notify),
+        2000,
+        0,
+    ));
     let d = T0 + 5 * MIN;
     let a = ok(&s, Command::Timeout, d);
-    assert_eq!(kinds(&a), vec![ev(EventKind::ParticipantExpired, Some("a"))]);
+    assert_eq!(
+        kinds(&a),
+        vec![ev(EventKind::ParticipantExpired, Some("a"))]
+    );
     let s = a.session;
     assert_eq!((s.status, active_id(&s)), (Status::Running, Some("a")));
-    assert_eq!((part(&s, "a").clock.remaining, part(&s, "a").expired), (0, true));
-    assert_eq!(deadline(&s), None, "the flagged clock stays at 0, nothing more is due");
+    assert_eq!(
+        (part(&s, "a").clock.remaining, part(&s, "a").expired),
+        (0, true)
+    );
+    assert_eq!(
+        deadline(&s),
+        None,
+        "the flagged clock stays at 0, nothing more is due"
+    );
     assert_eq!(clock(&s, "a", d + 60 * MIN), (0, 5 * MIN));
     assert_eq!(err(&s, Command::Timeout, d), RuleError::NotDue);
 
@@ -809,66 +1193,133 @@ fn notify_flags_the_participant_and_keeps_the_session_running() {
     assert_eq!(kinds(&a), vec![ev(EventKind::Switched, Some("a"))]);
     let s = a.session;
     let pa = part(&s, "a");
-    assert_eq!((pa.clock.remaining, pa.clock.used, pa.clock.credits, pa.cycle_count), (0, 5 * MIN, 0, 1));
-    assert_eq!((active_id(&s), s.cycle_started_at, deadline(&s)), (Some("b"), Some(d + 4 * SEC), Some(d + 4 * SEC + 5 * MIN)));
+    assert_eq!(
+        (
+            pa.clock.remaining,
+            pa.clock.used,
+            pa.clock.credits,
+            pa.cycle_count
+        ),
+        (0, 5 * MIN, 0, 1)
+    );
+    assert_eq!(
+        (active_id(&s), s.cycle_started_at, deadline(&s)),
+        (Some("b"), Some(d + 4 * SEC), Some(d + 4 * SEC + 5 * MIN))
+    );
     // b's moves rotate back to b alone.
     let s = ok(&s, switch(), d + 5 * SEC).session;
-    assert_eq!((active_id(&s), part(&s, "b").clock.remaining), (Some("b"), 5 * MIN - SEC + 2 * SEC));
+    assert_eq!(
+        (active_id(&s), part(&s, "b").clock.remaining),
+        (Some("b"), 5 * MIN - SEC + 2 * SEC)
+    );
     assert_failed_precondition(&err(&s, switch_to("a"), d + 6 * SEC), "has expired");
 
     // b flags too: nobody is eligible, so the next switch ends the session by time.
     let d2 = deadline(&s).unwrap();
     let a = ok(&s, Command::Timeout, d2);
-    assert_eq!(kinds(&a), vec![ev(EventKind::ParticipantExpired, Some("b"))]);
+    assert_eq!(
+        kinds(&a),
+        vec![ev(EventKind::ParticipantExpired, Some("b"))]
+    );
     assert_eq!(a.session.status, Status::Running);
     let a = ok(&a.session, switch(), d2 + SEC);
     assert_eq!(kinds(&a), vec![ev(EventKind::Expired, Some("b"))]);
-    assert_eq!((a.session.status, a.session.ended_at), (Status::Expired, Some(d2 + SEC)));
+    assert_eq!(
+        (a.session.status, a.session.ended_at),
+        (Status::Expired, Some(d2 + SEC))
+    );
     assert_ledger(&a.session);
 }
 
 #[test]
 fn skip_flags_the_participant_and_moves_on_from_the_deadline() {
-    let s = started(on_timeout(new_session(&["a", "b", "c"], FIVE_MIN_MS), TimeoutAction::Skip));
+    let s = started(on_timeout(
+        new_session(&["a", "b", "c"], FIVE_MIN_MS),
+        TimeoutAction::Skip,
+    ));
     let d = T0 + 5 * MIN;
     let a = ok(&s, Command::Timeout, d + 3 * SEC);
-    assert_eq!(kinds(&a), vec![ev(EventKind::ParticipantExpired, Some("a"))]);
+    assert_eq!(
+        kinds(&a),
+        vec![ev(EventKind::ParticipantExpired, Some("a"))]
+    );
     let s = a.session;
     assert_eq!((s.status, active_id(&s)), (Status::Running, Some("b")));
-    assert_eq!(s.cycle_started_at, Some(d), "b's turn began when a's clock ran out");
+    assert_eq!(
+        s.cycle_started_at,
+        Some(d),
+        "b's turn began when a's clock ran out"
+    );
     assert_eq!(clock(&s, "b", d + 3 * SEC), (5 * MIN - 3 * SEC, 3 * SEC));
     assert_eq!(deadline(&s), Some(d + 5 * MIN));
-    assert_eq!((part(&s, "a").expired, part(&s, "a").cycle_count, s.cycle_count), (true, 1, 1));
+    assert_eq!(
+        (
+            part(&s, "a").expired,
+            part(&s, "a").cycle_count,
+            s.cycle_count
+        ),
+        (true, 1, 1)
+    );
     assert_eq!(err(&s, Command::Timeout, d + 3 * SEC), RuleError::NotDue);
 }
 
 #[test]
 fn skip_ends_the_session_when_fewer_than_two_remain() {
-    let s = started(on_timeout(new_session(&["a", "b"], FIVE_MIN_MS), TimeoutAction::Skip));
+    let s = started(on_timeout(
+        new_session(&["a", "b"], FIVE_MIN_MS),
+        TimeoutAction::Skip,
+    ));
     let a = ok(&s, Command::Timeout, T0 + 5 * MIN);
     assert_eq!(kinds(&a), vec![ev(EventKind::Expired, Some("a"))]);
-    assert_eq!((a.session.status, a.session.ended_at), (Status::Expired, Some(T0 + 5 * MIN)));
+    assert_eq!(
+        (a.session.status, a.session.ended_at),
+        (Status::Expired, Some(T0 + 5 * MIN))
+    );
 }
 
 #[test]
 fn skip_processes_every_passed_deadline_at_its_own_instant() {
-    let mut n = on_timeout(new_session(&["a", "b", "c", "d"], 60_000), TimeoutAction::Skip);
+    let mut n = on_timeout(
+        new_session(&["a", "b", "c", "d"], 60_000),
+        TimeoutAction::Skip,
+    );
     n.participants[0].initial_time_ms = Some(5_000);
     n.participants[1].initial_time_ms = Some(2_000);
     let s = started(n);
     let a = ok(&s, Command::Timeout, T0 + 10 * SEC);
-    assert_eq!(kinds(&a), vec![ev(EventKind::ParticipantExpired, Some("a")), ev(EventKind::ParticipantExpired, Some("b"))]);
-    assert_eq!(a.events.iter().map(|e| e.version).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(
+        kinds(&a),
+        vec![
+            ev(EventKind::ParticipantExpired, Some("a")),
+            ev(EventKind::ParticipantExpired, Some("b"))
+        ]
+    );
+    assert_eq!(
+        a.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [3, 4]
+    );
     let s2 = &a.session;
-    assert_eq!((active_id(s2), s2.cycle_started_at, deadline(s2)), (Some("c"), Some(T0 + 7 * SEC), Some(T0 + 67 * SEC)));
-    assert_eq!((part(s2, "b").clock.used, part(s2, "b").clock.remaining), (2 * SEC, 0));
+    assert_eq!(
+        (active_id(s2), s2.cycle_started_at, deadline(s2)),
+        (Some("c"), Some(T0 + 7 * SEC), Some(T0 + 67 * SEC))
+    );
+    assert_eq!(
+        (part(s2, "b").clock.used, part(s2, "b").clock.remaining),
+        (2 * SEC, 0)
+    );
 
     // With three players the second flag leaves one: the session expires at b's deadline.
     let mut n = on_timeout(new_session(&["a", "b", "c"], 60_000), TimeoutAction::Skip);
     n.participants[0].initial_time_ms = Some(5_000);
     n.participants[1].initial_time_ms = Some(2_000);
     let a = ok(&started(n), Command::Timeout, T0 + 10 * SEC);
-    assert_eq!(kinds(&a), vec![ev(EventKind::ParticipantExpired, Some("a")), ev(EventKind::Expired, Some("b"))]);
+    assert_eq!(
+        kinds(&a),
+        vec![
+            ev(EventKind::ParticipantExpired, Some("a")),
+            ev(EventKind::Expired, Some("b"))
+        ]
+    );
     assert_eq!(a.session.ended_at, Some(T0 + 7 * SEC));
 }
 
@@ -880,12 +1331,33 @@ fn a_late_switch_under_end_session_expires_the_session_instead() {
     let d = T0 + 5 * MIN;
     for now in [d, d + 1, d + 5 * SEC] {
         let a = ok(&s, switch(), now);
-        assert_eq!(kinds(&a), vec![ev(EventKind::Expired, Some("a"))], "switch at d+{}µs", now - d);
+        assert_eq!(
+            kinds(&a),
+            vec![ev(EventKind::Expired, Some("a"))],
+            "switch at d+{}µs",
+            now - d
+        );
         let s2 = &a.session;
-        assert_eq!((s2.status, s2.ended_at, s2.version), (Status::Expired, Some(d), 3));
+        assert_eq!(
+            (s2.status, s2.ended_at, s2.version),
+            (Status::Expired, Some(d), 3)
+        );
         let pa = part(s2, "a");
-        assert_eq!((pa.clock.remaining, pa.clock.used, pa.clock.credits, pa.cycle_count, pa.expired), (0, 5 * MIN, 0, 0, true));
-        assert_eq!((s2.cycle_count, part(s2, "b")), (0, part(&s, "b")), "the switch itself is not applied");
+        assert_eq!(
+            (
+                pa.clock.remaining,
+                pa.clock.used,
+                pa.clock.credits,
+                pa.cycle_count,
+                pa.expired
+            ),
+            (0, 5 * MIN, 0, 0, true)
+        );
+        assert_eq!(
+            (s2.cycle_count, part(s2, "b")),
+            (0, part(&s, "b")),
+            "the switch itself is not applied"
+        );
     }
     // Arguments of a switch that came too late do not matter any more.
     let a = ok(&s, switch_from("b"), d + SEC);
@@ -897,20 +1369,44 @@ fn a_move_landing_exactly_on_the_deadline_instant_is_a_flag() {
     // settle() processes every deadline `d <= now`: the deadline instant itself is
     // already out of time, so the move never earns its increment there.
     let d = T0 + 5 * MIN;
-    let n = |action| fischer(on_timeout(new_session(&["a", "b", "c"], FIVE_MIN_MS), action), 2000, 0);
+    let n = |action| {
+        fischer(
+            on_timeout(new_session(&["a", "b", "c"], FIVE_MIN_MS), action),
+            2000,
+            0,
+        )
+    };
 
     let a = ok(&started(n(TimeoutAction::EndSession)), switch(), d);
     assert_eq!(kinds(&a), vec![ev(EventKind::Expired, Some("a"))]);
-    assert_eq!((a.session.ended_at, part(&a.session, "a").clock.credits), (Some(d), 0));
+    assert_eq!(
+        (a.session.ended_at, part(&a.session, "a").clock.credits),
+        (Some(d), 0)
+    );
 
     let a = ok(&started(n(TimeoutAction::Skip)), switch(), d);
-    assert_eq!(kinds(&a), vec![ev(EventKind::ParticipantExpired, Some("a"))]);
-    assert_eq!((active_id(&a.session), a.session.cycle_started_at), (Some("b"), Some(d)));
+    assert_eq!(
+        kinds(&a),
+        vec![ev(EventKind::ParticipantExpired, Some("a"))]
+    );
+    assert_eq!(
+        (active_id(&a.session), a.session.cycle_started_at),
+        (Some("b"), Some(d))
+    );
     assert_eq!(part(&a.session, "a").clock.credits, 0);
 
     let a = ok(&started(n(TimeoutAction::Notify)), switch(), d);
-    assert_eq!(kinds(&a), vec![ev(EventKind::ParticipantExpired, Some("a")), ev(EventKind::Switched, Some("a"))]);
-    assert_eq!((active_id(&a.session), part(&a.session, "a").clock.remaining), (Some("b"), 0));
+    assert_eq!(
+        kinds(&a),
+        vec![
+            ev(EventKind::ParticipantExpired, Some("a")),
+            ev(EventKind::Switched, Some("a"))
+        ]
+    );
+    assert_eq!(
+        (active_id(&a.session), part(&a.session, "a").clock.remaining),
+        (Some("b"), 0)
+    );
     assert_eq!(part(&a.session, "a").clock.credits, 0);
 
     // The same instant through the timer: one transition, then nothing is due.
@@ -925,19 +1421,38 @@ fn a_switch_one_microsecond_before_the_deadline_is_in_time() {
     let s = started(fischer(new_session(&["a", "b"], FIVE_MIN_MS), 2000, 0));
     let a = ok(&s, switch(), T0 + 5 * MIN - 1);
     assert_eq!(kinds(&a), vec![ev(EventKind::Switched, Some("a"))]);
-    assert_eq!((part(&a.session, "a").clock.remaining, part(&a.session, "a").expired), (1 + 2 * SEC, false));
+    assert_eq!(
+        (
+            part(&a.session, "a").clock.remaining,
+            part(&a.session, "a").expired
+        ),
+        (1 + 2 * SEC, false)
+    );
     assert_eq!(active_id(&a.session), Some("b"));
 }
 
 #[test]
 fn a_late_switch_under_skip_only_applies_the_skip() {
-    let s = started(on_timeout(new_session(&["a", "b", "c"], FIVE_MIN_MS), TimeoutAction::Skip));
+    let s = started(on_timeout(
+        new_session(&["a", "b", "c"], FIVE_MIN_MS),
+        TimeoutAction::Skip,
+    ));
     let d = T0 + 5 * MIN;
     let a = ok(&s, switch_from("a"), d + 5 * SEC);
-    assert_eq!(kinds(&a), vec![ev(EventKind::ParticipantExpired, Some("a"))]);
+    assert_eq!(
+        kinds(&a),
+        vec![ev(EventKind::ParticipantExpired, Some("a"))]
+    );
     let s2 = &a.session;
-    assert_eq!((s2.status, active_id(s2), s2.cycle_started_at), (Status::Running, Some("b"), Some(d)));
-    assert_eq!(clock(s2, "b", d + 5 * SEC), (5 * MIN - 5 * SEC, 5 * SEC), "b has been on the clock since d");
+    assert_eq!(
+        (s2.status, active_id(s2), s2.cycle_started_at),
+        (Status::Running, Some("b"), Some(d))
+    );
+    assert_eq!(
+        clock(s2, "b", d + 5 * SEC),
+        (5 * MIN - 5 * SEC, 5 * SEC),
+        "b has been on the clock since d"
+    );
     assert_eq!(s2.cycle_count, 1);
     // Exactly the state the timer would have produced.
     let timer = ok(&s, Command::Timeout, d + 5 * SEC);
@@ -946,15 +1461,43 @@ fn a_late_switch_under_skip_only_applies_the_skip() {
 
 #[test]
 fn a_late_switch_under_notify_flags_then_switches() {
-    let s = started(fischer(on_timeout(new_session(&["a", "b", "c"], FIVE_MIN_MS), TimeoutAction::Notify), 2000, 0));
+    let s = started(fischer(
+        on_timeout(
+            new_session(&["a", "b", "c"], FIVE_MIN_MS),
+            TimeoutAction::Notify,
+        ),
+        2000,
+        0,
+    ));
     let d = T0 + 5 * MIN;
     let a = ok(&s, switch(), d + 5 * SEC);
-    assert_eq!(kinds(&a), vec![ev(EventKind::ParticipantExpired, Some("a")), ev(EventKind::Switched, Some("a"))]);
-    assert_eq!(a.events.iter().map(|e| e.version).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(
+        kinds(&a),
+        vec![
+            ev(EventKind::ParticipantExpired, Some("a")),
+            ev(EventKind::Switched, Some("a"))
+        ]
+    );
+    assert_eq!(
+        a.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [3, 4]
+    );
     let s2 = &a.session;
-    assert_eq!((s2.status, active_id(s2), s2.cycle_started_at), (Status::Running, Some("b"), Some(d + 5 * SEC)));
+    assert_eq!(
+        (s2.status, active_id(s2), s2.cycle_started_at),
+        (Status::Running, Some("b"), Some(d + 5 * SEC))
+    );
     let pa = part(s2, "a");
-    assert_eq!((pa.clock.remaining, pa.clock.used, pa.clock.credits, pa.cycle_count, pa.expired), (0, 5 * MIN, 0, 1, true));
+    assert_eq!(
+        (
+            pa.clock.remaining,
+            pa.clock.used,
+            pa.clock.credits,
+            pa.cycle_count,
+            pa.expired
+        ),
+        (0, 5 * MIN, 0, 1, true)
+    );
     assert_ledger(s2);
 }
 
@@ -985,8 +1528,17 @@ fn terminal_sessions_accept_no_command() {
     let running = started(new_session(&["a", "b"], FIVE_MIN_MS));
     let expired = ok(&running, Command::Timeout, T0 + 5 * MIN).session;
     let completed = ok(&running, Command::Complete, T0 + SEC).session;
-    let cancelled = ok(&created(new_session(&["a", "b"], FIVE_MIN_MS)), Command::Cancel, T0).session;
-    for (s, name) in [(&expired, "EXPIRED"), (&completed, "COMPLETED"), (&cancelled, "CANCELLED")] {
+    let cancelled = ok(
+        &created(new_session(&["a", "b"], FIVE_MIN_MS)),
+        Command::Cancel,
+        T0,
+    )
+    .session;
+    for (s, name) in [
+        (&expired, "EXPIRED"),
+        (&completed, "COMPLETED"),
+        (&cancelled, "CANCELLED"),
+    ] {
         assert!(s.status.is_terminal());
         for c in every_command() {
             for now in [s.updated_at, s.updated_at + 60 * MIN, T0 - 60 * MIN] {
@@ -994,7 +1546,10 @@ fn terminal_sessions_accept_no_command() {
             }
         }
         // The timer's command has nothing to do on an ended session (the store treats it as a no-op).
-        assert_eq!(err(s, Command::Timeout, s.updated_at + 60 * MIN), RuleError::NotDue);
+        assert_eq!(
+            err(s, Command::Timeout, s.updated_at + 60 * MIN),
+            RuleError::NotDue
+        );
     }
 }
 
@@ -1003,7 +1558,11 @@ fn terminal_sessions_accept_no_command() {
 // ---------------------------------------------------------------------------
 
 fn with_rid(c: Command, r: &str) -> Request {
-    Request { command: c, expected_version: None, request_id: Some(rid(r)) }
+    Request {
+        command: c,
+        expected_version: None,
+        request_id: Some(rid(r)),
+    }
 }
 
 #[test]
@@ -1011,18 +1570,33 @@ fn a_repeated_request_id_returns_the_session_unchanged_without_events() {
     let s = created(new_session(&["a", "b"], FIVE_MIN_MS));
     let a = apply(&s, &with_rid(start(), "r1"), T0).unwrap();
     assert!(a.session.has_applied("r1"));
-    assert_eq!(a.events.last().unwrap().session, a.session, "the snapshot carries the remembered id");
+    assert_eq!(
+        a.events.last().unwrap().session,
+        a.session,
+        "the snapshot carries the remembered id"
+    );
     let s = a.session;
 
     // Same id again, even with another command, a stale expected_version, after the deadline.
-    for (c, ev_) in [(start(), None), (Command::Pause, Some(1)), (switch(), Some(99)), (Command::Timeout, None)] {
-        let r = Request { command: c, expected_version: ev_, request_id: Some(rid("r1")) };
+    for (c, ev_) in [
+        (start(), None),
+        (Command::Pause, Some(1)),
+        (switch(), Some(99)),
+        (Command::Timeout, None),
+    ] {
+        let r = Request {
+            command: c,
+            expected_version: ev_,
+            request_id: Some(rid("r1")),
+        };
         let again = apply(&s, &r, T0 + 60 * MIN).unwrap();
         assert!(again.events.is_empty());
         assert_eq!(again.session, s);
     }
     // A terminal session replays too.
-    let done = apply(&s, &with_rid(Command::Cancel, "r2"), T0 + SEC).unwrap().session;
+    let done = apply(&s, &with_rid(Command::Cancel, "r2"), T0 + SEC)
+        .unwrap()
+        .session;
     let again = apply(&done, &with_rid(Command::Cancel, "r2"), T0 + 2 * SEC).unwrap();
     assert!(again.events.is_empty());
     assert_eq!(again.session, done);
@@ -1049,32 +1623,71 @@ fn a_refused_request_id_is_not_remembered() {
 #[test]
 fn only_the_last_64_request_ids_are_remembered() {
     let mut s = ok(&created(new_session(&["a", "b"], FIVE_MIN_MS)), start(), T0).session;
-    s = apply(&s, &with_rid(adjust("b", 1), "first"), T0).unwrap().session;
+    s = apply(&s, &with_rid(adjust("b", 1), "first"), T0)
+        .unwrap()
+        .session;
     for i in 0..REMEMBERED_REQUESTS {
-        s = apply(&s, &with_rid(adjust("b", 1), &format!("n{i}")), T0).unwrap().session;
+        s = apply(&s, &with_rid(adjust("b", 1), &format!("n{i}")), T0)
+            .unwrap()
+            .session;
     }
     assert_eq!(s.recent_requests.len(), REMEMBERED_REQUESTS);
     assert_eq!(s.recent_requests.front().map(String::as_str), Some("n0"));
     let a = apply(&s, &with_rid(adjust("b", 1), "n0"), T0).unwrap();
     assert!(a.events.is_empty(), "n0 is the oldest still remembered");
     let a = apply(&s, &with_rid(adjust("b", 1), "first"), T0).unwrap();
-    assert_eq!(a.events.len(), 1, "\"first\" was forgotten, so it applies again");
-    assert_eq!(a.session.recent_requests.front().map(String::as_str), Some("n1"));
+    assert_eq!(
+        a.events.len(),
+        1,
+        "\"first\" was forgotten, so it applies again"
+    );
+    assert_eq!(
+        a.session.recent_requests.front().map(String::as_str),
+        Some("n1")
+    );
 }
 
 #[test]
 fn expected_version_must_match() {
     let s = created(new_session(&["a", "b"], FIVE_MIN_MS));
-    let r = |v| Request { command: start(), expected_version: Some(v), request_id: None };
+    let r = |v| Request {
+        command: start(),
+        expected_version: Some(v),
+        request_id: None,
+    };
     for wrong in [0, 2, u64::MAX] {
         let e = apply(&s, &r(wrong), T0).unwrap_err();
-        assert_eq!(e, RuleError::VersionMismatch { expected: wrong, actual: 1 });
-        assert!(e.to_string().contains(&format!("expected_version {wrong}")), "{e}");
+        assert_eq!(
+            e,
+            RuleError::VersionMismatch {
+                expected: wrong,
+                actual: 1
+            }
+        );
+        assert!(
+            e.to_string().contains(&format!("expected_version {wrong}")),
+            "{e}"
+        );
     }
     let s = apply(&s, &r(1), T0).unwrap().session;
     assert_eq!(s.version, 2);
-    let e = apply(&s, &Request { command: switch(), expected_version: Some(1), request_id: None }, T0).unwrap_err();
-    assert_eq!(e, RuleError::VersionMismatch { expected: 1, actual: 2 });
+    let e = apply(
+        &s,
+        &Request {
+            command: switch(),
+            expected_version: Some(1),
+            request_id: None,
+        },
+        T0,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        RuleError::VersionMismatch {
+            expected: 1,
+            actual: 2
+        }
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1087,8 +1700,15 @@ fn a_now_earlier_than_the_last_change_is_treated_as_the_last_change() {
     let s = ok(&s, switch(), T0 + 10 * SEC).session;
     let a = ok(&s, switch(), T0 + 3 * SEC);
     let s = a.session;
-    assert_eq!((part(&s, "b").clock.used, part(&s, "b").clock.remaining), (0, 5 * MIN + SEC), "charged 0, not -7 s");
-    assert_eq!((s.updated_at, a.events[0].at, s.cycle_started_at), (T0 + 10 * SEC, T0 + 10 * SEC, Some(T0 + 10 * SEC)));
+    assert_eq!(
+        (part(&s, "b").clock.used, part(&s, "b").clock.remaining),
+        (0, 5 * MIN + SEC),
+        "charged 0, not -7 s"
+    );
+    assert_eq!(
+        (s.updated_at, a.events[0].at, s.cycle_started_at),
+        (T0 + 10 * SEC, T0 + 10 * SEC, Some(T0 + 10 * SEC))
+    );
     assert_eq!(err(&s, Command::Timeout, T0), RuleError::NotDue);
 }
 
@@ -1096,11 +1716,26 @@ fn a_now_earlier_than_the_last_change_is_treated_as_the_last_change() {
 fn participant_clock_charges_the_running_stretch_on_the_fly() {
     let s = started(new_session(&["a", "b"], FIVE_MIN_MS));
     assert_eq!(clock(&s, "a", T0), (5 * MIN, 0));
-    assert_eq!(clock(&s, "a", T0 + 1_500_000), (5 * MIN - 1_500_000, 1_500_000));
-    assert_eq!(clock(&s, "a", T0 - 5 * SEC), (5 * MIN, 0), "never before the cycle started");
+    assert_eq!(
+        clock(&s, "a", T0 + 1_500_000),
+        (5 * MIN - 1_500_000, 1_500_000)
+    );
+    assert_eq!(
+        clock(&s, "a", T0 - 5 * SEC),
+        (5 * MIN, 0),
+        "never before the cycle started"
+    );
     assert_eq!(clock(&s, "a", T0 + 5 * MIN), (0, 5 * MIN));
-    assert_eq!(clock(&s, "a", T0 + 60 * MIN), (0, 5 * MIN), "never past zero");
-    assert_eq!(clock(&s, "b", T0 + 60 * MIN), (5 * MIN, 0), "a waiting clock does not move");
+    assert_eq!(
+        clock(&s, "a", T0 + 60 * MIN),
+        (0, 5 * MIN),
+        "never past zero"
+    );
+    assert_eq!(
+        clock(&s, "b", T0 + 60 * MIN),
+        (5 * MIN, 0),
+        "a waiting clock does not move"
+    );
 }
 
 #[test]
@@ -1120,13 +1755,22 @@ fn deadline_only_while_a_clock_runs() {
     assert_eq!(deadline(&pending), None);
     let running = ok(&pending, start(), T0 + SEC).session;
     assert_eq!(deadline(&running), Some(T0 + SEC + 5 * MIN));
-    assert_eq!(deadline(&ok(&running, Command::Pause, T0 + 2 * SEC).session), None);
-    assert_eq!(deadline(&ok(&running, Command::Complete, T0 + 2 * SEC).session), None);
+    assert_eq!(
+        deadline(&ok(&running, Command::Pause, T0 + 2 * SEC).session),
+        None
+    );
+    assert_eq!(
+        deadline(&ok(&running, Command::Complete, T0 + 2 * SEC).session),
+        None
+    );
 }
 
 #[test]
 fn every_event_carries_its_version_and_the_snapshot_after_it() {
-    let s = started(on_timeout(new_session(&["a", "b"], FIVE_MIN_MS), TimeoutAction::Notify));
+    let s = started(on_timeout(
+        new_session(&["a", "b"], FIVE_MIN_MS),
+        TimeoutAction::Notify,
+    ));
     let a = ok(&s, switch(), T0 + 6 * MIN);
     assert_eq!(a.events.len(), 2);
     for (k, e) in a.events.iter().enumerate() {
@@ -1134,7 +1778,10 @@ fn every_event_carries_its_version_and_the_snapshot_after_it() {
         assert_eq!(e.session.version, e.version);
         assert_eq!(e.at, T0 + 6 * MIN);
     }
-    assert_eq!(a.events[0].session.active, s.active, "the first snapshot is before the switch");
+    assert_eq!(
+        a.events[0].session.active, s.active,
+        "the first snapshot is before the switch"
+    );
     assert_eq!(a.events[1].session, a.session);
 }
 
@@ -1142,7 +1789,10 @@ fn every_event_carries_its_version_and_the_snapshot_after_it() {
 fn deleted_event_is_one_version_past_the_last() {
     let s = started(new_session(&["a", "b"], FIVE_MIN_MS));
     let e = deleted_event(&s, T0 + SEC);
-    assert_eq!((e.version, e.kind, e.at, e.session.version), (s.version + 1, EventKind::Deleted, T0 + SEC, s.version + 1));
+    assert_eq!(
+        (e.version, e.kind, e.at, e.session.version),
+        (s.version + 1, EventKind::Deleted, T0 + SEC, s.version + 1)
+    );
     assert_eq!(deleted_event(&s, T0 - SEC).at, s.updated_at);
 }
 
@@ -1179,7 +1829,11 @@ struct SessionSpec {
 
 impl SessionSpec {
     fn expected_initial_ms(&self, i: usize) -> i64 {
-        if self.shared_initial && i % 2 == 0 { self.initial_ms[0] } else { self.initial_ms[i] }
+        if self.shared_initial && i % 2 == 0 {
+            self.initial_ms[0]
+        } else {
+            self.initial_ms[i]
+        }
     }
 
     fn build(&self) -> NewSession {
@@ -1189,10 +1843,18 @@ impl SessionSpec {
                 id: pid(&format!("p{i}")),
                 index: self.indexes.as_ref().map(|v| v[i]),
                 group: None,
-                initial_time_ms: if self.shared_initial && i % 2 == 0 { None } else { Some(self.initial_ms[i]) },
+                initial_time_ms: if self.shared_initial && i % 2 == 0 {
+                    None
+                } else {
+                    Some(self.initial_ms[i])
+                },
             })
             .collect();
-        n.initial_time_ms = if self.shared_initial { self.initial_ms[0] } else { 0 };
+        n.initial_time_ms = if self.shared_initial {
+            self.initial_ms[0]
+        } else {
+            0
+        };
         n.time_control.increment_ms = self.increment_ms;
         n.time_control.max_remaining_ms = self.cap_ms;
         n.timeout_action = self.action;
@@ -1209,7 +1871,13 @@ fn session_spec(tight: bool) -> impl Strategy<Value = SessionSpec> {
     let action = if tight {
         prop_oneof![1 => Just(None), 1 => Just(Some(TimeoutAction::EndSession)), 4 => Just(Some(TimeoutAction::Skip)), 3 => Just(Some(TimeoutAction::Notify))].boxed()
     } else {
-        prop_oneof![Just(None), Just(Some(TimeoutAction::EndSession)), Just(Some(TimeoutAction::Skip)), Just(Some(TimeoutAction::Notify))].boxed()
+        prop_oneof![
+            Just(None),
+            Just(Some(TimeoutAction::EndSession)),
+            Just(Some(TimeoutAction::Skip)),
+            Just(Some(TimeoutAction::Notify))
+        ]
+        .boxed()
     };
     let increment = prop_oneof![3 => Just(0i64), 4 => 1i64..=5_000, 1 => 5_000i64..=120_000, 1 => Just(MAX_DURATION_MS)];
     let cap = prop_oneof![2 => Just(0i64), 2 => 1i64..=20_000, 2 => 20_000i64..=7_200_000, 1 => Just(MAX_DURATION_MS)];
@@ -1218,7 +1886,9 @@ fn session_spec(tight: bool) -> impl Strategy<Value = SessionSpec> {
             (
                 vec(budget.clone(), n),
                 proptest::option::of(
-                    proptest::collection::btree_set(any::<u32>(), n).prop_map(Vec::from_iter).prop_shuffle(),
+                    proptest::collection::btree_set(any::<u32>(), n)
+                        .prop_map(Vec::from_iter)
+                        .prop_shuffle(),
                 ),
                 any::<bool>(),
                 increment.clone(),
@@ -1226,25 +1896,33 @@ fn session_spec(tight: bool) -> impl Strategy<Value = SessionSpec> {
                 action.clone(),
             )
         })
-        .prop_map(|(initial_ms, indexes, shared_initial, increment_ms, cap_ms, action)| SessionSpec {
-            initial_ms,
-            indexes,
-            shared_initial,
-            increment_ms,
-            cap_ms: if increment_ms == 0 { 0 } else { cap_ms },
-            action,
-        })
+        .prop_map(
+            |(initial_ms, indexes, shared_initial, increment_ms, cap_ms, action)| SessionSpec {
+                initial_ms,
+                indexes,
+                shared_initial,
+                increment_ms,
+                cap_ms: if increment_ms == 0 { 0 } else { cap_ms },
+                action,
+            },
+        )
 }
 
 #[derive(Clone, Debug)]
 enum Op {
     Start(Option<usize>),
-    Switch { from: Option<usize>, next: Option<usize> },
+    Switch {
+        from: Option<usize>,
+        next: Option<usize>,
+    },
     Pause,
     Resume,
     Complete,
     Cancel,
-    Adjust { who: usize, delta_ms: i64 },
+    Adjust {
+        who: usize,
+        delta_ms: i64,
+    },
     Timeout,
 }
 
@@ -1334,20 +2012,30 @@ fn step(tight: bool) -> impl Strategy<Value = Step> {
 }
 
 fn ghost_or(i: usize, n: usize) -> ParticipantId {
-    if i == GHOST { pid("ghost") } else { pid(&format!("p{}", i % n)) }
+    if i == GHOST {
+        pid("ghost")
+    } else {
+        pid(&format!("p{}", i % n))
+    }
 }
 
 fn command(op: &Op, n: usize) -> Command {
     match op {
-        Op::Start(first) => Command::Start { first: first.map(|i| ghost_or(i, n)) },
-        Op::Switch { from, next } => Command::Switch { from: from.map(|i| ghost_or(i, n)), next: next.map(|i| ghost_or(i, n)) },
+        Op::Start(first) => Command::Start {
+            first: first.map(|i| ghost_or(i, n)),
+        },
+        Op::Switch { from, next } => Command::Switch {
+            from: from.map(|i| ghost_or(i, n)),
+            next: next.map(|i| ghost_or(i, n)),
+        },
         Op::Pause => Command::Pause,
         Op::Resume => Command::Resume,
         Op::Complete => Command::Complete,
         Op::Cancel => Command::Cancel,
-        Op::Adjust { who, delta_ms } => {
-            Command::Adjust { target: AdjustTarget::Participant(ghost_or(*who, n)), delta_ms: *delta_ms }
-        }
+        Op::Adjust { who, delta_ms } => Command::Adjust {
+            target: AdjustTarget::Participant(ghost_or(*who, n)),
+            delta_ms: *delta_ms,
+        },
         Op::Timeout => Command::Timeout,
     }
 }
@@ -1356,16 +2044,33 @@ fn command(op: &Op, n: usize) -> Command {
 fn run(spec: &SessionSpec, lead_start: bool, steps: &[Step]) {
     let n = spec.initial_ms.len();
     let (mut s, created_event) = create(spec.build(), T0).expect("the generated session is valid");
-    assert_eq!((s.version, s.status, created_event.version), (1, Status::Pending, 1));
+    assert_eq!(
+        (s.version, s.status, created_event.version),
+        (1, Status::Pending, 1)
+    );
     assert_eq!(created_event.session, s);
-    assert_eq!(s.timeout_action, spec.action.unwrap_or(TimeoutAction::EndSession));
+    assert_eq!(
+        s.timeout_action,
+        spec.action.unwrap_or(TimeoutAction::EndSession)
+    );
     for i in 0..n {
         let p = part(&s, &format!("p{i}"));
-        assert_eq!((p.clock.initial, p.clock.remaining), (spec.expected_initial_ms(i) * MS, spec.expected_initial_ms(i) * MS));
+        assert_eq!(
+            (p.clock.initial, p.clock.remaining),
+            (
+                spec.expected_initial_ms(i) * MS,
+                spec.expected_initial_ms(i) * MS
+            )
+        );
     }
     check_invariants(&s, T0);
 
-    let lead = lead_start.then_some(Step { op: Op::Start(None), when: When::After(0), rid: Rid::No, ev: Ev::No });
+    let lead = lead_start.then_some(Step {
+        op: Op::Start(None),
+        when: When::After(0),
+        rid: Rid::No,
+        ev: Ev::No,
+    });
     let mut now = T0;
     let mut sent: Vec<String> = Vec::new();
     for (k, step) in lead.iter().chain(steps).enumerate() {
@@ -1417,13 +2122,24 @@ fn check_step(before: &Session, r: &Request, now: Micros) -> Session {
         return a.session;
     }
     if let Some(v) = r.expected_version.filter(|v| *v != before.version) {
-        assert_eq!(got.unwrap_err(), RuleError::VersionMismatch { expected: v, actual: before.version });
+        assert_eq!(
+            got.unwrap_err(),
+            RuleError::VersionMismatch {
+                expected: v,
+                actual: before.version
+            }
+        );
         return before.clone();
     }
     if before.status.is_terminal() {
         match (&r.command, &got) {
-            (Command::Timeout, Err(RuleError::NotDue)) | (_, Err(RuleError::FailedPrecondition(_))) => {}
-            _ => panic!("a {} session accepted {:?}: {got:?}", before.status.name(), r.command),
+            (Command::Timeout, Err(RuleError::NotDue))
+            | (_, Err(RuleError::FailedPrecondition(_))) => {}
+            _ => panic!(
+                "a {} session accepted {:?}: {got:?}",
+                before.status.name(),
+                r.command
+            ),
         }
         if !matches!(r.command, Command::Timeout) {
             assert_failed_precondition(got.as_ref().unwrap_err(), before.status.name());
@@ -1458,32 +2174,69 @@ fn check_step(before: &Session, r: &Request, now: Micros) -> Session {
 fn check_timeout(before: &Session, r: &Request, now: Micros, got: &Result<Applied, RuleError>) {
     let eff = now.max(before.updated_at);
     let Some(d) = deadline(before).filter(|d| *d <= eff) else {
-        assert_eq!(got.as_ref().unwrap_err(), &RuleError::NotDue, "nothing was due at {eff}");
+        assert_eq!(
+            got.as_ref().unwrap_err(),
+            &RuleError::NotDue,
+            "nothing was due at {eff}"
+        );
         return;
     };
-    let a = got.as_ref().unwrap_or_else(|e| panic!("the deadline {d} passed at {eff} but the timeout was refused: {e}"));
+    let a = got.as_ref().unwrap_or_else(|e| {
+        panic!("the deadline {d} passed at {eff} but the timeout was refused: {e}")
+    });
     assert!(!a.events.is_empty());
     let mover = before.active_participant().unwrap().id.clone();
-    assert_eq!(a.events[0].participant.as_ref(), Some(&mover), "the first flag is the running clock's");
+    assert_eq!(
+        a.events[0].participant.as_ref(),
+        Some(&mover),
+        "the first flag is the running clock's"
+    );
     let flagged: Vec<ParticipantId> = (0..before.participants.len())
         .filter(|&i| !before.participants[i].expired && a.session.participants[i].expired)
         .map(|i| a.session.participants[i].id.clone())
         .collect();
     assert_eq!(a.events.len(), flagged.len(), "one transition per flag");
-    let named: BTreeSet<&ParticipantId> = a.events.iter().filter_map(|e| e.participant.as_ref()).collect();
-    assert_eq!(named, flagged.iter().collect(), "each event names one participant that flagged");
+    let named: BTreeSet<&ParticipantId> = a
+        .events
+        .iter()
+        .filter_map(|e| e.participant.as_ref())
+        .collect();
+    assert_eq!(
+        named,
+        flagged.iter().collect(),
+        "each event names one participant that flagged"
+    );
     for (k, e) in a.events.iter().enumerate() {
         let last = k + 1 == a.events.len();
-        assert!(e.kind == EventKind::ParticipantExpired || (last && e.kind == EventKind::Expired), "{:?}", kinds(a));
+        assert!(
+            e.kind == EventKind::ParticipantExpired || (last && e.kind == EventKind::Expired),
+            "{:?}",
+            kinds(a)
+        );
     }
     match before.timeout_action {
         TimeoutAction::EndSession => {
-            assert_eq!(kinds(a), vec![(EventKind::Expired, Some(mover.as_str().to_owned()))]);
-            assert_eq!((a.session.status, a.session.ended_at), (Status::Expired, Some(d)));
+            assert_eq!(
+                kinds(a),
+                vec![(EventKind::Expired, Some(mover.as_str().to_owned()))]
+            );
+            assert_eq!(
+                (a.session.status, a.session.ended_at),
+                (Status::Expired, Some(d))
+            );
         }
         TimeoutAction::Notify => {
-            assert_eq!(kinds(a), vec![(EventKind::ParticipantExpired, Some(mover.as_str().to_owned()))]);
-            assert_eq!((a.session.status, a.session.active), (Status::Running, before.active));
+            assert_eq!(
+                kinds(a),
+                vec![(
+                    EventKind::ParticipantExpired,
+                    Some(mover.as_str().to_owned())
+                )]
+            );
+            assert_eq!(
+                (a.session.status, a.session.active),
+                (Status::Running, before.active)
+            );
         }
         TimeoutAction::Skip => {}
     }
@@ -1496,30 +2249,56 @@ fn check_timeout(before: &Session, r: &Request, now: Micros, got: &Result<Applie
     let mut steps = Vec::new();
     while let Some(dd) = deadline(&s).filter(|x| *x <= eff) {
         let one = apply(&s, &Request::new(Command::Timeout), dd).expect("due at its own deadline");
-        steps.extend(one.events.iter().map(|e| (e.version, e.kind, e.participant.clone())));
+        steps.extend(
+            one.events
+                .iter()
+                .map(|e| (e.version, e.kind, e.participant.clone())),
+        );
         s = one.session;
     }
-    let direct: Vec<_> = a.events.iter().map(|e| (e.version, e.kind, e.participant.clone())).collect();
+    let direct: Vec<_> = a
+        .events
+        .iter()
+        .map(|e| (e.version, e.kind, e.participant.clone()))
+        .collect();
     assert_eq!(direct, steps);
     assert_eq!(a.session.participants, s.participants);
     assert_eq!(
-        (a.session.status, a.session.active, a.session.cycle_started_at, a.session.ended_at, a.session.cycle_count),
-        (s.status, s.active, s.cycle_started_at, s.ended_at, s.cycle_count)
+        (
+            a.session.status,
+            a.session.active,
+            a.session.cycle_started_at,
+            a.session.ended_at,
+            a.session.cycle_count
+        ),
+        (
+            s.status,
+            s.active,
+            s.cycle_started_at,
+            s.ended_at,
+            s.cycle_count
+        )
     );
 
     // A duplicate timer at the same instant finds nothing to do.
-    assert_eq!(apply(&a.session, &Request::new(Command::Timeout), now).unwrap_err(), RuleError::NotDue);
+    assert_eq!(
+        apply(&a.session, &Request::new(Command::Timeout), now).unwrap_err(),
+        RuleError::NotDue
+    );
     let _ = r;
 }
 
 /// A command after the deadline: judged by the clock. It behaves as if the timer
 /// had fired first, except that a switch whose mover no longer has the turn is void.
 fn check_late(before: &Session, r: &Request, now: Micros, got: &Result<Applied, RuleError>) {
-    let timer = apply(before, &Request::new(Command::Timeout), now).expect("the deadline passed: the timer fires");
+    let timer = apply(before, &Request::new(Command::Timeout), now)
+        .expect("the deadline passed: the timer fires");
     let settled = &timer.session;
     let turn_moved_on = !(settled.status == Status::Running && settled.active == before.active);
     if matches!(r.command, Command::Switch { .. }) && turn_moved_on {
-        let a = got.as_ref().unwrap_or_else(|e| panic!("a late switch is answered with the flag, got {e}"));
+        let a = got
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a late switch is answered with the flag, got {e}"));
         let mut want = settled.clone();
         let mut want_events = timer.events.clone();
         if let Some(id) = &r.request_id {
@@ -1533,7 +2312,15 @@ fn check_late(before: &Session, r: &Request, now: Micros, got: &Result<Applied, 
         }
         return;
     }
-    let then = apply(settled, &Request { command: r.command.clone(), expected_version: None, request_id: r.request_id.clone() }, now);
+    let then = apply(
+        settled,
+        &Request {
+            command: r.command.clone(),
+            expected_version: None,
+            request_id: r.request_id.clone(),
+        },
+        now,
+    );
     match (got, then) {
         (Err(e1), Err(e2)) => assert_eq!(e1, &e2),
         (Ok(a1), Ok(a2)) => {
@@ -1541,7 +2328,10 @@ fn check_late(before: &Session, r: &Request, now: Micros, got: &Result<Applied, 
             let want: Vec<Event> = timer.events.iter().chain(&a2.events).cloned().collect();
             assert_eq!(a1.events, want);
         }
-        (a, b) => panic!("late {:?}: direct {a:?} vs timer-then-command {b:?}", r.command),
+        (a, b) => panic!(
+            "late {:?}: direct {a:?} vs timer-then-command {b:?}",
+            r.command
+        ),
     }
 }
 
@@ -1555,12 +2345,20 @@ fn check_on_time(before: &Session, r: &Request, eff: Micros, got: &Result<Applie
         _ => 0,
     };
     let refused = |what: &str| -> &RuleError {
-        got.as_ref().err().unwrap_or_else(|| panic!("{what}: {:?} should be refused", r.command))
+        got.as_ref()
+            .err()
+            .unwrap_or_else(|| panic!("{what}: {:?} should be refused", r.command))
     };
-    let applied = || got.as_ref().unwrap_or_else(|e| panic!("{:?} at {eff} refused: {e}\n{before:?}", r.command));
+    let applied = || {
+        got.as_ref()
+            .unwrap_or_else(|e| panic!("{:?} at {eff} refused: {e}\n{before:?}", r.command))
+    };
     let others_unchanged = |after: &Session, except: Option<usize>| {
         for i in (0..n).filter(|i| Some(*i) != except) {
-            assert_eq!(after.participants[i], before.participants[i], "participant {i} changed");
+            assert_eq!(
+                after.participants[i], before.participants[i],
+                "participant {i} changed"
+            );
         }
     };
     match &r.command {
@@ -1578,9 +2376,15 @@ fn check_on_time(before: &Session, r: &Request, eff: Micros, got: &Result<Applie
                 },
             };
             let e0 = &applied().events[0];
-            assert_eq!((e0.kind, e0.participant.as_ref()), (EventKind::Started, Some(&before.participants[pos].id)));
+            assert_eq!(
+                (e0.kind, e0.participant.as_ref()),
+                (EventKind::Started, Some(&before.participants[pos].id))
+            );
             let s0 = &e0.session;
-            assert_eq!((s0.status, s0.active, s0.cycle_started_at, s0.started_at), (Status::Running, Some(pos), Some(eff), Some(eff)));
+            assert_eq!(
+                (s0.status, s0.active, s0.cycle_started_at, s0.started_at),
+                (Status::Running, Some(pos), Some(eff), Some(eff))
+            );
             others_unchanged(s0, None);
         }
         Command::Switch { from, next } => {
@@ -1602,24 +2406,40 @@ fn check_on_time(before: &Session, r: &Request, eff: Micros, got: &Result<Applie
                     }
                     Some(p) => Some(p),
                 },
-                None => (1..=n).map(|k| (mover + k) % n).find(|&i| !before.participants[i].expired),
+                None => (1..=n)
+                    .map(|k| (mover + k) % n)
+                    .find(|&i| !before.participants[i].expired),
             };
             let credit = if m.expired {
                 0
             } else if tc.max_remaining > 0 {
-                tc.increment.min((tc.max_remaining - (m.clock.remaining - running_e)).max(0))
+                tc.increment
+                    .min((tc.max_remaining - (m.clock.remaining - running_e)).max(0))
             } else {
                 tc.increment
             };
             let e0 = &applied().events[0];
             let s0 = &e0.session;
             let ma = &s0.participants[mover];
-            assert!(running_e < m.clock.remaining || m.expired, "on time means before the deadline");
+            assert!(
+                running_e < m.clock.remaining || m.expired,
+                "on time means before the deadline"
+            );
             assert_eq!(ma.clock.used, m.clock.used + running_e, "charged e");
-            assert_eq!(ma.clock.remaining, m.clock.remaining - running_e + credit, "R - e + increment (capped)");
-            assert_eq!((ma.clock.credits, ma.cycle_count, ma.expired), (m.clock.credits + credit, m.cycle_count + 1, m.expired));
+            assert_eq!(
+                ma.clock.remaining,
+                m.clock.remaining - running_e + credit,
+                "R - e + increment (capped)"
+            );
+            assert_eq!(
+                (ma.clock.credits, ma.cycle_count, ma.expired),
+                (m.clock.credits + credit, m.cycle_count + 1, m.expired)
+            );
             if tc.max_remaining > 0 && credit > 0 {
-                assert!(ma.clock.remaining <= tc.max_remaining, "the increment lifted the budget above the cap");
+                assert!(
+                    ma.clock.remaining <= tc.max_remaining,
+                    "the increment lifted the budget above the cap"
+                );
             }
             assert_eq!(s0.cycle_count, before.cycle_count + 1);
             assert_eq!(e0.participant.as_ref(), Some(&m.id));
@@ -1627,11 +2447,21 @@ fn check_on_time(before: &Session, r: &Request, eff: Micros, got: &Result<Applie
             match target {
                 Some(t) => {
                     assert_eq!(e0.kind, EventKind::Switched);
-                    assert_eq!((s0.status, s0.active, s0.cycle_started_at), (Status::Running, Some(t), Some(eff)));
+                    assert_eq!(
+                        (s0.status, s0.active, s0.cycle_started_at),
+                        (Status::Running, Some(t), Some(eff))
+                    );
                 }
                 None => {
-                    assert_eq!(before.timeout_action, TimeoutAction::Notify, "only NOTIFY can run out of eligible participants");
-                    assert_eq!((e0.kind, s0.status, s0.ended_at), (EventKind::Expired, Status::Expired, Some(eff)));
+                    assert_eq!(
+                        before.timeout_action,
+                        TimeoutAction::Notify,
+                        "only NOTIFY can run out of eligible participants"
+                    );
+                    assert_eq!(
+                        (e0.kind, s0.status, s0.ended_at),
+                        (EventKind::Expired, Status::Expired, Some(eff))
+                    );
                 }
             }
         }
@@ -1644,8 +2474,18 @@ fn check_on_time(before: &Session, r: &Request, eff: Micros, got: &Result<Applie
             assert_eq!(kinds(a), vec![(EventKind::Paused, None)]);
             let mover = before.active.unwrap();
             let (m, ma) = (&before.participants[mover], &a.session.participants[mover]);
-            assert_eq!((ma.clock.used, ma.clock.remaining), (m.clock.used + running_e, m.clock.remaining - running_e));
-            assert_eq!((a.session.status, a.session.active, a.session.cycle_started_at), (Status::Paused, before.active, None));
+            assert_eq!(
+                (ma.clock.used, ma.clock.remaining),
+                (m.clock.used + running_e, m.clock.remaining - running_e)
+            );
+            assert_eq!(
+                (
+                    a.session.status,
+                    a.session.active,
+                    a.session.cycle_started_at
+                ),
+                (Status::Paused, before.active, None)
+            );
             others_unchanged(&a.session, Some(mover));
         }
         Command::Resume => {
@@ -1654,9 +2494,15 @@ fn check_on_time(before: &Session, r: &Request, eff: Micros, got: &Result<Applie
                 return;
             }
             let e0 = &applied().events[0];
-            assert_eq!((e0.kind, e0.participant.as_ref()), (EventKind::Resumed, None));
+            assert_eq!(
+                (e0.kind, e0.participant.as_ref()),
+                (EventKind::Resumed, None)
+            );
             let s0 = &e0.session;
-            assert_eq!((s0.status, s0.active, s0.cycle_started_at), (Status::Running, before.active, Some(eff)));
+            assert_eq!(
+                (s0.status, s0.active, s0.cycle_started_at),
+                (Status::Running, before.active, Some(eff))
+            );
             others_unchanged(s0, None);
         }
         Command::Complete | Command::Cancel => {
@@ -1667,10 +2513,20 @@ fn check_on_time(before: &Session, r: &Request, eff: Micros, got: &Result<Applie
             };
             let a = applied();
             assert_eq!(kinds(a), vec![(kind, None)]);
-            assert_eq!((a.session.status, a.session.ended_at, a.session.cycle_started_at), (status, Some(eff), None));
+            assert_eq!(
+                (
+                    a.session.status,
+                    a.session.ended_at,
+                    a.session.cycle_started_at
+                ),
+                (status, Some(eff), None)
+            );
             if let Some(mover) = before.active {
                 let (m, ma) = (&before.participants[mover], &a.session.participants[mover]);
-                assert_eq!((ma.clock.used, ma.clock.remaining), (m.clock.used + running_e, m.clock.remaining - running_e));
+                assert_eq!(
+                    (ma.clock.used, ma.clock.remaining),
+                    (m.clock.used + running_e, m.clock.remaining - running_e)
+                );
             }
             others_unchanged(&a.session, before.active);
         }
@@ -1678,7 +2534,9 @@ fn check_on_time(before: &Session, r: &Request, eff: Micros, got: &Result<Applie
             if *delta_ms == 0 || delta_ms.unsigned_abs() > MAX_DURATION_MS as u64 {
                 return assert_field(refused("bad delta"), "delta_ms");
             }
-            let AdjustTarget::Participant(id) = target else { unreachable!() };
+            let AdjustTarget::Participant(id) = target else {
+                unreachable!()
+            };
             let Some(pos) = before.participant_position(id) else {
                 return assert_field(refused("unknown participant"), "participant_id");
             };
@@ -1688,18 +2546,33 @@ fn check_on_time(before: &Session, r: &Request, eff: Micros, got: &Result<Applie
             assert_eq!(participant_clock(before, pos, eff).0, r_before);
             let want = (r_before + delta_ms * MS).max(0);
             let e0 = &applied().events[0];
-            assert_eq!((e0.kind, e0.participant.as_ref()), (EventKind::TimeAdjusted, Some(id)));
+            assert_eq!(
+                (e0.kind, e0.participant.as_ref()),
+                (EventKind::TimeAdjusted, Some(id))
+            );
             let s0 = &e0.session;
-            assert_eq!(participant_clock(s0, pos, eff).0, want, "remaining at now moves by delta, floored at 0");
+            assert_eq!(
+                participant_clock(s0, pos, eff).0,
+                want,
+                "remaining at now moves by delta, floored at 0"
+            );
             let (p, pa) = (&c.participants[pos], &s0.participants[pos]);
             let mut moved = ledger(p);
             moved.0 = want;
             moved.3 += want - r_before;
-            assert_eq!(ledger(pa), moved, "only the target's remaining and adjustments move");
+            assert_eq!(
+                ledger(pa),
+                moved,
+                "only the target's remaining and adjustments move"
+            );
             assert_eq!((s0.status, s0.active), (before.status, before.active));
             assert_eq!(deadline(s0).is_some(), deadline(before).is_some());
             for i in (0..n).filter(|i| *i != pos) {
-                assert_eq!(ledger(&s0.participants[i]), ledger(&c.participants[i]), "participant {i}");
+                assert_eq!(
+                    ledger(&s0.participants[i]),
+                    ledger(&c.participants[i]),
+                    "participant {i}"
+                );
             }
         }
     }
@@ -1707,7 +2580,14 @@ fn check_on_time(before: &Session, r: &Request, eff: Micros, got: &Result<Applie
 
 /// A participant's clock as the rules see it: (remaining, used, credits, adjustments, cycle_count, expired).
 fn ledger(p: &Participant) -> (Micros, Micros, Micros, Micros, u64, bool) {
-    (p.clock.remaining, p.clock.used, p.clock.credits, p.clock.adjustments, p.cycle_count, p.expired)
+    (
+        p.clock.remaining,
+        p.clock.used,
+        p.clock.credits,
+        p.clock.adjustments,
+        p.cycle_count,
+        p.expired,
+    )
 }
 
 /// `before` with the running stretch charged up to `eff` (no deadline passed in between).
@@ -1717,7 +2597,10 @@ fn charged(before: &Session, eff: Micros) -> Session {
         let p = &mut s.participants[a];
         if !p.expired {
             let e = eff - started;
-            assert!(e < p.clock.remaining, "charged() is only for on-time commands");
+            assert!(
+                e < p.clock.remaining,
+                "charged() is only for on-time commands"
+            );
             p.clock.used += e;
             p.clock.remaining -= e;
         }
@@ -1729,35 +2612,71 @@ fn charged(before: &Session, eff: Micros) -> Session {
 /// What holds for every applied (non-replayed) request.
 fn check_applied(before: &Session, r: &Request, eff: Micros, a: &Applied) {
     let s = &a.session;
-    assert!(!a.events.is_empty(), "an applied command makes at least one version");
+    assert!(
+        !a.events.is_empty(),
+        "an applied command makes at least one version"
+    );
     for (k, e) in a.events.iter().enumerate() {
-        assert_eq!(e.version, before.version + 1 + k as u64, "versions are contiguous");
+        assert_eq!(
+            e.version,
+            before.version + 1 + k as u64,
+            "versions are contiguous"
+        );
         assert_eq!(e.session.version, e.version);
         assert_eq!(e.at, eff);
         assert_eq!(e.session.updated_at, eff);
         check_snapshot(&e.session);
     }
     assert_eq!(s.version, before.version + a.events.len() as u64);
-    assert_eq!(a.events.last().unwrap().session, *s, "the last snapshot is the session");
+    assert_eq!(
+        a.events.last().unwrap().session,
+        *s,
+        "the last snapshot is the session"
+    );
     assert_eq!(s.updated_at, eff);
     check_invariants(s, eff);
     if let Some(d) = deadline(s) {
-        assert!(d > eff, "apply left a passed deadline unprocessed: {d} <= {eff}");
+        assert!(
+            d > eff,
+            "apply left a passed deadline unprocessed: {d} <= {eff}"
+        );
     }
     if let Some(id) = &r.request_id {
         assert!(s.has_applied(id.as_str()));
     }
     // What never changes, and what only grows.
-    assert_eq!((&s.id, &s.epoch, s.mode, s.created_at), (&before.id, &before.epoch, before.mode, before.created_at));
-    assert_eq!((&s.time_control, s.timeout_action, &s.metadata), (&before.time_control, before.timeout_action, &before.metadata));
+    assert_eq!(
+        (&s.id, &s.epoch, s.mode, s.created_at),
+        (&before.id, &before.epoch, before.mode, before.created_at)
+    );
+    assert_eq!(
+        (&s.time_control, s.timeout_action, &s.metadata),
+        (
+            &before.time_control,
+            before.timeout_action,
+            &before.metadata
+        )
+    );
     assert!(s.cycle_count >= before.cycle_count);
     if before.started_at.is_some() {
         assert_eq!(s.started_at, before.started_at);
     }
     for (p, q) in before.participants.iter().zip(&s.participants) {
-        assert_eq!((&p.id, p.index, p.clock.initial), (&q.id, q.index, q.clock.initial));
-        assert!(q.clock.used >= p.clock.used && q.clock.credits >= p.clock.credits && q.cycle_count >= p.cycle_count, "{p:?} -> {q:?}");
-        assert!(!p.expired || q.expired, "an expired participant came back: {}", p.id);
+        assert_eq!(
+            (&p.id, p.index, p.clock.initial),
+            (&q.id, q.index, q.clock.initial)
+        );
+        assert!(
+            q.clock.used >= p.clock.used
+                && q.clock.credits >= p.clock.credits
+                && q.cycle_count >= p.cycle_count,
+            "{p:?} -> {q:?}"
+        );
+        assert!(
+            !p.expired || q.expired,
+            "an expired participant came back: {}",
+            p.id
+        );
     }
 }
 
@@ -1765,22 +2684,49 @@ fn check_applied(before: &Session, r: &Request, eff: Micros, a: &Applied) {
 fn check_invariants(s: &Session, now: Micros) {
     check_snapshot(s);
     // What a reply computes at other instants (before, later, long after any deadline).
-    let views: Vec<Session> = [now - 60 * MIN, now, now + 60 * MIN, now + 40 * 24 * 60 * MIN].iter().map(|at| view(s, *at)).collect();
+    let views: Vec<Session> = [
+        now - 60 * MIN,
+        now,
+        now + 60 * MIN,
+        now + 40 * 24 * 60 * MIN,
+    ]
+    .iter()
+    .map(|at| view(s, *at))
+    .collect();
     for v in &views {
-        assert_eq!((v.version, v.status, v.active), (s.version, s.status, s.active), "a view is not a new version");
+        assert_eq!(
+            (v.version, v.status, v.active),
+            (s.version, s.status, s.active),
+            "a view is not a new version"
+        );
     }
     for (i, p) in s.participants.iter().enumerate() {
         let mut last_remaining = Micros::MAX;
-        for (k, at) in [now - 60 * MIN, now, now + 60 * MIN, now + 40 * 24 * 60 * MIN].into_iter().enumerate() {
+        for (k, at) in [
+            now - 60 * MIN,
+            now,
+            now + 60 * MIN,
+            now + 40 * 24 * 60 * MIN,
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let (rem, used) = if at == now {
                 participant_clock(s, i, at)
             } else {
                 let c = participant_view(&views[k], i);
                 (c.remaining, c.used)
             };
-            assert!(rem >= 0 && used >= 0, "participant_clock({i}, {at}) = ({rem}, {used})");
+            assert!(
+                rem >= 0 && used >= 0,
+                "participant_clock({i}, {at}) = ({rem}, {used})"
+            );
             assert!(rem <= p.clock.remaining && used >= p.clock.used);
-            assert_eq!(rem + used, p.clock.remaining + p.clock.used, "time is only moved from remaining to used");
+            assert_eq!(
+                rem + used,
+                p.clock.remaining + p.clock.used,
+                "time is only moved from remaining to used"
+            );
             assert!(rem <= last_remaining, "a clock never goes back up");
             last_remaining = rem;
         }
@@ -1791,15 +2737,28 @@ fn check_invariants(s: &Session, now: Micros) {
 fn check_snapshot(s: &Session) {
     let n = s.participants.len();
     assert!(s.version >= 1);
-    assert!(s.participants.windows(2).all(|w| w[0].index < w[1].index), "sorted by index");
+    assert!(
+        s.participants.windows(2).all(|w| w[0].index < w[1].index),
+        "sorted by index"
+    );
     for p in &s.participants {
         assert!(p.clock.remaining >= 0, "negative remaining: {p:?}");
         assert!(p.clock.bounded, "a per-participant clock is bounded");
-        assert_eq!(p.expired, p.clock.expired, "participant and clock agree on the flag: {p:?}");
+        assert_eq!(
+            p.expired, p.clock.expired,
+            "participant and clock agree on the flag: {p:?}"
+        );
         assert!(p.clock.used >= 0 && p.clock.credits >= 0, "{p:?}");
-        assert_eq!(p.clock.initial + p.clock.credits + p.clock.adjustments - p.clock.used, p.clock.remaining, "ledger: {p:?}");
+        assert_eq!(
+            p.clock.initial + p.clock.credits + p.clock.adjustments - p.clock.used,
+            p.clock.remaining,
+            "ledger: {p:?}"
+        );
     }
-    assert_eq!(s.cycle_count, s.participants.iter().map(|p| p.cycle_count).sum::<u64>());
+    assert_eq!(
+        s.cycle_count,
+        s.participants.iter().map(|p| p.cycle_count).sum::<u64>()
+    );
     assert!(s.recent_requests.len() <= REMEMBERED_REQUESTS);
 
     let active = s.active.map(|a| &s.participants[a]);
@@ -1807,14 +2766,26 @@ fn check_snapshot(s: &Session) {
         (Status::Running, Some(st), Some(p)) if !p.expired => Some(st + p.clock.remaining),
         _ => None,
     };
-    assert_eq!(deadline(s), want, "deadline = cycle_started_at + remaining of the running clock");
+    assert_eq!(
+        deadline(s),
+        want,
+        "deadline = cycle_started_at + remaining of the running clock"
+    );
 
     match s.status {
         Status::Pending => {
-            assert_eq!((s.active, s.cycle_started_at, s.started_at, s.ended_at), (None, None, None, None));
+            assert_eq!(
+                (s.active, s.cycle_started_at, s.started_at, s.ended_at),
+                (None, None, None, None)
+            );
         }
         Status::Running => {
-            assert!(s.active.is_some() && s.cycle_started_at.is_some() && s.started_at.is_some() && s.ended_at.is_none());
+            assert!(
+                s.active.is_some()
+                    && s.cycle_started_at.is_some()
+                    && s.started_at.is_some()
+                    && s.ended_at.is_none()
+            );
             assert!(s.cycle_started_at <= Some(s.updated_at));
         }
         Status::Paused => {
@@ -1828,12 +2799,22 @@ fn check_snapshot(s: &Session) {
     match s.timeout_action {
         TimeoutAction::EndSession => {
             let flagged = n - live;
-            assert_eq!(flagged, usize::from(s.status == Status::Expired), "END_SESSION: exactly the flag ends it");
+            assert_eq!(
+                flagged,
+                usize::from(s.status == Status::Expired),
+                "END_SESSION: exactly the flag ends it"
+            );
         }
         TimeoutAction::Skip => match s.status {
             Status::Running | Status::Paused => {
-                assert!(live >= 2, "SKIP runs on only with two eligible participants");
-                assert!(!active.unwrap().expired, "SKIP never leaves the turn with a flagged participant");
+                assert!(
+                    live >= 2,
+                    "SKIP runs on only with two eligible participants"
+                );
+                assert!(
+                    !active.unwrap().expired,
+                    "SKIP never leaves the turn with a flagged participant"
+                );
             }
             Status::Expired => assert!(live <= 1),
             _ => {}
@@ -1899,7 +2880,9 @@ struct CreateSpec {
 impl CreateSpec {
     fn metadata(&self) -> BTreeMap<String, String> {
         let (entries, value_len, empty_key) = self.metadata;
-        let mut m: BTreeMap<String, String> = (0..entries).map(|i| (format!("k{i}"), "v".repeat(value_len))).collect();
+        let mut m: BTreeMap<String, String> = (0..entries)
+            .map(|i| (format!("k{i}"), "v".repeat(value_len)))
+            .collect();
         if empty_key {
             m.insert(String::new(), "x".into());
         }
@@ -1931,7 +2914,10 @@ impl CreateSpec {
         n.time_control.increment_ms = self.increment_ms;
         n.time_control.max_remaining_ms = self.cap_ms;
         if self.groups {
-            n.groups.push(NewGroup { id: GroupId::parse("g", "team").unwrap(), initial_time_ms: 1000 });
+            n.groups.push(NewGroup {
+                id: GroupId::parse("g", "team").unwrap(),
+                initial_time_ms: 1000,
+            });
         }
         n.cycle_time_ms = self.cycle_time_ms;
         n.global_time_ms = self.global_time_ms;

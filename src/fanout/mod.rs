@@ -58,7 +58,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Hub {
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self { channels: Mutex::new(HashMap::new()), capacity: capacity.max(1), remote: OnceLock::new() })
+        Arc::new(Self {
+            channels: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            remote: OnceLock::new(),
+        })
     }
 
     /// Attaches the cross-replica side (once, at start-up).
@@ -80,7 +84,11 @@ impl Hub {
             }
         };
         // From here on, drop(sub) undoes the local join (and the remote one if last).
-        let sub = Subscription { rx: Some(rx), key: key.clone(), hub: self.clone() };
+        let sub = Subscription {
+            rx: Some(rx),
+            key: key.clone(),
+            hub: self.clone(),
+        };
         if let Some(remote) = self.remote.get() {
             match tokio::time::timeout(JOIN_TIMEOUT, remote.join(key)).await {
                 Ok(Ok(Ok(()))) => {}
@@ -137,7 +145,10 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let mut channels = lock(&self.hub.channels);
         drop(self.rx.take());
-        if channels.get(&self.key).is_some_and(|tx| tx.receiver_count() == 0) {
+        if channels
+            .get(&self.key)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
             channels.remove(&self.key);
             if let Some(remote) = self.hub.remote.get() {
                 remote.leave(&self.key);
@@ -152,7 +163,10 @@ mod tests {
     use crate::engine::{SessionId, Tenant};
 
     fn key(id: &str) -> SessionKey {
-        SessionKey { tenant: Tenant::default_tenant(), id: SessionId::parse("id", id).unwrap() }
+        SessionKey {
+            tenant: Tenant::default_tenant(),
+            id: SessionId::parse("id", id).unwrap(),
+        }
     }
 
     struct Recorder(Mutex<Vec<String>>);
@@ -182,6 +196,9 @@ mod tests {
         drop(b);
         assert_eq!(hub.active_sessions(), 0);
         let log = lock(&recorder.0).clone();
-        assert_eq!(log, vec!["join default/s1", "join default/s1", "leave default/s1"]);
+        assert_eq!(
+            log,
+            vec!["join default/s1", "join default/s1", "leave default/s1"]
+        );
     }
 }

@@ -75,7 +75,10 @@ pub fn spawn(setup: PubSubSetup, shutdown: CancellationToken) -> Arc<RedisPubSub
     Arc::new(RedisPubSub { cmds: tx })
 }
 
-async fn timed<T>(what: &str, f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+async fn timed<T>(
+    what: &str,
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
     match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
@@ -83,7 +86,11 @@ async fn timed<T>(what: &str, f: impl std::future::Future<Output = redis::RedisR
     }
 }
 
-async fn run(setup: PubSubSetup, mut cmds: mpsc::UnboundedReceiver<Cmd>, shutdown: CancellationToken) {
+async fn run(
+    setup: PubSubSetup,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    shutdown: CancellationToken,
+) {
     // channel -> session, for every channel a local stream follows.
     let mut joined: HashMap<String, SessionKey> = HashMap::new();
     let mut backoff = Duration::from_millis(50);
@@ -123,7 +130,10 @@ async fn run(setup: PubSubSetup, mut cmds: mpsc::UnboundedReceiver<Cmd>, shutdow
         };
         backoff = Duration::from_millis(50);
         if connected_before {
-            info!(channels = joined.len(), "Pub/Sub reconnected; streams resynchronise from the log");
+            info!(
+                channels = joined.len(),
+                "Pub/Sub reconnected; streams resynchronise from the log"
+            );
             setup.hub.resync_all();
             (setup.on_wake)(None);
         }

@@ -7,9 +7,9 @@ use prost_types::Timestamp;
 use super::pb;
 use crate::app::{AppError, Guards, StreamItem};
 use crate::engine::{
-    self, DelayKind, Event, EventKind, Micros, Mode, NewGroup, NewParticipant, NewSession, NewStage,
-    NewTimeControl, ParticipantId, RequestId, Session, SessionId, Status, TimeControl, TimeoutAction,
-    MICROS_PER_MS,
+    self, DelayKind, Event, EventKind, MICROS_PER_MS, Micros, Mode, NewGroup, NewParticipant,
+    NewSession, NewStage, NewTimeControl, ParticipantId, RequestId, Session, SessionId, Status,
+    TimeControl, TimeoutAction,
 };
 
 fn invalid(e: engine::RuleError) -> AppError {
@@ -17,7 +17,10 @@ fn invalid(e: engine::RuleError) -> AppError {
 }
 
 pub fn timestamp(micros: Micros) -> Timestamp {
-    Timestamp { seconds: micros.div_euclid(1_000_000), nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32 }
+    Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
 }
 
 /// Durations and used time: whole milliseconds, rounded down.
@@ -40,7 +43,10 @@ fn participant_id(field: &str, raw: &str) -> Result<ParticipantId, AppError> {
     ParticipantId::parse(field, raw).map_err(invalid)
 }
 
-fn optional_participant(field: &str, raw: Option<&String>) -> Result<Option<ParticipantId>, AppError> {
+fn optional_participant(
+    field: &str,
+    raw: Option<&String>,
+) -> Result<Option<ParticipantId>, AppError> {
     raw.map(|r| participant_id(field, r)).transpose()
 }
 
@@ -49,11 +55,16 @@ fn request_id(raw: &str) -> Result<Option<RequestId>, AppError> {
     if raw.is_empty() {
         return Ok(None);
     }
-    RequestId::parse("request_id", raw).map(Some).map_err(invalid)
+    RequestId::parse("request_id", raw)
+        .map(Some)
+        .map_err(invalid)
 }
 
 pub fn guards(expected_version: Option<u64>, raw_request_id: &str) -> Result<Guards, AppError> {
-    Ok(Guards { expected_version, request_id: request_id(raw_request_id)? })
+    Ok(Guards {
+        expected_version,
+        request_id: request_id(raw_request_id)?,
+    })
 }
 
 fn enum_arg<T>(field: &str, raw: i32, known: Option<T>) -> Result<T, AppError> {
@@ -85,7 +96,9 @@ fn timeout_action(raw: i32) -> Result<Option<TimeoutAction>, AppError> {
         Ok(pb::TimeoutAction::EndSession) => Ok(Some(TimeoutAction::EndSession)),
         Ok(pb::TimeoutAction::Skip) => Ok(Some(TimeoutAction::Skip)),
         Ok(pb::TimeoutAction::Notify) => Ok(Some(TimeoutAction::Notify)),
-        Err(_) => Err(AppError::InvalidArgument(format!("timeout_action: unknown value {raw}"))),
+        Err(_) => Err(AppError::InvalidArgument(format!(
+            "timeout_action: unknown value {raw}"
+        ))),
     }
 }
 
@@ -94,12 +107,16 @@ fn delay_kind(raw: i32) -> Result<Option<DelayKind>, AppError> {
         Ok(pb::DelayKind::Unspecified) => Ok(None),
         Ok(pb::DelayKind::Bronstein) => Ok(Some(DelayKind::Bronstein)),
         Ok(pb::DelayKind::Simple) => Ok(Some(DelayKind::Simple)),
-        Err(_) => Err(AppError::InvalidArgument(format!("time_control.delay_kind: unknown value {raw}"))),
+        Err(_) => Err(AppError::InvalidArgument(format!(
+            "time_control.delay_kind: unknown value {raw}"
+        ))),
     }
 }
 
 fn time_control(tc: Option<pb::TimeControl>) -> Result<NewTimeControl, AppError> {
-    let Some(tc) = tc else { return Ok(NewTimeControl::default()) };
+    let Some(tc) = tc else {
+        return Ok(NewTimeControl::default());
+    };
     Ok(NewTimeControl {
         increment_ms: tc.increment_ms,
         max_remaining_ms: tc.max_remaining_ms,
@@ -113,7 +130,11 @@ fn time_control(tc: Option<pb::TimeControl>) -> Result<NewTimeControl, AppError>
         stages: tc
             .stages
             .into_iter()
-            .map(|s| NewStage { after_cycles: s.after_cycles, add_ms: s.add_ms, increment_ms: s.increment_ms })
+            .map(|s| NewStage {
+                after_cycles: s.after_cycles,
+                add_ms: s.add_ms,
+                increment_ms: s.increment_ms,
+            })
             .collect(),
     })
 }
@@ -138,11 +159,17 @@ pub fn create_request(r: pb::CreateSessionRequest) -> Result<NewSession, AppErro
         .enumerate()
         .map(|(i, p)| {
             Ok(NewParticipant {
-                id: participant_id(&format!("participants[{i}].participant_id"), &p.participant_id)?,
+                id: participant_id(
+                    &format!("participants[{i}].participant_id"),
+                    &p.participant_id,
+                )?,
                 index: p.index,
                 group: p
                     .group_id
-                    .map(|g| engine::GroupId::parse(&format!("participants[{i}].group_id"), &g).map_err(invalid))
+                    .map(|g| {
+                        engine::GroupId::parse(&format!("participants[{i}].group_id"), &g)
+                            .map_err(invalid)
+                    })
                     .transpose()?,
                 initial_time_ms: p.initial_time_ms,
             })
@@ -154,7 +181,8 @@ pub fn create_request(r: pb::CreateSessionRequest) -> Result<NewSession, AppErro
         .enumerate()
         .map(|(i, g)| {
             Ok(NewGroup {
-                id: engine::GroupId::parse(&format!("groups[{i}].group_id"), &g.group_id).map_err(invalid)?,
+                id: engine::GroupId::parse(&format!("groups[{i}].group_id"), &g.group_id)
+                    .map_err(invalid)?,
                 initial_time_ms: g.initial_time_ms,
             })
         })
@@ -181,7 +209,9 @@ pub fn start_first(r: &pb::StartSessionRequest) -> Result<Option<ParticipantId>,
     optional_participant("first_participant_id", r.first_participant_id.as_ref())
 }
 
-pub fn switch_args(r: &pb::SwitchCycleRequest) -> Result<(Option<ParticipantId>, Option<ParticipantId>), AppError> {
+pub fn switch_args(
+    r: &pb::SwitchCycleRequest,
+) -> Result<(Option<ParticipantId>, Option<ParticipantId>), AppError> {
     Ok((
         optional_participant("from_participant_id", r.from_participant_id.as_ref())?,
         optional_participant("next_participant_id", r.next_participant_id.as_ref())?,
@@ -190,11 +220,16 @@ pub fn switch_args(r: &pb::SwitchCycleRequest) -> Result<(Option<ParticipantId>,
 
 pub fn adjust_target(r: &pb::AdjustTimeRequest) -> Result<engine::AdjustTarget, AppError> {
     match (r.participant_id.is_empty(), r.group_id.is_empty()) {
-        (false, true) => Ok(engine::AdjustTarget::Participant(participant_id("participant_id", &r.participant_id)?)),
+        (false, true) => Ok(engine::AdjustTarget::Participant(participant_id(
+            "participant_id",
+            &r.participant_id,
+        )?)),
         (true, false) => Ok(engine::AdjustTarget::Group(
             engine::GroupId::parse("group_id", &r.group_id).map_err(invalid)?,
         )),
-        _ => Err(AppError::InvalidArgument("participant_id: set exactly one of participant_id and group_id".into())),
+        _ => Err(AppError::InvalidArgument(
+            "participant_id: set exactly one of participant_id and group_id".into(),
+        )),
     }
 }
 
@@ -264,7 +299,11 @@ fn time_control_pb(tc: &TimeControl) -> pb::TimeControl {
         stages: tc
             .stages
             .iter()
-            .map(|s| pb::Stage { after_cycles: s.after_cycles, add_ms: ms(s.add), increment_ms: s.increment.map(ms) })
+            .map(|s| pb::Stage {
+                after_cycles: s.after_cycles,
+                add_ms: ms(s.add),
+                increment_ms: s.increment.map(ms),
+            })
             .collect(),
     }
 }
@@ -313,14 +352,21 @@ pub fn session(stored: &Session, now: Micros) -> pb::Session {
         participants,
         groups,
         active_participant_id: active.map(|p| p.id.to_string()).unwrap_or_default(),
-        active_group_id: active.and_then(|p| p.group.as_ref()).map(|g| g.to_string()).unwrap_or_default(),
+        active_group_id: active
+            .and_then(|p| p.group.as_ref())
+            .map(|g| g.to_string())
+            .unwrap_or_default(),
         cycle_count: s.cycle_count,
         cycle_started_at: stored.cycle_started_at.map(timestamp),
         deadline_at: engine::deadline(stored).map(timestamp),
         global_remaining_ms: s.global.as_ref().map_or(0, |g| ms_left(g.remaining)),
         time_control: Some(time_control_pb(tc)),
         timeout_action: timeout_action_pb(s.timeout_action) as i32,
-        metadata: s.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata: s
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         epoch: s.epoch.clone(),
         created_at: Some(timestamp(s.created_at)),
         started_at: s.started_at.map(timestamp),
@@ -339,7 +385,11 @@ pub fn event(e: &Event) -> pb::SessionEvent {
         version: e.version,
         epoch: e.session.epoch.clone(),
         r#type: event_type_pb(e.kind) as i32,
-        participant_id: e.participant.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+        participant_id: e
+            .participant
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         server_time: Some(timestamp(e.at)),
         session: Some(session(&e.session, e.at)),
     }
@@ -357,7 +407,11 @@ pub fn stream_item(item: &StreamItem) -> pb::SessionEvent {
             server_time: Some(timestamp(*at)),
             session: Some(session(s, *at)),
         },
-        StreamItem::Heartbeat { session: header, version, at } => pb::SessionEvent {
+        StreamItem::Heartbeat {
+            session: header,
+            version,
+            at,
+        } => pb::SessionEvent {
             session_id: header.key.id.to_string(),
             version: *version,
             epoch: header.epoch.clone(),
@@ -375,14 +429,32 @@ mod tests {
 
     #[test]
     fn timestamps_keep_microseconds_and_handle_pre_epoch() {
-        assert_eq!(timestamp(1_500_000_123_456), Timestamp { seconds: 1_500_000, nanos: 123_456_000 });
-        assert_eq!(timestamp(-1), Timestamp { seconds: -1, nanos: 999_999_000 });
+        assert_eq!(
+            timestamp(1_500_000_123_456),
+            Timestamp {
+                seconds: 1_500_000,
+                nanos: 123_456_000
+            }
+        );
+        assert_eq!(
+            timestamp(-1),
+            Timestamp {
+                seconds: -1,
+                nanos: 999_999_000
+            }
+        );
     }
 
     #[test]
     fn enum_zero_is_required_and_unknown_values_are_named() {
-        assert_eq!(mode(0).unwrap_err(), AppError::InvalidArgument("mode: is required".into()));
-        assert_eq!(mode(99).unwrap_err(), AppError::InvalidArgument("mode: unknown value 99".into()));
+        assert_eq!(
+            mode(0).unwrap_err(),
+            AppError::InvalidArgument("mode: is required".into())
+        );
+        assert_eq!(
+            mode(99).unwrap_err(),
+            AppError::InvalidArgument("mode: unknown value 99".into())
+        );
         assert_eq!(timeout_action(0).unwrap(), None);
         assert!(timeout_action(42).is_err());
     }

@@ -29,10 +29,16 @@ mod tests {
     #[test]
     fn every_variant_has_its_code_and_keeps_its_message() {
         let cases = [
-            (AppError::InvalidArgument("mode: is required".into()), Code::InvalidArgument),
+            (
+                AppError::InvalidArgument("mode: is required".into()),
+                Code::InvalidArgument,
+            ),
             (AppError::NotFound("x".into()), Code::NotFound),
             (AppError::AlreadyExists("x".into()), Code::AlreadyExists),
-            (AppError::FailedPrecondition("x".into()), Code::FailedPrecondition),
+            (
+                AppError::FailedPrecondition("x".into()),
+                Code::FailedPrecondition,
+            ),
             (AppError::Aborted("x".into()), Code::Aborted),
             (AppError::OutOfRange("x".into()), Code::OutOfRange),
             (AppError::Unavailable("x".into()), Code::Unavailable),

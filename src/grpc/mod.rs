@@ -6,12 +6,13 @@ mod convert;
 mod error;
 mod service;
 
-pub use service::{router, HealthControl};
+pub use service::{HealthControl, router};
 
 /// Code generated from `proto/synckairos/v1/sync.proto`.
 pub mod pb {
     tonic::include_proto!("synckairos.v1");
 
     /// Descriptor set served by reflection (v1 and v1alpha).
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("synckairos_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("synckairos_descriptor");
 }

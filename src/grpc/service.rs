@@ -5,13 +5,16 @@
 
 use std::pin::Pin;
 
-use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
-use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use super::convert;
-use super::pb::{self, sync_service_server::{SyncService, SyncServiceServer}};
+use super::pb::{
+    self,
+    sync_service_server::{SyncService, SyncServiceServer},
+};
 use crate::app::App;
 
 pub struct GrpcService {
@@ -66,28 +69,47 @@ impl SyncService for GrpcService {
     async fn pause_session(&self, req: Request<pb::PauseSessionRequest>) -> Reply<pb::Session> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
-        session_reply(self.app.pause(id, convert::guards(r.expected_version, &r.request_id)?).await?)
+        session_reply(
+            self.app
+                .pause(id, convert::guards(r.expected_version, &r.request_id)?)
+                .await?,
+        )
     }
 
     #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
     async fn resume_session(&self, req: Request<pb::ResumeSessionRequest>) -> Reply<pb::Session> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
-        session_reply(self.app.resume(id, convert::guards(r.expected_version, &r.request_id)?).await?)
+        session_reply(
+            self.app
+                .resume(id, convert::guards(r.expected_version, &r.request_id)?)
+                .await?,
+        )
     }
 
     #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
-    async fn complete_session(&self, req: Request<pb::CompleteSessionRequest>) -> Reply<pb::Session> {
+    async fn complete_session(
+        &self,
+        req: Request<pb::CompleteSessionRequest>,
+    ) -> Reply<pb::Session> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
-        session_reply(self.app.complete(id, convert::guards(r.expected_version, &r.request_id)?).await?)
+        session_reply(
+            self.app
+                .complete(id, convert::guards(r.expected_version, &r.request_id)?)
+                .await?,
+        )
     }
 
     #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
     async fn cancel_session(&self, req: Request<pb::CancelSessionRequest>) -> Reply<pb::Session> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
-        session_reply(self.app.cancel(id, convert::guards(r.expected_version, &r.request_id)?).await?)
+        session_reply(
+            self.app
+                .cancel(id, convert::guards(r.expected_version, &r.request_id)?)
+                .await?,
+        )
     }
 
     #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
@@ -106,8 +128,13 @@ impl SyncService for GrpcService {
         Ok(Response::new(()))
     }
 
-    async fn get_server_time(&self, _req: Request<pb::GetServerTimeRequest>) -> Reply<pb::ServerTime> {
-        Ok(Response::new(pb::ServerTime { server_time: Some(convert::timestamp(self.app.server_time())) }))
+    async fn get_server_time(
+        &self,
+        _req: Request<pb::GetServerTimeRequest>,
+    ) -> Reply<pb::ServerTime> {
+        Ok(Response::new(pb::ServerTime {
+            server_time: Some(convert::timestamp(self.app.server_time())),
+        }))
     }
 
     type SubscribeStream = EventStream;
@@ -135,7 +162,10 @@ impl SyncService for GrpcService {
     ) -> Reply<pb::ListSessionEventsResponse> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
-        let page = self.app.history(id, r.page_size, &r.page_token, r.after_version).await?;
+        let page = self
+            .app
+            .history(id, r.page_size, &r.page_token, r.after_version)
+            .await?;
         Ok(Response::new(pb::ListSessionEventsResponse {
             events: page.events.iter().map(convert::event).collect(),
             next_page_token: page.next_page_token,
@@ -153,7 +183,11 @@ const SERVICE_NAME: &str = "synckairos.v1.SyncService";
 
 impl HealthControl {
     pub async fn set(&self, serving: bool) {
-        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         self.reporter.set_service_status("", status).await;
         self.reporter.set_service_status(SERVICE_NAME, status).await;
     }

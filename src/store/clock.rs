@@ -24,7 +24,11 @@ impl Clock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as Micros)
             .unwrap_or(0);
-        Self { base_wall: wall, base_mono: Instant::now(), offset }
+        Self {
+            base_wall: wall,
+            base_mono: Instant::now(),
+            offset,
+        }
     }
 
     pub fn now(&self) -> Micros {

@@ -35,7 +35,16 @@ pub struct Groups<J> {
 
 impl<J> Groups<J> {
     pub fn new(buckets: u32) -> Self {
-        Self { buckets: (0..buckets.max(1)).map(|_| Mutex::new(Bucket { busy: false, queue: VecDeque::new() })).collect() }
+        Self {
+            buckets: (0..buckets.max(1))
+                .map(|_| {
+                    Mutex::new(Bucket {
+                        busy: false,
+                        queue: VecDeque::new(),
+                    })
+                })
+                .collect(),
+        }
     }
 
     fn bucket(&self, b: u32) -> std::sync::MutexGuard<'_, Bucket<J>> {
@@ -103,7 +112,9 @@ mod tests {
     fn a_batch_holds_each_session_once_and_at_most_the_limit_oldest_first() {
         let g = Groups::new(1);
         assert_eq!(g.enter(0, || (0, "lead")), Entry::Lead);
-        let names: Vec<&'static str> = (0..MAX_BATCH + 3).map(|i| &*format!("s{i}").leak()).collect();
+        let names: Vec<&'static str> = (0..MAX_BATCH + 3)
+            .map(|i| &*format!("s{i}").leak())
+            .collect();
         g.enter(0, || (100, "s0"));
         for (i, n) in names.iter().enumerate() {
             g.enter(0, || (i as u32, *n));
@@ -113,10 +124,16 @@ mod tests {
         assert_eq!(first[0], (100, "s0"));
         // The second "s0" waits for the next batch; the rest go in order.
         assert_eq!(first[1], (1, "s1"));
-        assert_eq!(first[MAX_BATCH - 1], (MAX_BATCH as u32 - 1, names[MAX_BATCH - 1]));
+        assert_eq!(
+            first[MAX_BATCH - 1],
+            (MAX_BATCH as u32 - 1, names[MAX_BATCH - 1])
+        );
         let second = g.next(0, id).unwrap();
         let rest = (MAX_BATCH..MAX_BATCH + 3).map(|i| (i as u32, names[i]));
-        assert_eq!(second, [(0, "s0")].into_iter().chain(rest).collect::<Vec<_>>());
+        assert_eq!(
+            second,
+            [(0, "s0")].into_iter().chain(rest).collect::<Vec<_>>()
+        );
         assert_eq!(g.next(0, id), None);
     }
 }

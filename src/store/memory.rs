@@ -11,10 +11,10 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{Notify, mpsc};
 
 use super::clock::Clock;
-use super::{AuditRecord, Change, BuildFn, Replay, SessionStore, StoreError, EVENT_LOG_LEN};
+use super::{AuditRecord, BuildFn, Change, EVENT_LOG_LEN, Replay, SessionStore, StoreError};
 use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
 use crate::fanout::Hub;
 
@@ -87,7 +87,10 @@ impl MemoryStore {
     fn send_audit(&self, key: &SessionKey, events: &[Arc<Event>]) {
         if let Some(audit) = &self.audit {
             for e in events {
-                let _ = audit.send(AuditRecord { tenant: key.tenant.clone(), event: e.clone() });
+                let _ = audit.send(AuditRecord {
+                    tenant: key.tenant.clone(),
+                    event: e.clone(),
+                });
             }
         }
     }
@@ -125,17 +128,25 @@ impl SessionStore for MemoryStore {
     async fn create(&self, key: &SessionKey, build: BuildFn<'_>) -> Result<Arc<Event>, StoreError> {
         let mut shard = self.shard(key);
         if let Some(existing) = shard.get(key) {
-            return Err(StoreError::AlreadyExists(Box::new(existing.session.clone())));
+            return Err(StoreError::AlreadyExists(Box::new(
+                existing.session.clone(),
+            )));
         }
         let (session, event) = build(self.now())?;
-        let mut entry = Entry { session, log: VecDeque::new() };
+        let mut entry = Entry {
+            session,
+            log: VecDeque::new(),
+        };
         let mut events = self.commit(key, &mut entry, vec![event]);
         shard.insert(key.clone(), entry);
         Ok(events.remove(0))
     }
 
     async fn get(&self, key: &SessionKey) -> Result<Session, StoreError> {
-        self.shard(key).get(key).map(|e| e.session.clone()).ok_or(StoreError::NotFound)
+        self.shard(key)
+            .get(key)
+            .map(|e| e.session.clone())
+            .ok_or(StoreError::NotFound)
     }
 
     async fn update(&self, key: &SessionKey, f: Change) -> Result<Applied, StoreError> {
@@ -166,9 +177,14 @@ impl SessionStore for MemoryStore {
             return Ok(Replay::Events(Vec::new()));
         }
         match entry.log.front() {
-            Some(first) if first.version <= after + 1 => {
-                Ok(Replay::Events(entry.log.iter().filter(|e| e.version > after).cloned().collect()))
-            }
+            Some(first) if first.version <= after + 1 => Ok(Replay::Events(
+                entry
+                    .log
+                    .iter()
+                    .filter(|e| e.version > after)
+                    .cloned()
+                    .collect(),
+            )),
             _ => Ok(Replay::Truncated),
         }
     }

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::engine::{self, Applied, Event, Micros, Request, RuleError, Session, SessionKey, Tenant};
+use crate::engine::{
+    self, Applied, Event, Micros, Request, RuleError, Session, SessionKey, Tenant,
+};
 
 /// One committed version on its way to the audit trail.
 #[derive(Clone, Debug)]
@@ -88,7 +90,11 @@ pub trait SessionStore: Send + Sync + 'static {
     /// order (a key given twice is applied twice, one after the other). Sessions with the same `batch_of` may share one commit
     /// (the Redis engine: one WATCH/MULTI per bucket); this default applies
     /// them one by one.
-    async fn update_many(&self, keys: &[SessionKey], f: Change) -> Vec<Result<Applied, StoreError>> {
+    async fn update_many(
+        &self,
+        keys: &[SessionKey],
+        f: Change,
+    ) -> Vec<Result<Applied, StoreError>> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             out.push(self.update(key, f.clone()).await);

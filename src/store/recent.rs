@@ -43,13 +43,19 @@ pub struct Recent<K> {
 
 impl<K> Default for Recent<K> {
     fn default() -> Self {
-        Self { map: Mutex::new(HashMap::new()) }
+        Self {
+            map: Mutex::new(HashMap::new()),
+        }
     }
 }
 
 impl<K> Recent<K> {
     /// The session's key names (made by `make` the first time) and its last write here.
-    pub fn get(&self, key: &SessionKey, make: impl FnOnce() -> K) -> (Arc<K>, Option<Arc<Written>>) {
+    pub fn get(
+        &self,
+        key: &SessionKey,
+        make: impl FnOnce() -> K,
+    ) -> (Arc<K>, Option<Arc<Written>>) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = map.get(key) {
             return (e.keys.clone(), e.last.clone());
@@ -58,7 +64,13 @@ impl<K> Recent<K> {
             map.clear();
         }
         let keys = Arc::new(make());
-        map.insert(key.clone(), Entry { keys: keys.clone(), last: None });
+        map.insert(
+            key.clone(),
+            Entry {
+                keys: keys.clone(),
+                last: None,
+            },
+        );
         (keys, None)
     }
 
@@ -72,7 +84,10 @@ impl<K> Recent<K> {
 
     /// Drops the session (it was deleted).
     pub fn forget(&self, key: &SessionKey) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }
 
@@ -82,12 +97,20 @@ mod tests {
     use crate::engine::{self, Mode, NewParticipant, NewSession, ParticipantId, SessionId, Tenant};
 
     fn key(id: &str) -> SessionKey {
-        SessionKey { tenant: Tenant::default_tenant(), id: SessionId::parse("id", id).unwrap() }
+        SessionKey {
+            tenant: Tenant::default_tenant(),
+            id: SessionId::parse("id", id).unwrap(),
+        }
     }
 
     fn session(id: &str) -> Session {
-        let p = vec![NewParticipant::named(ParticipantId::parse("p", "a").unwrap())];
-        let new = NewSession { initial_time_ms: 60_000, ..NewSession::new(SessionId::parse("id", id).unwrap(), Mode::PerParticipant, p) };
+        let p = vec![NewParticipant::named(
+            ParticipantId::parse("p", "a").unwrap(),
+        )];
+        let new = NewSession {
+            initial_time_ms: 60_000,
+            ..NewSession::new(SessionId::parse("id", id).unwrap(), Mode::PerParticipant, p)
+        };
         engine::create(new, 1_000).unwrap().0
     }
 
@@ -98,7 +121,13 @@ mod tests {
         let (_, last) = recent.get(&k, || "keys".into());
         assert!(last.is_none());
         let bytes = serde_json::to_vec(&s).unwrap();
-        recent.remember(&k, Written { bytes: bytes.clone(), session: s.clone() });
+        recent.remember(
+            &k,
+            Written {
+                bytes: bytes.clone(),
+                session: s.clone(),
+            },
+        );
         let (keys, last) = recent.get(&k, || unreachable!("made once"));
         assert_eq!(*keys, "keys");
         let last = last.expect("remembered");
@@ -117,11 +146,23 @@ mod tests {
         assert!(recent.map.lock().unwrap().len() <= CAPACITY);
         let (k, s) = (key("gone"), session("gone"));
         recent.get(&k, || 1);
-        recent.remember(&k, Written { bytes: b"{}".to_vec(), session: s });
+        recent.remember(
+            &k,
+            Written {
+                bytes: b"{}".to_vec(),
+                session: s,
+            },
+        );
         recent.forget(&k);
         assert!(recent.get(&k, || 2).1.is_none());
         // Oversized states are not kept.
-        recent.remember(&k, Written { bytes: vec![b' '; MAX_REMEMBERED_BYTES + 1], session: session("gone") });
+        recent.remember(
+            &k,
+            Written {
+                bytes: vec![b' '; MAX_REMEMBERED_BYTES + 1],
+                session: session("gone"),
+            },
+        );
         assert!(recent.get(&k, || 3).1.is_none());
     }
 }

@@ -46,7 +46,10 @@ use tracing::warn;
 use super::clock::Clock;
 use super::group::{Entry, Groups};
 use super::recent::{Recent, Written};
-use super::{BuildFn, Change, Replay, SessionStore, StoreError, AUDIT_FIELD_EVENT, AUDIT_FIELD_TENANT, EVENT_LOG_LEN};
+use super::{
+    AUDIT_FIELD_EVENT, AUDIT_FIELD_TENANT, BuildFn, Change, EVENT_LOG_LEN, Replay, SessionStore,
+    StoreError,
+};
 use crate::engine::{self, Applied, Event, EventKind, Micros, Session, SessionKey};
 
 /// How long write conflicts are retried inside the server before `ABORTED`.
@@ -93,7 +96,10 @@ impl bb8::ManageConnection for Manager {
     type Error = redis::RedisError;
 
     async fn connect(&self) -> Result<Conn, redis::RedisError> {
-        Ok(Conn { inner: self.0.connect().await?, broken: false })
+        Ok(Conn {
+            inner: self.0.connect().await?,
+            broken: false,
+        })
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), redis::RedisError> {
@@ -154,13 +160,22 @@ impl LocalWriters {
             queues.entry(key.clone()).or_default().clone()
         };
         let turn = queue.clone().lock_owned().await;
-        WriterTurn { writers: self, key: key.clone(), queue, turn: Some(turn) }
+        WriterTurn {
+            writers: self,
+            key: key.clone(),
+            queue,
+            turn: Some(turn),
+        }
     }
 }
 
 impl Drop for WriterTurn<'_> {
     fn drop(&mut self) {
-        let mut queues = self.writers.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queues = self
+            .writers
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         drop(self.turn.take());
         // Only the map and this turn hold it: nobody is waiting.
         if Arc::strong_count(&self.queue) == 2 {
@@ -196,7 +211,8 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(raw).map_err(|e| StoreError::Unavailable(format!("undecodable stored value: {e}")))
+    serde_json::from_slice(raw)
+        .map_err(|e| StoreError::Unavailable(format!("undecodable stored value: {e}")))
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -245,7 +261,11 @@ async fn exchange<T>(
     match tokio::time::timeout(IO_TIMEOUT, f(&mut conn.inner)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
-            if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout() {
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_unrecoverable_error()
+                || e.is_timeout()
+            {
                 conn.broken = true;
             }
             Err(io(e))
@@ -274,7 +294,10 @@ impl RedisStore {
             groups: Groups::new(settings.buckets),
             recent: Recent::default(),
             settings,
-            clock: Arc::new(SyncedClock { local, offset: AtomicI64::new(0) }),
+            clock: Arc::new(SyncedClock {
+                local,
+                offset: AtomicI64::new(0),
+            }),
             wake: Arc::new(Notify::new()),
             next_head: Arc::new(Mutex::new(None)),
             claim: redis::Script::new(CLAIM_SCRIPT),
@@ -303,17 +326,26 @@ impl RedisStore {
 
     /// `sk:{b}:ev:<tenant>:<session>`.
     pub fn channel_of(&self, key: &SessionKey) -> String {
-        format!("sk:{{{}}}:ev:{}:{}", self.bucket_of(key), key.tenant, key.id)
+        format!(
+            "sk:{{{}}}:ev:{}:{}",
+            self.bucket_of(key),
+            key.tenant,
+            key.id
+        )
     }
 
     pub fn wake_channels(&self) -> Vec<String> {
-        (0..self.settings.buckets).map(|b| format!("sk:{{{b}}}:wake")).collect()
+        (0..self.settings.buckets)
+            .map(|b| format!("sk:{{{b}}}:wake"))
+            .collect()
     }
 
     /// Records a wake-up's deadline (or, with `None`, forgets what is known so
     /// the timers re-read every bucket) and wakes the timers.
     pub fn on_wake(&self, payload: Option<&[u8]>) {
-        let announced = payload.and_then(|p| std::str::from_utf8(p).ok()).and_then(|s| s.parse::<Micros>().ok());
+        let announced = payload
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .and_then(|s| s.parse::<Micros>().ok());
         {
             let mut head = self.next_head.lock().unwrap_or_else(|p| p.into_inner());
             *head = match (announced, *head) {
@@ -352,12 +384,18 @@ impl RedisStore {
     }
 
     async fn conn(&self) -> Result<Pooled<'_>, StoreError> {
-        self.pool.get().await.map_err(|e| io(format!("no redis connection: {e}")))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| io(format!("no redis connection: {e}")))
     }
 
     /// Runs `read` (it writes nothing) on a pooled connection, and once more
     /// on a fresh one when it fails at once (see `failed_at_once`).
-    async fn read<T>(&self, read: impl for<'c> Fn(&'c mut Conn) -> BoxFuture<'c, Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn read<T>(
+        &self,
+        read: impl for<'c> Fn(&'c mut Conn) -> BoxFuture<'c, Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn().await?;
         let started = std::time::Instant::now();
         let out = read(&mut conn).await;
@@ -374,7 +412,8 @@ impl RedisStore {
     pub async fn measure_offset(&self) -> Result<Micros, StoreError> {
         let mut conn = self.conn().await?;
         let t0 = self.clock.local.now();
-        let (secs, micros): (i64, i64) = exchange(&mut conn, async |c| redis::cmd("TIME").query_async(c).await).await?;
+        let (secs, micros): (i64, i64) =
+            exchange(&mut conn, async |c| redis::cmd("TIME").query_async(c).await).await?;
         let t1 = self.clock.local.now();
         let offset = secs * 1_000_000 + micros - (t0 + t1) / 2;
         self.clock.offset.store(offset, Ordering::Relaxed);
@@ -395,47 +434,111 @@ impl RedisStore {
 
     /// Queues the writes of one commit into `tx` (already `atomic()`);
     /// returns the state's stored bytes.
-    fn write_commit(&self, tx: &mut Pipeline, k: &Keys, session: &Session, events: &[Event], head: Option<Micros>, now: Micros) -> Vec<u8> {
+    fn write_commit(
+        &self,
+        tx: &mut Pipeline,
+        k: &Keys,
+        session: &Session,
+        events: &[Event],
+        head: Option<Micros>,
+        now: Micros,
+    ) -> Vec<u8> {
         let ttl = self.ttl_ms(session, now).to_string();
         let state = encode(session);
-        tx.add_command(command(&[b"SET", k.state.as_bytes(), &state, b"PX", ttl.as_bytes()])).ignore();
+        tx.add_command(command(&[
+            b"SET",
+            k.state.as_bytes(),
+            &state,
+            b"PX",
+            ttl.as_bytes(),
+        ]))
+        .ignore();
         let mut batch = Vec::with_capacity(events.len());
         for e in events {
             let bytes = encode_event(e, session, &state);
             let id = format!("{}-0", e.version);
             // `~` trims whole stream nodes (cheap); `events_after` serves only
             // the last EVENT_LOG_LEN, so both engines replay the same window.
-            let log = [b"XADD", k.log.as_bytes(), b"MAXLEN", b"~", EVENT_LOG_LEN_ARG, id.as_bytes(), b"e", &bytes];
+            let log = [
+                b"XADD",
+                k.log.as_bytes(),
+                b"MAXLEN",
+                b"~",
+                EVENT_LOG_LEN_ARG,
+                id.as_bytes(),
+                b"e",
+                &bytes,
+            ];
             tx.add_command(command(&log)).ignore();
             if self.settings.audit {
-                let audit = [b"XADD", k.audit.as_bytes(), b"*", AUDIT_FIELD_TENANT.as_bytes(), k.tenant.as_bytes(), AUDIT_FIELD_EVENT.as_bytes(), &bytes];
+                let audit = [
+                    b"XADD",
+                    k.audit.as_bytes(),
+                    b"*",
+                    AUDIT_FIELD_TENANT.as_bytes(),
+                    k.tenant.as_bytes(),
+                    AUDIT_FIELD_EVENT.as_bytes(),
+                    &bytes,
+                ];
                 tx.add_command(command(&audit)).ignore();
             }
             batch.push(bytes);
         }
-        tx.add_command(command(&[b"PEXPIRE", k.log.as_bytes(), ttl.as_bytes()])).ignore();
+        tx.add_command(command(&[b"PEXPIRE", k.log.as_bytes(), ttl.as_bytes()]))
+            .ignore();
         // A commit that processed a timeout settles the timers' claim in the same MULTI.
-        if events.iter().any(|e| matches!(e.kind, EventKind::Expired | EventKind::ParticipantExpired | EventKind::TimedOut)) {
-            tx.add_command(command(&[b"ZREM", k.inflight.as_bytes(), k.member.as_bytes()])).ignore();
+        if events.iter().any(|e| {
+            matches!(
+                e.kind,
+                EventKind::Expired | EventKind::ParticipantExpired | EventKind::TimedOut
+            )
+        }) {
+            tx.add_command(command(&[
+                b"ZREM",
+                k.inflight.as_bytes(),
+                k.member.as_bytes(),
+            ]))
+            .ignore();
         }
         match engine::deadline(session) {
             Some(d) => {
                 let d_arg = d.to_string();
-                tx.add_command(command(&[b"ZADD", k.deadlines.as_bytes(), d_arg.as_bytes(), k.member.as_bytes()])).ignore();
+                tx.add_command(command(&[
+                    b"ZADD",
+                    k.deadlines.as_bytes(),
+                    d_arg.as_bytes(),
+                    k.member.as_bytes(),
+                ]))
+                .ignore();
                 if head.is_none_or(|h| d < h) {
-                    tx.add_command(command(&[b"PUBLISH", k.wake.as_bytes(), d_arg.as_bytes()])).ignore();
+                    tx.add_command(command(&[b"PUBLISH", k.wake.as_bytes(), d_arg.as_bytes()]))
+                        .ignore();
                 }
             }
             None => {
-                tx.add_command(command(&[b"ZREM", k.deadlines.as_bytes(), k.member.as_bytes()])).ignore();
+                tx.add_command(command(&[
+                    b"ZREM",
+                    k.deadlines.as_bytes(),
+                    k.member.as_bytes(),
+                ]))
+                .ignore();
             }
         }
-        tx.add_command(command(&[b"PUBLISH", k.channel.as_bytes(), &join_batch(&batch)])).ignore();
+        tx.add_command(command(&[
+            b"PUBLISH",
+            k.channel.as_bytes(),
+            &join_batch(&batch),
+        ]))
+        .ignore();
         state
     }
 
     /// Reads the states under WATCH with Redis's TIME, in one round trip.
-    async fn watch_read(&self, conn: &mut Conn, sessions: &[Recalled]) -> Result<(Vec<Option<Vec<u8>>>, Micros), StoreError> {
+    async fn watch_read(
+        &self,
+        conn: &mut Conn,
+        sessions: &[Recalled],
+    ) -> Result<(Vec<Option<Vec<u8>>>, Micros), StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("WATCH");
         for (k, _) in sessions {
@@ -444,7 +547,8 @@ impl RedisStore {
         if let [(k, _)] = sessions {
             // The common case, one session: a plain GET.
             pipe.ignore().cmd("GET").arg(&k.state).cmd("TIME");
-            let (raw, (secs, micros)): (Option<Vec<u8>>, (i64, i64)) = exchange(conn, async |c| pipe.query_async(c).await).await?;
+            let (raw, (secs, micros)): (Option<Vec<u8>>, (i64, i64)) =
+                exchange(conn, async |c| pipe.query_async(c).await).await?;
             return Ok((vec![raw], secs * 1_000_000 + micros));
         }
         pipe.ignore().cmd("MGET");
@@ -455,7 +559,11 @@ impl RedisStore {
         let (raws, (secs, micros)): (Vec<Option<Vec<u8>>>, (i64, i64)) =
             exchange(conn, async |c| pipe.query_async(c).await).await?;
         if raws.len() != sessions.len() {
-            return Err(io(format!("MGET answered {} values for {} keys", raws.len(), sessions.len())));
+            return Err(io(format!(
+                "MGET answered {} values for {} keys",
+                raws.len(),
+                sessions.len()
+            )));
         }
         Ok((raws, secs * 1_000_000 + micros))
     }
@@ -469,7 +577,12 @@ impl RedisStore {
 
     /// Ends the WATCH; the connection is reusable again only if that worked.
     async fn unwatch(&self, conn: &mut Conn) {
-        if exchange(conn, async |c| redis::cmd("UNWATCH").query_async::<()>(c).await).await.is_ok() {
+        if exchange(conn, async |c| {
+            redis::cmd("UNWATCH").query_async::<()>(c).await
+        })
+        .await
+        .is_ok()
+        {
             conn.broken = false;
         }
     }
@@ -519,7 +632,10 @@ impl RedisStore {
     ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
         let mut conn = self.conn().await?;
         // Only these turns write the sessions here, so `last` is this replica's latest write.
-        let sessions: Vec<Recalled> = keys.iter().map(|key| self.recent.get(key, || self.keys(key))).collect();
+        let sessions: Vec<Recalled> = keys
+            .iter()
+            .map(|key| self.recent.get(key, || self.keys(key)))
+            .collect();
         let started = std::time::Instant::now();
         for attempt in 0.. {
             // From WATCH until EXEC or UNWATCH answers, the connection carries
@@ -539,7 +655,10 @@ impl RedisStore {
             let head = self.known_head();
             let mut tx = Pipeline::with_capacity(8 * keys.len());
             tx.atomic();
-            let (mut outs, mut stored) = (Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()));
+            let (mut outs, mut stored) = (
+                Vec::with_capacity(keys.len()),
+                Vec::with_capacity(keys.len()),
+            );
             for (i, ((k, last), raw)) in sessions.iter().zip(raws).enumerate() {
                 let (out, state) = match plan(i, k, raw, last.as_deref(), now, head, &mut tx) {
                     Ok(Plan::Done(out)) => (Ok(out), None),
@@ -553,7 +672,8 @@ impl RedisStore {
                 self.unwatch(&mut conn).await;
                 return Ok(outs);
             }
-            let done: Option<Value> = exchange(&mut conn, async |c| tx.query_async(c).await).await?;
+            let done: Option<Value> =
+                exchange(&mut conn, async |c| tx.query_async(c).await).await?;
             conn.broken = false; // EXEC, committed or not, ended the WATCH
             if done.is_some() {
                 for (key, state) in keys.iter().zip(stored) {
@@ -583,7 +703,10 @@ impl RedisStore {
 
     /// The plan of `update`: the change of session `i` (`f(i)`) at Redis's
     /// now, its commit queued into `tx`.
-    fn plan_update<'a>(&'a self, f: impl Fn(usize) -> &'a Change + Send + 'a) -> impl Planner<Applied> + 'a {
+    fn plan_update<'a>(
+        &'a self,
+        f: impl Fn(usize) -> &'a Change + Send + 'a,
+    ) -> impl Planner<Applied> + 'a {
         move |i, k, raw, last, now, head, tx| {
             let session = read_session(raw, last)?;
             let applied = f(i)(&session, now)?;
@@ -591,7 +714,10 @@ impl RedisStore {
                 return Ok(Plan::Done(applied));
             }
             let bytes = self.write_commit(tx, k, &applied.session, &applied.events, head, now);
-            let written = Written { bytes, session: applied.session.clone() };
+            let written = Written {
+                bytes,
+                session: applied.session.clone(),
+            };
             Ok(Plan::Write(applied, Some(written)))
         }
     }
@@ -611,14 +737,18 @@ impl RedisStore {
                 .arg(lease)
                 .arg(CLAIM_LIMIT);
         }
-        let replies: Vec<(Vec<String>, Option<f64>)> = match exchange(&mut conn, async |c| pipe.query_async(c).await).await {
-            Err(StoreError::Unavailable(e)) if e.to_ascii_lowercase().contains("noscript") => {
-                let script = &self.claim;
-                exchange(&mut conn, async |c| script.prepare_invoke().load_async(c).await).await?;
-                exchange(&mut conn, async |c| pipe.query_async(c).await).await?
-            }
-            other => other?,
-        };
+        let replies: Vec<(Vec<String>, Option<f64>)> =
+            match exchange(&mut conn, async |c| pipe.query_async(c).await).await {
+                Err(StoreError::Unavailable(e)) if e.to_ascii_lowercase().contains("noscript") => {
+                    let script = &self.claim;
+                    exchange(&mut conn, async |c| {
+                        script.prepare_invoke().load_async(c).await
+                    })
+                    .await?;
+                    exchange(&mut conn, async |c| pipe.query_async(c).await).await?
+                }
+                other => other?,
+            };
         let mut due = Vec::new();
         let mut head: Option<Micros> = None;
         for (members, next) in replies {
@@ -677,11 +807,17 @@ impl RedisStore {
     /// a task of its own: its callers wait for it, and it must not end with
     /// the call that happened to lead the one before.
     fn commit_next(&self, b: u32) {
-        let Some(jobs) = self.groups.next(b, |j: &Job| &j.key) else { return };
+        let Some(jobs) = self.groups.next(b, |j: &Job| &j.key) else {
+            return;
+        };
         match (self.me.upgrade(), tokio::runtime::Handle::try_current()) {
             (Some(store), Ok(runtime)) => {
                 runtime.spawn(async move {
-                    let mut lead = Lead { store: &store, bucket: b, failed: None };
+                    let mut lead = Lead {
+                        store: &store,
+                        bucket: b,
+                        failed: None,
+                    };
                     lead.failed = store.commit_group(jobs).await;
                 });
             }
@@ -704,9 +840,15 @@ impl RedisStore {
             return None;
         }
         let keys: Vec<SessionKey> = jobs.iter().map(|j| j.key.clone()).collect();
-        let retry = if jobs.len() > 1 { Retry::No } else { Retry::Yes };
+        let retry = if jobs.len() > 1 {
+            Retry::No
+        } else {
+            Retry::Yes
+        };
         let started = std::time::Instant::now();
-        let outcome = self.commit(&keys, self.plan_update(|i| &jobs[i].change), retry).await;
+        let outcome = self
+            .commit(&keys, self.plan_update(|i| &jobs[i].change), retry)
+            .await;
         let failed = slow_failure(&outcome, started);
         match outcome {
             Ok(outs) => {
@@ -716,7 +858,13 @@ impl RedisStore {
             }
             Err(StoreError::Conflict) if retry == Retry::No => {
                 futures_util::future::join_all(jobs.into_iter().map(|job| async move {
-                    let out = self.commit(std::slice::from_ref(&job.key), self.plan_update(|_| &job.change), Retry::Yes).await;
+                    let out = self
+                        .commit(
+                            std::slice::from_ref(&job.key),
+                            self.plan_update(|_| &job.change),
+                            Retry::Yes,
+                        )
+                        .await;
                     let _ = job.done.send(one(out));
                 }))
                 .await;
@@ -735,9 +883,33 @@ impl RedisStore {
 /// key names, the state read, this replica's last write of it, Redis's now
 /// and the known deadline head, queue its writes into the MULTI (pure: it
 /// may run again).
-trait Planner<T>: Fn(usize, &Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send {}
+trait Planner<T>:
+    Fn(
+        usize,
+        &Keys,
+        Option<Vec<u8>>,
+        Option<&Written>,
+        Micros,
+        Option<Micros>,
+        &mut Pipeline,
+    ) -> Result<Plan<T>, StoreError>
+    + Send
+{
+}
 
-impl<T, F> Planner<T> for F where F: Fn(usize, &Keys, Option<Vec<u8>>, Option<&Written>, Micros, Option<Micros>, &mut Pipeline) -> Result<Plan<T>, StoreError> + Send {}
+impl<T, F> Planner<T> for F where
+    F: Fn(
+            usize,
+            &Keys,
+            Option<Vec<u8>>,
+            Option<&Written>,
+            Micros,
+            Option<Micros>,
+            &mut Pipeline,
+        ) -> Result<Plan<T>, StoreError>
+        + Send
+{
+}
 
 /// Whether `commit` runs again after losing a race.
 #[derive(Clone, Copy, PartialEq)]
@@ -766,7 +938,9 @@ type Recalled = (Arc<Keys>, Option<Arc<Written>>);
 
 /// The result of a commit of one session.
 fn one<T>(outs: Result<Vec<Result<T, StoreError>>, StoreError>) -> Result<T, StoreError> {
-    outs?.pop().unwrap_or_else(|| Err(io("a commit of one session gave no result")))
+    outs?
+        .pop()
+        .unwrap_or_else(|| Err(io("a commit of one session gave no result")))
 }
 
 /// One batch's failure, for each of its sessions.
@@ -791,7 +965,10 @@ fn command(args: &[&[u8]]) -> redis::Cmd {
 
 /// `EVENT_LOG_LEN` as a command argument.
 const EVENT_LOG_LEN_ARG: &[u8] = b"256";
-const _: () = assert!(EVENT_LOG_LEN == 256, "EVENT_LOG_LEN_ARG must spell EVENT_LOG_LEN");
+const _: () = assert!(
+    EVENT_LOG_LEN == 256,
+    "EVENT_LOG_LEN_ARG must spell EVENT_LOG_LEN"
+);
 
 /// Joins encoded events into one JSON array without re-encoding them.
 fn join_batch(batch: &[Vec<u8>]) -> Vec<u8> {
@@ -868,13 +1045,18 @@ impl SessionStore for RedisStore {
     async fn create(&self, key: &SessionKey, build: BuildFn<'_>) -> Result<Arc<Event>, StoreError> {
         self.versioned_one(key, |_, k, raw, last, now, head, tx| {
             if raw.is_some() {
-                return Err(StoreError::AlreadyExists(Box::new(read_session(raw, last)?)));
+                return Err(StoreError::AlreadyExists(Box::new(read_session(
+                    raw, last,
+                )?)));
             }
             let (session, event) = build(now)?;
             // A log left by an earlier session of the same id must not hold back version 1.
             tx.cmd("DEL").arg(&k.log).ignore();
             let bytes = self.write_commit(tx, k, &session, std::slice::from_ref(&event), head, now);
-            Ok(Plan::Write(Arc::new(event), Some(Written { bytes, session })))
+            Ok(Plan::Write(
+                Arc::new(event),
+                Some(Written { bytes, session }),
+            ))
         })
         .await
     }
@@ -899,26 +1081,47 @@ impl SessionStore for RedisStore {
         let entry = self.groups.enter(b, || {
             let (done, rx) = tokio::sync::oneshot::channel();
             answer = Some(rx);
-            Job { key: key.clone(), change: f.clone(), done }
+            Job {
+                key: key.clone(),
+                change: f.clone(),
+                done,
+            }
         });
         match entry {
             Entry::Lead => {
-                let mut lead = Lead { store: self, bucket: b, failed: None };
+                let mut lead = Lead {
+                    store: self,
+                    bucket: b,
+                    failed: None,
+                };
                 let started = std::time::Instant::now();
-                let outs = self.commit(std::slice::from_ref(key), self.plan_update(|_| &f), Retry::Yes).await;
+                let outs = self
+                    .commit(
+                        std::slice::from_ref(key),
+                        self.plan_update(|_| &f),
+                        Retry::Yes,
+                    )
+                    .await;
                 lead.failed = slow_failure(&outs, started);
                 one(outs)
             }
             Entry::Queued => match answer {
-                Some(answer) => answer.await.unwrap_or_else(|_| Err(io("the group commit ended without an answer"))),
+                Some(answer) => answer
+                    .await
+                    .unwrap_or_else(|_| Err(io("the group commit ended without an answer"))),
                 None => Err(io("a queued change has no answer")),
             },
         }
     }
 
     /// One commit per bucket for the sessions that share it.
-    async fn update_many(&self, keys: &[SessionKey], f: Change) -> Vec<Result<Applied, StoreError>> {
-        let (mut by_bucket, mut repeats): (Vec<(u32, Vec<usize>)>, Vec<usize>) = (Vec::new(), Vec::new());
+    async fn update_many(
+        &self,
+        keys: &[SessionKey],
+        f: Change,
+    ) -> Vec<Result<Applied, StoreError>> {
+        let (mut by_bucket, mut repeats): (Vec<(u32, Vec<usize>)>, Vec<usize>) =
+            (Vec::new(), Vec::new());
         for (i, key) in keys.iter().enumerate() {
             let b = self.bucket_of(key);
             match by_bucket.iter_mut().find(|(bucket, _)| *bucket == b) {
@@ -933,13 +1136,17 @@ impl SessionStore for RedisStore {
             let batch: Vec<SessionKey> = at.iter().map(|&i| keys[i].clone()).collect();
             match self.versioned(&batch, self.plan_update(|_| &f)).await {
                 Ok(results) => at.iter().zip(results).for_each(|(&i, r)| out[i] = Some(r)),
-                Err(e) => at.iter().for_each(|&i| out[i] = Some(Err(batch_failure(&e)))),
+                Err(e) => at
+                    .iter()
+                    .for_each(|&i| out[i] = Some(Err(batch_failure(&e)))),
             }
         }
         for i in repeats {
             out[i] = Some(self.update(&keys[i], f.clone()).await);
         }
-        out.into_iter().map(|r| r.unwrap_or_else(|| Err(io("a session of the batch gave no result")))).collect()
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(io("a session of the batch gave no result"))))
+            .collect()
     }
 
     fn batch_of(&self, key: &SessionKey) -> u32 {
@@ -955,9 +1162,19 @@ impl SessionStore for RedisStore {
             tx.cmd("ZREM").arg(&k.deadlines).arg(&k.member).ignore();
             tx.cmd("ZREM").arg(&k.inflight).arg(&k.member).ignore();
             if self.settings.audit {
-                tx.cmd("XADD").arg(&k.audit).arg("*").arg(AUDIT_FIELD_TENANT).arg(&k.tenant).arg(AUDIT_FIELD_EVENT).arg(&bytes).ignore();
+                tx.cmd("XADD")
+                    .arg(&k.audit)
+                    .arg("*")
+                    .arg(AUDIT_FIELD_TENANT)
+                    .arg(&k.tenant)
+                    .arg(AUDIT_FIELD_EVENT)
+                    .arg(&bytes)
+                    .ignore();
             }
-            tx.cmd("PUBLISH").arg(&k.channel).arg(join_batch(&[bytes])).ignore();
+            tx.cmd("PUBLISH")
+                .arg(&k.channel)
+                .arg(join_batch(&[bytes]))
+                .ignore();
             Ok(Plan::Write(Arc::new(event), None))
         })
         .await
@@ -966,9 +1183,14 @@ impl SessionStore for RedisStore {
     async fn events_after(&self, key: &SessionKey, after: u64) -> Result<Replay, StoreError> {
         let k = self.keys(key);
         let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(&k.state).cmd("XRANGE").arg(&k.log).arg(format!("({after}-0")).arg("+");
-        let (raw, entries): (Option<Vec<u8>>, Vec<(String, Vec<(String, Vec<u8>)>)>) =
-            self.read(|c| {
+        pipe.cmd("GET")
+            .arg(&k.state)
+            .cmd("XRANGE")
+            .arg(&k.log)
+            .arg(format!("({after}-0"))
+            .arg("+");
+        let (raw, entries): (Option<Vec<u8>>, Vec<(String, Vec<(String, Vec<u8>)>)>) = self
+            .read(|c| {
                 let pipe = pipe.clone();
                 Box::pin(exchange(c, async move |c| pipe.query_async(c).await))
             })
@@ -1004,7 +1226,10 @@ impl SessionStore for RedisStore {
     async fn release(&self, key: &SessionKey) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         let k = self.keys(key);
-        exchange(&mut conn, async |c| c.zrem::<_, _, ()>(&k.inflight, &k.member).await).await
+        exchange(&mut conn, async |c| {
+            c.zrem::<_, _, ()>(&k.inflight, &k.member).await
+        })
+        .await
     }
 
     async fn next_deadline(&self) -> Result<Option<Micros>, StoreError> {
@@ -1017,7 +1242,13 @@ impl SessionStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         // A connection closed while idle must not turn health NOT_SERVING.
-        let _: String = self.read(|c| Box::pin(exchange(c, async |c| redis::cmd("PING").query_async(c).await))).await?;
+        let _: String = self
+            .read(|c| {
+                Box::pin(exchange(c, async |c| {
+                    redis::cmd("PING").query_async(c).await
+                }))
+            })
+            .await?;
         Ok(())
     }
 
@@ -1036,14 +1267,25 @@ mod tests {
     #[test]
     fn an_event_encoded_around_its_stored_state_is_byte_for_byte_the_derived_encoding() {
         let p = |id: &str| NewParticipant::named(ParticipantId::parse("p", id).unwrap());
-        let mut new = NewSession::new(SessionId::parse("id", "s-1").unwrap(), Mode::PerParticipant, vec![p("a"), p("b")]);
+        let mut new = NewSession::new(
+            SessionId::parse("id", "s-1").unwrap(),
+            Mode::PerParticipant,
+            vec![p("a"), p("b")],
+        );
         new.initial_time_ms = 60_000;
-        new.metadata.insert("note".into(), "quote \" backslash \\ unicode é".into());
+        new.metadata
+            .insert("note".into(), "quote \" backslash \\ unicode é".into());
         let (session, _) = engine::create(new, 1_700_000_000_000_000).unwrap();
         let state = encode(&session);
         for kind in EventKind::ALL {
             for participant in [None, Some(ParticipantId::parse("p", "b").unwrap())] {
-                let e = Event { version: 7, kind, participant, at: -3, session: session.clone() };
+                let e = Event {
+                    version: 7,
+                    kind,
+                    participant,
+                    at: -3,
+                    session: session.clone(),
+                };
                 assert_eq!(encode_event(&e, &session, &state), encode(&e), "{kind:?}");
                 let _: Event = decode(&encode_event(&e, &session, &state)).unwrap();
             }
@@ -1051,18 +1293,31 @@ mod tests {
         // An event that carries another state is encoded whole.
         let mut earlier = session.clone();
         earlier.version -= 1;
-        let e = Event { version: 6, kind: EventKind::Switched, participant: None, at: 1, session: earlier };
+        let e = Event {
+            version: 6,
+            kind: EventKind::Switched,
+            participant: None,
+            at: 1,
+            session: earlier,
+        };
         assert_eq!(encode_event(&e, &session, &state), encode(&e));
     }
 
     #[test]
     fn a_session_s_bucket_is_the_crc32_of_tenant_slash_id() {
-        let key = SessionKey { tenant: engine::Tenant::default_tenant(), id: SessionId::parse("id", "game-42").unwrap() };
+        let key = SessionKey {
+            tenant: engine::Tenant::default_tenant(),
+            id: SessionId::parse("id", "game-42").unwrap(),
+        };
         // crc32("default/game-42"), as SPEC §8 spells the bucket.
         let crc = crc32fast::hash(b"default/game-42");
         for buckets in [1, 16, 1024, 65_521] {
             assert_eq!(bucket(&key, buckets), crc % buckets);
         }
-        assert_ne!(bucket(&key, 1024), 0, "a bucket other than 0, so a wrong hash shows");
+        assert_ne!(
+            bucket(&key, 1024),
+            0,
+            "a bucket other than 0, so a wrong hash shows"
+        );
     }
 }

@@ -75,7 +75,9 @@ pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
             Err(_) => {}
         }
         let sleep = match (claimed, store.next_deadline().await) {
-            (Ok(_), Ok(Some(at))) => Duration::from_micros((at - store.now()).max(0) as u64).clamp(MIN_ROUND, POLL),
+            (Ok(_), Ok(Some(at))) => {
+                Duration::from_micros((at - store.now()).max(0) as u64).clamp(MIN_ROUND, POLL)
+            }
             _ => POLL,
         };
         tokio::select! {
@@ -94,13 +96,20 @@ struct Queued {
 
 impl Queued {
     fn push(&self, batch: u32, key: SessionKey) {
-        self.by_batch.lock().unwrap_or_else(|p| p.into_inner()).entry(batch).or_default().push(key);
+        self.by_batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(batch)
+            .or_default()
+            .push(key);
     }
 
     /// Up to `max` of the batch's deadlines, oldest first.
     fn take(&self, batch: u32, max: usize) -> Vec<SessionKey> {
         let mut by_batch = self.by_batch.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(keys) = by_batch.get_mut(&batch) else { return Vec::new() };
+        let Some(keys) = by_batch.get_mut(&batch) else {
+            return Vec::new();
+        };
         let taken: Vec<SessionKey> = keys.drain(..max.min(keys.len())).collect();
         if keys.is_empty() {
             by_batch.remove(&batch);
@@ -113,13 +122,21 @@ impl Queued {
 /// outcomes); those that fail for a passing reason are retried each on its
 /// own, side by side, so that all of them retry within their claim's lease.
 pub async fn fire_many(store: &dyn SessionStore, keys: &[SessionKey]) {
-    let results = store.update_many(keys, crate::store::apply(Request::new(Command::Timeout))).await;
+    let results = store
+        .update_many(keys, crate::store::apply(Request::new(Command::Timeout)))
+        .await;
     let mut retries = Vec::new();
     for (key, result) in keys.iter().zip(results) {
         match result {
-            Ok(applied) => debug!(session = %key, version = applied.session.version, "deadline fired"),
-            Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => release(store, key).await,
-            Err(StoreError::Unavailable(_) | StoreError::Conflict) => retries.push(fire(store, key)),
+            Ok(applied) => {
+                debug!(session = %key, version = applied.session.version, "deadline fired")
+            }
+            Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => {
+                release(store, key).await
+            }
+            Err(StoreError::Unavailable(_) | StoreError::Conflict) => {
+                retries.push(fire(store, key))
+            }
             Err(e) => warn!(session = %key, error = %e, "firing a deadline failed"),
         }
     }
@@ -146,14 +163,16 @@ pub async fn fire(store: &dyn SessionStore, key: &SessionKey) {
                 return;
             }
             Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => break,
-            Err(e @ (StoreError::Unavailable(_) | StoreError::Conflict)) => match retry_after(attempt, started.elapsed()) {
-                Some(pause) => tokio::time::sleep(pause).await,
-                None => {
-                    // Keep the claim: its lease runs out and the deadline is retried.
-                    warn!(session = %key, error = %e, "firing a deadline failed; its claim will be retried when its lease ends");
-                    return;
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Conflict)) => {
+                match retry_after(attempt, started.elapsed()) {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => {
+                        // Keep the claim: its lease runs out and the deadline is retried.
+                        warn!(session = %key, error = %e, "firing a deadline failed; its claim will be retried when its lease ends");
+                        return;
+                    }
                 }
-            },
+            }
             Err(e) => {
                 warn!(session = %key, error = %e, "firing a deadline failed");
                 return;
@@ -168,7 +187,8 @@ pub async fn fire(store: &dyn SessionStore, key: &SessionKey) {
 /// spent. No jitter: the commit itself is jittered on conflicts, and pool
 /// timeouts already spread the retries.
 fn retry_after(attempt: u32, elapsed: Duration) -> Option<Duration> {
-    let pause = Duration::from_millis(5u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_millis(200));
+    let pause = Duration::from_millis(5u64.saturating_mul(1 << attempt.min(6)))
+        .min(Duration::from_millis(200));
     (elapsed + pause <= RETRY_WINDOW).then_some(pause)
 }
 
@@ -178,13 +198,20 @@ mod tests {
 
     #[test]
     fn a_firing_takes_only_its_own_batch_oldest_first_and_at_most_the_limit() {
-        let key = |id: &str| SessionKey { tenant: crate::engine::Tenant::default_tenant(), id: crate::engine::SessionId::parse("id", id).unwrap() };
+        let key = |id: &str| SessionKey {
+            tenant: crate::engine::Tenant::default_tenant(),
+            id: crate::engine::SessionId::parse("id", id).unwrap(),
+        };
         let q = Queued::default();
         for i in 0..5 {
             q.push(1, key(&format!("a{i}")));
         }
         q.push(2, key("b0"));
-        let ids = |keys: Vec<SessionKey>| keys.into_iter().map(|k| k.id.to_string()).collect::<Vec<_>>();
+        let ids = |keys: Vec<SessionKey>| {
+            keys.into_iter()
+                .map(|k| k.id.to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ids(q.take(1, 3)), ["a0", "a1", "a2"]);
         assert_eq!(ids(q.take(1, 3)), ["a3", "a4"]);
         assert!(q.take(1, 3).is_empty(), "another firing took them all");
@@ -195,12 +222,18 @@ mod tests {
     #[test]
     fn retries_back_off_from_5ms_to_200ms() {
         let at = |attempt| retry_after(attempt, Duration::ZERO).map(|d| d.as_millis());
-        assert_eq!([at(0), at(1), at(2), at(5), at(6), at(30)], [Some(5), Some(10), Some(20), Some(160), Some(200), Some(200)]);
+        assert_eq!(
+            [at(0), at(1), at(2), at(5), at(6), at(30)],
+            [Some(5), Some(10), Some(20), Some(160), Some(200), Some(200)]
+        );
     }
 
     #[test]
     fn retries_stop_before_the_window_ends() {
-        assert_eq!(retry_after(9, Duration::from_millis(1_800)), Some(Duration::from_millis(200)));
+        assert_eq!(
+            retry_after(9, Duration::from_millis(1_800)),
+            Some(Duration::from_millis(200))
+        );
         assert_eq!(retry_after(9, Duration::from_millis(1_801)), None);
         assert_eq!(retry_after(0, RETRY_WINDOW), None);
         // However many attempts, the retries add up to at most the window.
@@ -209,6 +242,9 @@ mod tests {
             elapsed += pause;
             attempt += 1;
         }
-        assert!(elapsed <= RETRY_WINDOW && elapsed > RETRY_WINDOW - Duration::from_millis(200), "{elapsed:?}");
+        assert!(
+            elapsed <= RETRY_WINDOW && elapsed > RETRY_WINDOW - Duration::from_millis(200),
+            "{elapsed:?}"
+        );
     }
 }

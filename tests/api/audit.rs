@@ -85,7 +85,13 @@ impl Server {
             let _ = stopped.await;
         }));
         let client = connect(Endpoint::from_shared(format!("http://{addr}")).unwrap()).await;
-        Server { addr, client, lag, stop: Some(stop), _server: server }
+        Server {
+            addr,
+            client,
+            lag,
+            stop: Some(stop),
+            _server: server,
+        }
     }
 
     /// A client on its own HTTP/2 connection.
@@ -114,13 +120,17 @@ async fn wait_inserted(servers: &[&Server], total: u64) {
         if sum == total {
             return;
         }
-        assert!(sum < total, "the writers counted {sum} new rows for {total} versions");
-        assert!(t0.elapsed() < Duration::from_secs(2), "the writers counted {sum} new rows for {total} versions");
+        assert!(
+            sum < total,
+            "the writers counted {sum} new rows for {total} versions"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "the writers counted {sum} new rows for {total} versions"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
-
-
 
 // ---------- Postgres ----------
 
@@ -142,7 +152,11 @@ type Summary = HashMap<String, (u64, u64, u64, u64, u64)>;
 
 /// What `session_events` holds, or None while the migrations have not run yet.
 fn audit_summary(db: &TestDb) -> Option<Summary> {
-    if sql(db, "SELECT to_regclass('public.session_events') IS NOT NULL") != "t" {
+    if sql(
+        db,
+        "SELECT to_regclass('public.session_events') IS NOT NULL",
+    ) != "t"
+    {
         return None;
     }
     let out = sql(
@@ -155,7 +169,10 @@ fn audit_summary(db: &TestDb) -> Option<Summary> {
             .filter(|l| !l.is_empty())
             .map(|l| {
                 let f: Vec<&str> = l.split('|').collect();
-                let n = |i: usize| f[i].parse::<u64>().unwrap_or_else(|_| panic!("bad psql line {l:?}"));
+                let n = |i: usize| {
+                    f[i].parse::<u64>()
+                        .unwrap_or_else(|_| panic!("bad psql line {l:?}"))
+                };
                 (f[0].to_owned(), (n(1), n(2), n(3), n(4), n(5)))
             })
             .collect(),
@@ -168,9 +185,9 @@ fn mismatch(summary: &Summary, expected: &HashMap<String, u64>) -> Option<String
     for (id, &v) in expected {
         match summary.get(id) {
             None => problems.push(format!("{id}: no rows (want 1..={v})")),
-            Some(&got) if got != (v, v, 1, v, 1) => {
-                problems.push(format!("{id}: (rows, distinct, min, max, epochs) = {got:?}, want ({v}, {v}, 1, {v}, 1)"))
-            }
+            Some(&got) if got != (v, v, 1, v, 1) => problems.push(format!(
+                "{id}: (rows, distinct, min, max, epochs) = {got:?}, want ({v}, {v}, 1, {v}, 1)"
+            )),
             Some(_) => {}
         }
     }
@@ -187,7 +204,12 @@ fn mismatch(summary: &Summary, expected: &HashMap<String, u64>) -> Option<String
 
 /// Polls until `session_events` holds exactly versions 1..=v of every
 /// expected session (no gap, no duplicate, nothing else); returns how long it took.
-async fn wait_audit(db: &TestDb, expected: &HashMap<String, u64>, limit: Duration, what: &str) -> Duration {
+async fn wait_audit(
+    db: &TestDb,
+    expected: &HashMap<String, u64>,
+    limit: Duration,
+    what: &str,
+) -> Duration {
     let t0 = Instant::now();
     loop {
         let why = match audit_summary(db) {
@@ -197,7 +219,10 @@ async fn wait_audit(db: &TestDb, expected: &HashMap<String, u64>, limit: Duratio
                 Some(why) => why,
             },
         };
-        assert!(t0.elapsed() < limit, "{what}: the audit did not catch up within {limit:?}: {why}");
+        assert!(
+            t0.elapsed() < limit,
+            "{what}: the audit did not catch up within {limit:?}: {why}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -205,19 +230,34 @@ async fn wait_audit(db: &TestDb, expected: &HashMap<String, u64>, limit: Duratio
 /// The table-wide exactly-once figures, the snapshots' versions and the one CREATED per session.
 fn assert_exactly_once(db: &TestDb, expected: &HashMap<String, u64>) {
     let total: u64 = expected.values().sum();
-    let ids = expected.keys().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(",");
+    let ids = expected
+        .keys()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(",");
     assert_eq!(
-        sql(db, "SELECT count(*), count(DISTINCT (session_id, version)) FROM session_events"),
+        sql(
+            db,
+            "SELECT count(*), count(DISTINCT (session_id, version)) FROM session_events"
+        ),
         format!("{total}|{total}"),
         "every committed version exactly once"
     );
     assert_eq!(
-        sql(db, "SELECT count(*) FROM session_events WHERE (snapshot->>'version')::bigint <> version OR snapshot->>'id' <> session_id"),
+        sql(
+            db,
+            "SELECT count(*) FROM session_events WHERE (snapshot->>'version')::bigint <> version OR snapshot->>'id' <> session_id"
+        ),
         "0",
         "each snapshot is the session at its event's version"
     );
     assert_eq!(
-        sql(db, &format!("SELECT count(*) FROM session_events WHERE event_type = 'CREATED' AND version = 1 AND session_id IN ({ids})")),
+        sql(
+            db,
+            &format!(
+                "SELECT count(*) FROM session_events WHERE event_type = 'CREATED' AND version = 1 AND session_id IN ({ids})"
+            )
+        ),
         expected.len().to_string(),
         "version 1 of every session is its CREATED event"
     );
@@ -225,7 +265,10 @@ fn assert_exactly_once(db: &TestDb, expected: &HashMap<String, u64>) {
 
 /// `sessions`: one row per session, with the current status and last version.
 fn assert_sessions_rows(db: &TestDb, current: &HashMap<String, (String, u64)>) {
-    let out = sql(db, "SELECT session_id, status, last_version, deleted_at IS NOT NULL FROM sessions");
+    let out = sql(
+        db,
+        "SELECT session_id, status, last_version, deleted_at IS NOT NULL FROM sessions",
+    );
     let rows: HashMap<String, (String, u64)> = out
         .lines()
         .filter(|l| !l.is_empty())
@@ -243,11 +286,17 @@ fn assert_sessions_rows(db: &TestDb, current: &HashMap<String, (String, u64)>) {
 
 /// The audit's name for a session status ("RUNNING").
 fn status_name(s: &pb::Session) -> String {
-    status_of(s).as_str_name().trim_start_matches("STATUS_").to_owned()
+    status_of(s)
+        .as_str_name()
+        .trim_start_matches("STATUS_")
+        .to_owned()
 }
 
 /// The final version (and status) of every session, as the store has it.
-async fn current(client: &mut Client, ids: &[String]) -> (HashMap<String, u64>, HashMap<String, (String, u64)>) {
+async fn current(
+    client: &mut Client,
+    ids: &[String],
+) -> (HashMap<String, u64>, HashMap<String, (String, u64)>) {
     let (mut versions, mut rows) = (HashMap::new(), HashMap::new());
     for id in ids {
         let s = get(client, id).await;
@@ -260,7 +309,11 @@ async fn current(client: &mut Client, ids: &[String]) -> (HashMap<String, u64>, 
 // ---------- Redis ----------
 
 async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url).expect("redis url").get_multiplexed_async_connection().await.expect("redis connection")
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection")
 }
 
 fn audit_stream(b: u32) -> String {
@@ -271,18 +324,29 @@ fn audit_stream(b: u32) -> String {
 async fn audit_backlog(con: &mut redis::aio::MultiplexedConnection) -> u64 {
     let mut total = 0;
     for b in 0..BUCKETS {
-        let n: u64 = redis::cmd("XLEN").arg(audit_stream(b)).query_async(con).await.expect("XLEN");
+        let n: u64 = redis::cmd("XLEN")
+            .arg(audit_stream(b))
+            .query_async(con)
+            .await
+            .expect("XLEN");
         total += n;
     }
     total
 }
 
 /// Pending (read, unacknowledged) entries per consumer of the audit group, over every bucket.
-async fn pending_by_consumer(con: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, usize> {
+async fn pending_by_consumer(
+    con: &mut redis::aio::MultiplexedConnection,
+) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for b in 0..BUCKETS {
         let reply: redis::RedisResult<redis::streams::StreamInfoConsumersReply> =
-            redis::cmd("XINFO").arg("CONSUMERS").arg(audit_stream(b)).arg(GROUP).query_async(con).await;
+            redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(audit_stream(b))
+                .arg(GROUP)
+                .query_async(con)
+                .await;
         // No stream or no group yet: nobody has read anything there.
         for c in reply.map(|r| r.consumers).unwrap_or_default() {
             *out.entry(c.name).or_default() += c.pending;
@@ -319,7 +383,14 @@ struct LoadReport {
 /// A task switching `ids` round-robin (starting at its own offset) until
 /// `stop` is set or `limit` calls are made; with `stop_on_error` it ends at
 /// the first failure (its replica died).
-fn switcher(mut client: Client, ids: Arc<Vec<String>>, offset: usize, stop: Arc<AtomicBool>, limit: Option<usize>, stop_on_error: bool) -> JoinHandle<LoadReport> {
+fn switcher(
+    mut client: Client,
+    ids: Arc<Vec<String>>,
+    offset: usize,
+    stop: Arc<AtomicBool>,
+    limit: Option<usize>,
+    stop_on_error: bool,
+) -> JoinHandle<LoadReport> {
     tokio::spawn(async move {
         let mut r = LoadReport::default();
         let mut i = 0;
@@ -382,12 +453,29 @@ async fn started_sessions(clients: &mut [&mut Client], n: usize, prefix: &str) -
     ids
 }
 
-fn list_req(id: &str, page_size: u32, page_token: &str, after_version: Option<u64>) -> pb::ListSessionEventsRequest {
-    pb::ListSessionEventsRequest { session_id: id.into(), page_size, page_token: page_token.into(), after_version }
+fn list_req(
+    id: &str,
+    page_size: u32,
+    page_token: &str,
+    after_version: Option<u64>,
+) -> pb::ListSessionEventsRequest {
+    pb::ListSessionEventsRequest {
+        session_id: id.into(),
+        page_size,
+        page_token: page_token.into(),
+        after_version,
+    }
 }
 
-async fn list(client: &mut Client, req: pb::ListSessionEventsRequest) -> pb::ListSessionEventsResponse {
-    client.list_session_events(req).await.expect("ListSessionEvents").into_inner()
+async fn list(
+    client: &mut Client,
+    req: pb::ListSessionEventsRequest,
+) -> pb::ListSessionEventsResponse {
+    client
+        .list_session_events(req)
+        .await
+        .expect("ListSessionEvents")
+        .into_inner()
 }
 
 fn versions_of(r: &pb::ListSessionEventsResponse) -> Vec<u64> {
@@ -413,25 +501,58 @@ async fn memory_engine_every_committed_version_reaches_postgres_exactly_once() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for t in 0..4 {
-        tasks.push(switcher(app.new_client().await, ids.clone(), t * 3, stop.clone(), Some(75), false));
+        tasks.push(switcher(
+            app.new_client().await,
+            ids.clone(),
+            t * 3,
+            stop.clone(),
+            Some(75),
+            false,
+        ));
     }
     let load = join_all(tasks).await;
     assert!(load.failed.is_empty(), "switches failed: {:?}", load.failed);
     assert_eq!(load.ok, 300);
     let c = &mut app.client;
-    c.pause_session(pb::PauseSessionRequest { session_id: ids[0].clone(), ..Default::default() }).await.expect("pause");
-    c.complete_session(pb::CompleteSessionRequest { session_id: ids[1].clone(), ..Default::default() }).await.expect("complete");
-    c.cancel_session(pb::CancelSessionRequest { session_id: ids[2].clone(), ..Default::default() }).await.expect("cancel");
+    c.pause_session(pb::PauseSessionRequest {
+        session_id: ids[0].clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("pause");
+    c.complete_session(pb::CompleteSessionRequest {
+        session_id: ids[1].clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("complete");
+    c.cancel_session(pb::CancelSessionRequest {
+        session_id: ids[2].clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("cancel");
 
     let (expected, rows) = current(&mut app.client, &all).await;
     let total: u64 = expected.values().sum();
-    assert_eq!(total, 10 * 2 + 300 + 3 + 2, "create + start each, 300 switches, 3 controls, 2 pending creates");
+    assert_eq!(
+        total,
+        10 * 2 + 300 + 3 + 2,
+        "create + start each, 300 switches, 3 controls, 2 pending creates"
+    );
     let took = wait_audit(&db, &expected, CATCH_UP, "memory engine").await;
-    println!("memory engine: {total} versions of {} sessions in Postgres {:.0} ms after the last commit", all.len(), ms(took));
+    println!(
+        "memory engine: {total} versions of {} sessions in Postgres {:.0} ms after the last commit",
+        all.len(),
+        ms(took)
+    );
     assert_exactly_once(&db, &expected);
     assert_sessions_rows(&db, &rows);
     let statuses: HashSet<&str> = rows.values().map(|(s, _)| s.as_str()).collect();
-    assert_eq!(statuses, HashSet::from(["RUNNING", "PAUSED", "COMPLETED", "CANCELLED", "PENDING"]));
+    assert_eq!(
+        statuses,
+        HashSet::from(["RUNNING", "PAUSED", "COMPLETED", "CANCELLED", "PENDING"])
+    );
     wait_inserted(&[&app], total).await;
 }
 
@@ -456,7 +577,13 @@ async fn list_session_events_pages(engine: EngineKind) {
         switch(c, &id).await;
     }
     assert_eq!(get(c, &id).await.version, 250);
-    wait_audit(&db, &HashMap::from([(id.clone(), 250)]), CATCH_UP, "250 versions").await;
+    wait_audit(
+        &db,
+        &HashMap::from([(id.clone(), 250)]),
+        CATCH_UP,
+        "250 versions",
+    )
+    .await;
 
     // page_size 100: three pages, each version once, in order.
     let mut seen = Vec::new();
@@ -468,9 +595,18 @@ async fn list_session_events_pages(engine: EngineKind) {
         assert!(r.events.len() <= 100);
         for e in &r.events {
             let snap = e.session.as_ref().expect("event carries the session");
-            assert_eq!(snap.version, e.version, "the snapshot is the session at the event's version");
-            assert_eq!((snap.session_id.as_str(), e.session_id.as_str()), (id.as_str(), id.as_str()));
-            assert_eq!((snap.epoch.as_str(), e.epoch.as_str()), (s.epoch.as_str(), s.epoch.as_str()));
+            assert_eq!(
+                snap.version, e.version,
+                "the snapshot is the session at the event's version"
+            );
+            assert_eq!(
+                (snap.session_id.as_str(), e.session_id.as_str()),
+                (id.as_str(), id.as_str())
+            );
+            assert_eq!(
+                (snap.epoch.as_str(), e.epoch.as_str()),
+                (s.epoch.as_str(), s.epoch.as_str())
+            );
             assert!(e.server_time.is_some(), "event time");
             let want = match e.version {
                 1 => EventType::Created,
@@ -487,22 +623,43 @@ async fn list_session_events_pages(engine: EngineKind) {
         assert!(pages < 10, "paging does not end");
     }
     assert_eq!(pages, 3);
-    assert_eq!(seen, (1..=250).collect::<Vec<_>>(), "each version once, in order, across pages");
+    assert_eq!(
+        seen,
+        (1..=250).collect::<Vec<_>>(),
+        "each version once, in order, across pages"
+    );
 
     // page_size 0 -> the default 100; the largest page holds everything.
     let r = list(c, list_req(&id, 0, "", None)).await;
-    assert_eq!(versions_of(&r), (1..=100).collect::<Vec<_>>(), "default page size 100");
+    assert_eq!(
+        versions_of(&r),
+        (1..=100).collect::<Vec<_>>(),
+        "default page size 100"
+    );
     assert!(!r.next_page_token.is_empty());
     let r = list(c, list_req(&id, 1000, "", None)).await;
     assert_eq!(versions_of(&r), (1..=250).collect::<Vec<_>>());
     assert!(r.next_page_token.is_empty(), "nothing more");
 
     // Bad arguments name their field.
-    assert_status(c.list_session_events(list_req(&id, 1001, "", None)).await, Code::InvalidArgument, "page_size");
+    assert_status(
+        c.list_session_events(list_req(&id, 1001, "", None)).await,
+        Code::InvalidArgument,
+        "page_size",
+    );
     for garbage in ["garbage!", "zz", "abc", "6869", "%%%%", "3a3a3a"] {
-        assert_status(c.list_session_events(list_req(&id, 10, garbage, None)).await, Code::InvalidArgument, "page_token");
+        assert_status(
+            c.list_session_events(list_req(&id, 10, garbage, None))
+                .await,
+            Code::InvalidArgument,
+            "page_token",
+        );
     }
-    assert_status(c.list_session_events(list_req("", 10, "", None)).await, Code::InvalidArgument, "session_id");
+    assert_status(
+        c.list_session_events(list_req("", 10, "", None)).await,
+        Code::InvalidArgument,
+        "session_id",
+    );
 
     // after_version: versions after it, paged the same way.
     let r = list(c, list_req(&id, 0, "", Some(200))).await;
@@ -518,21 +675,48 @@ async fn list_session_events_pages(engine: EngineKind) {
             break;
         }
     }
-    assert_eq!(seen, (201..=250).collect::<Vec<_>>(), "after_version with pages of 20");
+    assert_eq!(
+        seen,
+        (201..=250).collect::<Vec<_>>(),
+        "after_version with pages of 20"
+    );
     let r = list(c, list_req(&id, 0, "", Some(250))).await;
-    assert!(r.events.is_empty() && r.next_page_token.is_empty(), "nothing after the last version");
+    assert!(
+        r.events.is_empty() && r.next_page_token.is_empty(),
+        "nothing after the last version"
+    );
     // A token and an after_version beyond it: the later of the two.
     let first = list(c, list_req(&id, 100, "", None)).await;
     let r = list(c, list_req(&id, 1000, &first.next_page_token, Some(150))).await;
     assert_eq!(versions_of(&r), (151..=250).collect::<Vec<_>>());
 
     // A session that never existed.
-    assert_code(c.list_session_events(list_req("never-was", 0, "", None)).await, Code::NotFound);
+    assert_code(
+        c.list_session_events(list_req("never-was", 0, "", None))
+            .await,
+        Code::NotFound,
+    );
 
     // Deleted from the store: the history stays, DELETED included.
-    c.delete_session(pb::DeleteSessionRequest { session_id: id.clone() }).await.expect("DeleteSession");
-    assert_code(c.get_session(pb::GetSessionRequest { session_id: id.clone() }).await, Code::NotFound);
-    wait_audit(&db, &HashMap::from([(id.clone(), 251)]), CATCH_UP, "DELETED").await;
+    c.delete_session(pb::DeleteSessionRequest {
+        session_id: id.clone(),
+    })
+    .await
+    .expect("DeleteSession");
+    assert_code(
+        c.get_session(pb::GetSessionRequest {
+            session_id: id.clone(),
+        })
+        .await,
+        Code::NotFound,
+    );
+    wait_audit(
+        &db,
+        &HashMap::from([(id.clone(), 251)]),
+        CATCH_UP,
+        "DELETED",
+    )
+    .await;
     let mut seen = Vec::new();
     let mut token = String::new();
     let mut last = None;
@@ -545,12 +729,24 @@ async fn list_session_events_pages(engine: EngineKind) {
             break;
         }
     }
-    assert_eq!(seen, (1..=251).collect::<Vec<_>>(), "the whole history after DeleteSession");
+    assert_eq!(
+        seen,
+        (1..=251).collect::<Vec<_>>(),
+        "the whole history after DeleteSession"
+    );
     let deleted = last.unwrap();
-    assert_eq!((deleted.version, event_type(&deleted)), (251, EventType::Deleted));
+    assert_eq!(
+        (deleted.version, event_type(&deleted)),
+        (251, EventType::Deleted)
+    );
     assert_eq!(deleted.session.as_ref().unwrap().version, 251);
     assert_eq!(
-        sql(&db, &format!("SELECT last_version, deleted_at IS NOT NULL FROM sessions WHERE session_id = '{id}'")),
+        sql(
+            &db,
+            &format!(
+                "SELECT last_version, deleted_at IS NOT NULL FROM sessions WHERE session_id = '{id}'"
+            )
+        ),
         "251|t"
     );
 
@@ -563,12 +759,23 @@ async fn list_session_events_pages(engine: EngineKind) {
         if r.events.first().is_some_and(|e| e.epoch == again.epoch) {
             break r;
         }
-        assert!(t0.elapsed() < CATCH_UP, "the recreated session's history never showed: {:?}", versions_of(&r));
+        assert!(
+            t0.elapsed() < CATCH_UP,
+            "the recreated session's history never showed: {:?}",
+            versions_of(&r)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(versions_of(&r), vec![1]);
     assert_eq!(event_type(&r.events[0]), EventType::Created);
-    assert_eq!(sql(&db, &format!("SELECT count(*) FROM session_events WHERE session_id = '{id}'")), "252", "both epochs kept");
+    assert_eq!(
+        sql(
+            &db,
+            &format!("SELECT count(*) FROM session_events WHERE session_id = '{id}'")
+        ),
+        "252",
+        "both epochs kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,7 +794,9 @@ async fn list_session_events_is_unimplemented_without_database_url() {
     let mut app = Server::start(config(EngineKind::Memory, None, None)).await;
     let s = create_started(&mut app.client).await;
     assert_status(
-        app.client.list_session_events(list_req(&s.session_id, 0, "", None)).await,
+        app.client
+            .list_session_events(list_req(&s.session_id, 0, "", None))
+            .await,
         Code::Unimplemented,
         "DATABASE_URL",
     );
@@ -603,13 +812,21 @@ async fn two_redis_replicas_under_concurrent_load_store_every_version_exactly_on
     let mut a = Server::start(redis_config(&redis, &db)).await;
     let mut b = Server::start(redis_config(&redis, &db)).await;
 
-    let ids = Arc::new(started_sessions(&mut [&mut a.client, &mut b.client], 20, "audit-two").await);
+    let ids =
+        Arc::new(started_sessions(&mut [&mut a.client, &mut b.client], 20, "audit-two").await);
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for (r, replica) in [&a, &b].into_iter().enumerate() {
         for t in 0..4 {
-            tasks.push(switcher(replica.new_client().await, ids.clone(), r * 4 + t, stop.clone(), Some(100), false));
+            tasks.push(switcher(
+                replica.new_client().await,
+                ids.clone(),
+                r * 4 + t,
+                stop.clone(),
+                Some(100),
+                false,
+            ));
         }
     }
     let load = join_all(tasks).await;
@@ -654,7 +871,13 @@ async fn a_killed_replicas_pending_audit_entries_are_taken_over_by_a_survivor() 
     // exist and its consumer is known.
     let mut a = Server::start(redis_config(&redis, &db)).await;
     let warm = create_chess(&mut a.client).await.session_id;
-    wait_audit(&db, &HashMap::from([(warm.clone(), 1)]), CATCH_UP, "warm-up").await;
+    wait_audit(
+        &db,
+        &HashMap::from([(warm.clone(), 1)]),
+        CATCH_UP,
+        "warm-up",
+    )
+    .await;
     let survivors: HashSet<String> = pending_by_consumer(&mut con).await.into_keys().collect();
     assert_eq!(survivors.len(), 1, "one consumer so far: {survivors:?}");
 
@@ -666,8 +889,22 @@ async fn a_killed_replicas_pending_audit_entries_are_taken_over_by_a_survivor() 
     let stop = Arc::new(AtomicBool::new(false));
     let (mut on_a, mut on_child) = (Vec::new(), Vec::new());
     for t in 0..3 {
-        on_a.push(switcher(a.new_client().await, load_ids.clone(), t, stop.clone(), None, false));
-        on_child.push(switcher(child_client.clone(), load_ids.clone(), 10 + t, stop.clone(), None, true));
+        on_a.push(switcher(
+            a.new_client().await,
+            load_ids.clone(),
+            t,
+            stop.clone(),
+            None,
+            false,
+        ));
+        on_child.push(switcher(
+            child_client.clone(),
+            load_ids.clone(),
+            10 + t,
+            stop.clone(),
+            None,
+            true,
+        ));
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     // The child's consumer: Redis creates it when the child's writer first reads an entry.
@@ -677,7 +914,10 @@ async fn a_killed_replicas_pending_audit_entries_are_taken_over_by_a_survivor() 
         if let Some(n) = names.keys().find(|n| !survivors.contains(*n)) {
             break n.clone();
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "the child's audit consumer never showed up: {names:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the child's audit consumer never showed up: {names:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
@@ -685,17 +925,28 @@ async fn a_killed_replicas_pending_audit_entries_are_taken_over_by_a_survivor() 
     refuse(&db);
     let t0 = Instant::now();
     let held = loop {
-        let held = pending_by_consumer(&mut con).await.get(&doomed).copied().unwrap_or(0);
+        let held = pending_by_consumer(&mut con)
+            .await
+            .get(&doomed)
+            .copied()
+            .unwrap_or(0);
         if held > 0 {
             break held;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "the child never held audit entries");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the child never held audit entries"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     child.kill();
     let killed = Instant::now();
-    let held_at_kill = pending_by_consumer(&mut con).await.get(&doomed).copied().unwrap_or(0);
+    let held_at_kill = pending_by_consumer(&mut con)
+        .await
+        .get(&doomed)
+        .copied()
+        .unwrap_or(0);
     let child_load = join_all(on_child).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     allow(&db);
@@ -703,7 +954,11 @@ async fn a_killed_replicas_pending_audit_entries_are_taken_over_by_a_survivor() 
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, Ordering::Relaxed);
     let a_load = join_all(on_a).await;
-    assert!(a_load.failed.is_empty(), "the survivor's switches failed: {:?}", &a_load.failed[..a_load.failed.len().min(3)]);
+    assert!(
+        a_load.failed.is_empty(),
+        "the survivor's switches failed: {:?}",
+        &a_load.failed[..a_load.failed.len().min(3)]
+    );
     assert!(child_load.ok > 0, "the child served load before it died");
 
     ids.push(warm);
@@ -713,10 +968,19 @@ async fn a_killed_replicas_pending_audit_entries_are_taken_over_by_a_survivor() 
     let mut taken_over = None;
     let deadline = Duration::from_secs(45);
     loop {
-        if taken_over.is_none() && pending_by_consumer(&mut con).await.get(&doomed).copied().unwrap_or(0) == 0 {
+        if taken_over.is_none()
+            && pending_by_consumer(&mut con)
+                .await
+                .get(&doomed)
+                .copied()
+                .unwrap_or(0)
+                == 0
+        {
             taken_over = Some(killed.elapsed());
         }
-        if taken_over.is_some() && audit_summary(&db).is_some_and(|s| mismatch(&s, &expected).is_none()) {
+        if taken_over.is_some()
+            && audit_summary(&db).is_some_and(|s| mismatch(&s, &expected).is_none())
+        {
             break;
         }
         if killed.elapsed() > deadline {
@@ -739,7 +1003,10 @@ async fn a_killed_replicas_pending_audit_entries_are_taken_over_by_a_survivor() 
         a_load.ok,
         killed.elapsed().as_secs_f64()
     );
-    assert!(taken_over >= Duration::from_secs(10), "taken over before the 15 s idle limit: {taken_over:?}");
+    assert!(
+        taken_over >= Duration::from_secs(10),
+        "taken over before the 15 s idle limit: {taken_over:?}"
+    );
     assert_exactly_once(&db, &expected);
     assert_sessions_rows(&db, &rows);
     wait_streams_empty(&mut con, "after the takeover").await;
@@ -763,8 +1030,11 @@ async fn postgres_outage(engine: EngineKind) {
     let clients = [app.new_client().await, app.new_client().await];
     let measure = async |window: Duration| {
         let stop = Arc::new(AtomicBool::new(false));
-        let tasks: Vec<_> =
-            clients.iter().enumerate().map(|(t, c)| switcher(c.clone(), ids.clone(), t * 4, stop.clone(), None, false)).collect();
+        let tasks: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(t, c)| switcher(c.clone(), ids.clone(), t * 4, stop.clone(), None, false))
+            .collect();
         tokio::time::sleep(window).await;
         stop.store(true, Ordering::Relaxed);
         join_all(tasks).await
@@ -777,7 +1047,9 @@ async fn postgres_outage(engine: EngineKind) {
     // Still down: the history is UNAVAILABLE, promptly.
     let t0 = Instant::now();
     assert_status(
-        app.client.list_session_events(list_req(&ids[0], 0, "", None)).await,
+        app.client
+            .list_session_events(list_req(&ids[0], 0, "", None))
+            .await,
         Code::Unavailable,
         "audit",
     );
@@ -800,12 +1072,25 @@ async fn postgres_outage(engine: EngineKind) {
         down.failed.len(),
         ms(list_took)
     );
-    assert!(down.failed.is_empty(), "SwitchCycle failed while Postgres was down: {:?}", &down.failed[..down.failed.len().min(3)]);
+    assert!(
+        down.failed.is_empty(),
+        "SwitchCycle failed while Postgres was down: {:?}",
+        &down.failed[..down.failed.len().min(3)]
+    );
     assert!(down.ok > 50, "SwitchCycle kept serving: {} calls", down.ok);
-    assert!(dmax < 200.0, "SwitchCycle max latency {dmax:.1} ms while Postgres was down");
-    assert!(list_took < Duration::from_secs(5), "ListSessionEvents took {list_took:?} to fail");
+    assert!(
+        dmax < 200.0,
+        "SwitchCycle max latency {dmax:.1} ms while Postgres was down"
+    );
+    assert!(
+        list_took < Duration::from_secs(5),
+        "ListSessionEvents took {list_took:?} to fail"
+    );
     if let Some(backlog) = backlog {
-        assert!(backlog > 0, "the streams hold the backlog while Postgres is down");
+        assert!(
+            backlog > 0,
+            "the streams hold the backlog while Postgres is down"
+        );
     }
 
     let (expected, rows) = current(&mut app.client, &ids).await;
@@ -842,7 +1127,10 @@ async fn an_unreachable_database_url_does_not_stop_the_clock() {
     let _iso = shared_isolation();
     const NOWHERE: &str = "postgres://postgres@127.0.0.1:1/nope";
     let redis = RedisServer::start();
-    for (engine, redis_url) in [(EngineKind::Memory, None), (EngineKind::Redis, Some(redis.url()))] {
+    for (engine, redis_url) in [
+        (EngineKind::Memory, None),
+        (EngineKind::Redis, Some(redis.url())),
+    ] {
         let mut app = Server::start(config(engine, redis_url.as_deref(), Some(NOWHERE))).await;
         let c = &mut app.client;
         let s = create_started(c).await;
@@ -853,14 +1141,22 @@ async fn an_unreachable_database_url_does_not_stop_the_clock() {
         let per_switch = t0.elapsed() / 20;
         assert_eq!(get(c, &s.session_id).await.version, 22);
         let t0 = Instant::now();
-        assert_status(c.list_session_events(list_req(&s.session_id, 0, "", None)).await, Code::Unavailable, "audit");
+        assert_status(
+            c.list_session_events(list_req(&s.session_id, 0, "", None))
+                .await,
+            Code::Unavailable,
+            "audit",
+        );
         let list_took = t0.elapsed();
         println!(
             "{engine:?} with DATABASE_URL unreachable: SwitchCycle {:.2} ms each; ListSessionEvents UNAVAILABLE after {:.0} ms",
             ms(per_switch),
             ms(list_took)
         );
-        assert!(list_took < Duration::from_secs(5), "ListSessionEvents took {list_took:?} to fail");
+        assert!(
+            list_took < Duration::from_secs(5),
+            "ListSessionEvents took {list_took:?} to fail"
+        );
         if engine == EngineKind::Redis {
             // Nothing is lost meanwhile: every version waits in the audit streams.
             assert_eq!(audit_backlog(&mut redis_conn(&redis.url()).await).await, 22);
@@ -881,15 +1177,33 @@ async fn a_database_that_comes_up_after_start_up_receives_the_whole_backlog() {
             switch(&mut app.client, id).await;
         }
     }
-    assert_code(app.client.list_session_events(list_req(&ids[0], 0, "", None)).await, Code::Unavailable);
+    assert_code(
+        app.client
+            .list_session_events(list_req(&ids[0], 0, "", None))
+            .await,
+        Code::Unavailable,
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     allow(&db);
     let (expected, rows) = current(&mut app.client, &ids).await;
-    let took = wait_audit(&db, &expected, Duration::from_secs(20), "database up after start-up").await;
-    println!("database up after start-up: migrations run and 60 versions stored {:.2} s after it came up", took.as_secs_f64());
+    let took = wait_audit(
+        &db,
+        &expected,
+        Duration::from_secs(20),
+        "database up after start-up",
+    )
+    .await;
+    println!(
+        "database up after start-up: migrations run and 60 versions stored {:.2} s after it came up",
+        took.as_secs_f64()
+    );
     assert_exactly_once(&db, &expected);
     assert_sessions_rows(&db, &rows);
     let r = list(&mut app.client, list_req(&ids[0], 0, "", None)).await;
     assert_eq!(versions_of(&r), (1..=12).collect::<Vec<_>>());
-    wait_streams_empty(&mut redis_conn(&redis.url()).await, "database up after start-up").await;
+    wait_streams_empty(
+        &mut redis_conn(&redis.url()).await,
+        "database up after start-up",
+    )
+    .await;
 }

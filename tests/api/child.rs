@@ -11,7 +11,10 @@ use tonic::transport::Endpoint;
 use crate::helpers::Client;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 pub struct ChildReplica {
@@ -23,7 +26,11 @@ impl ChildReplica {
     /// is given) and waits until it answers gRPC.
     pub async fn spawn(redis_url: &str, database_url: Option<&str>) -> (Self, Client) {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let stderr = if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
+        let stderr = if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
         let mut command = Command::new(env!("CARGO_BIN_EXE_synckairos"));
         command
             .env("SYNCKAIROS_LISTEN", addr.to_string())
@@ -47,15 +54,23 @@ impl ChildReplica {
             if let Some(exit) = me.child.try_wait().expect("child status") {
                 panic!("synckairos child exited early: {exit}");
             }
-            let endpoint =
-                Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_millis(500));
+            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_timeout(Duration::from_millis(500));
             if let Ok(channel) = endpoint.connect().await {
                 let mut client = pb::sync_service_client::SyncServiceClient::new(channel);
-                if client.get_server_time(pb::GetServerTimeRequest {}).await.is_ok() {
+                if client
+                    .get_server_time(pb::GetServerTimeRequest {})
+                    .await
+                    .is_ok()
+                {
                     return (me, client);
                 }
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "synckairos child did not answer on {addr}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "synckairos child did not answer on {addr}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

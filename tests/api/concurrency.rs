@@ -24,7 +24,11 @@ async fn concurrent_unconditioned_switches_are_all_applied_exactly_once() {
     let mut tasks = Vec::new();
     for t in 0..TASKS {
         // Half share the test's connection, half have their own.
-        let mut client = if t % 2 == 0 { app.client.clone() } else { app.new_client().await };
+        let mut client = if t % 2 == 0 {
+            app.client.clone()
+        } else {
+            app.new_client().await
+        };
         let id = id.clone();
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
@@ -42,15 +46,30 @@ async fn concurrent_unconditioned_switches_are_all_applied_exactly_once() {
     }
     let total = (TASKS * EACH) as u64;
     versions.sort_unstable();
-    assert_eq!(versions, (3..=2 + total).collect::<Vec<_>>(), "each reply has its own version");
+    assert_eq!(
+        versions,
+        (3..=2 + total).collect::<Vec<_>>(),
+        "each reply has its own version"
+    );
 
     let s = get(&mut app.client, &id).await;
-    assert_eq!(s.version, 2 + total, "create=1, start=2, then one version per switch");
+    assert_eq!(
+        s.version,
+        2 + total,
+        "create=1, start=2, then one version per switch"
+    );
     assert_eq!(s.cycle_count, total);
     let per_participant: u64 = s.participants.iter().map(|p| p.cycle_count).sum();
     assert_eq!(per_participant, total);
-    assert_eq!(find(&s, "white").cycle_count, total / 2, "strict alternation");
-    assert_eq!(s.active_participant_id, "white", "an even number of switches");
+    assert_eq!(
+        find(&s, "white").cycle_count,
+        total / 2,
+        "strict alternation"
+    );
+    assert_eq!(
+        s.active_participant_id, "white",
+        "an even number of switches"
+    );
 
     // The stream saw every one of them, in order.
     let mut expected = 3;
@@ -80,8 +99,15 @@ async fn racing_switches_from_the_active_participant_apply_once() {
             match reply {
                 Ok(s) => ok.push(s),
                 Err(status) => {
-                    assert_eq!(status.code(), Code::FailedPrecondition, "round {round}: {status:?}");
-                    assert!(status.message().contains("not the active participant"), "{status:?}");
+                    assert_eq!(
+                        status.code(),
+                        Code::FailedPrecondition,
+                        "round {round}: {status:?}"
+                    );
+                    assert!(
+                        status.message().contains("not the active participant"),
+                        "{status:?}"
+                    );
                     refused += 1;
                 }
             }
@@ -110,7 +136,12 @@ async fn racing_writes_with_the_same_expected_version_apply_once() {
             barrier.wait().await;
             // Mixed commands, all guarded by version 2.
             if i % 2 == 0 {
-                client.switch_cycle(pb::SwitchCycleRequest { expected_version: Some(2), ..switch_req(&id) }).await
+                client
+                    .switch_cycle(pb::SwitchCycleRequest {
+                        expected_version: Some(2),
+                        ..switch_req(&id)
+                    })
+                    .await
             } else {
                 client
                     .adjust_time(pb::AdjustTimeRequest {

@@ -21,8 +21,11 @@ fn grpcurl_path() -> PathBuf {
         assert!(p.is_file(), "GRPCURL={} does not exist", p.display());
         return p;
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join("grpcurl")).find(|p| is_executable(p)));
+    let on_path = std::env::var_os("PATH").map(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("grpcurl"))
+            .find(|p| is_executable(p))
+    });
     if let Some(Some(p)) = on_path {
         return p;
     }
@@ -36,7 +39,9 @@ fn grpcurl_path() -> PathBuf {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Runs grpcurl against `addr` (blocking work off the runtime's threads).
@@ -54,7 +59,11 @@ async fn grpcurl(addr: std::net::SocketAddr, args: &[&str]) -> Output {
         .unwrap()
         .unwrap_or_else(|e| panic!("cannot run grpcurl: {e}"));
     if std::env::var_os("TEST_LOG").is_some() {
-        println!("$ grpcurl {shown}\n{}{}", text(&out.stdout), text(&out.stderr));
+        println!(
+            "$ grpcurl {shown}\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
     }
     out
 }
@@ -84,7 +93,12 @@ fn text(b: &[u8]) -> String {
 /// Runs a method that must succeed; returns its JSON output.
 async fn call(addr: std::net::SocketAddr, method: &str, body: &str) -> String {
     let out = grpcurl(addr, &["-d", body, method]).await;
-    assert!(out.status.success(), "grpcurl {method} {body} failed: {}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "grpcurl {method} {body} failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     text(&out.stdout)
 }
 
@@ -96,14 +110,20 @@ fn json_field(json: &str, key: &str) -> Option<String> {
     let value = if let Some(stripped) = rest.strip_prefix('"') {
         stripped[..stripped.find('"')?].to_string()
     } else {
-        rest[..rest.find([',', '\n', '}']).unwrap_or(rest.len())].trim().to_string()
+        rest[..rest.find([',', '\n', '}']).unwrap_or(rest.len())]
+            .trim()
+            .to_string()
     };
     Some(value)
 }
 
 #[track_caller]
 fn assert_field(json: &str, key: &str, expected: &str) {
-    assert_eq!(json_field(json, key).as_deref(), Some(expected), "{key} in:\n{json}");
+    assert_eq!(
+        json_field(json, key).as_deref(),
+        Some(expected),
+        "{key} in:\n{json}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,19 +132,44 @@ async fn grpcurl_lists_and_describes_the_services() {
     let out = grpcurl(app.addr, &["list"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let listed = text(&out.stdout);
-    for service in ["synckairos.v1.SyncService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"] {
-        assert!(listed.lines().any(|l| l.trim() == service), "{service} missing from:\n{listed}");
+    for service in [
+        "synckairos.v1.SyncService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            listed.lines().any(|l| l.trim() == service),
+            "{service} missing from:\n{listed}"
+        );
     }
     let out = grpcurl(app.addr, &["describe", "synckairos.v1.SyncService"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let described = text(&out.stdout);
-    assert!(described.contains("synckairos.v1.SyncService is a service"), "{described}");
-    for rpc in ["CreateSession", "SwitchCycle", "GetServerTime", "ListSessionEvents"] {
-        assert!(described.contains(&format!("rpc {rpc} (")), "{rpc} missing from:\n{described}");
+    assert!(
+        described.contains("synckairos.v1.SyncService is a service"),
+        "{described}"
+    );
+    for rpc in [
+        "CreateSession",
+        "SwitchCycle",
+        "GetServerTime",
+        "ListSessionEvents",
+    ] {
+        assert!(
+            described.contains(&format!("rpc {rpc} (")),
+            "{rpc} missing from:\n{described}"
+        );
     }
-    assert!(described.contains("returns ( stream .synckairos.v1.SessionEvent )"), "{described}");
+    assert!(
+        described.contains("returns ( stream .synckairos.v1.SessionEvent )"),
+        "{described}"
+    );
     let out = grpcurl(app.addr, &["describe", "synckairos.v1.Session"]).await;
-    assert!(text(&out.stdout).contains("deadline_at"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("deadline_at"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,18 +199,27 @@ async fn grpcurl_plays_a_short_chess_game_with_json() {
     assert_field(&started, "status", "STATUS_RUNNING");
     assert_field(&started, "version", "2");
     assert_field(&started, "activeParticipantId", "white");
-    assert!(json_field(&started, "deadlineAt").is_some_and(|d| d.ends_with('Z')), "{started}");
+    assert!(
+        json_field(&started, "deadlineAt").is_some_and(|d| d.ends_with('Z')),
+        "{started}"
+    );
 
-    let moved =
-        call(app.addr, &svc("SwitchCycle"), &format!(r#"{{{sid},"fromParticipantId":"white","requestId":"e4"}}"#))
-            .await;
+    let moved = call(
+        app.addr,
+        &svc("SwitchCycle"),
+        &format!(r#"{{{sid},"fromParticipantId":"white","requestId":"e4"}}"#),
+    )
+    .await;
     assert_field(&moved, "version", "3");
     assert_field(&moved, "activeParticipantId", "black");
     assert_field(&moved, "cycleCount", "1");
     // The same move again (a retry): applied once.
-    let retried =
-        call(app.addr, &svc("SwitchCycle"), &format!(r#"{{{sid},"fromParticipantId":"white","requestId":"e4"}}"#))
-            .await;
+    let retried = call(
+        app.addr,
+        &svc("SwitchCycle"),
+        &format!(r#"{{{sid},"fromParticipantId":"white","requestId":"e4"}}"#),
+    )
+    .await;
     assert_field(&retried, "version", "3");
 
     let got = call(app.addr, &svc("GetSession"), &format!("{{{sid}}}")).await;
@@ -173,17 +227,29 @@ async fn grpcurl_plays_a_short_chess_game_with_json() {
     assert_field(&got, "status", "STATUS_RUNNING");
     assert_field(&got, "activeParticipantId", "black");
 
-    let paused = call(app.addr, &svc("PauseSession"), &format!(r#"{{{sid},"expectedVersion":"3"}}"#)).await;
+    let paused = call(
+        app.addr,
+        &svc("PauseSession"),
+        &format!(r#"{{{sid},"expectedVersion":"3"}}"#),
+    )
+    .await;
     assert_field(&paused, "status", "STATUS_PAUSED");
     assert_field(&paused, "version", "4");
-    assert!(json_field(&paused, "deadlineAt").is_none(), "no deadline while paused:\n{paused}");
+    assert!(
+        json_field(&paused, "deadlineAt").is_none(),
+        "no deadline while paused:\n{paused}"
+    );
 
     let resumed = call(app.addr, &svc("ResumeSession"), &format!("{{{sid}}}")).await;
     assert_field(&resumed, "status", "STATUS_RUNNING");
     assert_field(&resumed, "version", "5");
 
-    let adjusted =
-        call(app.addr, &svc("AdjustTime"), &format!(r#"{{{sid},"participantId":"white","deltaMs":"-1000"}}"#)).await;
+    let adjusted = call(
+        app.addr,
+        &svc("AdjustTime"),
+        &format!(r#"{{{sid},"participantId":"white","deltaMs":"-1000"}}"#),
+    )
+    .await;
     assert_field(&adjusted, "version", "6");
 
     let done = call(app.addr, &svc("CompleteSession"), &format!("{{{sid}}}")).await;
@@ -197,7 +263,10 @@ async fn grpcurl_plays_a_short_chess_game_with_json() {
     assert_eq!((s.version, status_of(&s)), (7, pb::Status::Completed));
 
     let time = call(app.addr, &svc("GetServerTime"), "{}").await;
-    assert!(json_field(&time, "serverTime").is_some_and(|t| t.ends_with('Z')), "{time}");
+    assert!(
+        json_field(&time, "serverTime").is_some_and(|t| t.ends_with('Z')),
+        "{time}"
+    );
 
     // Deleting returns google.protobuf.Empty.
     let deleted = call(app.addr, &svc("DeleteSession"), &format!("{{{sid}}}")).await;
@@ -217,22 +286,56 @@ async fn grpcurl_sees_error_codes() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("Code: InvalidArgument"), "{err}");
-    assert!(err.contains("session_id"), "the message names the field: {err}");
+    assert!(
+        err.contains("session_id"),
+        "the message names the field: {err}"
+    );
 
-    let out = grpcurl(app.addr, &["-d", r#"{"sessionId":"nope-123"}"#, &svc("GetSession")]).await;
-    assert!(text(&out.stderr).contains("Code: NotFound"), "{}", text(&out.stderr));
+    let out = grpcurl(
+        app.addr,
+        &["-d", r#"{"sessionId":"nope-123"}"#, &svc("GetSession")],
+    )
+    .await;
+    assert!(
+        text(&out.stderr).contains("Code: NotFound"),
+        "{}",
+        text(&out.stderr)
+    );
 
-    let out = grpcurl(app.addr, &["-d", r#"{"sessionId":"nope-123"}"#, &svc("ListSessionEvents")]).await;
-    assert!(text(&out.stderr).contains("Code: Unimplemented"), "{}", text(&out.stderr));
+    let out = grpcurl(
+        app.addr,
+        &[
+            "-d",
+            r#"{"sessionId":"nope-123"}"#,
+            &svc("ListSessionEvents"),
+        ],
+    )
+    .await;
+    assert!(
+        text(&out.stderr).contains("Code: Unimplemented"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let mut client = app.client.clone();
     let s = create_started(&mut client).await;
     let out = grpcurl(
         app.addr,
-        &["-d", &format!(r#"{{"sessionId":"{}","fromParticipantId":"black"}}"#, s.session_id), &svc("SwitchCycle")],
+        &[
+            "-d",
+            &format!(
+                r#"{{"sessionId":"{}","fromParticipantId":"black"}}"#,
+                s.session_id
+            ),
+            &svc("SwitchCycle"),
+        ],
     )
     .await;
-    assert!(text(&out.stderr).contains("Code: FailedPrecondition"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Code: FailedPrecondition"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,8 +345,16 @@ async fn grpcurl_health_check_is_serving() {
         let out = call(app.addr, "grpc.health.v1.Health/Check", body).await;
         assert_field(&out, "status", "SERVING");
     }
-    let out = grpcurl(app.addr, &["-d", r#"{"service":"nope"}"#, "grpc.health.v1.Health/Check"]).await;
-    assert!(text(&out.stderr).contains("Code: NotFound"), "{}", text(&out.stderr));
+    let out = grpcurl(
+        app.addr,
+        &["-d", r#"{"service":"nope"}"#, "grpc.health.v1.Health/Check"],
+    )
+    .await;
+    assert!(
+        text(&out.stderr).contains("Code: NotFound"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +398,9 @@ async fn grpcurl_subscribes_to_a_stream_until_deleted() {
                             return (rx, seen);
                         }
                     }
-                    Err(e) => panic!("grpcurl Subscribe: no {needle} ({e}); output so far:\n{seen}"),
+                    Err(e) => {
+                        panic!("grpcurl Subscribe: no {needle} ({e}); output so far:\n{seen}")
+                    }
                 }
             }
         })
@@ -297,8 +410,20 @@ async fn grpcurl_subscribes_to_a_stream_until_deleted() {
     switch(&mut client, &s.session_id).await;
     let (rx, switched) = wait_for("EVENT_TYPE_SWITCHED", rx).await.unwrap();
     let _ = switched;
-    client.delete_session(pb::DeleteSessionRequest { session_id: s.session_id.clone() }).await.unwrap();
+    client
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: s.session_id.clone(),
+        })
+        .await
+        .unwrap();
     let (_rx, _) = wait_for("EVENT_TYPE_DELETED", rx).await.unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
-    assert!(status.status.success(), "the stream ends with OK after DELETED: {}", text(&status.stderr));
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "the stream ends with OK after DELETED: {}",
+        text(&status.stderr)
+    );
 }

@@ -98,7 +98,8 @@ fn init_tracing() {
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(
-                    std::env::var("RUST_LOG").unwrap_or_else(|_| "debug,h2=warn,hyper=warn,tower=warn".into()),
+                    std::env::var("RUST_LOG")
+                        .unwrap_or_else(|_| "debug,h2=warn,hyper=warn,tower=warn".into()),
                 ))
                 .with_test_writer()
                 .try_init();
@@ -107,7 +108,11 @@ fn init_tracing() {
 }
 
 pub async fn connect(endpoint: Endpoint) -> Client {
-    let channel = endpoint.connect_timeout(Duration::from_secs(5)).connect().await.expect("connect to test server");
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect to test server");
     SyncServiceClient::new(channel)
 }
 
@@ -118,18 +123,26 @@ pub async fn spawn_app() -> TestApp {
 
 /// A server on 127.0.0.1:0 with the memory engine; `tweak` edits the config first.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let shared = ISOLATION.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let shared = ISOLATION
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     build_app(tweak, Isolation::Shared(shared)).await
 }
 
 /// The shared isolation guard every ordinary test server holds.
 pub fn shared_isolation() -> Isolation {
-    Isolation::Shared(ISOLATION.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    Isolation::Shared(
+        ISOLATION
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
 }
 
 /// A server for a timing-sensitive test: no other test's server runs meanwhile.
 pub async fn spawn_app_alone() -> TestApp {
-    let exclusive = ISOLATION.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let exclusive = ISOLATION
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     build_app(|_| {}, Isolation::Exclusive(exclusive)).await
 }
 
@@ -162,7 +175,14 @@ pub async fn launch(
         let _ = stop_rx.await;
     }));
     let client = connect(Endpoint::from_shared(format!("http://{addr}")).unwrap()).await;
-    TestApp { addr, client, stop: Some(stop_tx), server: Some(server), _redis: redis, _isolation: isolation }
+    TestApp {
+        addr,
+        client,
+        stop: Some(stop_tx),
+        server: Some(server),
+        _redis: redis,
+        _isolation: isolation,
+    }
 }
 
 /// A fresh, valid session id: `prefix-<uuid>`.
@@ -173,11 +193,18 @@ pub fn unique_id(prefix: &str) -> String {
 // ---------- request builders ----------
 
 pub fn participant(id: &str) -> pb::ParticipantSpec {
-    pb::ParticipantSpec { participant_id: id.into(), ..Default::default() }
+    pb::ParticipantSpec {
+        participant_id: id.into(),
+        ..Default::default()
+    }
 }
 
 pub fn participant_with_budget(id: &str, ms: i64) -> pb::ParticipantSpec {
-    pb::ParticipantSpec { participant_id: id.into(), initial_time_ms: Some(ms), ..Default::default() }
+    pb::ParticipantSpec {
+        participant_id: id.into(),
+        initial_time_ms: Some(ms),
+        ..Default::default()
+    }
 }
 
 /// A two-player chess clock ("white", "black"), `budget_ms` each, sudden death.
@@ -195,7 +222,11 @@ pub fn chess(session_id: &str, budget_ms: i64) -> pb::CreateSessionRequest {
 pub const HOUR_MS: i64 = 3_600_000;
 
 pub async fn create(client: &mut Client, req: pb::CreateSessionRequest) -> pb::Session {
-    client.create_session(req).await.expect("CreateSession").into_inner()
+    client
+        .create_session(req)
+        .await
+        .expect("CreateSession")
+        .into_inner()
 }
 
 /// Creates a one-hour chess session and returns it (version 1).
@@ -210,23 +241,39 @@ pub async fn create_started(client: &mut Client) -> pb::Session {
 }
 
 pub async fn get(client: &mut Client, id: &str) -> pb::Session {
-    client.get_session(pb::GetSessionRequest { session_id: id.into() }).await.expect("GetSession").into_inner()
+    client
+        .get_session(pb::GetSessionRequest {
+            session_id: id.into(),
+        })
+        .await
+        .expect("GetSession")
+        .into_inner()
 }
 
 pub async fn start(client: &mut Client, id: &str) -> pb::Session {
     client
-        .start_session(pb::StartSessionRequest { session_id: id.into(), ..Default::default() })
+        .start_session(pb::StartSessionRequest {
+            session_id: id.into(),
+            ..Default::default()
+        })
         .await
         .expect("StartSession")
         .into_inner()
 }
 
 pub fn switch_req(id: &str) -> pb::SwitchCycleRequest {
-    pb::SwitchCycleRequest { session_id: id.into(), ..Default::default() }
+    pb::SwitchCycleRequest {
+        session_id: id.into(),
+        ..Default::default()
+    }
 }
 
 pub async fn switch(client: &mut Client, id: &str) -> pb::Session {
-    client.switch_cycle(switch_req(id)).await.expect("SwitchCycle").into_inner()
+    client
+        .switch_cycle(switch_req(id))
+        .await
+        .expect("SwitchCycle")
+        .into_inner()
 }
 
 pub async fn subscribe(client: &mut Client, req: pb::SubscribeRequest) -> EventStream {
@@ -234,19 +281,30 @@ pub async fn subscribe(client: &mut Client, req: pb::SubscribeRequest) -> EventS
 }
 
 pub fn subscribe_req(id: &str) -> pb::SubscribeRequest {
-    pb::SubscribeRequest { session_id: id.into(), ..Default::default() }
+    pb::SubscribeRequest {
+        session_id: id.into(),
+        ..Default::default()
+    }
 }
 
 // ---------- assertions ----------
 
 /// Asserts that `result` failed with `code` and that the message mentions `needle`.
 #[track_caller]
-pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needle: &str) -> Status {
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    needle: &str,
+) -> Status {
     match result {
         Ok(v) => panic!("expected {code:?} mentioning {needle:?}, got Ok({v:?})"),
         Err(s) => {
             assert_eq!(s.code(), code, "wrong code; message: {:?}", s.message());
-            assert!(s.message().contains(needle), "{code:?} message {:?} should mention {needle:?}", s.message());
+            assert!(
+                s.message().contains(needle),
+                "{code:?} message {:?} should mention {needle:?}",
+                s.message()
+            );
             s
         }
     }
@@ -259,7 +317,10 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) ->
 }
 
 /// The next message, failing the test if none comes within `limit`.
-pub async fn next_within(stream: &mut EventStream, limit: Duration) -> Result<Option<pb::SessionEvent>, Status> {
+pub async fn next_within(
+    stream: &mut EventStream,
+    limit: Duration,
+) -> Result<Option<pb::SessionEvent>, Status> {
     match tokio::time::timeout(limit, stream.message()).await {
         Ok(r) => r,
         Err(_) => panic!("no stream message within {limit:?}"),
@@ -268,7 +329,10 @@ pub async fn next_within(stream: &mut EventStream, limit: Duration) -> Result<Op
 
 /// The next event; fails on end of stream, error or timeout.
 pub async fn next_event(stream: &mut EventStream) -> pb::SessionEvent {
-    next_within(stream, PROMPT).await.expect("stream error").expect("stream ended")
+    next_within(stream, PROMPT)
+        .await
+        .expect("stream error")
+        .expect("stream ended")
 }
 
 /// The next non-heartbeat event.
@@ -283,11 +347,17 @@ pub async fn next_change(stream: &mut EventStream) -> pb::SessionEvent {
 
 /// Creates a session from `req`, subscribes, starts it; returns the stream
 /// (positioned after STARTED) and the STARTED event.
-pub async fn start_watched(client: &mut Client, req: pb::CreateSessionRequest) -> (EventStream, pb::SessionEvent) {
+pub async fn start_watched(
+    client: &mut Client,
+    req: pb::CreateSessionRequest,
+) -> (EventStream, pb::SessionEvent) {
     let id = req.session_id.clone();
     create(client, req).await;
     let mut stream = subscribe(client, subscribe_req(&id)).await;
-    assert_eq!(event_type(&next_event(&mut stream).await), pb::EventType::Snapshot);
+    assert_eq!(
+        event_type(&next_event(&mut stream).await),
+        pb::EventType::Snapshot
+    );
     start(client, &id).await;
     let started = next_change(&mut stream).await;
     assert_eq!(event_type(&started), pb::EventType::Started, "{started:?}");
@@ -296,12 +366,19 @@ pub async fn start_watched(client: &mut Client, req: pb::CreateSessionRequest) -
 
 /// Every client sends `SwitchCycle{from_participant_id: mover}` for `id` at
 /// the same instant (a barrier); the replies, in client order.
-pub async fn race_conditional_switches(clients: &[Client], id: &str, mover: &str) -> Vec<Result<pb::Session, Status>> {
+pub async fn race_conditional_switches(
+    clients: &[Client],
+    id: &str,
+    mover: &str,
+) -> Vec<Result<pb::Session, Status>> {
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len()));
     let mut racers = Vec::new();
     for client in clients {
         let mut client = client.clone();
-        let req = pb::SwitchCycleRequest { from_participant_id: Some(mover.to_owned()), ..switch_req(id) };
+        let req = pb::SwitchCycleRequest {
+            from_participant_id: Some(mover.to_owned()),
+            ..switch_req(id)
+        };
         let barrier = barrier.clone();
         racers.push(tokio::spawn(async move {
             barrier.wait().await;
@@ -347,10 +424,15 @@ pub fn micros_of(t: &Option<Timestamp>) -> i64 {
 }
 
 pub fn wall_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
 }
 
 /// Runs `f` with a deadline, failing with `what` if it takes longer.
 pub async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| panic!("{what}: took longer than {limit:?}"))
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: took longer than {limit:?}"))
 }

@@ -12,7 +12,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// Switches on `writer`, and after each one waits for its event on `stream`;
 /// returns the median reply time and the median time until the event arrived.
-async fn measure(writer: &mut Client, stream: &mut EventStream, id: &str, rounds: usize) -> (Duration, Duration) {
+async fn measure(
+    writer: &mut Client,
+    stream: &mut EventStream,
+    id: &str,
+    rounds: usize,
+) -> (Duration, Duration) {
     let mut replies = Vec::new();
     let mut events = Vec::new();
     for _ in 0..rounds {
@@ -34,7 +39,9 @@ async fn a_switch_and_its_event_take_milliseconds_on_separate_connections() {
     let mut stream = subscribe(&mut reader, subscribe_req(&s.session_id)).await;
     next_event(&mut stream).await;
     let (reply, event) = measure(&mut app.client, &mut stream, &s.session_id, 30).await;
-    println!("separate connections: SwitchCycle reply median {reply:?}, its event median {event:?}");
+    println!(
+        "separate connections: SwitchCycle reply median {reply:?}, its event median {event:?}"
+    );
     assert!(reply < Duration::from_millis(10), "reply median {reply:?}");
     assert!(event < Duration::from_millis(10), "event median {event:?}");
 }
@@ -48,9 +55,14 @@ async fn a_switch_and_its_event_take_milliseconds_on_one_shared_connection() {
     next_event(&mut stream).await;
     let mut writer = app.client.clone();
     let (reply, event) = measure(&mut writer, &mut stream, &s.session_id, 30).await;
-    println!("one shared connection: SwitchCycle reply median {reply:?}, its event median {event:?}");
+    println!(
+        "one shared connection: SwitchCycle reply median {reply:?}, its event median {event:?}"
+    );
     assert!(reply < Duration::from_millis(10), "reply median {reply:?}");
-    assert!(event < Duration::from_millis(10), "event median {event:?} (seen: ~44 ms; ~1 ms with TCP_NODELAY)");
+    assert!(
+        event < Duration::from_millis(10),
+        "event median {event:?} (seen: ~44 ms; ~1 ms with TCP_NODELAY)"
+    );
 }
 
 /// The hot path for a session whose reply is a few KiB: ten players, or
@@ -59,7 +71,9 @@ async fn a_switch_and_its_event_take_milliseconds_on_one_shared_connection() {
 async fn a_switch_takes_milliseconds_when_the_session_is_a_few_kib() {
     let mut app = spawn_app_alone().await;
     let mut ten = chess(&unique_id("ten"), HOUR_MS);
-    ten.participants = (0..10).map(|i| participant(&format!("player-{i}"))).collect();
+    ten.participants = (0..10)
+        .map(|i| participant(&format!("player-{i}")))
+        .collect();
     let mut padded = chess(&unique_id("padded"), HOUR_MS);
     padded.metadata = std::collections::HashMap::from([("notes".to_string(), "x".repeat(2_000))]);
     for (what, req) in [("10 participants", ten), ("2 KiB of metadata", padded)] {

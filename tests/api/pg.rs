@@ -11,16 +11,28 @@ pub struct TestDb {
 }
 
 pub fn admin_url() -> String {
-    std::env::var("SYNCKAIROS_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("SYNCKAIROS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Runs one SQL statement as the admin; panics with psql's message on failure.
 pub fn admin_sql(sql: &str) -> String {
     let out = Command::new("psql")
-        .args([admin_url().as_str(), "-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql])
+        .args([
+            admin_url().as_str(),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qtA",
+            "-c",
+            sql,
+        ])
         .output()
         .expect("psql on PATH (tests/run.sh installs PostgreSQL)");
-    assert!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -28,7 +40,10 @@ impl TestDb {
     pub fn create() -> Self {
         let name = format!("sk_test_{}", uuid::Uuid::new_v4().simple());
         admin_sql(&format!("CREATE DATABASE {name}"));
-        TestDb { name, admin: admin_url() }
+        TestDb {
+            name,
+            admin: admin_url(),
+        }
     }
 
     /// The URL the service uses (`DATABASE_URL`).
@@ -42,16 +57,30 @@ impl TestDb {
     /// Runs SQL inside this database and returns psql's unaligned output.
     pub fn sql(&self, sql: &str) -> String {
         let out = Command::new("psql")
-            .args([self.url().as_str(), "-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql])
+            .args([
+                self.url().as_str(),
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qtA",
+                "-c",
+                sql,
+            ])
             .output()
             .expect("psql");
-        assert!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// Refuses new connections and ends the open ones (Postgres "down" for this database).
     pub fn refuse_connections(&self) {
-        admin_sql(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", self.name));
+        admin_sql(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            self.name
+        ));
         admin_sql(&format!(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{}'",
             self.name
@@ -59,14 +88,22 @@ impl TestDb {
     }
 
     pub fn allow_connections(&self) {
-        admin_sql(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.name));
+        admin_sql(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.name
+        ));
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = Command::new("psql")
-            .args([self.admin.as_str(), "-qtA", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .args([
+                self.admin.as_str(),
+                "-qtA",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
             .output();
     }
 }

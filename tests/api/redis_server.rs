@@ -12,12 +12,18 @@ pub struct RedisServer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        let mut server = RedisServer { port: free_port(), child: None };
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+        };
         server.restart();
         server
     }
@@ -30,7 +36,16 @@ impl RedisServer {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis-server is already running");
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -42,7 +57,11 @@ impl RedisServer {
                 use std::io::{Read, Write};
                 let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
                 let mut buf = [0u8; 16];
-                if s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).map(|n| buf[..n].starts_with(b"+PONG")).unwrap_or(false) {
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read(&mut buf)
+                        .map(|n| buf[..n].starts_with(b"+PONG"))
+                        .unwrap_or(false)
+                {
                     return;
                 }
             }
@@ -62,8 +81,17 @@ impl RedisServer {
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("redis-server is running").id().to_string();
-        let ok = Command::new("kill").args([sig, &pid]).status().map(|s| s.success()).unwrap_or(false);
+        let pid = self
+            .child
+            .as_ref()
+            .expect("redis-server is running")
+            .id()
+            .to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         assert!(ok, "kill {sig} {pid} failed");
     }
 

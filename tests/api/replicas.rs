@@ -67,16 +67,24 @@ impl Replica {
 
     /// A replica whose host clock is off by `offset_micros`.
     async fn start_skewed(redis_url: &str, offset_micros: i64) -> Self {
-        let app = Application::build_with_clock(redis_config(redis_url), Clock::with_offset(offset_micros))
-            .await
-            .expect("build replica");
+        let app = Application::build_with_clock(
+            redis_config(redis_url),
+            Clock::with_offset(offset_micros),
+        )
+        .await
+        .expect("build replica");
         let addr = app.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
         let client = connect(Endpoint::from_shared(format!("http://{addr}")).unwrap()).await;
-        Replica { addr, client, stop: Some(stop), _server: server }
+        Replica {
+            addr,
+            client,
+            stop: Some(stop),
+            _server: server,
+        }
     }
 
     /// A client on its own HTTP/2 connection.
@@ -98,7 +106,11 @@ impl Drop for Replica {
 }
 
 async fn three_replicas(url: &str) -> (Replica, Replica, Replica) {
-    (Replica::start(url).await, Replica::start(url).await, Replica::start(url).await)
+    (
+        Replica::start(url).await,
+        Replica::start(url).await,
+        Replica::start(url).await,
+    )
 }
 
 async fn health_client(addr: SocketAddr) -> HealthClient<Channel> {
@@ -115,29 +127,40 @@ async fn health_client(addr: SocketAddr) -> HealthClient<Channel> {
 async fn health_of(h: &mut HealthClient<Channel>) -> (ServingStatus, ServingStatus) {
     let mut out = [ServingStatus::Unknown; 2];
     for (slot, service) in out.iter_mut().zip(["", "synckairos.v1.SyncService"]) {
-        let r = tokio::time::timeout(Duration::from_secs(2), h.check(HealthCheckRequest { service: service.into() }))
-            .await
-            .expect("health check answered")
-            .expect("health check")
-            .into_inner();
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            h.check(HealthCheckRequest {
+                service: service.into(),
+            }),
+        )
+        .await
+        .expect("health check answered")
+        .expect("health check")
+        .into_inner();
         *slot = ServingStatus::try_from(r.status).unwrap_or(ServingStatus::Unknown);
     }
     (out[0], out[1])
 }
 
 /// Polls until both health statuses are `want`; returns how long that took.
-async fn wait_health(h: &mut HealthClient<Channel>, want: ServingStatus, limit: Duration, what: &str) -> Duration {
+async fn wait_health(
+    h: &mut HealthClient<Channel>,
+    want: ServingStatus,
+    limit: Duration,
+    what: &str,
+) -> Duration {
     let t0 = Instant::now();
     loop {
         if health_of(h).await == (want, want) {
             return t0.elapsed();
         }
-        assert!(t0.elapsed() < limit, "{what}: health not {want:?} within {limit:?}");
+        assert!(
+            t0.elapsed() < limit,
+            "{what}: health not {want:?} within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
-
-
 
 // ---------- small helpers ----------
 
@@ -164,7 +187,11 @@ fn bucket_of(session_id: &str) -> u32 {
 }
 
 async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url).expect("redis url").get_multiplexed_async_connection().await.expect("redis connection")
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection")
 }
 
 async fn redis_time(con: &mut redis::aio::MultiplexedConnection) -> i64 {
@@ -176,8 +203,16 @@ async fn redis_time(con: &mut redis::aio::MultiplexedConnection) -> i64 {
 async fn deadline_members(con: &mut redis::aio::MultiplexedConnection) -> (usize, usize) {
     let (mut due, mut inflight) = (0, 0);
     for b in 0..BUCKETS {
-        let d: usize = redis::cmd("ZCARD").arg(format!("sk:{{{b}}}:deadlines")).query_async(con).await.unwrap();
-        let i: usize = redis::cmd("ZCARD").arg(format!("sk:{{{b}}}:inflight")).query_async(con).await.unwrap();
+        let d: usize = redis::cmd("ZCARD")
+            .arg(format!("sk:{{{b}}}:deadlines"))
+            .query_async(con)
+            .await
+            .unwrap();
+        let i: usize = redis::cmd("ZCARD")
+            .arg(format!("sk:{{{b}}}:inflight"))
+            .query_async(con)
+            .await
+            .unwrap();
         due += d;
         inflight += i;
     }
@@ -186,7 +221,11 @@ async fn deadline_members(con: &mut redis::aio::MultiplexedConnection) -> (usize
 
 /// Subscribes, retrying while the replica answers UNAVAILABLE (e.g. its
 /// Pub/Sub connection is still reconnecting) for at most `limit`.
-async fn subscribe_retrying(client: &mut Client, req: pb::SubscribeRequest, limit: Duration) -> (EventStream, u32) {
+async fn subscribe_retrying(
+    client: &mut Client,
+    req: pb::SubscribeRequest,
+    limit: Duration,
+) -> (EventStream, u32) {
     let t0 = Instant::now();
     let mut refused = 0;
     loop {
@@ -203,7 +242,12 @@ async fn subscribe_retrying(client: &mut Client, req: pb::SubscribeRequest, limi
 
 async fn server_time(client: &mut Client) -> i64 {
     micros_of(
-        &client.get_server_time(pb::GetServerTimeRequest {}).await.expect("GetServerTime").into_inner().server_time,
+        &client
+            .get_server_time(pb::GetServerTimeRequest {})
+            .await
+            .expect("GetServerTime")
+            .into_inner()
+            .server_time,
     )
 }
 
@@ -228,18 +272,42 @@ async fn state_is_shared_by_every_replica() {
     // Mutations on C (and an id clash seen from B) are visible on A.
     let started = start(&mut c.client, &id).await;
     assert_eq!(started.version, 2);
-    assert_code(b.client.create_session(chess(&id, HOUR_MS)).await, Code::AlreadyExists);
+    assert_code(
+        b.client.create_session(chess(&id, HOUR_MS)).await,
+        Code::AlreadyExists,
+    );
     let switched = switch(&mut c.client, &id).await;
-    assert_eq!((switched.version, switched.active_participant_id.as_str()), (3, "black"));
+    assert_eq!(
+        (switched.version, switched.active_participant_id.as_str()),
+        (3, "black")
+    );
     let s = get(&mut a.client, &id).await;
-    assert_eq!((s.version, status_of(&s), s.active_participant_id.as_str()), (3, pb::Status::Running, "black"));
+    assert_eq!(
+        (s.version, status_of(&s), s.active_participant_id.as_str()),
+        (3, pb::Status::Running, "black")
+    );
     assert_eq!(find(&s, "white").cycle_count, 1);
-    assert_eq!(s.deadline_at, switched.deadline_at, "every replica derives the same deadline");
+    assert_eq!(
+        s.deadline_at, switched.deadline_at,
+        "every replica derives the same deadline"
+    );
 
     // Delete on B: gone everywhere.
-    b.client.delete_session(pb::DeleteSessionRequest { session_id: id.clone() }).await.expect("DeleteSession");
+    b.client
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: id.clone(),
+        })
+        .await
+        .expect("DeleteSession");
     for r in [&mut a, &mut c] {
-        assert_code(r.client.get_session(pb::GetSessionRequest { session_id: id.clone() }).await, Code::NotFound);
+        assert_code(
+            r.client
+                .get_session(pb::GetSessionRequest {
+                    session_id: id.clone(),
+                })
+                .await,
+            Code::NotFound,
+        );
     }
 }
 
@@ -289,8 +357,16 @@ async fn a_stream_on_one_replica_sees_every_version_made_on_the_others_in_order(
         );
         assert_eq!(e.epoch, s.epoch);
         // Alternation: after an odd number of switches black is to move.
-        let to_move = if (expected - 2) % 2 == 1 { "black" } else { "white" };
-        assert_eq!(e.session.as_ref().unwrap().active_participant_id, to_move, "version {expected}");
+        let to_move = if (expected - 2) % 2 == 1 {
+            "black"
+        } else {
+            "white"
+        };
+        assert_eq!(
+            e.session.as_ref().unwrap().active_participant_id,
+            to_move,
+            "version {expected}"
+        );
         expected += 1;
     }
     assert_quiet(&mut stream, Duration::from_millis(200)).await;
@@ -322,19 +398,28 @@ async fn racing_switches_of_one_turn_from_three_replicas_apply_once() {
             match reply {
                 Ok(s) => wins.push(s),
                 Err(status) if status.code() == Code::FailedPrecondition => {
-                    assert!(status.message().contains("not the active participant"), "{status:?}");
+                    assert!(
+                        status.message().contains("not the active participant"),
+                        "{status:?}"
+                    );
                 }
                 Err(status) if status.code() == Code::Aborted => aborted += 1,
                 Err(status) => panic!("round {round}: unexpected {status:?}"),
             }
         }
-        assert_eq!(wins.len(), 1, "round {round}: exactly one of six racers wins");
+        assert_eq!(
+            wins.len(),
+            1,
+            "round {round}: exactly one of six racers wins"
+        );
         assert_eq!(wins[0].version, 3 + round);
         assert_ne!(wins[0].active_participant_id, mover);
     }
     let s = get(&mut a.client, &id).await;
     assert_eq!((s.version, s.cycle_count), (2 + ROUNDS, ROUNDS));
-    println!("racing conditional switches: {ROUNDS} rounds x 6 racers, {aborted} ABORTED (conflict retries exhausted)");
+    println!(
+        "racing conditional switches: {ROUNDS} rounds x 6 racers, {aborted} ABORTED (conflict retries exhausted)"
+    );
 }
 
 // ---------- 4. hundreds of unconditioned switches ----------
@@ -347,19 +432,33 @@ struct Storm {
 
 /// `tasks_per_replica` tasks on each replica, each doing `each` switches of
 /// session `id` back to back, all released at once.
-async fn switch_storm(replicas: &[&Replica], id: &str, tasks_per_replica: usize, each: usize) -> Storm {
+async fn switch_storm(
+    replicas: &[&Replica],
+    id: &str,
+    tasks_per_replica: usize,
+    each: usize,
+) -> Storm {
     let barrier = Arc::new(Barrier::new(replicas.len() * tasks_per_replica));
     let mut tasks = Vec::new();
     for r in replicas {
         for t in 0..tasks_per_replica {
             // Half share the replica's connection, half have their own.
-            let mut client = if t % 2 == 0 { r.client.clone() } else { r.new_client().await };
+            let mut client = if t % 2 == 0 {
+                r.client.clone()
+            } else {
+                r.new_client().await
+            };
             let (id, barrier) = (id.to_owned(), barrier.clone());
             tasks.push(tokio::spawn(async move {
                 barrier.wait().await;
                 let mut out = Vec::with_capacity(each);
                 for _ in 0..each {
-                    out.push(client.switch_cycle(switch_req(&id)).await.map(|s| s.into_inner().version));
+                    out.push(
+                        client
+                            .switch_cycle(switch_req(&id))
+                            .await
+                            .map(|s| s.into_inner().version),
+                    );
                 }
                 out
             }));
@@ -389,13 +488,30 @@ async fn switch_storm(replicas: &[&Replica], id: &str, tasks_per_replica: usize,
 
 /// No lost and no phantom update: the applied switches are exactly the
 /// successful replies, each with its own version, and the stream saw them all.
-async fn assert_applied_exactly(client: &mut Client, stream: &mut EventStream, id: &str, versions: &[u64]) {
+async fn assert_applied_exactly(
+    client: &mut Client,
+    stream: &mut EventStream,
+    id: &str,
+    versions: &[u64],
+) {
     let n = versions.len() as u64;
-    assert_eq!(versions, (3..=2 + n).collect::<Vec<_>>(), "each successful reply has its own version");
+    assert_eq!(
+        versions,
+        (3..=2 + n).collect::<Vec<_>>(),
+        "each successful reply has its own version"
+    );
     let s = get(client, id).await;
-    assert_eq!((s.version, s.cycle_count), (2 + n, n), "create=1, start=2, then one version per applied switch");
+    assert_eq!(
+        (s.version, s.cycle_count),
+        (2 + n, n),
+        "create=1, start=2, then one version per applied switch"
+    );
     assert_eq!(s.participants.iter().map(|p| p.cycle_count).sum::<u64>(), n);
-    assert_eq!(find(&s, "white").cycle_count, n.div_ceil(2), "strict alternation");
+    assert_eq!(
+        find(&s, "white").cycle_count,
+        n.div_ceil(2),
+        "strict alternation"
+    );
     for expected in 3..=2 + n {
         let e = next_change(stream).await;
         assert_eq!((e.version, event_type(&e)), (expected, EventType::Switched));
@@ -417,7 +533,11 @@ async fn hundreds_of_concurrent_switches_from_three_replicas_all_succeed() {
     assert_eq!(next_event(&mut stream).await.version, 2);
 
     let storm = switch_storm(&[&a, &b, &c], &id, 8, 20).await;
-    assert!(storm.failures.is_empty(), "write conflicts must be retried inside the server; got {:?}", storm.failures);
+    assert!(
+        storm.failures.is_empty(),
+        "write conflicts must be retried inside the server; got {:?}",
+        storm.failures
+    );
     assert_eq!(storm.versions.len(), 480);
     assert_applied_exactly(&mut a.client, &mut stream, &id, &storm.versions).await;
 }
@@ -459,7 +579,11 @@ async fn deadlines_set_through_a_killed_replica_still_fire_exactly_once() {
     doomed.kill();
     let killed_at = wall_micros();
     let earliest = *deadlines.values().min().unwrap();
-    assert!(killed_at < earliest, "the replica died {} ms before the first deadline", (earliest - killed_at) / 1_000);
+    assert!(
+        killed_at < earliest,
+        "the replica died {} ms before the first deadline",
+        (earliest - killed_at) / 1_000
+    );
     println!(
         "killed the replica that set 20 deadlines {:.0} ms before the first one",
         (earliest - killed_at) as f64 / 1e3
@@ -470,7 +594,11 @@ async fn deadlines_set_through_a_killed_replica_still_fire_exactly_once() {
         let deadline = deadlines[&id];
         watchers.push(tokio::spawn(async move {
             let started = next_change(&mut stream).await;
-            assert_eq!((event_type(&started), started.version), (EventType::Started, 2), "{id} on {name}");
+            assert_eq!(
+                (event_type(&started), started.version),
+                (EventType::Started, 2),
+                "{id} on {name}"
+            );
             let e = within(Duration::from_secs(5), "EXPIRED", next_change(&mut stream)).await;
             let received = wall_micros();
             assert_eq!(
@@ -480,7 +608,11 @@ async fn deadlines_set_through_a_killed_replica_still_fire_exactly_once() {
             );
             let s = e.session.as_ref().unwrap();
             assert_eq!(status_of(s), pb::Status::Expired);
-            assert_eq!(micros_of(&s.ended_at), deadline, "ended at the deadline instant");
+            assert_eq!(
+                micros_of(&s.ended_at),
+                deadline,
+                "ended at the deadline instant"
+            );
             // Nothing after EXPIRED: no second firing from another replica.
             assert_quiet(&mut stream, Duration::from_millis(600)).await;
             (micros_of(&e.server_time) - deadline, received - deadline)
@@ -504,7 +636,10 @@ async fn deadlines_set_through_a_killed_replica_still_fire_exactly_once() {
     );
     assert!(max_commit >= 0, "never before the deadline");
     // The wake-ups reached the survivors before the kill; the 500 ms poll is only the safety net.
-    assert!(max_seen < 1_000_000, "flagged within 1 s of the deadline even though its replica died");
+    assert!(
+        max_seen < 1_000_000,
+        "flagged within 1 s of the deadline even though its replica died"
+    );
 
     let mut client = a.client.clone();
     for id in &ids {
@@ -512,7 +647,11 @@ async fn deadlines_set_through_a_killed_replica_still_fire_exactly_once() {
         assert_eq!((s.version, status_of(&s)), (3, pb::Status::Expired), "{id}");
     }
     let mut con = redis_conn(&url).await;
-    assert_eq!(deadline_members(&mut con).await, (0, 0), "every claim was released");
+    assert_eq!(
+        deadline_members(&mut con).await,
+        (0, 0),
+        "every claim was released"
+    );
 }
 
 // ---------- 6. resume on another replica ----------
@@ -550,7 +689,10 @@ async fn a_stream_resumes_on_another_replica_with_exactly_the_missed_events() {
         .await
         .expect("AdjustTime");
     b.client
-        .pause_session(pb::PauseSessionRequest { session_id: id.clone(), ..Default::default() })
+        .pause_session(pb::PauseSessionRequest {
+            session_id: id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("PauseSession");
 
@@ -573,12 +715,19 @@ async fn a_stream_resumes_on_another_replica_with_exactly_the_missed_events() {
     ];
     for (v, t) in expected {
         let e = next_change(&mut on_c).await;
-        assert_eq!((e.version, event_type(&e), e.epoch.as_str()), (v, t, epoch.as_str()), "replayed, not a snapshot");
+        assert_eq!(
+            (e.version, event_type(&e), e.epoch.as_str()),
+            (v, t, epoch.as_str()),
+            "replayed, not a snapshot"
+        );
     }
     assert_quiet(&mut on_c, Duration::from_millis(150)).await;
     // Then live events, from yet another replica.
     a.client
-        .resume_session(pb::ResumeSessionRequest { session_id: id.clone(), ..Default::default() })
+        .resume_session(pb::ResumeSessionRequest {
+            session_id: id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("ResumeSession");
     let e = next_change(&mut on_c).await;
@@ -592,7 +741,14 @@ async fn a_stream_resumes_on_another_replica_with_exactly_the_missed_events() {
         ..subscribe_req(&id)
     };
     assert_code(b.client.subscribe(wrong.clone()).await, Code::OutOfRange);
-    let mut snap = subscribe(&mut b.client, pb::SubscribeRequest { strict: false, ..wrong }).await;
+    let mut snap = subscribe(
+        &mut b.client,
+        pb::SubscribeRequest {
+            strict: false,
+            ..wrong
+        },
+    )
+    .await;
     let e = next_event(&mut snap).await;
     assert_eq!((event_type(&e), e.version), (EventType::Snapshot, 11));
 }
@@ -620,9 +776,16 @@ async fn a_redis_outage_fails_fast_and_every_replica_recovers_by_itself() {
     let mut redis = RedisServer::start();
     let url = redis.url();
     let (mut a, mut b, mut c) = three_replicas(&url).await;
-    let mut health = vec![a.health_client().await, b.health_client().await, c.health_client().await];
+    let mut health = vec![
+        a.health_client().await,
+        b.health_client().await,
+        c.health_client().await,
+    ];
     for h in &mut health {
-        assert_eq!(health_of(h).await, (ServingStatus::Serving, ServingStatus::Serving));
+        assert_eq!(
+            health_of(h).await,
+            (ServingStatus::Serving, ServingStatus::Serving)
+        );
     }
 
     let before = create_started(&mut a.client).await;
@@ -642,8 +805,13 @@ async fn a_redis_outage_fails_fast_and_every_replica_recovers_by_itself() {
         .enumerate()
         .map(|(i, mut h)| {
             tokio::spawn(async move {
-                wait_health(&mut h, ServingStatus::NotServing, Duration::from_secs(5), &format!("replica {i} down"))
-                    .await
+                wait_health(
+                    &mut h,
+                    ServingStatus::NotServing,
+                    Duration::from_secs(5),
+                    &format!("replica {i} down"),
+                )
+                .await
             })
         })
         .collect();
@@ -657,7 +825,10 @@ async fn a_redis_outage_fails_fast_and_every_replica_recovers_by_itself() {
             tokio::time::sleep(Duration::from_millis(1_200)).await;
         }
         for (name, r) in [("A", &mut a), ("B", &mut b), ("C", &mut c)] {
-            let (got, t) = timed(r.client.get_session(pb::GetSessionRequest { session_id: old_id.clone() })).await;
+            let (got, t) = timed(r.client.get_session(pb::GetSessionRequest {
+                session_id: old_id.clone(),
+            }))
+            .await;
             assert_code(got, Code::Unavailable);
             worst_call = worst_call.max(t);
             let (got, t) = timed(r.client.switch_cycle(switch_req(&old_id))).await;
@@ -669,12 +840,25 @@ async fn a_redis_outage_fails_fast_and_every_replica_recovers_by_itself() {
             let (got, t) = timed(r.client.subscribe(subscribe_req(&old_id))).await;
             let status = assert_code(got, Code::Unavailable);
             worst_subscribe = worst_subscribe.max(t);
-            assert!(t < Duration::from_millis(2_500), "{name}: Subscribe took {t:?} to fail: {status:?}");
-            assert!(worst_call < Duration::from_millis(1_500), "{name}: a call took {worst_call:?} to fail");
+            assert!(
+                t < Duration::from_millis(2_500),
+                "{name}: Subscribe took {t:?} to fail: {status:?}"
+            );
+            assert!(
+                worst_call < Duration::from_millis(1_500),
+                "{name}: a call took {worst_call:?} to fail"
+            );
             // GetServerTime needs no Redis: the replica's clock keeps its last offset.
             let (got, t) = timed(r.client.get_server_time(pb::GetServerTimeRequest {})).await;
-            let st = micros_of(&got.expect("GetServerTime works while Redis is down").into_inner().server_time);
-            assert!((st - wall_micros()).abs() < 50_000, "{name}: server time still right");
+            let st = micros_of(
+                &got.expect("GetServerTime works while Redis is down")
+                    .into_inner()
+                    .server_time,
+            );
+            assert!(
+                (st - wall_micros()).abs() < 50_000,
+                "{name}: server time still right"
+            );
             assert!(t < Duration::from_millis(200));
         }
     }
@@ -699,7 +883,13 @@ async fn a_redis_outage_fails_fast_and_every_replica_recovers_by_itself() {
     let up = Instant::now();
     let mut serving = Vec::new();
     for (i, h) in health.iter_mut().enumerate() {
-        wait_health(h, ServingStatus::Serving, Duration::from_secs(10), &format!("replica {i} up")).await;
+        wait_health(
+            h,
+            ServingStatus::Serving,
+            Duration::from_secs(10),
+            &format!("replica {i} up"),
+        )
+        .await;
         serving.push(ms(up.elapsed()));
     }
     println!("health SERVING again on A/B/C by {serving:.0?} ms after Redis restarted");
@@ -708,7 +898,10 @@ async fn a_redis_outage_fails_fast_and_every_replica_recovers_by_itself() {
     for r in [&mut a, &mut b, &mut c] {
         let (s, t) = timed(create_chess(&mut r.client)).await;
         assert_eq!(s.version, 1);
-        assert!(t < Duration::from_secs(1), "first create after recovery took {t:?}");
+        assert!(
+            t < Duration::from_secs(1),
+            "first create after recovery took {t:?}"
+        );
     }
     let new = create_chess(&mut a.client).await;
     let new_id = new.session_id.clone();
@@ -730,7 +923,10 @@ async fn a_redis_outage_fails_fast_and_every_replica_recovers_by_itself() {
     .await
     {
         Ok(Err(status)) => {
-            assert!(matches!(status.code(), Code::NotFound | Code::Unavailable), "old stream ended with {status:?}");
+            assert!(
+                matches!(status.code(), Code::NotFound | Code::Unavailable),
+                "old stream ended with {status:?}"
+            );
             format!("ended with {:?} ({})", status.code(), status.message())
         }
         Ok(Ok(None)) => "ended (OK)".to_string(),
@@ -741,14 +937,23 @@ async fn a_redis_outage_fails_fast_and_every_replica_recovers_by_itself() {
 
     // A stream opened on B after recovery sees what A and C do: B's Pub/Sub
     // reconnected and re-subscribed by itself.
-    let (mut on_b, refused) = subscribe_retrying(&mut b.client, subscribe_req(&new_id), Duration::from_secs(5)).await;
+    let (mut on_b, refused) = subscribe_retrying(
+        &mut b.client,
+        subscribe_req(&new_id),
+        Duration::from_secs(5),
+    )
+    .await;
     println!("Subscribe on B after recovery: {refused} UNAVAILABLE answer(s) before it opened");
     let snap = next_event(&mut on_b).await;
     assert_eq!((event_type(&snap), snap.version), (EventType::Snapshot, 1));
     start(&mut a.client, &new_id).await;
     switch(&mut c.client, &new_id).await;
     switch(&mut a.client, &new_id).await;
-    for (v, t) in [(2, EventType::Started), (3, EventType::Switched), (4, EventType::Switched)] {
+    for (v, t) in [
+        (2, EventType::Started),
+        (3, EventType::Switched),
+        (4, EventType::Switched),
+    ] {
         let e = next_change(&mut on_b).await;
         assert_eq!((e.version, event_type(&e)), (v, t));
     }
@@ -758,11 +963,21 @@ async fn a_redis_outage_fails_fast_and_every_replica_recovers_by_itself() {
     // The timers recovered too (wake-up channels re-joined, deadlines re-read).
     let flag_id = unique_id("after-outage");
     create(&mut c.client, chess_white(&flag_id, 300)).await;
-    let (mut on_a, _) = subscribe_retrying(&mut a.client, subscribe_req(&flag_id), Duration::from_secs(5)).await;
+    let (mut on_a, _) = subscribe_retrying(
+        &mut a.client,
+        subscribe_req(&flag_id),
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(next_event(&mut on_a).await.version, 1);
     start(&mut b.client, &flag_id).await;
     assert_eq!(next_change(&mut on_a).await.version, 2);
-    let e = within(Duration::from_secs(2), "EXPIRED after recovery", next_change(&mut on_a)).await;
+    let e = within(
+        Duration::from_secs(2),
+        "EXPIRED after recovery",
+        next_change(&mut on_a),
+    )
+    .await;
     assert_eq!((event_type(&e), e.version), (EventType::Expired, 3));
     assert_quiet(&mut on_a, Duration::from_millis(300)).await;
     println!(
@@ -796,10 +1011,21 @@ async fn skewed_replica_clocks_charge_turns_by_redis_time() {
     let switched = switch(&mut b.client, &id).await;
     let t3 = Instant::now();
     let used = find(&switched, "white").used_ms;
-    let (lo, hi) = (ms(t2 - t1).floor() as i64 - 2, ms(t3 - t0).ceil() as i64 + 2);
-    println!("turn started on A (+5 s), ended on B (-3 s): white used {used} ms; the test saw {lo}..{hi} ms");
-    assert!((lo..=hi).contains(&used), "used {used} ms outside what the test measured ({lo}..{hi})");
-    assert!((used - 300).abs() <= 50, "white used {used} ms, expected ~300 (not 8 s)");
+    let (lo, hi) = (
+        ms(t2 - t1).floor() as i64 - 2,
+        ms(t3 - t0).ceil() as i64 + 2,
+    );
+    println!(
+        "turn started on A (+5 s), ended on B (-3 s): white used {used} ms; the test saw {lo}..{hi} ms"
+    );
+    assert!(
+        (lo..=hi).contains(&used),
+        "used {used} ms outside what the test measured ({lo}..{hi})"
+    );
+    assert!(
+        (used - 300).abs() <= 50,
+        "white used {used} ms, expected ~300 (not 8 s)"
+    );
     assert_eq!(find(&switched, "white").remaining_ms, HOUR_MS - used);
     // Timestamps are Redis's, not the skewed hosts'.
     let wall = wall_micros();
@@ -807,7 +1033,10 @@ async fn skewed_replica_clocks_charge_turns_by_redis_time() {
         (micros_of(&started.started_at) - (wall - ms(t3 - t0) as i64 * 1_000)).abs() < 100_000,
         "started_at is Redis TIME"
     );
-    assert!((micros_of(&switched.server_time) - wall).abs() < 50_000, "B's reply server_time is Redis time");
+    assert!(
+        (micros_of(&switched.server_time) - wall).abs() < 50_000,
+        "B's reply server_time is Redis time"
+    );
 
     // And back: black's turn started with that switch on B (committed
     // between t2 and t3) and ends on A ~200 ms later.
@@ -817,22 +1046,38 @@ async fn skewed_replica_clocks_charge_turns_by_redis_time() {
     let back = switch(&mut a.client, &id).await;
     let t3 = Instant::now();
     let used = find(&back, "black").used_ms;
-    let (lo, hi) = (ms(t2 - replied).floor() as i64 - 2, ms(t3 - sent).ceil() as i64 + 2);
+    let (lo, hi) = (
+        ms(t2 - replied).floor() as i64 - 2,
+        ms(t3 - sent).ceil() as i64 + 2,
+    );
     println!("turn started on B, ended on A: black used {used} ms; the test saw {lo}..{hi} ms");
-    assert!((lo..=hi).contains(&used) && (used - 200).abs() <= 50, "black used {used} ms, expected ~200");
+    assert!(
+        (lo..=hi).contains(&used) && (used - 200).abs() <= 50,
+        "black used {used} ms, expected ~200"
+    );
 
     // Computed values agree across replicas: read the running clock on all three.
     let mut readings = Vec::new();
     for r in [&mut a, &mut b, &mut c] {
         let s = get(&mut r.client, &id).await;
-        readings.push((micros_of(&s.server_time), find(&s, "white").remaining_ms, s.deadline_at));
+        readings.push((
+            micros_of(&s.server_time),
+            find(&s, "white").remaining_ms,
+            s.deadline_at,
+        ));
     }
     for (st, remaining, deadline) in &readings {
         assert_eq!(deadline, &readings[2].2, "one deadline");
         // remaining = deadline - server_time, whatever the host clock
         let expect = (micros_of(deadline) - st) / 1_000;
-        assert!((remaining - expect).abs() <= 1, "remaining {remaining} vs deadline - server_time {expect}");
-        assert!((st - readings[2].0).abs() < 50_000, "server times within 50 ms: {readings:?}");
+        assert!(
+            (remaining - expect).abs() <= 1,
+            "remaining {remaining} vs deadline - server_time {expect}"
+        );
+        assert!(
+            (st - readings[2].0).abs() < 50_000,
+            "server times within 50 ms: {readings:?}"
+        );
     }
 
     // GetServerTime on A and B agrees with C (and with this host) within 50 ms.
@@ -847,8 +1092,14 @@ async fn skewed_replica_clocks_charge_turns_by_redis_time() {
             (t - (before + after) / 2) as f64 / 1e3,
             (t - (w0 + w1) / 2) as f64 / 1e3
         );
-        assert!(before - 50_000 <= t && t <= after + 50_000, "{name}: {t} not within 50 ms of C's [{before}, {after}]");
-        assert!(w0 - 50_000 <= t && t <= w1 + 50_000, "{name}: server time off this host's clock by more than 50 ms");
+        assert!(
+            before - 50_000 <= t && t <= after + 50_000,
+            "{name}: {t} not within 50 ms of C's [{before}, {after}]"
+        );
+        assert!(
+            w0 - 50_000 <= t && t <= w1 + 50_000,
+            "{name}: server time off this host's clock by more than 50 ms"
+        );
     }
 }
 
@@ -880,26 +1131,42 @@ async fn a_deadline_claimed_by_a_dead_replica_fires_after_its_lease() {
     let mut deadlines = std::collections::HashMap::new();
     for id in expired.iter().chain([&live_lease]) {
         create(&mut via_doomed, chess_white(id, 300)).await;
-        deadlines.insert(id.clone(), micros_of(&start(&mut via_doomed, id).await.deadline_at));
+        deadlines.insert(
+            id.clone(),
+            micros_of(&start(&mut via_doomed, id).await.deadline_at),
+        );
     }
     doomed.kill();
-    assert!(wall_micros() < deadlines.values().copied().min().unwrap(), "killed before the deadlines");
+    assert!(
+        wall_micros() < deadlines.values().copied().min().unwrap(),
+        "killed before the deadlines"
+    );
 
     // Every deadline passes with nobody running.
     let last = deadlines.values().copied().max().unwrap();
-    tokio::time::sleep(Duration::from_micros((last - wall_micros()).max(0) as u64 + 100_000)).await;
+    tokio::time::sleep(Duration::from_micros(
+        (last - wall_micros()).max(0) as u64 + 100_000,
+    ))
+    .await;
 
     // Simulate "a replica claimed them, then died": move each member from the
     // due set to the in-flight set, as the claim script does. One lease has
     // run out already (three of them); the other still has 1.5 s to go.
     let now = redis_time(&mut con).await;
     let lease_end = now + 1_500_000;
-    let scores = expired.iter().map(|id| (id, now - 1_000_000)).chain([(&live_lease, lease_end)]);
+    let scores = expired
+        .iter()
+        .map(|id| (id, now - 1_000_000))
+        .chain([(&live_lease, lease_end)]);
     for (id, score) in scores {
         let b = bucket_of(id);
         let member = format!("default/{id}");
-        let removed: i64 =
-            redis::cmd("ZREM").arg(format!("sk:{{{b}}}:deadlines")).arg(&member).query_async(&mut con).await.unwrap();
+        let removed: i64 = redis::cmd("ZREM")
+            .arg(format!("sk:{{{b}}}:deadlines"))
+            .arg(&member)
+            .query_async(&mut con)
+            .await
+            .unwrap();
         assert_eq!(removed, 1, "{id}: its deadline was in bucket {b}'s due set");
         let _: i64 = redis::cmd("ZADD")
             .arg(format!("sk:{{{b}}}:inflight"))
@@ -915,7 +1182,11 @@ async fn a_deadline_claimed_by_a_dead_replica_fires_after_its_lease() {
     // Watch the held one before its lease ends: still RUNNING at version 2.
     let mut held = subscribe(&mut b.client, subscribe_req(&live_lease)).await;
     let snap = next_event(&mut held).await;
-    assert_eq!((event_type(&snap), snap.version), (EventType::Snapshot, 2), "not fired while the lease runs");
+    assert_eq!(
+        (event_type(&snap), snap.version),
+        (EventType::Snapshot, 2),
+        "not fired while the lease runs"
+    );
 
     // The ones whose lease ran out fire at once, each once.
     let t0 = Instant::now();
@@ -927,34 +1198,70 @@ async fn a_deadline_claimed_by_a_dead_replica_fires_after_its_lease() {
                 assert_eq!(micros_of(&s.ended_at), deadlines[id], "{id}");
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(2), "a lease-expired claim ({id}) was not recovered");
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "a lease-expired claim ({id}) was not recovered"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    println!("lease already over: fired {:.0} ms after fresh replicas started", ms(t0.elapsed()));
+    println!(
+        "lease already over: fired {:.0} ms after fresh replicas started",
+        ms(t0.elapsed())
+    );
     let mut replay = subscribe(
         &mut b.client,
-        pb::SubscribeRequest { from_version: Some(2), strict: true, ..subscribe_req(&expired_lease) },
+        pb::SubscribeRequest {
+            from_version: Some(2),
+            strict: true,
+            ..subscribe_req(&expired_lease)
+        },
     )
     .await;
     let e = next_change(&mut replay).await;
     assert_eq!((event_type(&e), e.version), (EventType::Expired, 3));
 
     // The held one fires once its lease ends — not before, and only once.
-    let e = within(Duration::from_secs(4), "EXPIRED after the lease", next_change(&mut held)).await;
-    assert_eq!((event_type(&e), e.version, e.participant_id.as_str()), (EventType::Expired, 3, "white"));
+    let e = within(
+        Duration::from_secs(4),
+        "EXPIRED after the lease",
+        next_change(&mut held),
+    )
+    .await;
+    assert_eq!(
+        (event_type(&e), e.version, e.participant_id.as_str()),
+        (EventType::Expired, 3, "white")
+    );
     let fired = micros_of(&e.server_time);
-    println!("lease held: fired {:.1} ms after the lease ended", (fired - lease_end) as f64 / 1e3);
-    assert!(fired >= lease_end, "fired {} ms before the lease ended", (lease_end - fired) / 1_000);
-    assert!(fired - lease_end < 1_000_000, "fired {} ms after the lease ended", (fired - lease_end) / 1_000);
-    assert_eq!(micros_of(&e.session.as_ref().unwrap().ended_at), deadlines[&live_lease]);
+    println!(
+        "lease held: fired {:.1} ms after the lease ended",
+        (fired - lease_end) as f64 / 1e3
+    );
+    assert!(
+        fired >= lease_end,
+        "fired {} ms before the lease ended",
+        (lease_end - fired) / 1_000
+    );
+    assert!(
+        fired - lease_end < 1_000_000,
+        "fired {} ms after the lease ended",
+        (fired - lease_end) / 1_000
+    );
+    assert_eq!(
+        micros_of(&e.session.as_ref().unwrap().ended_at),
+        deadlines[&live_lease]
+    );
     assert_quiet(&mut held, Duration::from_millis(600)).await;
     assert_quiet(&mut replay, Duration::from_millis(100)).await;
     assert_eq!(get(&mut a.client, &live_lease).await.version, 3);
     for id in &expired {
         assert_eq!(get(&mut a.client, id).await.version, 3, "{id} fired once");
     }
-    assert_eq!(deadline_members(&mut con).await, (0, 0), "every claim released");
+    assert_eq!(
+        deadline_members(&mut con).await,
+        (0, 0),
+        "every claim released"
+    );
 }
 
 // ---------- a cancelled commit leaves no WATCH behind ----------
@@ -965,9 +1272,12 @@ async fn a_deadline_claimed_by_a_dead_replica_fires_after_its_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use synckairos::engine::{self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, SessionId, SessionKey, Tenant};
-    use synckairos::store::{self, SessionStore};
+    use synckairos::engine::{
+        self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, SessionId,
+        SessionKey, Tenant,
+    };
     use synckairos::store::redis::{RedisSettings, RedisStore};
+    use synckairos::store::{self, SessionStore};
 
     let _iso = shared_isolation();
     let redis = RedisServer::start();
@@ -981,29 +1291,51 @@ async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
         audit: false,
     };
     // One connection, so the next commit gets the very connection the dropped one used.
-    let store = RedisStore::connect(settings(1), Clock::new()).await.unwrap();
-    let other_replica = RedisStore::connect(settings(4), Clock::new()).await.unwrap();
-    let key = |name: &str| SessionKey { tenant: Tenant::default_tenant(), id: SessionId::parse("id", name).unwrap() };
+    let store = RedisStore::connect(settings(1), Clock::new())
+        .await
+        .unwrap();
+    let other_replica = RedisStore::connect(settings(4), Clock::new())
+        .await
+        .unwrap();
+    let key = |name: &str| SessionKey {
+        tenant: Tenant::default_tenant(),
+        id: SessionId::parse("id", name).unwrap(),
+    };
     let (dropped, next) = (key("dropped-midway"), key("next-commit"));
     for k in [&dropped, &next] {
-        let players = ["a", "b"].map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap())).to_vec();
-        let new = NewSession { initial_time_ms: 60_000, ..NewSession::new(k.id.clone(), Mode::PerParticipant, players) };
-        store.create(k, &|now| engine::create(new.clone(), now)).await.unwrap();
+        let players = ["a", "b"]
+            .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
+            .to_vec();
+        let new = NewSession {
+            initial_time_ms: 60_000,
+            ..NewSession::new(k.id.clone(), Mode::PerParticipant, players)
+        };
+        store
+            .create(k, &|now| engine::create(new.clone(), now))
+            .await
+            .unwrap();
     }
     let start = Request::new(Command::Start { first: None });
-    store.update(&next, store::apply(start.clone())).await.unwrap();
+    store
+        .update(&next, store::apply(start.clone()))
+        .await
+        .unwrap();
     store.update(&dropped, store::apply(start)).await.unwrap();
 
     // Poll a switch of `dropped` once (its WATCH+GET+TIME goes out), let Redis
     // answer, then drop it unanswered, as tonic drops a cancelled call.
-    let switch = Request::new(Command::Switch { from: None, next: None });
+    let switch = Request::new(Command::Switch {
+        from: None,
+        next: None,
+    });
     let apply_switch = store::apply(switch.clone());
     // (On a loaded machine a single poll may, rarely, see the whole commit
     // through; that is just a switch, and the next try stops midway.)
     let mut dropped_midway = false;
     for _ in 0..20 {
         let mut cancelled = Box::pin(store.update(&dropped, apply_switch.clone()));
-        let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(cancelled.as_mut().poll(cx))).await;
+        let polled =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(cancelled.as_mut().poll(cx))).await;
         if polled.is_pending() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             drop(cancelled);
@@ -1028,7 +1360,11 @@ async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
         )
         .await
         .unwrap();
-    assert_eq!(plans.load(Ordering::SeqCst), 1, "the next commit must not inherit the dropped one's WATCH");
+    assert_eq!(
+        plans.load(Ordering::SeqCst),
+        1,
+        "the next commit must not inherit the dropped one's WATCH"
+    );
 }
 
 // ---------- a burst of timeouts fires in one commit per bucket ----------
@@ -1039,7 +1375,10 @@ async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_of_one_bucket_fire_in_one_commit_and_a_lost_race_reruns_it() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use synckairos::engine::{self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, RuleError, SessionId, SessionKey, Tenant};
+    use synckairos::engine::{
+        self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, RuleError,
+        SessionId, SessionKey, Tenant,
+    };
     use synckairos::store::redis::{RedisSettings, RedisStore};
     use synckairos::store::{self, SessionStore, StoreError};
 
@@ -1056,23 +1395,44 @@ async fn timeouts_of_one_bucket_fire_in_one_commit_and_a_lost_race_reruns_it() {
     };
     // No timers run here: nothing fires the deadlines but the call below.
     let store = RedisStore::connect(settings, Clock::new()).await.unwrap();
-    let key = |name: &str| SessionKey { tenant: Tenant::default_tenant(), id: SessionId::parse("id", name).unwrap() };
-    let (due, not_due, missing) = (["due-1", "due-2", "due-3"].map(key), key("not-due"), key("missing"));
+    let key = |name: &str| SessionKey {
+        tenant: Tenant::default_tenant(),
+        id: SessionId::parse("id", name).unwrap(),
+    };
+    let (due, not_due, missing) = (
+        ["due-1", "due-2", "due-3"].map(key),
+        key("not-due"),
+        key("missing"),
+    );
     let start = Request::new(Command::Start { first: None });
     for (k, budget_ms) in due.iter().map(|k| (k, 50)).chain([(&not_due, 60_000)]) {
-        let players = ["a", "b"].map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap())).to_vec();
-        let new = NewSession { initial_time_ms: budget_ms, ..NewSession::new(k.id.clone(), Mode::PerParticipant, players) };
-        store.create(k, &|now| engine::create(new.clone(), now)).await.unwrap();
+        let players = ["a", "b"]
+            .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
+            .to_vec();
+        let new = NewSession {
+            initial_time_ms: budget_ms,
+            ..NewSession::new(k.id.clone(), Mode::PerParticipant, players)
+        };
+        store
+            .create(k, &|now| engine::create(new.clone(), now))
+            .await
+            .unwrap();
         store.update(k, store::apply(start.clone())).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     // The first time the batch plans due-2, another client changes that
     // session's key (its TTL): the batch's EXEC must fail and all of it rerun.
-    let outsider = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let outsider = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
     let outsider_state_key = format!("sk:{{0}}:s:default:{}", due[1].id);
     let outsider = std::sync::Mutex::new(outsider);
-    let (raced, plans) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let (raced, plans) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
     let timeout = Request::new(Command::Timeout);
     let fire: store::Change = {
         let (raced, plans, raced_id) = (raced.clone(), plans.clone(), due[1].id.clone());
@@ -1080,7 +1440,11 @@ async fn timeouts_of_one_bucket_fire_in_one_commit_and_a_lost_race_reruns_it() {
             plans.fetch_add(1, Ordering::SeqCst);
             if s.id == raced_id && !raced.swap(true, Ordering::SeqCst) {
                 let mut con = outsider.lock().unwrap();
-                let changed: i64 = redis::cmd("PEXPIRE").arg(&outsider_state_key).arg(7_200_000).query(&mut *con).unwrap();
+                let changed: i64 = redis::cmd("PEXPIRE")
+                    .arg(&outsider_state_key)
+                    .arg(7_200_000)
+                    .query(&mut *con)
+                    .unwrap();
                 assert_eq!(changed, 1);
             }
             engine::apply(s, &timeout, now)
@@ -1088,7 +1452,14 @@ async fn timeouts_of_one_bucket_fire_in_one_commit_and_a_lost_race_reruns_it() {
     };
     let execs_before = exec_calls(&redis.url()).await;
     // due-1 twice: the second time it has fired already.
-    let keys = [due[0].clone(), not_due.clone(), due[1].clone(), missing.clone(), due[2].clone(), due[0].clone()];
+    let keys = [
+        due[0].clone(),
+        not_due.clone(),
+        due[1].clone(),
+        missing.clone(),
+        due[2].clone(),
+        due[0].clone(),
+    ];
     let results = store.update_many(&keys, fire).await;
     let execs = exec_calls(&redis.url()).await - execs_before;
 
@@ -1109,18 +1480,33 @@ async fn timeouts_of_one_bucket_fire_in_one_commit_and_a_lost_race_reruns_it() {
     // Four sessions planned twice (the lost race, then the rerun), the
     // repeated one once more on its own; the missing one never.
     assert_eq!(plans.load(Ordering::SeqCst), 9);
-    assert_eq!(execs, 2, "one EXEC that lost the race, one that committed all three");
+    assert_eq!(
+        execs, 2,
+        "one EXEC that lost the race, one that committed all three"
+    );
     for k in &due {
         let s = store.get(k).await.unwrap();
-        assert_eq!((s.status, s.version), (engine::Status::Expired, 3), "{k}: fired exactly once");
+        assert_eq!(
+            (s.status, s.version),
+            (engine::Status::Expired, 3),
+            "{k}: fired exactly once"
+        );
     }
-    assert_eq!(store.get(&not_due).await.unwrap().version, 2, "not due: untouched");
+    assert_eq!(
+        store.get(&not_due).await.unwrap().version,
+        2,
+        "not due: untouched"
+    );
 }
 
 /// How many EXECs Redis has run.
 async fn exec_calls(url: &str) -> u64 {
     let mut con = redis_conn(url).await;
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
     info.lines()
         .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
         .and_then(|rest| rest.split(',').next())
@@ -1135,7 +1521,10 @@ mod group_commit {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::task::Poll;
 
-    use synckairos::engine::{self, Applied, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, SessionId, SessionKey, Tenant};
+    use synckairos::engine::{
+        self, Applied, Command, Mode, NewParticipant, NewSession, ParticipantId, Request,
+        SessionId, SessionKey, Tenant,
+    };
     use synckairos::store::redis::{RedisSettings, RedisStore};
     use synckairos::store::{self, SessionStore, StoreError};
 
@@ -1147,7 +1536,11 @@ mod group_commit {
     }
 
     /// `started_sessions` with a pool of `pool_size` connections.
-    pub(super) async fn started_sessions_pooled(redis: &RedisServer, n: usize, pool_size: u32) -> (Arc<RedisStore>, Vec<SessionKey>) {
+    pub(super) async fn started_sessions_pooled(
+        redis: &RedisServer,
+        n: usize,
+        pool_size: u32,
+    ) -> (Arc<RedisStore>, Vec<SessionKey>) {
         let settings = RedisSettings {
             url: redis.url(),
             buckets: 1,
@@ -1160,18 +1553,38 @@ mod group_commit {
         let store = RedisStore::connect(settings, Clock::new()).await.unwrap();
         let mut keys = Vec::new();
         for i in 0..n {
-            let k = SessionKey { tenant: Tenant::default_tenant(), id: SessionId::parse("id", &format!("g-{i}")).unwrap() };
-            let players = ["a", "b"].map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap())).to_vec();
-            let new = NewSession { initial_time_ms: 60_000, ..NewSession::new(k.id.clone(), Mode::PerParticipant, players) };
-            store.create(&k, &|now| engine::create(new.clone(), now)).await.unwrap();
-            store.update(&k, store::apply(Request::new(Command::Start { first: None }))).await.unwrap();
+            let k = SessionKey {
+                tenant: Tenant::default_tenant(),
+                id: SessionId::parse("id", &format!("g-{i}")).unwrap(),
+            };
+            let players = ["a", "b"]
+                .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
+                .to_vec();
+            let new = NewSession {
+                initial_time_ms: 60_000,
+                ..NewSession::new(k.id.clone(), Mode::PerParticipant, players)
+            };
+            store
+                .create(&k, &|now| engine::create(new.clone(), now))
+                .await
+                .unwrap();
+            store
+                .update(
+                    &k,
+                    store::apply(Request::new(Command::Start { first: None })),
+                )
+                .await
+                .unwrap();
             keys.push(k);
         }
         (store, keys)
     }
 
     fn switch() -> store::Change {
-        store::apply(Request::new(Command::Switch { from: None, next: None }))
+        store::apply(Request::new(Command::Switch {
+            from: None,
+            next: None,
+        }))
     }
 
     /// Polls each future once (each sends its first request or queues) with
@@ -1183,15 +1596,27 @@ mod group_commit {
     {
         redis.pause();
         for f in futures.iter_mut() {
-            let polled = std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx))).await;
-            assert!(polled.is_pending(), "a commit answered while Redis was frozen: {polled:?}");
+            let polled =
+                std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx))).await;
+            assert!(
+                polled.is_pending(),
+                "a commit answered while Redis was frozen: {polled:?}"
+            );
         }
     }
 
     /// `change` on every session at once; the results and the EXECs it took.
-    async fn update_all(redis: &RedisServer, store: &RedisStore, keys: &[SessionKey], change: store::Change) -> (Vec<Result<Applied, StoreError>>, u64) {
+    async fn update_all(
+        redis: &RedisServer,
+        store: &RedisStore,
+        keys: &[SessionKey],
+        change: store::Change,
+    ) -> (Vec<Result<Applied, StoreError>>, u64) {
         let before = exec_calls(&redis.url()).await;
-        let mut calls: Vec<_> = keys.iter().map(|k| Box::pin(store.update(k, change.clone()))).collect();
+        let mut calls: Vec<_> = keys
+            .iter()
+            .map(|k| Box::pin(store.update(k, change.clone())))
+            .collect();
         poll_once_frozen(redis, &mut calls).await;
         redis.resume();
         let results = futures_util::future::join_all(calls).await;
@@ -1199,11 +1624,22 @@ mod group_commit {
     }
 
     /// Each session answered and stored version 3: switched exactly once since its start.
-    async fn assert_switched_once(store: &RedisStore, keys: &[SessionKey], results: Vec<Result<Applied, StoreError>>) {
+    async fn assert_switched_once(
+        store: &RedisStore,
+        keys: &[SessionKey],
+        results: Vec<Result<Applied, StoreError>>,
+    ) {
         for (k, r) in keys.iter().zip(results) {
             let applied = r.unwrap();
-            assert_eq!((applied.session.id.as_str(), applied.session.version), (k.id.as_str(), 3));
-            assert_eq!(store.get(k).await.unwrap().version, 3, "{k}: switched exactly once");
+            assert_eq!(
+                (applied.session.id.as_str(), applied.session.version),
+                (k.id.as_str(), 3)
+            );
+            assert_eq!(
+                store.get(k).await.unwrap().version,
+                3,
+                "{k}: switched exactly once"
+            );
         }
     }
 
@@ -1216,7 +1652,10 @@ mod group_commit {
         let redis = RedisServer::start();
         let (store, keys) = started_sessions(&redis, 8).await;
         let (results, execs) = update_all(&redis, &store, &keys, switch()).await;
-        assert_eq!(execs, 2, "one commit alone, then one for the seven queued behind it");
+        assert_eq!(
+            execs, 2,
+            "one commit alone, then one for the seven queued behind it"
+        );
         assert_switched_once(&store, &keys, results).await;
     }
 
@@ -1227,15 +1666,28 @@ mod group_commit {
         let _iso = shared_isolation();
         let redis = RedisServer::start();
         let (store, keys) = started_sessions(&redis, 4).await;
-        let outsider = std::sync::Mutex::new(redis::Client::open(redis.url()).unwrap().get_connection().unwrap());
+        let outsider = std::sync::Mutex::new(
+            redis::Client::open(redis.url())
+                .unwrap()
+                .get_connection()
+                .unwrap(),
+        );
         let raced_key = format!("sk:{{0}}:s:default:{}", keys[2].id);
-        let (raced, plans) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let (raced, plans) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
         let change: store::Change = {
-            let (raced, plans, raced_id, switch) = (raced.clone(), plans.clone(), keys[2].id.clone(), switch());
+            let (raced, plans, raced_id, switch) =
+                (raced.clone(), plans.clone(), keys[2].id.clone(), switch());
             Arc::new(move |s: &engine::Session, now| {
                 plans.fetch_add(1, Ordering::SeqCst);
                 if s.id == raced_id && !raced.swap(true, Ordering::SeqCst) {
-                    let changed: i64 = redis::cmd("PEXPIRE").arg(&raced_key).arg(7_200_000).query(&mut *outsider.lock().unwrap()).unwrap();
+                    let changed: i64 = redis::cmd("PEXPIRE")
+                        .arg(&raced_key)
+                        .arg(7_200_000)
+                        .query(&mut *outsider.lock().unwrap())
+                        .unwrap();
                     assert_eq!(changed, 1);
                 }
                 switch(s, now)
@@ -1273,8 +1725,14 @@ mod group_commit {
         let (lead, queued) = (done[0].1 - t0, done[1].1 - t0);
         // The lead waits out a timeout (redis-rs's 500 ms response timeout,
         // or ours); the queued call must not add a timeout of its own.
-        assert!(lead >= Duration::from_millis(400), "the lead failed after {lead:?}");
-        assert!(queued < lead + Duration::from_millis(300), "the queued call failed {queued:?} after the start, the lead {lead:?}");
+        assert!(
+            lead >= Duration::from_millis(400),
+            "the lead failed after {lead:?}"
+        );
+        assert!(
+            queued < lead + Duration::from_millis(300),
+            "the queued call failed {queued:?} after the start, the lead {lead:?}"
+        );
     }
 
     /// A queued call dropped before its group starts is not committed; a
@@ -1286,25 +1744,38 @@ mod group_commit {
         let (store, keys) = started_sessions(&redis, 4).await;
 
         // keys[0] leads, keys[1] and keys[2] queue; keys[2]'s caller gives up.
-        let mut calls: Vec<_> = keys[..3].iter().map(|k| Box::pin(store.update(k, switch()))).collect();
+        let mut calls: Vec<_> = keys[..3]
+            .iter()
+            .map(|k| Box::pin(store.update(k, switch())))
+            .collect();
         poll_once_frozen(&redis, &mut calls).await;
         drop(calls.pop());
         redis.resume();
         for r in futures_util::future::join_all(calls).await {
             assert_eq!(r.unwrap().session.version, 3);
         }
-        assert_eq!(store.get(&keys[2]).await.unwrap().version, 2, "given up before its commit: not switched");
+        assert_eq!(
+            store.get(&keys[2]).await.unwrap().version,
+            2,
+            "given up before its commit: not switched"
+        );
         // The group's task lets go of the bucket just after it answers.
         tokio::time::sleep(Duration::from_millis(50)).await;
 
         // keys[3] leads and is dropped midway; keys[2], queued behind it, still commits.
-        let mut calls: Vec<_> = [&keys[3], &keys[2]].into_iter().map(|k| Box::pin(store.update(k, switch()))).collect();
+        let mut calls: Vec<_> = [&keys[3], &keys[2]]
+            .into_iter()
+            .map(|k| Box::pin(store.update(k, switch())))
+            .collect();
         poll_once_frozen(&redis, &mut calls).await;
         let lead = calls.remove(0);
         drop(lead);
         redis.resume();
         let queued = calls.pop().unwrap();
-        let applied = tokio::time::timeout(Duration::from_secs(5), queued).await.expect("the queue was handed on").unwrap();
+        let applied = tokio::time::timeout(Duration::from_secs(5), queued)
+            .await
+            .expect("the queue was handed on")
+            .unwrap();
         assert_eq!(applied.session.version, 3);
     }
 }
@@ -1325,19 +1796,39 @@ async fn connections_that_died_idle_in_the_pool_cost_no_call_an_error() {
     let (store, keys) = group_commit::started_sessions_pooled(&redis, 2, 1).await;
     let mut outsider = redis_conn(&redis.url()).await;
     let mut kill_store_connections = async || {
-        let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes").query_async(&mut outsider).await.unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut outsider)
+            .await
+            .unwrap();
         assert!(killed >= 1, "the store's pooled connections were closed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     for k in &keys {
         kill_store_connections().await;
-        let applied = store.update(k, store::apply(Request::new(Command::Switch { from: None, next: None }))).await;
+        let applied = store
+            .update(
+                k,
+                store::apply(Request::new(Command::Switch {
+                    from: None,
+                    next: None,
+                })),
+            )
+            .await;
         assert_eq!(applied.unwrap().session.version, 3, "{k}: a commit");
         kill_store_connections().await;
         assert_eq!(store.get(k).await.unwrap().version, 3, "{k}: a read");
         kill_store_connections().await;
         match store.events_after(k, 2).await.unwrap() {
-            store::Replay::Events(events) => assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), [3], "{k}"),
+            store::Replay::Events(events) => assert_eq!(
+                events.iter().map(|e| e.version).collect::<Vec<_>>(),
+                [3],
+                "{k}"
+            ),
             other => panic!("{k}: a replay: {other:?}"),
         }
         kill_store_connections().await;

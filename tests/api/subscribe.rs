@@ -21,13 +21,22 @@ async fn subscribe_sends_a_snapshot_first_then_changes() {
         (snap.session_id.as_str(), snap.version, snap.epoch.as_str()),
         (s.session_id.as_str(), 1, s.epoch.as_str())
     );
-    let session = snap.session.as_ref().expect("a snapshot carries the session");
-    assert_eq!((session.version, status_of(session)), (1, pb::Status::Pending));
+    let session = snap
+        .session
+        .as_ref()
+        .expect("a snapshot carries the session");
+    assert_eq!(
+        (session.version, status_of(session)),
+        (1, pb::Status::Pending)
+    );
     assert!(snap.server_time.is_some());
 
     let started = start(&mut app.client, &s.session_id).await;
     let e = next_event(&mut stream).await;
-    assert_eq!((event_type(&e), e.version, e.participant_id.as_str()), (EventType::Started, 2, "white"));
+    assert_eq!(
+        (event_type(&e), e.version, e.participant_id.as_str()),
+        (EventType::Started, 2, "white")
+    );
     let session = e.session.as_ref().unwrap();
     assert_eq!(status_of(session), pb::Status::Running);
     assert_eq!(session.deadline_at, started.deadline_at);
@@ -37,14 +46,27 @@ async fn subscribe_sends_a_snapshot_first_then_changes() {
     let mut late = subscribe(&mut app.client, subscribe_req(&s.session_id)).await;
     let snap = next_event(&mut late).await;
     assert_eq!((event_type(&snap), snap.version), (EventType::Snapshot, 2));
-    assert_eq!(status_of(snap.session.as_ref().unwrap()), pb::Status::Running);
+    assert_eq!(
+        status_of(snap.session.as_ref().unwrap()),
+        pb::Status::Running
+    );
 }
 
 #[tokio::test]
 async fn subscribe_to_a_missing_session_is_not_found() {
     let mut app = spawn_app().await;
-    assert_status(app.client.subscribe(subscribe_req(&unique_id("missing"))).await, Code::NotFound, "not found");
-    assert_status(app.client.subscribe(subscribe_req("not an id")).await, Code::InvalidArgument, "session_id");
+    assert_status(
+        app.client
+            .subscribe(subscribe_req(&unique_id("missing")))
+            .await,
+        Code::NotFound,
+        "not found",
+    );
+    assert_status(
+        app.client.subscribe(subscribe_req("not an id")).await,
+        Code::InvalidArgument,
+        "session_id",
+    );
 }
 
 /// Reads `stream` until a change at `last_version` (or beyond) arrives; returns the changes.
@@ -78,8 +100,14 @@ async fn subscribe_delivers_every_version_in_order_across_many_mutations() {
     let mut mid_stream = None;
     for i in 0..60 {
         let mover = if i % 2 == 0 { "white" } else { "black" };
-        let req = pb::SwitchCycleRequest { from_participant_id: Some(mover.into()), ..switch_req(&id) };
-        expected.push((c.switch_cycle(req).await.unwrap().into_inner().version, EventType::Switched));
+        let req = pb::SwitchCycleRequest {
+            from_participant_id: Some(mover.into()),
+            ..switch_req(&id)
+        };
+        expected.push((
+            c.switch_cycle(req).await.unwrap().into_inner().version,
+            EventType::Switched,
+        ));
         if i == 29 {
             mid_stream = Some(subscribe(c, subscribe_req(&id)).await);
         }
@@ -90,22 +118,50 @@ async fn subscribe_delivers_every_version_in_order_across_many_mutations() {
         delta_ms: 10_000,
         ..Default::default()
     };
-    expected.push((c.adjust_time(adj).await.unwrap().into_inner().version, EventType::TimeAdjusted));
-    let pause = pb::PauseSessionRequest { session_id: id.clone(), ..Default::default() };
-    expected.push((c.pause_session(pause).await.unwrap().into_inner().version, EventType::Paused));
-    let resume = pb::ResumeSessionRequest { session_id: id.clone(), ..Default::default() };
-    expected.push((c.resume_session(resume).await.unwrap().into_inner().version, EventType::Resumed));
+    expected.push((
+        c.adjust_time(adj).await.unwrap().into_inner().version,
+        EventType::TimeAdjusted,
+    ));
+    let pause = pb::PauseSessionRequest {
+        session_id: id.clone(),
+        ..Default::default()
+    };
+    expected.push((
+        c.pause_session(pause).await.unwrap().into_inner().version,
+        EventType::Paused,
+    ));
+    let resume = pb::ResumeSessionRequest {
+        session_id: id.clone(),
+        ..Default::default()
+    };
+    expected.push((
+        c.resume_session(resume).await.unwrap().into_inner().version,
+        EventType::Resumed,
+    ));
     for _ in 0..20 {
         expected.push((switch(c, &id).await.version, EventType::Switched));
     }
-    let done = pb::CompleteSessionRequest { session_id: id.clone(), ..Default::default() };
-    expected.push((c.complete_session(done).await.unwrap().into_inner().version, EventType::Completed));
+    let done = pb::CompleteSessionRequest {
+        session_id: id.clone(),
+        ..Default::default()
+    };
+    expected.push((
+        c.complete_session(done).await.unwrap().into_inner().version,
+        EventType::Completed,
+    ));
     let last = expected.last().unwrap().0;
-    assert_eq!(last, 1 + expected.len() as u64, "every mutation added exactly one version");
+    assert_eq!(
+        last,
+        1 + expected.len() as u64,
+        "every mutation added exactly one version"
+    );
 
     for (name, stream) in [("early", &mut early), ("other connection", &mut other)] {
-        let got: Vec<(u64, EventType)> =
-            collect_until(stream, last).await.iter().map(|e| (e.version, event_type(e))).collect();
+        let got: Vec<(u64, EventType)> = collect_until(stream, last)
+            .await
+            .iter()
+            .map(|e| (e.version, event_type(e)))
+            .collect();
         assert_eq!(got, expected, "{name} stream");
     }
     let mut mid = mid_stream.unwrap();
@@ -120,7 +176,10 @@ async fn subscribe_delivers_every_version_in_order_across_many_mutations() {
     );
     // The last event's snapshot matches GetSession.
     let final_session = get(&mut app.client, &id).await;
-    assert_eq!(got.last().unwrap().session.as_ref().unwrap().version, final_session.version);
+    assert_eq!(
+        got.last().unwrap().session.as_ref().unwrap().version,
+        final_session.version
+    );
 }
 
 #[tokio::test]
@@ -141,7 +200,11 @@ async fn subscribe_from_version_replays_the_events_after_it() {
     let mut replay = subscribe(&mut app.client, from(2, &s.epoch)).await;
     for v in 3..=5 {
         let e = next_event(&mut replay).await;
-        assert_eq!((e.version, event_type(&e)), (v, EventType::Switched), "replayed, no snapshot");
+        assert_eq!(
+            (e.version, event_type(&e)),
+            (v, EventType::Switched),
+            "replayed, no snapshot"
+        );
         assert_eq!(e.epoch, s.epoch);
     }
     // An empty epoch means "not said": still a replay.
@@ -165,7 +228,11 @@ async fn subscribe_from_version_replays_the_events_after_it() {
         let e = next_event(stream).await;
         assert_eq!((e.version, event_type(&e)), (6, EventType::Switched));
     }
-    let rest: Vec<u64> = collect_until(&mut all, 6).await.iter().map(|e| e.version).collect();
+    let rest: Vec<u64> = collect_until(&mut all, 6)
+        .await
+        .iter()
+        .map(|e| e.version)
+        .collect();
     assert_eq!(rest, vec![4, 5, 6]);
 }
 
@@ -184,8 +251,15 @@ async fn subscribe_from_version_with_another_epoch_gets_a_snapshot_or_out_of_ran
     };
     let mut stream = subscribe(&mut app.client, req(false)).await;
     let e = next_event(&mut stream).await;
-    assert_eq!((event_type(&e), e.version, e.epoch.as_str()), (EventType::Snapshot, 3, s.epoch.as_str()));
-    assert_status(app.client.subscribe(req(true)).await, Code::OutOfRange, "epoch");
+    assert_eq!(
+        (event_type(&e), e.version, e.epoch.as_str()),
+        (EventType::Snapshot, 3, s.epoch.as_str())
+    );
+    assert_status(
+        app.client.subscribe(req(true)).await,
+        Code::OutOfRange,
+        "epoch",
+    );
 
     // A version from the future cannot be replayed either.
     let future = |strict| pb::SubscribeRequest {
@@ -196,17 +270,35 @@ async fn subscribe_from_version_with_another_epoch_gets_a_snapshot_or_out_of_ran
         ..Default::default()
     };
     let mut stream = subscribe(&mut app.client, future(false)).await;
-    assert_eq!(event_type(&next_event(&mut stream).await), EventType::Snapshot);
+    assert_eq!(
+        event_type(&next_event(&mut stream).await),
+        EventType::Snapshot
+    );
     assert_code(app.client.subscribe(future(true)).await, Code::OutOfRange);
 
     // strict with the right epoch and a version in the log: a replay, no error.
-    let ok = pb::SubscribeRequest { strict: true, epoch: s.epoch.clone(), ..future(true) };
-    let ok = pb::SubscribeRequest { from_version: Some(1), ..ok };
+    let ok = pb::SubscribeRequest {
+        strict: true,
+        epoch: s.epoch.clone(),
+        ..future(true)
+    };
+    let ok = pb::SubscribeRequest {
+        from_version: Some(1),
+        ..ok
+    };
     let mut stream = subscribe(&mut app.client, ok).await;
-    assert_eq!(event_type(&next_event(&mut stream).await), EventType::Started);
+    assert_eq!(
+        event_type(&next_event(&mut stream).await),
+        EventType::Started
+    );
 
     // A recreated session has a new epoch: the old epoch's versions are not replayed.
-    app.client.delete_session(pb::DeleteSessionRequest { session_id: id.clone() }).await.unwrap();
+    app.client
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: id.clone(),
+        })
+        .await
+        .unwrap();
     let recreated = create_started_with_id(&mut app.client, &id).await;
     assert_ne!(recreated.epoch, s.epoch);
     let old = pb::SubscribeRequest {
@@ -217,8 +309,19 @@ async fn subscribe_from_version_with_another_epoch_gets_a_snapshot_or_out_of_ran
     };
     let mut stream = subscribe(&mut app.client, old.clone()).await;
     let e = next_event(&mut stream).await;
-    assert_eq!((event_type(&e), e.epoch.as_str()), (EventType::Snapshot, recreated.epoch.as_str()));
-    assert_code(app.client.subscribe(pb::SubscribeRequest { strict: true, ..old }).await, Code::OutOfRange);
+    assert_eq!(
+        (event_type(&e), e.epoch.as_str()),
+        (EventType::Snapshot, recreated.epoch.as_str())
+    );
+    assert_code(
+        app.client
+            .subscribe(pb::SubscribeRequest {
+                strict: true,
+                ..old
+            })
+            .await,
+        Code::OutOfRange,
+    );
 }
 
 async fn create_started_with_id(client: &mut Client, id: &str) -> pb::Session {
@@ -245,7 +348,11 @@ async fn subscribe_from_a_version_older_than_the_log_gets_a_snapshot_or_out_of_r
     let mut stream = subscribe(&mut app.client, req(2, false)).await;
     let e = next_event(&mut stream).await;
     assert_eq!((event_type(&e), e.version), (EventType::Snapshot, 302));
-    assert_status(app.client.subscribe(req(2, true)).await, Code::OutOfRange, "from_version 2");
+    assert_status(
+        app.client.subscribe(req(2, true)).await,
+        Code::OutOfRange,
+        "from_version 2",
+    );
     // The oldest replayable point still replays.
     let mut stream = subscribe(&mut app.client, req(46, true)).await;
     let e = next_event(&mut stream).await;
@@ -290,12 +397,18 @@ async fn subscribe_opened_while_writes_race_has_no_gap_or_duplicate() {
             let events = collect_until(&mut stream, last).await;
             let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
             let first = versions[0];
-            assert_eq!(versions, (first..=last).collect::<Vec<_>>(), "reader {i}: gap or duplicate");
+            assert_eq!(
+                versions,
+                (first..=last).collect::<Vec<_>>(),
+                "reader {i}: gap or duplicate"
+            );
             if i % 2 == 1 {
                 assert_eq!(event_type(&events[0]), EventType::Snapshot);
             }
             assert!(
-                events[1..].iter().all(|e| event_type(e) != EventType::Snapshot),
+                events[1..]
+                    .iter()
+                    .all(|e| event_type(e) != EventType::Snapshot),
                 "reader {i}: a snapshot mid-stream"
             );
         }));
@@ -313,10 +426,22 @@ async fn heartbeats_carry_server_time_and_the_latest_version() {
     let s = create_started(&mut app.client).await;
     let id = s.session_id.clone();
     let opened = Instant::now();
-    let mut hb =
-        subscribe(&mut app.client, pb::SubscribeRequest { heartbeat_ms: Some(1_000), ..subscribe_req(&id) }).await;
-    let mut clamped =
-        subscribe(&mut app.client, pb::SubscribeRequest { heartbeat_ms: Some(10), ..subscribe_req(&id) }).await;
+    let mut hb = subscribe(
+        &mut app.client,
+        pb::SubscribeRequest {
+            heartbeat_ms: Some(1_000),
+            ..subscribe_req(&id)
+        },
+    )
+    .await;
+    let mut clamped = subscribe(
+        &mut app.client,
+        pb::SubscribeRequest {
+            heartbeat_ms: Some(10),
+            ..subscribe_req(&id)
+        },
+    )
+    .await;
     let mut default = subscribe(&mut app.client, subscribe_req(&id)).await;
     for stream in [&mut hb, &mut clamped, &mut default] {
         assert_eq!(event_type(&next_event(stream).await), EventType::Snapshot);
@@ -326,15 +451,33 @@ async fn heartbeats_carry_server_time_and_the_latest_version() {
         assert_eq!(next_event(stream).await.version, 3);
     }
 
-    for (name, stream) in [("heartbeat_ms=1000", &mut hb), ("heartbeat_ms=10 (clamped to 1000)", &mut clamped)] {
-        let e = next_within(stream, Duration::from_millis(1_500)).await.unwrap().expect("stream open");
+    for (name, stream) in [
+        ("heartbeat_ms=1000", &mut hb),
+        ("heartbeat_ms=10 (clamped to 1000)", &mut clamped),
+    ] {
+        let e = next_within(stream, Duration::from_millis(1_500))
+            .await
+            .unwrap()
+            .expect("stream open");
         let waited = opened.elapsed();
         assert_eq!(event_type(&e), EventType::Heartbeat, "{name}: {e:?}");
-        assert!(waited >= Duration::from_millis(900), "{name}: heartbeat after {waited:?}, sooner than 1 s");
-        assert!(waited <= Duration::from_millis(1_700), "{name}: heartbeat after {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(900),
+            "{name}: heartbeat after {waited:?}, sooner than 1 s"
+        );
+        assert!(
+            waited <= Duration::from_millis(1_700),
+            "{name}: heartbeat after {waited:?}"
+        );
         assert_eq!(e.version, 3, "{name}: the latest version sent");
-        assert_eq!((e.session_id.as_str(), e.epoch.as_str()), (id.as_str(), s.epoch.as_str()));
-        assert!(e.session.is_none(), "{name}: a heartbeat carries no session");
+        assert_eq!(
+            (e.session_id.as_str(), e.epoch.as_str()),
+            (id.as_str(), s.epoch.as_str())
+        );
+        assert!(
+            e.session.is_none(),
+            "{name}: a heartbeat carries no session"
+        );
         let skew = micros_of(&e.server_time) - wall_micros();
         assert!(skew.abs() < 100_000, "{name}: server_time off by {skew} µs");
     }
@@ -343,7 +486,10 @@ async fn heartbeats_carry_server_time_and_the_latest_version() {
     // The next one comes a period later and still names the latest version.
     switch(&mut app.client, &id).await; // v4
     assert_eq!(next_event(&mut hb).await.version, 4);
-    let e = next_within(&mut hb, Duration::from_millis(1_500)).await.unwrap().unwrap();
+    let e = next_within(&mut hb, Duration::from_millis(1_500))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((event_type(&e), e.version), (EventType::Heartbeat, 4));
 }
 
@@ -361,7 +507,10 @@ async fn heartbeats_name_the_epoch_when_resuming_without_one() {
         ..Default::default()
     };
     let mut stream = subscribe(&mut app.client, req).await;
-    let e = next_within(&mut stream, Duration::from_millis(1_500)).await.unwrap().unwrap();
+    let e = next_within(&mut stream, Duration::from_millis(1_500))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((event_type(&e), e.version), (EventType::Heartbeat, 2));
     assert_eq!(e.epoch, s.epoch, "the heartbeat names the session's epoch");
 }
@@ -378,18 +527,29 @@ async fn deleted_ends_the_stream_with_ok() {
         assert_eq!(next_event(stream).await.version, 2);
     }
     switch(&mut app.client, &id).await;
-    app.client.delete_session(pb::DeleteSessionRequest { session_id: id.clone() }).await.unwrap();
+    app.client
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: id.clone(),
+        })
+        .await
+        .unwrap();
     for stream in [&mut a, &mut b] {
         assert_eq!(next_event(stream).await.version, 3);
         let e = next_event(stream).await;
-        assert_eq!((event_type(&e), e.version, e.epoch.as_str()), (EventType::Deleted, 4, s.epoch.as_str()));
+        assert_eq!(
+            (event_type(&e), e.version, e.epoch.as_str()),
+            (EventType::Deleted, 4, s.epoch.as_str())
+        );
         assert!(e.server_time.is_some());
         match next_within(stream, PROMPT).await {
             Ok(None) => {}
             other => panic!("after DELETED the stream ends with OK, got {other:?}"),
         }
     }
-    assert_code(app.client.subscribe(subscribe_req(&id)).await, Code::NotFound);
+    assert_code(
+        app.client.subscribe(subscribe_req(&id)).await,
+        Code::NotFound,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,16 +589,28 @@ async fn a_slow_consumer_skips_to_a_snapshot_and_never_slows_the_others() {
         assert_eq!(switch(&mut writer, &id).await.version, 3 + i);
     }
     let writes_done = Instant::now();
-    let seen = within(Duration::from_secs(10), "fast stream", fast_reader).await.unwrap();
+    let seen = within(Duration::from_secs(10), "fast stream", fast_reader)
+        .await
+        .unwrap();
     let got: Vec<(u64, EventType)> = seen.iter().map(|&(v, t, _)| (v, t)).collect();
     let want: Vec<(u64, EventType)> = (3..=last).map(|v| (v, EventType::Switched)).collect();
-    assert_eq!(got, want, "the fast stream gets every version in order, no snapshot");
-    let tail = seen.last().unwrap().2.saturating_duration_since(writes_done);
+    assert_eq!(
+        got, want,
+        "the fast stream gets every version in order, no snapshot"
+    );
+    let tail = seen
+        .last()
+        .unwrap()
+        .2
+        .saturating_duration_since(writes_done);
     println!(
         "slow consumer: {SWITCHES} switches in {:?}; the fast stream had the last one {tail:?} after the last reply",
         writes_done - began
     );
-    assert!(tail < Duration::from_secs(1), "the fast stream trailed the writes by {tail:?}");
+    assert!(
+        tail < Duration::from_secs(1),
+        "the fast stream trailed the writes by {tail:?}"
+    );
 
     // Now read the slow stream: in order, never a gap — a jump only via a fresh SNAPSHOT.
     let mut prev = 0;
@@ -454,13 +626,25 @@ async fn a_slow_consumer_skips_to_a_snapshot_and_never_slows_the_others() {
             assert!(e.version > prev, "snapshot v{} after v{prev}", e.version);
             resyncs += 1;
         } else {
-            assert_eq!(e.version, prev + 1, "gap or duplicate without a snapshot ({kind:?})");
+            assert_eq!(
+                e.version,
+                prev + 1,
+                "gap or duplicate without a snapshot ({kind:?})"
+            );
         }
         prev = e.version;
     }
-    println!("slow consumer: received {received} messages for {SWITCHES} versions, {resyncs} resync snapshot(s)");
-    assert!(resyncs >= 1, "the slow stream should have skipped to a fresh SNAPSHOT");
-    assert!(received < SWITCHES as usize, "the slow stream skipped versions");
+    println!(
+        "slow consumer: received {received} messages for {SWITCHES} versions, {resyncs} resync snapshot(s)"
+    );
+    assert!(
+        resyncs >= 1,
+        "the slow stream should have skipped to a fresh SNAPSHOT"
+    );
+    assert!(
+        received < SWITCHES as usize,
+        "the slow stream skipped versions"
+    );
     // Caught up, it is live again.
     switch(&mut app.client, &id).await;
     assert_eq!(next_change(&mut slow).await.version, last + 1);
@@ -484,15 +668,29 @@ async fn server_shutdown_ends_open_streams_with_unavailable() {
         match next_within(stream, PROMPT).await {
             Err(status) => {
                 assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                assert!(status.message().contains("from_version"), "tells the client how to reconnect: {status:?}");
+                assert!(
+                    status.message().contains("from_version"),
+                    "tells the client how to reconnect: {status:?}"
+                );
             }
             other => panic!("expected UNAVAILABLE on shutdown, got {other:?}"),
         }
     }
-    app.wait_stopped(grace + Duration::from_secs(2)).await.expect("clean stop");
+    app.wait_stopped(grace + Duration::from_secs(2))
+        .await
+        .expect("clean stop");
     let took = stopping.elapsed();
-    assert!(took < Duration::from_secs(3), "shutdown took {took:?}: streams should not hold it for the grace period");
-    assert!(app.client.get_server_time(pb::GetServerTimeRequest {}).await.is_err(), "server is gone");
+    assert!(
+        took < Duration::from_secs(3),
+        "shutdown took {took:?}: streams should not hold it for the grace period"
+    );
+    assert!(
+        app.client
+            .get_server_time(pb::GetServerTimeRequest {})
+            .await
+            .is_err(),
+        "server is gone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,7 +704,9 @@ async fn shutdown_with_a_stream_nobody_reads_still_stops_within_the_grace_period
     let s = create_started(&mut app.client).await;
     // A stream that is never read, on a connection with a tiny window, so its
     // producer is stuck behind a full buffer when the stop comes.
-    let endpoint = Endpoint::from_shared(app.url()).unwrap().initial_stream_window_size(1024);
+    let endpoint = Endpoint::from_shared(app.url())
+        .unwrap()
+        .initial_stream_window_size(1024);
     let mut stuck_client = connect(endpoint).await;
     let _stuck = subscribe(&mut stuck_client, subscribe_req(&s.session_id)).await;
     for _ in 0..200 {
@@ -514,7 +714,9 @@ async fn shutdown_with_a_stream_nobody_reads_still_stops_within_the_grace_period
     }
     let stopping = Instant::now();
     app.trigger_stop();
-    app.wait_stopped(grace + Duration::from_secs(3)).await.expect("stops");
+    app.wait_stopped(grace + Duration::from_secs(3))
+        .await
+        .expect("stops");
     let took = stopping.elapsed();
     println!("shutdown with a stuck stream took {took:?} (grace {grace:?})");
     assert!(took < grace + Duration::from_millis(900), "took {took:?}");
