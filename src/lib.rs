@@ -13,6 +13,9 @@
 //! - [`app`]: one async fn per RPC; `AppError`; the Subscribe producer.
 //! - [`grpc`]: tonic service, wire <-> domain conversion, the error table,
 //!   health and reflection.
+//! - [`wire`]: the bytes of stored states and events, the log, the audit
+//!   stream and Pub/Sub batches; written by the store, read by the fan-out and
+//!   the audit.
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 
 pub mod app;
@@ -26,3 +29,4 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod timers;
+pub mod wire;

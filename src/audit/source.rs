@@ -16,7 +16,8 @@ use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use tokio::sync::mpsc;
 
 use crate::engine::{Event, Tenant};
-use crate::store::{AUDIT_FIELD_EVENT, AUDIT_FIELD_TENANT, AuditRecord};
+use crate::store::AuditRecord;
+use crate::wire::{self, AUDIT_FIELD_EVENT, AUDIT_FIELD_TENANT};
 
 pub const GROUP: &str = "synckairos-audit";
 /// An entry read by a replica that has not acknowledged it for this long is taken over.
@@ -158,7 +159,7 @@ impl RedisSource {
             std::str::from_utf8(&bytes(AUDIT_FIELD_TENANT)?).ok()?,
         )
         .ok()?;
-        let event: Event = serde_json::from_slice(&bytes(AUDIT_FIELD_EVENT)?).ok()?;
+        let event: Event = wire::decode(&bytes(AUDIT_FIELD_EVENT)?).ok()?;
         Some((
             Ack::Redis { stream, id },
             AuditRecord {

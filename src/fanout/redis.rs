@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use super::{Hub, Remote};
 use crate::engine::{Event, SessionKey};
+use crate::wire;
 
 /// How long one Pub/Sub command may take before the connection is presumed dead.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,11 +62,6 @@ impl Remote for RedisPubSub {
     fn leave(&self, key: &SessionKey) {
         let _ = self.cmds.send(Cmd::Leave(key.clone()));
     }
-}
-
-/// Decodes a published batch: a JSON array of events.
-pub fn decode_batch(payload: &[u8]) -> Result<Vec<Event>, serde_json::Error> {
-    serde_json::from_slice(payload)
 }
 
 /// Starts the task; it runs until `shutdown`.
@@ -179,7 +175,7 @@ async fn run(
                     };
                     let channel = msg.get_channel_name();
                     if let Some(key) = joined.get(channel) {
-                        match decode_batch(msg.get_payload_bytes()) {
+                        match wire::decode_batch(msg.get_payload_bytes()) {
                             Ok(events) => {
                                 let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
                                 setup.hub.deliver(key, &events);

@@ -7,9 +7,7 @@
 //! number of replicas sharing one Redis). Same behaviour, same tests.
 
 pub mod clock;
-mod group;
 pub mod memory;
-mod recent;
 pub mod redis;
 
 use std::sync::Arc;
@@ -26,10 +24,6 @@ pub struct AuditRecord {
     pub tenant: Tenant,
     pub event: Arc<Event>,
 }
-
-/// The bucket audit stream's field names (Redis engine).
-pub const AUDIT_FIELD_TENANT: &str = "tenant";
-pub const AUDIT_FIELD_EVENT: &str = "e";
 
 /// How many events a session's log retains for `Subscribe{from_version}` replay.
 pub const EVENT_LOG_LEN: usize = 256;

@@ -31,14 +31,25 @@ impl Written {
     }
 }
 
-struct Entry<K> {
-    keys: Arc<K>,
-    last: Option<Arc<Written>>,
+/// What this replica knows of one session: its key names, and what it
+/// last wrote there (when it remembers).
+pub struct Remembered<K> {
+    pub keys: Arc<K>,
+    pub last_write: Option<Arc<Written>>,
+}
+
+impl<K> Clone for Remembered<K> {
+    fn clone(&self) -> Self {
+        Self {
+            keys: self.keys.clone(),
+            last_write: self.last_write.clone(),
+        }
+    }
 }
 
 /// Per-session memory of one replica; `K` is the engine's key names.
 pub struct Recent<K> {
-    map: Mutex<HashMap<SessionKey, Entry<K>>>,
+    map: Mutex<HashMap<SessionKey, Remembered<K>>>,
 }
 
 impl<K> Default for Recent<K> {
@@ -51,34 +62,27 @@ impl<K> Default for Recent<K> {
 
 impl<K> Recent<K> {
     /// The session's key names (made by `make` the first time) and its last write here.
-    pub fn get(
-        &self,
-        key: &SessionKey,
-        make: impl FnOnce() -> K,
-    ) -> (Arc<K>, Option<Arc<Written>>) {
+    pub fn get(&self, key: &SessionKey, make: impl FnOnce() -> K) -> Remembered<K> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get(key) {
-            return (e.keys.clone(), e.last.clone());
+        if let Some(known) = map.get(key) {
+            return known.clone();
         }
         if map.len() >= CAPACITY {
             map.clear();
         }
-        let keys = Arc::new(make());
-        map.insert(
-            key.clone(),
-            Entry {
-                keys: keys.clone(),
-                last: None,
-            },
-        );
-        (keys, None)
+        let known = Remembered {
+            keys: Arc::new(make()),
+            last_write: None,
+        };
+        map.insert(key.clone(), known.clone());
+        known
     }
 
     /// Records what a commit wrote.
     pub fn remember(&self, key: &SessionKey, written: Written) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = map.get_mut(key) {
-            e.last = (written.bytes.len() <= MAX_REMEMBERED_BYTES).then(|| Arc::new(written));
+            e.last_write = (written.bytes.len() <= MAX_REMEMBERED_BYTES).then(|| Arc::new(written));
         }
     }
 
@@ -118,7 +122,7 @@ mod tests {
     fn a_state_read_back_unchanged_is_the_remembered_session_and_any_other_is_not() {
         let recent: Recent<String> = Recent::default();
         let (k, s) = (key("s1"), session("s1"));
-        let (_, last) = recent.get(&k, || "keys".into());
+        let last = recent.get(&k, || "keys".into()).last_write;
         assert!(last.is_none());
         let bytes = serde_json::to_vec(&s).unwrap();
         recent.remember(
@@ -128,7 +132,10 @@ mod tests {
                 session: s.clone(),
             },
         );
-        let (keys, last) = recent.get(&k, || unreachable!("made once"));
+        let Remembered {
+            keys,
+            last_write: last,
+        } = recent.get(&k, || unreachable!("made once"));
         assert_eq!(*keys, "keys");
         let last = last.expect("remembered");
         assert_eq!(last.matches(&bytes), Some(s));
@@ -154,7 +161,7 @@ mod tests {
             },
         );
         recent.forget(&k);
-        assert!(recent.get(&k, || 2).1.is_none());
+        assert!(recent.get(&k, || 2).last_write.is_none());
         // Oversized states are not kept.
         recent.remember(
             &k,
@@ -163,6 +170,6 @@ mod tests {
                 session: session("gone"),
             },
         );
-        assert!(recent.get(&k, || 3).1.is_none());
+        assert!(recent.get(&k, || 3).last_write.is_none());
     }
 }

@@ -6,7 +6,7 @@
 //! makes about two changes per commit: half the round trips, syscalls and
 //! wake-ups, on Redis and here, for each change.
 //!
-//! This is only the queue; the Redis engine owns the commits.
+//! This is only the queue; `super::group_commit` runs the commits.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -14,9 +14,9 @@ use std::sync::Mutex;
 /// At most this many changes share one commit.
 pub const MAX_BATCH: usize = 16;
 
-/// What `enter` decided.
+/// What `enter` made of a change: the lead of its bucket's commit, or queued.
 #[derive(Debug, PartialEq)]
-pub enum Entry {
+pub enum Role {
     /// Nothing of the bucket is in flight: commit now; call `next` when done.
     Lead,
     /// Queued: a commit in flight will hand it on.
@@ -53,14 +53,14 @@ impl<J> Groups<J> {
     }
 
     /// Leads a commit of bucket `b`, or queues `job()` behind the one in flight.
-    pub fn enter(&self, b: u32, job: impl FnOnce() -> J) -> Entry {
+    pub fn enter(&self, b: u32, job: impl FnOnce() -> J) -> Role {
         let mut bucket = self.bucket(b);
         if bucket.busy {
             bucket.queue.push_back(job());
-            Entry::Queued
+            Role::Queued
         } else {
             bucket.busy = true;
-            Entry::Lead
+            Role::Lead
         }
     }
 
@@ -94,24 +94,24 @@ mod tests {
     #[test]
     fn the_first_change_of_a_bucket_leads_and_later_ones_queue_until_it_ends() {
         let g = Groups::new(2);
-        assert_eq!(g.enter(0, || (1, "a")), Entry::Lead);
-        assert_eq!(g.enter(0, || (2, "b")), Entry::Queued);
-        assert_eq!(g.enter(0, || (3, "c")), Entry::Queued);
+        assert_eq!(g.enter(0, || (1, "a")), Role::Lead);
+        assert_eq!(g.enter(0, || (2, "b")), Role::Queued);
+        assert_eq!(g.enter(0, || (3, "c")), Role::Queued);
         // Another bucket is free.
-        assert_eq!(g.enter(1, || (4, "d")), Entry::Lead);
+        assert_eq!(g.enter(1, || (4, "d")), Role::Lead);
         assert_eq!(g.next(0, id), Some(vec![(2, "b"), (3, "c")]));
         // Still busy with that batch: a new change queues.
-        assert_eq!(g.enter(0, || (5, "e")), Entry::Queued);
+        assert_eq!(g.enter(0, || (5, "e")), Role::Queued);
         assert_eq!(g.next(0, id), Some(vec![(5, "e")]));
         assert_eq!(g.next(0, id), None);
         // Free again: the next change leads.
-        assert_eq!(g.enter(0, || (6, "f")), Entry::Lead);
+        assert_eq!(g.enter(0, || (6, "f")), Role::Lead);
     }
 
     #[test]
     fn a_batch_holds_each_session_once_and_at_most_the_limit_oldest_first() {
         let g = Groups::new(1);
-        assert_eq!(g.enter(0, || (0, "lead")), Entry::Lead);
+        assert_eq!(g.enter(0, || (0, "lead")), Role::Lead);
         let names: Vec<&'static str> = (0..MAX_BATCH + 3)
             .map(|i| &*format!("s{i}").leak())
             .collect();

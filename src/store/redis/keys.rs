@@ -1,0 +1,119 @@
+//! The key layout (SPEC §8): every key of one session carries the hash tag
+//! `{b}` of its bucket `b = crc32("<tenant>/<session>") % B`, so a session's
+//! commit touches one cluster slot, and so do the bucket's shared keys (its
+//! deadline index, in-flight claims, audit stream and wake-up channel).
+
+use super::RedisStore;
+use crate::engine::{self, SessionKey};
+
+/// The key names of one session, formatted once (`super::recent` keeps them).
+pub struct SessionKeys {
+    /// `sk:{b}:s:<tenant>:<session>`: the session's state (JSON).
+    pub state: String,
+    /// `sk:{b}:log:<tenant>:<session>`: its event log (a stream, for replay).
+    pub log: String,
+    /// `sk:{b}:deadlines`: the bucket's deadline index (a ZSET of members).
+    pub deadlines: String,
+    /// `sk:{b}:inflight`: the bucket's claimed deadlines, with their leases.
+    pub inflight: String,
+    /// `sk:{b}:audit`: the bucket's audit stream.
+    pub audit: String,
+    /// `sk:{b}:ev:<tenant>:<session>`: its Pub/Sub channel.
+    pub channel: String,
+    /// `sk:{b}:wake`: the bucket's deadline wake-up channel.
+    pub wake: String,
+    /// `<tenant>/<session>`: its member in the deadline ZSETs.
+    pub member: String,
+    pub tenant: String,
+}
+
+/// `crc32("<tenant>/<session>") % buckets` (SPEC §8), without building the string.
+pub fn bucket(key: &SessionKey, buckets: u32) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(key.tenant.as_str().as_bytes());
+    crc.update(b"/");
+    crc.update(key.id.as_str().as_bytes());
+    crc.finalize() % buckets
+}
+
+/// A deadline ZSET member, `<tenant>/<session>`, back to a key ('/' is in
+/// neither alphabet).
+pub fn parse_member(m: &str) -> Option<SessionKey> {
+    let (t, id) = m.split_once('/')?;
+    Some(SessionKey {
+        tenant: engine::Tenant::parse("tenant", t).ok()?,
+        id: engine::SessionId::parse("session_id", id).ok()?,
+    })
+}
+
+/// `sk:{b}:deadlines` and `sk:{b}:inflight` of bucket `b`.
+pub fn claim_keys(b: u32) -> [String; 2] {
+    [
+        format!("sk:{{{b}}}:deadlines"),
+        format!("sk:{{{b}}}:inflight"),
+    ]
+}
+
+impl RedisStore {
+    /// `sk:{b}:audit` of every one of `buckets` buckets.
+    pub fn audit_streams(buckets: u32) -> Vec<String> {
+        (0..buckets).map(|b| format!("sk:{{{b}}}:audit")).collect()
+    }
+
+    /// `sk:{b}:ev:<tenant>:<session>`.
+    pub fn channel_of(&self, key: &SessionKey) -> String {
+        format!(
+            "sk:{{{}}}:ev:{}:{}",
+            self.bucket_of(key),
+            key.tenant,
+            key.id
+        )
+    }
+
+    /// `sk:{b}:wake` of every bucket.
+    pub fn wake_channels(&self) -> Vec<String> {
+        (0..self.settings.buckets)
+            .map(|b| format!("sk:{{{b}}}:wake"))
+            .collect()
+    }
+
+    pub(super) fn keys(&self, key: &SessionKey) -> SessionKeys {
+        let b = self.bucket_of(key);
+        let (t, id) = (&key.tenant, &key.id);
+        SessionKeys {
+            state: format!("sk:{{{b}}}:s:{t}:{id}"),
+            log: format!("sk:{{{b}}}:log:{t}:{id}"),
+            deadlines: format!("sk:{{{b}}}:deadlines"),
+            inflight: format!("sk:{{{b}}}:inflight"),
+            audit: format!("sk:{{{b}}}:audit"),
+            channel: format!("sk:{{{b}}}:ev:{t}:{id}"),
+            wake: format!("sk:{{{b}}}:wake"),
+            member: format!("{t}/{id}"),
+            tenant: t.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::SessionId;
+
+    #[test]
+    fn a_session_s_bucket_is_the_crc32_of_tenant_slash_id() {
+        let key = SessionKey {
+            tenant: engine::Tenant::default_tenant(),
+            id: SessionId::parse("id", "game-42").unwrap(),
+        };
+        // crc32("default/game-42"), as SPEC §8 spells the bucket.
+        let crc = crc32fast::hash(b"default/game-42");
+        for buckets in [1, 16, 1024, 65_521] {
+            assert_eq!(bucket(&key, buckets), crc % buckets);
+        }
+        assert_ne!(
+            bucket(&key, 1024),
+            0,
+            "a bucket other than 0, so a wrong hash shows"
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! The Redis engine: sessions shared by any number of replicas (SPEC §8).
+//! This file holds the store itself and the `SessionStore` calls, each a
+//! few lines over the rooms below:
+//!
+//! - [`pool`]: the connection pool, broken-connection tracking, the I/O
+//!   timeout, and the one retry of a read that failed at once.
+//! - [`keys`]: the key layout and the bucket of a session.
+//! - [`writers`]: local writers of one session take turns.
+//! - [`commit`]: the versioned commit (`WATCH`+`GET`+`TIME`, the pure plan,
+//!   `MULTI … EXEC`) and its retries.
+//! - [`group_queue`] and [`group_commit`]: calls that arrive while their
+//!   bucket has a commit in flight here share the next one.
+//! - [`recent`]: what this replica last wrote, so a commit that reads it
+//!   back skips the decode.
+//! - [`claims`] (with `claim.lua`): the deadline index, the timers' claims
+//!   and the wake-ups.
+//! - [`synced_clock`]: the replica's view of Redis `TIME`.
+//!
+//! Keys are cluster-ready: every key of one session carries the hash tag of
+//! its bucket `b = crc32("<tenant>/<session>") % B`, so each MULTI touches one
+//! slot. A commit is `WATCH state` + `GET state` + `TIME` in one pipeline,
+//! the pure engine at Redis's `TIME`, then
+//! `MULTI SET(ttl) XADD(log) [XADD(audit)] ZADD|ZREM(deadline) PUBLISH
+//! [PUBLISH wake] EXEC`. A nil EXEC means another replica committed first:
+//! reload and retry (bounded, jittered), since the engine call is pure.
+//! The bytes written are [`crate::wire`]'s.
+
+mod claims;
+mod commit;
+mod group_commit;
+mod group_queue;
+mod keys;
+mod pool;
+mod recent;
+mod synced_clock;
+mod writers;
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bb8_redis::RedisConnectionManager;
+use redis::AsyncCommands;
+use tokio::sync::Notify;
+use tracing::warn;
+
+use self::commit::{Plan, SessionRead, batch_failure, read_session};
+use self::group_commit::Job;
+use self::group_queue::Groups;
+use self::keys::SessionKeys;
+use self::pool::{Manager, exchange, io};
+use self::recent::{Recent, Written};
+use self::writers::LocalWriters;
+use super::clock::Clock;
+use super::{BuildFn, Change, EVENT_LOG_LEN, Replay, SessionStore, StoreError};
+use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
+use crate::wire;
+
+pub use self::synced_clock::SyncedClock;
+
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub url: String,
+    pub buckets: u32,
+    pub session_ttl: Duration,
+    pub idle_ttl: Duration,
+    pub pool_size: u32,
+    /// How long a call waits for a pooled connection (fail fast when Redis is down).
+    pub pool_timeout: Duration,
+    /// Append every event to the bucket's audit stream (the audit writer drains it).
+    pub audit: bool,
+}
+
+pub struct RedisStore {
+    /// Itself, for the tasks that commit queued changes.
+    me: Weak<RedisStore>,
+    pool: bb8::Pool<Manager>,
+    writers: LocalWriters,
+    groups: Groups<Job>,
+    recent: Recent<SessionKeys>,
+    settings: RedisSettings,
+    clock: Arc<SyncedClock>,
+    wake: Arc<Notify>,
+    /// Earliest deadline known from the last claim round or a wake-up.
+    next_head: Arc<Mutex<Option<Micros>>>,
+    claim: redis::Script,
+}
+
+/// A stored state or event back from its bytes.
+fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, StoreError> {
+    wire::decode(raw).map_err(|e| io(format!("undecodable stored value: {e}")))
+}
+
+impl RedisStore {
+    pub async fn connect(settings: RedisSettings, local: Clock) -> Result<Arc<Self>, StoreError> {
+        let manager = RedisConnectionManager::new(settings.url.as_str()).map_err(io)?;
+        let pool = bb8::Pool::builder()
+            .max_size(settings.pool_size)
+            .connection_timeout(settings.pool_timeout)
+            // Broken connections are flagged on use; a PING per checkout would
+            // add a round trip to every call.
+            .test_on_check_out(false)
+            .build_unchecked(Manager::new(manager));
+        let store = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            pool,
+            writers: LocalWriters::default(),
+            groups: Groups::new(settings.buckets),
+            recent: Recent::default(),
+            settings,
+            clock: Arc::new(SyncedClock::new(local)),
+            wake: Arc::new(Notify::new()),
+            next_head: Arc::new(Mutex::new(None)),
+            claim: claims::script(),
+        });
+        // A first offset measurement; failure is fine (Redis may come later).
+        let _ = store.measure_offset().await;
+        Ok(store)
+    }
+
+    pub fn clock(&self) -> Arc<SyncedClock> {
+        self.clock.clone()
+    }
+
+    pub fn buckets(&self) -> u32 {
+        self.settings.buckets
+    }
+
+    pub fn bucket_of(&self, key: &SessionKey) -> u32 {
+        keys::bucket(key, self.settings.buckets)
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    fn now(&self) -> Micros {
+        self.clock.now()
+    }
+
+    async fn create(&self, key: &SessionKey, build: BuildFn<'_>) -> Result<Arc<Event>, StoreError> {
+        self.commit_one(key, |read: SessionRead<'_>, tx| {
+            let k = read.keys;
+            if read.stored.is_some() {
+                let existing = read_session(read.stored, read.last_write)?;
+                return Err(StoreError::AlreadyExists(Box::new(existing)));
+            }
+            let (session, event) = build(read.now)?;
+            // A log left by an earlier session of the same id must not hold back version 1.
+            tx.cmd("DEL").arg(&k.log).ignore();
+            let events = std::slice::from_ref(&event);
+            let bytes = self.write_commit(tx, k, &session, events, read.deadline_head, read.now);
+            Ok(Plan::Write(
+                Arc::new(event),
+                Some(Written { bytes, session }),
+            ))
+        })
+        .await
+    }
+
+    async fn get(&self, key: &SessionKey) -> Result<Session, StoreError> {
+        let state = self.keys(key).state;
+        let raw: Option<Vec<u8>> = self
+            .read(|c| {
+                let state = state.clone();
+                Box::pin(exchange(c, async move |c| c.get(&state).await))
+            })
+            .await?;
+        decode(&raw.ok_or(StoreError::NotFound)?)
+    }
+
+    /// Commits at once when nothing of the session's bucket is in flight
+    /// here, else joins the bucket's next group commit (`group_commit`).
+    async fn update(&self, key: &SessionKey, f: Change) -> Result<Applied, StoreError> {
+        let _turn = self.writers.turn(key).await;
+        self.commit_or_join(key, f).await
+    }
+
+    /// One commit per bucket for the sessions that share it.
+    async fn update_many(
+        &self,
+        keys: &[SessionKey],
+        f: Change,
+    ) -> Vec<Result<Applied, StoreError>> {
+        let (mut by_bucket, mut repeats): (Vec<(u32, Vec<usize>)>, Vec<usize>) =
+            (Vec::new(), Vec::new());
+        for (i, key) in keys.iter().enumerate() {
+            let b = self.bucket_of(key);
+            match by_bucket.iter_mut().find(|(bucket, _)| *bucket == b) {
+                // A key twice in one commit would wait for its own turn.
+                Some((_, at)) if at.iter().any(|&j| keys[j] == *key) => repeats.push(i),
+                Some((_, at)) => at.push(i),
+                None => by_bucket.push((b, vec![i])),
+            }
+        }
+        let mut out: Vec<Option<Result<Applied, StoreError>>> = keys.iter().map(|_| None).collect();
+        for (_, at) in by_bucket {
+            let batch: Vec<SessionKey> = at.iter().map(|&i| keys[i].clone()).collect();
+            match self.commit_in_turn(&batch, self.plan_update(|_| &f)).await {
+                Ok(results) => at.iter().zip(results).for_each(|(&i, r)| out[i] = Some(r)),
+                Err(e) => at
+                    .iter()
+                    .for_each(|&i| out[i] = Some(Err(batch_failure(&e)))),
+            }
+        }
+        for i in repeats {
+            out[i] = Some(self.update(&keys[i], f.clone()).await);
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(io("a session of the batch gave no result"))))
+            .collect()
+    }
+
+    fn batch_of(&self, key: &SessionKey) -> u32 {
+        self.bucket_of(key)
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError> {
+        self.commit_one(key, |read: SessionRead<'_>, tx| {
+            let k = read.keys;
+            let session = read_session(read.stored, read.last_write)?;
+            let event = engine::deleted_event(&session, read.now);
+            let bytes = wire::encode(&event);
+            tx.cmd("DEL").arg(&k.state).arg(&k.log).ignore();
+            tx.cmd("ZREM").arg(&k.deadlines).arg(&k.member).ignore();
+            tx.cmd("ZREM").arg(&k.inflight).arg(&k.member).ignore();
+            if self.settings.audit {
+                tx.cmd("XADD")
+                    .arg(&k.audit)
+                    .arg("*")
+                    .arg(wire::AUDIT_FIELD_TENANT)
+                    .arg(&k.tenant)
+                    .arg(wire::AUDIT_FIELD_EVENT)
+                    .arg(&bytes)
+                    .ignore();
+            }
+            tx.cmd("PUBLISH")
+                .arg(&k.channel)
+                .arg(wire::join_batch(&[bytes]))
+                .ignore();
+            Ok(Plan::Write(Arc::new(event), None))
+        })
+        .await
+    }
+
+    async fn events_after(&self, key: &SessionKey, after: u64) -> Result<Replay, StoreError> {
+        let k = self.keys(key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(&k.state)
+            .cmd("XRANGE")
+            .arg(&k.log)
+            .arg(format!("({after}-0"))
+            .arg("+");
+        type LogEntries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+        let (raw, entries): (Option<Vec<u8>>, LogEntries) = self
+            .read(|c| {
+                let pipe = pipe.clone();
+                Box::pin(exchange(c, async move |c| pipe.query_async(c).await))
+            })
+            .await?;
+        let session: Session = decode(&raw.ok_or(StoreError::NotFound)?)?;
+        if after >= session.version {
+            return Ok(Replay::Events(Vec::new()));
+        }
+        if session.version - after > EVENT_LOG_LEN as u64 {
+            return Ok(Replay::Truncated);
+        }
+        let mut events = Vec::with_capacity(entries.len());
+        for (_, fields) in entries {
+            if let Some((_, bytes)) = fields.iter().find(|(f, _)| f == wire::LOG_FIELD_EVENT) {
+                let e: Event = decode(bytes)?;
+                if e.version <= session.version {
+                    events.push(Arc::new(e));
+                }
+            }
+        }
+        match events.first() {
+            Some(first) if first.version == after + 1 => Ok(Replay::Events(events)),
+            _ => Ok(Replay::Truncated),
+        }
+    }
+
+    async fn claim_due(&self) -> Result<Vec<SessionKey>, StoreError> {
+        let (due, head) = self.claim_round().await?;
+        *self.next_head.lock().unwrap_or_else(|p| p.into_inner()) = head;
+        Ok(due)
+    }
+
+    async fn release(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.release_claim(key).await
+    }
+
+    async fn next_deadline(&self) -> Result<Option<Micros>, StoreError> {
+        Ok(self.known_head())
+    }
+
+    fn deadline_wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        // A connection closed while idle must not turn health NOT_SERVING.
+        let _: String = self
+            .read(|c| {
+                Box::pin(exchange(c, async |c| {
+                    redis::cmd("PING").query_async(c).await
+                }))
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn maintain(&self) {
+        if let Err(e) = self.measure_offset().await {
+            warn!(error = %e, "measuring the offset to Redis TIME failed");
+        }
+    }
+}

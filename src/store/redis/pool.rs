@@ -1,0 +1,137 @@
+//! Connections to Redis: the bb8 pool, the I/O timeout of every exchange,
+//! and the health of each pooled connection.
+//!
+//! Why a pool and not one multiplexed connection: WATCH belongs to the
+//! server-side connection, so a WATCH…EXEC must own its connection for the
+//! whole span (another task's commands on a shared connection would run
+//! inside it, and updates would be lost). Each bb8 connection is checked out
+//! by one task at a time and never cloned out of the guard. A connection
+//! that failed, or that a dropped call left mid-WATCH, is flagged `broken`
+//! and the pool closes it instead of lending it again.
+//!
+//! A read that fails at once (a pooled connection that Redis or a proxy
+//! closed while it sat idle) runs once more on a fresh connection: reads
+//! write nothing. Writes are never repeated after an I/O error, since EXEC
+//! may have committed.
+
+use std::time::{Duration, Instant};
+
+use bb8_redis::RedisConnectionManager;
+use futures_util::future::BoxFuture;
+use redis::aio::MultiplexedConnection;
+
+use super::RedisStore;
+use crate::store::StoreError;
+
+/// One Redis exchange may take this long before the call fails with
+/// UNAVAILABLE (redis-rs's own response timeout comes first: a frozen Redis
+/// fails a commit after about 500 ms here).
+const IO_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// A call that failed with UNAVAILABLE after this long waited out a
+/// timeout: it is not repeated, and the calls queued behind a commit that
+/// failed so fail with it rather than wait again.
+pub(super) const SLOW_FAILURE: Duration = Duration::from_millis(100);
+
+/// A pooled connection that remembers an I/O failure, so the pool drops it
+/// instead of handing a dead socket to the next caller.
+pub struct Conn {
+    inner: MultiplexedConnection,
+    /// Set on failure, and by a commit for as long as it holds a WATCH.
+    pub(super) broken: bool,
+}
+
+/// bb8-redis's manager, plus broken-connection tracking.
+pub struct Manager(RedisConnectionManager);
+
+impl Manager {
+    pub(super) fn new(inner: RedisConnectionManager) -> Self {
+        Self(inner)
+    }
+}
+
+impl bb8::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = redis::RedisError;
+
+    async fn connect(&self) -> Result<Conn, redis::RedisError> {
+        Ok(Conn {
+            inner: self.0.connect().await?,
+            broken: false,
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), redis::RedisError> {
+        self.0.is_valid(&mut conn.inner).await
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.broken
+    }
+}
+
+/// A connection checked out of the pool.
+pub(super) type Pooled<'a> = bb8::PooledConnection<'a, Manager>;
+
+/// A failure to reach Redis; the detail is for logs only.
+pub(super) fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Runs `f` on a connection within the I/O timeout; marks it broken on failure.
+pub(super) async fn exchange<T>(
+    conn: &mut Conn,
+    f: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(IO_TIMEOUT, f(&mut conn.inner)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_unrecoverable_error()
+                || e.is_timeout()
+            {
+                conn.broken = true;
+            }
+            Err(io(e))
+        }
+        Err(_) => {
+            conn.broken = true;
+            Err(io("redis did not answer in time"))
+        }
+    }
+}
+
+/// Whether a read (it writes nothing) failed with UNAVAILABLE at once, as on
+/// a connection that Redis or a proxy closed while it sat idle in the pool:
+/// then it runs once more on a fresh connection. A slow failure (a timeout)
+/// is not repeated: Redis is unreachable, and the call fails fast.
+pub(super) fn failed_at_once<T>(read: &Result<T, StoreError>, started: Instant) -> bool {
+    matches!(read, Err(StoreError::Unavailable(_))) && started.elapsed() < SLOW_FAILURE
+}
+
+impl RedisStore {
+    pub(super) async fn conn(&self) -> Result<Pooled<'_>, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| io(format!("no redis connection: {e}")))
+    }
+
+    /// Runs `read` (it writes nothing) on a pooled connection, and once more
+    /// on a fresh one when it fails at once (see `failed_at_once`).
+    pub(super) async fn read<T>(
+        &self,
+        read: impl for<'c> Fn(&'c mut Conn) -> BoxFuture<'c, Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        let started = Instant::now();
+        let out = read(&mut conn).await;
+        if !failed_at_once(&out, started) {
+            return out;
+        }
+        // Back to the pool first (which drops it): the pool may have room for one only.
+        drop(conn);
+        let mut conn = self.conn().await?;
+        read(&mut conn).await
+    }
+}
