@@ -1,8 +1,13 @@
 //! `Application`: the only place that wires every room together. `build`
-//! binds the listener (port 0 works, for tests) and reports the port;
-//! `run_until_stopped` serves until the given future resolves, then ends the
-//! Subscribe streams with UNAVAILABLE, drains in-flight calls and stops the
-//! background tasks, all within the configured grace period.
+//! makes one decision per function (the store of the configured engine, its
+//! fan-out, the audit trail), binds the listener (port 0 works, for tests)
+//! and reports the port. `run_until_stopped` serves until the given future
+//! resolves; then the Subscribe streams end with UNAVAILABLE, the server
+//! stops taking connections and waits for the calls in flight, for at most
+//! the configured grace period (calls still open then are cut). The audit
+//! writer, told at the same moment, writes what it holds within its own
+//! drain window, and is waited for at most `AUDIT_DRAIN` once the server has
+//! stopped; then the timers and health tasks stop.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
@@ -23,14 +29,16 @@ use crate::audit::{
 use crate::config::{Config, EngineKind};
 use crate::fanout::{self, Hub, redis::PubSubSetup};
 use crate::grpc::{self, HealthControl};
-use crate::store::SessionStore;
 use crate::store::clock::Clock;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::{AuditRecord, SessionStore};
 use crate::timers;
 
 /// How often health re-checks the store (and the store does its upkeep).
 const HEALTH_PROBE: Duration = Duration::from_secs(1);
+/// How long the audit writer is waited for once the server has stopped.
+const AUDIT_DRAIN: Duration = Duration::from_secs(5);
 /// How long a call waits for a Redis connection before failing with UNAVAILABLE.
 const REDIS_POOL_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -55,89 +63,9 @@ impl Application {
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let hub = Hub::new(config.stream_buffer);
         let shutdown = CancellationToken::new();
-        let mut memory_audit = None;
-        let store: Arc<dyn SessionStore> = match (config.engine, &config.redis_url) {
-            (EngineKind::Redis, Some(url)) => {
-                let settings = RedisSettings {
-                    url: url.expose().to_owned(),
-                    buckets: config.redis_buckets,
-                    session_ttl: config.session_ttl,
-                    idle_ttl: config.idle_ttl,
-                    pool_size: config.redis_pool_size,
-                    pool_timeout: REDIS_POOL_TIMEOUT,
-                    audit: config.database_url.is_some(),
-                };
-                let store = RedisStore::connect(settings, clock)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
-                let client = redis::Client::open(url.expose())
-                    .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
-                let channel_store = store.clone();
-                let pubsub = fanout::redis::spawn(
-                    PubSubSetup {
-                        client,
-                        hub: hub.clone(),
-                        channel_of: Arc::new(move |key| channel_store.channel_of(key)),
-                        wake_channels: store.wake_channels(),
-                        on_wake: Arc::new(store.wake_handler()),
-                    },
-                    shutdown.clone(),
-                );
-                hub.set_remote(pubsub);
-                store
-            }
-            (EngineKind::Redis, None) => {
-                anyhow::bail!("REDIS_URL: is required when SYNCKAIROS_ENGINE=redis")
-            }
-            (EngineKind::Memory, _) => {
-                let store = MemoryStore::new(hub.clone(), clock);
-                match config.database_url {
-                    Some(_) => {
-                        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                        memory_audit = Some(rx);
-                        Arc::new(store.with_audit(tx))
-                    }
-                    None => Arc::new(store),
-                }
-            }
-        };
-        // The audit trail: a writer per replica, fed by the bucket streams or the channel.
+        let (store, audit_feed) = build_store(&config, clock, &hub, &shutdown).await?;
         let audit_lag = Arc::new(AuditLag::default());
-        let (audit, audit_writer) = match &config.database_url {
-            Some(url) => {
-                let pool = audit::db::pool(url.expose(), 8);
-                let source: SourceFuture = match (memory_audit, &config.redis_url) {
-                    (Some(rx), _) => Box::pin(async move {
-                        Some(Box::new(MemorySource::new(rx)) as Box<dyn AuditSource>)
-                    }),
-                    (None, Some(redis_url)) => {
-                        let (url, streams, token) = (
-                            redis_url.expose().to_owned(),
-                            RedisStore::audit_streams(config.redis_buckets),
-                            shutdown.clone(),
-                        );
-                        Box::pin(async move { connect_redis_source(url, streams, token).await })
-                    }
-                    (None, None) => {
-                        anyhow::bail!("DATABASE_URL: the audit needs an engine that records events")
-                    }
-                };
-                let (writer_pool, lag, token, clock) = (
-                    pool.clone(),
-                    audit_lag.clone(),
-                    shutdown.clone(),
-                    store.clone(),
-                );
-                let writer = tokio::spawn(async move {
-                    if let Some(source) = source.await {
-                        audit::writer::run(writer_pool, source, lag, move || clock.now(), token)
-                            .await;
-                    }
-                });
-                (Some(Audit::new(pool)), Some(writer))
-            }
-            None => (None, None),
-        };
+        let (audit, audit_writer) = build_audit(&config, audit_feed, &store, &audit_lag, &shutdown);
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             anyhow::anyhow!("SYNCKAIROS_LISTEN: cannot bind {}: {e}", config.listen)
         })?;
@@ -207,7 +135,7 @@ impl Application {
         self.shutdown.cancel();
         if let Some(writer) = self.audit_writer {
             // The writer drains what it holds (bounded by its own drain window).
-            let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+            let _ = tokio::time::timeout(AUDIT_DRAIN, writer).await;
         }
         tasks.shutdown().await;
         info!("stopped");
@@ -215,7 +143,133 @@ impl Application {
     }
 }
 
-type SourceFuture = std::pin::Pin<Box<dyn Future<Output = Option<Box<dyn AuditSource>>> + Send>>;
+/// Where the audit writer reads what the store committed (only when the
+/// audit is on).
+enum AuditFeed {
+    /// The memory engine's channel.
+    Channel(mpsc::UnboundedReceiver<AuditRecord>),
+    /// The Redis engine's bucket audit streams.
+    RedisStreams { url: String, streams: Vec<String> },
+}
+
+/// The store of the configured engine, and its audit feed when
+/// `DATABASE_URL` turns the audit on.
+async fn build_store(
+    config: &Config,
+    clock: Clock,
+    hub: &Arc<Hub>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn SessionStore>, Option<AuditFeed>)> {
+    match config.engine {
+        EngineKind::Memory => Ok(memory_store(config, clock, hub)),
+        EngineKind::Redis => redis_store(config, clock, hub, shutdown).await,
+    }
+}
+
+/// The memory engine publishes into the hub itself; its audit records go
+/// down a channel.
+fn memory_store(
+    config: &Config,
+    clock: Clock,
+    hub: &Arc<Hub>,
+) -> (Arc<dyn SessionStore>, Option<AuditFeed>) {
+    let store = MemoryStore::new(hub.clone(), clock);
+    if config.database_url.is_none() {
+        return (Arc::new(store), None);
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Arc::new(store.with_audit(tx)), Some(AuditFeed::Channel(rx)))
+}
+
+/// The Redis engine, with its fan-out; its audit records go to the bucket
+/// streams.
+async fn redis_store(
+    config: &Config,
+    clock: Clock,
+    hub: &Arc<Hub>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn SessionStore>, Option<AuditFeed>)> {
+    let Some(url) = &config.redis_url else {
+        anyhow::bail!("REDIS_URL: is required when SYNCKAIROS_ENGINE=redis");
+    };
+    let settings = RedisSettings {
+        url: url.expose().to_owned(),
+        buckets: config.redis_buckets,
+        session_ttl: config.session_ttl,
+        idle_ttl: config.idle_ttl,
+        pool_size: config.redis_pool_size,
+        pool_timeout: REDIS_POOL_TIMEOUT,
+        audit: config.database_url.is_some(),
+    };
+    let store = RedisStore::connect(settings, clock)
+        .await
+        .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+    redis_fanout(url.expose(), &store, hub, shutdown)?;
+    let feed = config
+        .database_url
+        .as_ref()
+        .map(|_| AuditFeed::RedisStreams {
+            url: url.expose().to_owned(),
+            streams: RedisStore::audit_streams(config.redis_buckets),
+        });
+    Ok((store, feed))
+}
+
+/// The fan-out across replicas: a Pub/Sub task hands the events other
+/// replicas publish to the hub's streams, and deadline wake-ups to the timers.
+fn redis_fanout(
+    url: &str,
+    store: &Arc<RedisStore>,
+    hub: &Arc<Hub>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+    let channel_store = store.clone();
+    let pubsub = fanout::redis::spawn(
+        PubSubSetup {
+            client,
+            hub: hub.clone(),
+            channel_of: Arc::new(move |key| channel_store.channel_of(key)),
+            wake_channels: store.wake_channels(),
+            on_wake: Arc::new(store.wake_handler()),
+        },
+        shutdown.clone(),
+    );
+    hub.set_remote(pubsub);
+    Ok(())
+}
+
+/// The audit trail, when it is on: the history queries, and a writer per
+/// replica that drains the feed into PostgreSQL.
+fn build_audit(
+    config: &Config,
+    feed: Option<AuditFeed>,
+    store: &Arc<dyn SessionStore>,
+    lag: &Arc<AuditLag>,
+    shutdown: &CancellationToken,
+) -> (Option<Audit>, Option<tokio::task::JoinHandle<()>>) {
+    let (Some(url), Some(feed)) = (&config.database_url, feed) else {
+        return (None, None);
+    };
+    let pool = audit::db::pool(url.expose(), 8);
+    let token = shutdown.clone();
+    let source = async move {
+        match feed {
+            AuditFeed::Channel(rx) => Some(Box::new(MemorySource::new(rx)) as Box<dyn AuditSource>),
+            AuditFeed::RedisStreams { url, streams } => {
+                connect_redis_source(url, streams, token).await
+            }
+        }
+    };
+    let (writer_pool, lag, token, clock) =
+        (pool.clone(), lag.clone(), shutdown.clone(), store.clone());
+    let writer = tokio::spawn(async move {
+        if let Some(source) = source.await {
+            audit::writer::run(writer_pool, source, lag, move || clock.now(), token).await;
+        }
+    });
+    (Some(Audit::new(pool)), Some(writer))
+}
 
 /// Connects the writer's Redis source, retrying while Redis is unreachable.
 async fn connect_redis_source(

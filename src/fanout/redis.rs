@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,16 @@ use crate::wire;
 
 /// How long one Pub/Sub command may take before the connection is presumed dead.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The pauses between reconnection attempts: 50 ms doubling up to 1 s.
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(1))
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
 
 enum Cmd {
     Join(SessionKey, oneshot::Sender<Result<(), String>>),
@@ -89,7 +99,7 @@ async fn run(
 ) {
     // channel -> session, for every channel a local stream follows.
     let mut joined: HashMap<String, SessionKey> = HashMap::new();
-    let mut backoff = Duration::from_millis(50);
+    let mut pauses = reconnect_backoff();
     let mut connected_before = false;
     loop {
         let connect = async {
@@ -117,14 +127,13 @@ async fn run(
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(pauses.next().unwrap_or(Duration::from_secs(1))) => {}
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             },
         };
-        backoff = Duration::from_millis(50);
+        pauses = reconnect_backoff();
         if connected_before {
             info!(
                 channels = joined.len(),

@@ -21,7 +21,8 @@ use crate::fanout::Hub;
 /// Shards spread lock contention across sessions; 64 is plenty for 2–64 cores.
 const SHARDS: usize = 64;
 
-struct Entry {
+/// A session as this engine holds it: its state and its retained log.
+struct Stored {
     session: Session,
     log: VecDeque<Arc<Event>>,
 }
@@ -48,7 +49,7 @@ impl Deadlines {
 
 pub struct MemoryStore {
     clock: Clock,
-    shards: Vec<Mutex<HashMap<SessionKey, Entry>>>,
+    shards: Vec<Mutex<HashMap<SessionKey, Stored>>>,
     hasher: RandomState,
     deadlines: Mutex<Deadlines>,
     wake: Arc<Notify>,
@@ -95,14 +96,14 @@ impl MemoryStore {
         }
     }
 
-    fn shard(&self, key: &SessionKey) -> MutexGuard<'_, HashMap<SessionKey, Entry>> {
+    fn shard(&self, key: &SessionKey) -> MutexGuard<'_, HashMap<SessionKey, Stored>> {
         let i = (self.hasher.hash_one(key) as usize) % SHARDS;
         lock(&self.shards[i])
     }
 
     /// Appends to the log, indexes the deadline and publishes — all while the
     /// caller holds the shard lock.
-    fn commit(&self, key: &SessionKey, entry: &mut Entry, events: Vec<Event>) -> Vec<Arc<Event>> {
+    fn commit(&self, key: &SessionKey, entry: &mut Stored, events: Vec<Event>) -> Vec<Arc<Event>> {
         let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
         for e in &events {
             if entry.log.len() == EVENT_LOG_LEN {
@@ -133,7 +134,7 @@ impl SessionStore for MemoryStore {
             )));
         }
         let (session, event) = build(self.now())?;
-        let mut entry = Entry {
+        let mut entry = Stored {
             session,
             log: VecDeque::new(),
         };
