@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -22,6 +23,17 @@ pub const BATCH_MAX: usize = 4_000;
 /// How long the writer waits for a batch to fill.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Pauses between tries of a batch insert: 100 ms doubling to `MAX_BACKOFF`,
+/// no jitter, for as long as it takes.
+const INSERT_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(MAX_BACKOFF)
+    .with_factor(2.0)
+    .without_max_times();
+/// Pauses between tries of the migrations: 200 ms doubling to `MAX_BACKOFF`,
+/// no jitter, for as long as it takes.
+const MIGRATE_BACKOFF: ExponentialBuilder =
+    INSERT_BACKOFF.with_min_delay(Duration::from_millis(200));
 /// How long shutdown keeps draining.
 const DRAIN_FOR: Duration = Duration::from_secs(3);
 
@@ -77,7 +89,7 @@ pub async fn run(
             continue;
         }
         let (acks, records): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = INSERT_BACKOFF.build();
         let mut failures = 0u32;
         loop {
             let t = Instant::now();
@@ -105,8 +117,7 @@ pub async fn run(
                         );
                         return;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep(backoff.next().unwrap_or(MAX_BACKOFF)).await;
                 }
             }
         }
@@ -149,7 +160,7 @@ pub async fn run(
 
 /// Runs the migrations, retrying while the database cannot be reached.
 async fn migrate_until_ready(pool: &PgPool, shutdown: &CancellationToken) -> bool {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = MIGRATE_BACKOFF.build();
     let mut attempt = 0u32;
     loop {
         match db::migrate(pool).await {
@@ -166,8 +177,26 @@ async fn migrate_until_ready(pool: &PgPool, shutdown: &CancellationToken) -> boo
         }
         tokio::select! {
             _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next().unwrap_or(MAX_BACKOFF)) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoffs_double_from_100ms_or_200ms_to_5s() {
+        let ms =
+            |b: ExponentialBuilder| b.build().take(8).map(|d| d.as_millis()).collect::<Vec<_>>();
+        assert_eq!(
+            ms(INSERT_BACKOFF),
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000]
+        );
+        assert_eq!(
+            ms(MIGRATE_BACKOFF),
+            [200, 400, 800, 1600, 3200, 5000, 5000, 5000]
+        );
     }
 }
