@@ -74,21 +74,18 @@ fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Parses `90`, `90s`, `500ms`, `15m`, `1h`, `7d`.
+/// Parses a duration: a bare whole number is seconds (`90`); anything else
+/// goes to `humantime::parse_duration`, i.e. numbers each with a unit, added
+/// up (`90s`, `500ms`, `15m`, `1h 30m`, `7d`, `1w`, `1.5h`). Its units: `ns`,
+/// `us`, `ms`, `s`, `m` (minutes), `h`, `d`, `w`, `M` (months of 30.44 days),
+/// `y` (years of 365.25 days) and long forms like `min`, `hours`, `days`.
+/// Surrounding whitespace is ignored. `None` for anything else or too large.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (num, unit) = raw.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs);
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "" | "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86_400),
-        _ => None,
+    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        return raw.parse().ok().map(Duration::from_secs);
     }
+    humantime::parse_duration(raw).ok()
 }
 
 impl Default for Config {
@@ -292,7 +289,8 @@ mod tests {
         assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
-        assert_eq!(parse_duration("1w"), None);
+        // Weeks are one of humantime's units.
+        assert_eq!(parse_duration("1w"), Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("h"), None);
     }
 }

@@ -1,5 +1,8 @@
 //! PostgreSQL through diesel-async: the pool, the embedded migrations, the
 //! batch insert and the history query. Nothing here knows Redis or tonic.
+//! A batch is stored in several statements, on up to `PARALLEL` connections
+//! at once, and not in one transaction: each statement is idempotent, so a
+//! batch that failed partway is simply stored again.
 
 use std::time::Duration;
 

@@ -186,6 +186,11 @@ pub async fn fire(store: &dyn SessionStore, key: &SessionKey) {
 /// for `elapsed`: 5 ms doubling to 200 ms, or `None` once `RETRY_WINDOW` is
 /// spent. No jitter: the commit itself is jittered on conflicts, and pool
 /// timeouts already spread the retries.
+///
+/// Not backon's `ExponentialBuilder`: it multiplies in `f32` seconds (5 ms
+/// doubled thrice is 39.999999 ms, not 40), and its `with_total_delay` adds
+/// up only its own pauses, while the window here is wall-clock time since the
+/// first try, the time the tries took (a pool timeout, say) included.
 fn retry_after(attempt: u32, elapsed: Duration) -> Option<Duration> {
     let pause = Duration::from_millis(5u64.saturating_mul(1 << attempt.min(6)))
         .min(Duration::from_millis(200));
