@@ -1,5 +1,6 @@
-//! Checks that the rooms keep their walls (STYLE.md): the engine stays pure.
-//! It reads the source tree, so it fails the moment a forbidden import lands.
+//! Checks that the rooms keep their walls (`../shared/STYLE.md`, "The rooms"):
+//! the engine stays pure. It reads the source tree, so it fails the moment a
+//! forbidden import lands.
 
 #[cfg(test)]
 mod tests {
