@@ -15,10 +15,6 @@ mod ids;
 mod model;
 
 #[cfg(test)]
-mod prop_rules;
-#[cfg(test)]
-mod rules_tests;
-#[cfg(test)]
 mod tests;
 
 pub use apply::{

@@ -3,12 +3,15 @@
 //! After every apply: versions are contiguous, every clock's ledger balances,
 //! nothing is negative, no deadline is left overdue, a timeout at the
 //! deadline is exactly one transition, terminal sessions accept nothing.
+//!
+//! Self-contained: its own `T0`, builders and checks (`check_step` here is not
+//! the per-participant model of `mod.rs`).
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use super::*;
+use crate::engine::*;
 
 const T0: Micros = 1_800_000_000_000_000;
 
