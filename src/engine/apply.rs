@@ -77,14 +77,14 @@ const MAX_SETTLE_STEPS: usize = 1_000;
 
 /// Whose clock runs while a participant is active.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Owner {
+pub(super) enum Owner {
     Participant(usize),
     Group(usize),
     Global,
     Cycle,
 }
 
-fn owner_of(s: &Session, pos: usize) -> Owner {
+pub(super) fn owner_of(s: &Session, pos: usize) -> Owner {
     match s.mode {
         Mode::PerParticipant | Mode::CountUp => Owner::Participant(pos),
         Mode::PerGroup => {
@@ -100,7 +100,7 @@ fn owner_of(s: &Session, pos: usize) -> Owner {
     }
 }
 
-fn budget(s: &Session, owner: Owner) -> Option<&Budget> {
+pub(super) fn budget(s: &Session, owner: Owner) -> Option<&Budget> {
     match owner {
         Owner::Participant(i) => s.participants.get(i).map(|p| &p.clock),
         Owner::Group(i) => s.groups.get(i).map(|g| &g.clock),
@@ -131,83 +131,6 @@ pub fn deadline(s: &Session) -> Option<Micros> {
     let (pos, started) = running(s)?;
     let left = budget(s, owner_of(s, pos))?.time_to_flag(&s.time_control)?;
     Some(started.saturating_add(left))
-}
-
-/// The session with its running stretch charged up to `now` (never past the
-/// deadline): what every computed value of a reply is read from. A view, not
-/// a new version.
-pub fn view(s: &Session, now: Micros) -> Session {
-    let mut tx = Tx {
-        s: s.clone(),
-        now,
-        events: Vec::new(),
-    };
-    let until = deadline(s).map_or(now, |d| d.min(now));
-    tx.checkpoint(until);
-    tx.s
-}
-
-/// What a participant's clock shows, read from a [`view`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClockView {
-    pub remaining: Micros,
-    pub used: Micros,
-    pub in_overtime: bool,
-    pub periods_left: u32,
-    pub stones_left: u32,
-}
-
-/// A participant's clock in a [`view`]: its own, its group's, the cycle's or
-/// the global one, with its own used time.
-pub fn participant_view(v: &Session, pos: usize) -> ClockView {
-    let p = &v.participants[pos];
-    let tc = &v.time_control;
-    let clock = match owner_of(v, pos) {
-        // Only the active participant has a cycle; the others would get a fresh one.
-        Owner::Cycle if v.active != Some(pos) => None,
-        owner => budget(v, owner),
-    };
-    let remaining = match (v.mode, clock) {
-        (Mode::PerCycle, None) => v.cycle_time,
-        (_, Some(b)) => b.shown_remaining(tc),
-        (_, None) => 0,
-    };
-    let owned = clock.unwrap_or(&p.clock);
-    ClockView {
-        remaining,
-        used: p.clock.used,
-        in_overtime: owned.in_overtime(tc),
-        periods_left: if tc.byoyomi_periods > 0 {
-            owned.periods_left
-        } else {
-            0
-        },
-        stones_left: if tc.canadian_stones > 0 {
-            owned.stones_left
-        } else {
-            0
-        },
-    }
-}
-
-/// A participant's `(remaining, used)` at `now`.
-pub fn participant_clock(s: &Session, pos: usize, now: Micros) -> (Micros, Micros) {
-    let c = participant_view(&view(s, now), pos);
-    (c.remaining, c.used)
-}
-
-/// The DELETED event that ends a session's stream: one version past the last.
-pub fn deleted_event(s: &Session, now: Micros) -> Event {
-    let mut session = s.clone();
-    session.version += 1;
-    session.updated_at = now.max(s.updated_at);
-    Event {
-        version: session.version,
-        kind: EventKind::Deleted,
-        participant: None,
-        at: session.updated_at,
-        session,
-    }
 }
 
 pub fn apply(s: &Session, req: &Request, now: Micros) -> Result<Applied, RuleError> {
@@ -268,10 +191,10 @@ pub fn apply(s: &Session, req: &Request, now: Micros) -> Result<Applied, RuleErr
 }
 
 /// One application in progress: the session being changed and its new events.
-struct Tx {
-    s: Session,
-    now: Micros,
-    events: Vec<Event>,
+pub(super) struct Tx {
+    pub(super) s: Session,
+    pub(super) now: Micros,
+    pub(super) events: Vec<Event>,
 }
 
 impl Tx {
@@ -323,7 +246,7 @@ impl Tx {
     /// Charges the running stretch up to `at` to the running clock, the
     /// active participant's own time, and (hourglass) the other clocks; the
     /// next stretch starts at `at`.
-    fn checkpoint(&mut self, at: Micros) {
+    pub(super) fn checkpoint(&mut self, at: Micros) {
         let Some((pos, started)) = running(&self.s) else {
             return;
         };

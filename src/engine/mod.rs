@@ -13,14 +13,12 @@ mod budget;
 mod create;
 mod ids;
 mod model;
+mod view;
 
 #[cfg(test)]
 mod tests;
 
-pub use apply::{
-    AdjustTarget, Applied, ClockView, Command, Request, apply, deadline, deleted_event,
-    participant_clock, participant_view, view,
-};
+pub use apply::{AdjustTarget, Applied, Command, Request, apply, deadline};
 pub use budget::Budget;
 pub use create::{
     MAX_DURATION_MS, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, MAX_PARTICIPANTS, NewGroup,
@@ -31,6 +29,7 @@ pub use model::{
     DelayKind, Event, EventKind, Group, MICROS_PER_MS, Micros, Mode, Participant,
     REMEMBERED_REQUESTS, Session, Stage, Status, TimeControl, TimeoutAction,
 };
+pub use view::{ClockView, deleted_event, participant_clock, participant_view, view};
 
 /// Why a request was refused. Each message names the field or the state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
