@@ -60,8 +60,7 @@ pub async fn run(
                     latencies
                         .lock()
                         .await
-                        .micros
-                        .push(at.elapsed().as_micros() as u64);
+                        .record(at.elapsed().as_micros() as u64);
                 }
             }
         }));

@@ -86,7 +86,7 @@ pub async fn run(common: Common, sessions: usize, spread_ms: u64) -> anyhow::Res
             continue;
         };
         let us = |t: prost_types::Timestamp| t.seconds * 1_000_000 + t.nanos as i64 / 1_000;
-        lateness.micros.push((us(fired) - us(ended)).max(0) as u64);
+        lateness.record((us(fired) - us(ended)).max(0) as u64);
     }
     println!("{sessions} sessions: {misses} misses, {duplicates} duplicates");
     lateness.report("flag lateness (commit time - deadline)", 1.0);
