@@ -1,0 +1,150 @@
+//! `synckairos-load`: the load generator (ghz cannot be installed here).
+//! Drives a running SyncKairos over gRPC and prints throughput and latency
+//! percentiles; `breakdown` also times Redis and the store directly, in one run.
+//! This file owns the command line (every mode and flag, with its default) and
+//! hands each mode to its module; what the modes share is in `shared`.
+//!
+//! ```text
+//! synckairos-load switch    --target 127.0.0.1:50051 --sessions 1000 --concurrency 64 --seconds 10
+//! synckairos-load time      --target 127.0.0.1:50051 --concurrency 64 --seconds 10
+//! synckairos-load fanout    --target A --subscribe-target B --sessions 100 --streams 1000 --seconds 10
+//! synckairos-load flags     --target A,B,C --sessions 10000 --spread-ms 1000
+//! synckairos-load breakdown --target 127.0.0.1:50051 --redis redis://127.0.0.1:6379 --seconds 5
+//! synckairos-load audit-ingest --redis redis://127.0.0.1:6379 --database postgres://... --rate 20000 --seconds 10
+//! ```
+
+mod audit_ingest;
+mod breakdown;
+mod fanout;
+mod flags;
+mod shared;
+mod switch;
+mod time;
+
+/// The server's allocator, so that `breakdown` times the store as it runs in service.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Load generator for SyncKairos")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Server address(es), comma-separated; calls are spread over them.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    target: String,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to measure (after a 1 s warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// gRPC connections per target (calls are spread over them).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// SwitchCycle across N running sessions.
+    Switch {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+    },
+    /// GetServerTime: the transport floor.
+    Time {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Switch on one replica, time the event's arrival on streams held by another.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        /// Where the Subscribe streams are opened.
+        #[arg(long)]
+        subscribe_target: String,
+        #[arg(long, default_value_t = 100)]
+        sessions: usize,
+        /// Streams in all, spread evenly over the sessions.
+        #[arg(long, default_value_t = 1000)]
+        streams: usize,
+        /// Switches per second (all sessions together).
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+    },
+    /// Many sessions whose deadlines fall within one window: how late do the flags fire?
+    Flags {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Deadlines are spread over this window, starting 3 s after creation ends.
+        #[arg(long, default_value_t = 1000)]
+        spread_ms: u64,
+    },
+    /// Sustained audit ingest: events appended to the audit streams at a rate, drained by a running replica.
+    AuditIngest {
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// The database the replica writes its audit to.
+        #[arg(long)]
+        database: String,
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 16)]
+        buckets: u32,
+    },
+    /// Where the time of one switch goes, one call in flight: Redis PING, the
+    /// store's commit called directly, GetServerTime and SwitchCycle over gRPC.
+    Breakdown {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// Run only these rows, comma-separated (a, a2, a', b, c, d, e, b', c', d'); all by default.
+        #[arg(long, default_value = "")]
+        only: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().mode {
+        Mode::Switch { common, sessions } => switch::run(common, sessions).await,
+        Mode::Time { common } => time::run(common).await,
+        Mode::Fanout {
+            common,
+            subscribe_target,
+            sessions,
+            streams,
+            rate,
+        } => fanout::run(common, subscribe_target, sessions, streams, rate).await,
+        Mode::Flags {
+            common,
+            sessions,
+            spread_ms,
+        } => flags::run(common, sessions, spread_ms).await,
+        Mode::Breakdown {
+            common,
+            redis,
+            only,
+        } => breakdown::run(common, redis, only).await,
+        Mode::AuditIngest {
+            redis,
+            database,
+            rate,
+            seconds,
+            buckets,
+        } => audit_ingest::run(redis, database, rate, seconds, buckets).await,
+    }
+}
