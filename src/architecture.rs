@@ -1,12 +1,17 @@
 //! Checks that the rooms keep their walls (`../shared/STYLE.md`, "The rooms"):
-//! the engine stays pure. It reads the source tree, so it fails the moment a
-//! forbidden import lands.
+//! the engine stays pure, only grpc knows tonic and prost, and the wire
+//! format knows nothing but the engine and serde. It reads the source tree,
+//! so it fails the moment a forbidden import lands.
 
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        if dir.is_file() {
+            out.push(dir.to_path_buf());
+            return;
+        }
         for entry in std::fs::read_dir(dir).expect("source dir is readable") {
             let path = entry.expect("dir entry").path();
             if path.is_dir() {
@@ -75,6 +80,19 @@ mod tests {
                 bad.join("\n")
             );
         }
+    }
+
+    #[test]
+    fn the_wire_format_knows_only_the_engine_and_serde() {
+        let io = [
+            "tokio", "tonic", "prost", "redis", "diesel", "bb8", "tracing", "fanout", "audit",
+        ];
+        let bad = offending_lines("wire.rs", &io);
+        assert!(
+            bad.is_empty(),
+            "src/wire.rs must stay I/O-free, found:\n{}",
+            bad.join("\n")
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! SyncKairos: authoritative, synchronized clocks for shared sessions, over gRPC.
 //!
 //! # Rooms
-//! Arrows point one way: engine <- store/fanout/timers/audit <- app <- grpc <- startup <- main.
+//! Arrows point one way: engine <- wire <- store/fanout/timers/audit <- app <- grpc <- startup
+//! <- main.
 //!
 //! - [`engine`]: the pure clock rules; `apply(session, command, now)`. No I/O.
 //! - [`store`]: `SessionStore` and its engines, `memory` and `redis`: versioned
@@ -11,11 +12,11 @@
 //! - [`timers`]: sleeps until deadlines, claims them and fires them through the store.
 //! - [`audit`]: the PostgreSQL trail: migrations, batch writer, history queries.
 //! - [`app`]: one async fn per RPC; `AppError`; the Subscribe producer.
-//! - [`grpc`]: tonic service, wire <-> domain conversion, the error table,
+//! - [`grpc`]: tonic service, proto <-> domain conversion, the error table,
 //!   health and reflection.
 //! - [`wire`]: the bytes of stored states and events, the log, the audit
-//!   stream and Pub/Sub batches; written by the store, read by the fan-out and
-//!   the audit.
+//!   stream and Pub/Sub batches; written (and read back) by the store, read by
+//!   the fan-out and the audit.
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 
 pub mod app;

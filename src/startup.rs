@@ -7,7 +7,8 @@
 //! the configured grace period (calls still open then are cut). The audit
 //! writer, told at the same moment, writes what it holds within its own
 //! drain window, and is waited for at most `AUDIT_DRAIN` once the server has
-//! stopped; then the timers and health tasks stop.
+//! stopped. The timers and the health task (NOT_SERVING) stop at that same
+//! moment too.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,7 +66,8 @@ impl Application {
         let shutdown = CancellationToken::new();
         let (store, audit_feed) = build_store(&config, clock, &hub, &shutdown).await?;
         let audit_lag = Arc::new(AuditLag::default());
-        let (audit, audit_writer) = build_audit(&config, audit_feed, &store, &audit_lag, &shutdown);
+        let (audit, audit_writer) =
+            build_audit(&config, audit_feed, &store, &audit_lag, &shutdown)?;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             anyhow::anyhow!("SYNCKAIROS_LISTEN: cannot bind {}: {e}", config.listen)
         })?;
@@ -215,8 +217,9 @@ async fn redis_store(
     Ok((store, feed))
 }
 
-/// The fan-out across replicas: a Pub/Sub task hands the events other
-/// replicas publish to the hub's streams, and deadline wake-ups to the timers.
+/// The fan-out across replicas: a Pub/Sub task hands every batch published
+/// on a channel the hub joined (this replica's own commits included) to its
+/// streams, and deadline wake-ups to the timers.
 fn redis_fanout(
     url: &str,
     store: &Arc<RedisStore>,
@@ -247,9 +250,13 @@ fn build_audit(
     store: &Arc<dyn SessionStore>,
     lag: &Arc<AuditLag>,
     shutdown: &CancellationToken,
-) -> (Option<Audit>, Option<tokio::task::JoinHandle<()>>) {
-    let (Some(url), Some(feed)) = (&config.database_url, feed) else {
-        return (None, None);
+) -> anyhow::Result<(Option<Audit>, Option<tokio::task::JoinHandle<()>>)> {
+    let (url, feed) = match (&config.database_url, feed) {
+        (None, _) => return Ok((None, None)),
+        (Some(url), Some(feed)) => (url, feed),
+        (Some(_), None) => {
+            anyhow::bail!("DATABASE_URL: the audit needs an engine that records events")
+        }
     };
     let pool = audit::db::pool(url.expose(), 8);
     let token = shutdown.clone();
@@ -268,7 +275,7 @@ fn build_audit(
             audit::writer::run(writer_pool, source, lag, move || clock.now(), token).await;
         }
     });
-    (Some(Audit::new(pool)), Some(writer))
+    Ok((Some(Audit::new(pool)), Some(writer)))
 }
 
 /// Connects the writer's Redis source, retrying while Redis is unreachable.

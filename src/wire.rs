@@ -1,8 +1,9 @@
 //! The event wire format, spelled once: the bytes of a session's stored
 //! state, of an event in a session's log and in a bucket's audit stream, and
-//! of a Pub/Sub batch (a JSON array of events). The Redis store writes them;
-//! the fan-out decodes the batches and the audit source the stream entries.
-//! All of it is the JSON of the engine's serde types (SPEC §8).
+//! of a Pub/Sub batch (a JSON array of events). The Redis store writes them
+//! and reads states and log entries back; the fan-out decodes the batches
+//! and the audit source the stream entries. All of it is the JSON of the
+//! engine's serde types.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

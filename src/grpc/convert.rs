@@ -1,4 +1,4 @@
-//! Wire <-> domain, both ways. Requests are parsed here, once: a bad field is
+//! Proto <-> domain, both ways. Requests are parsed here, once: a bad field is
 //! an `INVALID_ARGUMENT` naming it, before anything is touched. Replies are
 //! computed here at their `server_time`.
 

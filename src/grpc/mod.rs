@@ -1,5 +1,5 @@
-//! The only room that knows tonic and prost: the generated code (`pb`), the
-//! `SyncService` implementation, wire <-> domain conversion, the one
+//! The only room that knows tonic and prost (but for startup's listener): the generated code (`pb`), the
+//! `SyncService` implementation, proto <-> domain conversion, the one
 //! `AppError -> Status` table, and the router with health and reflection.
 
 mod convert;

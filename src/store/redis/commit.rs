@@ -161,8 +161,8 @@ impl RedisStore {
     }
 
     /// One versioned write of sessions that share a bucket (usually one),
-    /// whose callers hold their writer turns: `WATCH`, `MGET` and `TIME` in
-    /// one round trip, then `plan` (pure: it may run again) decides for each,
+    /// whose callers hold their writer turns: `WATCH`, `GET` (one session)
+    /// or `MGET` (several) and `TIME` in one round trip, then `plan` (pure: it may run again) decides for each,
     /// from its state and Redis's now, what to queue into the one MULTI;
     /// `EXEC` commits all of it or, when another writer got there first,
     /// nothing, and the whole thing runs again (`race_backoff`) or, with

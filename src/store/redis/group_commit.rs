@@ -1,7 +1,8 @@
 //! Group commit, the Redis side: an `update` whose bucket has no commit in
 //! flight here commits at once and leads; one that arrives meanwhile waits in
 //! the bucket's queue (`super::group_queue`), and when the commit in flight
-//! ends the queue goes out as one commit, in a task of its own (a cancelled
+//! ends the queue goes out in the next commit (up to `MAX_BATCH`, each
+//! session once; the rest in the ones after), in a task of its own (a cancelled
 //! RPC that happened to lead must not strand the others). A group that
 //! loses a race is not rerun as a whole: each change commits again on its
 //! own, side by side. A commit that failed slowly (Redis unreachable or not

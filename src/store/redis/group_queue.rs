@@ -1,6 +1,7 @@
 //! Group commit, per bucket: a change that arrives while a commit of its
 //! bucket is in flight waits in the bucket's queue, and the next commit takes
-//! the queue together (one WATCH/MULTI for all of it). Alone, a change
+//! what is queued together (one WATCH/MULTI for up to `MAX_BATCH` changes,
+//! one per session; the rest go in the ones after). Alone, a change
 //! commits at once; under load, the busier the bucket, the more changes share
 //! each round trip. SwitchCycle at 64 in flight over 16 buckets (`tests/bench.sh`)
 //! makes about two changes per commit: half the round trips, syscalls and

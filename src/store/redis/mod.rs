@@ -1,29 +1,34 @@
 //! The Redis engine: sessions shared by any number of replicas (SPEC §8).
-//! This file holds the store itself and the `SessionStore` calls, each a
-//! few lines over the rooms below:
+//! This file holds the store itself and the `SessionStore` calls: `create`,
+//! `delete`, `update_many` and `events_after` are written out here, the
+//! others are a few lines over the rooms below:
 //!
-//! - [`pool`]: the connection pool, broken-connection tracking, the I/O
+//! - `pool`: the connection pool, broken-connection tracking, the I/O
 //!   timeout, and the one retry of a read that failed at once.
-//! - [`keys`]: the key layout and the bucket of a session.
-//! - [`writers`]: local writers of one session take turns.
-//! - [`commit`]: the versioned commit (`WATCH`+`GET`+`TIME`, the pure plan,
-//!   `MULTI … EXEC`) and its retries.
-//! - [`group_queue`] and [`group_commit`]: calls that arrive while their
-//!   bucket has a commit in flight here share the next one.
-//! - [`recent`]: what this replica last wrote, so a commit that reads it
-//!   back skips the decode.
-//! - [`claims`] (with `claim.lua`): the deadline index, the timers' claims
-//!   and the wake-ups.
-//! - [`synced_clock`]: the replica's view of Redis `TIME`.
+//! - `keys`: the key layout and the bucket of a session.
+//! - `writers`: local writers of one session take turns.
+//! - `commit`: the versioned commit (`WATCH`, then `GET` for one session or
+//!   `MGET` for several, and `TIME`; the pure plan; `MULTI … EXEC`) and its
+//!   retries.
+//! - `group_queue` and `group_commit`: calls that arrive while their bucket
+//!   has a commit in flight here share the next ones (up to 16 a commit).
+//! - `recent`: what this replica last wrote, so a commit that reads it back
+//!   skips the decode.
+//! - `claims` (with `claim.lua`): the timers' claims of due deadlines, their
+//!   release, and the wake-ups this replica receives.
+//! - `synced_clock`: the replica's view of Redis `TIME`.
 //!
 //! Keys are cluster-ready: every key of one session carries the hash tag of
 //! its bucket `b = crc32("<tenant>/<session>") % B`, so each MULTI touches one
 //! slot. A commit is `WATCH state` + `GET state` + `TIME` in one pipeline,
-//! the pure engine at Redis's `TIME`, then
-//! `MULTI SET(ttl) XADD(log) [XADD(audit)] ZADD|ZREM(deadline) PUBLISH
-//! [PUBLISH wake] EXEC`. A nil EXEC means another replica committed first:
-//! reload and retry (bounded, jittered), since the engine call is pure.
-//! The bytes written are [`crate::wire`]'s.
+//! the pure engine at Redis's `TIME`, then `MULTI [DEL log] SET(ttl)
+//! XADD(log) [XADD(audit)] PEXPIRE(log) [ZREM(inflight)]
+//! ZADD(deadline) [PUBLISH wake] | ZREM(deadline), PUBLISH EXEC` (`DEL log` on
+//! create; `ZREM inflight` when a timeout fired; the wake-up when the new
+//! deadline is earlier than any known here). A nil EXEC means another
+//! replica committed first: read again and retry (bounded, jittered), since
+//! the engine call is pure. The bytes written and read back are
+//! [`crate::wire`]'s.
 
 mod claims;
 mod commit;

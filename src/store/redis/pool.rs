@@ -72,7 +72,9 @@ impl bb8::ManageConnection for Manager {
 /// A connection checked out of the pool.
 pub(super) type Pooled<'a> = bb8::PooledConnection<'a, Manager>;
 
-/// A failure to reach Redis; the detail is for logs only.
+/// Any failure of the Redis engine, answered as UNAVAILABLE (Redis out of
+/// reach, an undecodable value, a reply of the wrong shape); the detail is
+/// for logs only.
 pub(super) fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }

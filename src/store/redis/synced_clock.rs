@@ -1,8 +1,10 @@
 //! The replica's view of Redis's clock: the process clock plus an offset to
 //! Redis `TIME`, measured at start and then about once a second (the store's
 //! upkeep), NTP style (half the round trip). Commits run at Redis's own
-//! `TIME`; this clock serves `GetServerTime` and the timers' sleeps, so every
-//! replica agrees with the commits to within a fraction of a round trip.
+//! `TIME`; this clock is the store's `now` for everything else (every
+//! reply's `server_time`, `GetServerTime`, Subscribe snapshots and
+//! heartbeats, the timers' sleeps, the audit lag), so every replica agrees
+//! with the commits to within a fraction of a round trip.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
