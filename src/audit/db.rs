@@ -2,7 +2,9 @@
 //! batch insert and the history query. Nothing here knows Redis or tonic.
 //! A batch is stored in several statements, on up to `PARALLEL` connections
 //! at once, and not in one transaction: each statement is idempotent, so a
-//! batch that failed partway is simply stored again.
+//! batch that failed partway is simply stored again. A statement Postgres
+//! answered with an error is `Refused` (the data, not the connection);
+//! events refused on their own go to `audit_dead_letters` ([`dead_letter`]).
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use super::schema::{session_events, sessions};
+use super::schema::{audit_dead_letters, session_events, sessions};
 use crate::engine::{Event, EventKind, Micros, Session};
 use crate::store::AuditRecord;
 
@@ -31,6 +33,25 @@ pub enum DbError {
     Unavailable(String),
     #[error("stored audit data is unreadable: {0}")]
     Corrupt(String),
+    /// Postgres received the statement and refused it: something in the rows
+    /// (retrying the same rows fails the same way).
+    #[error("Postgres refused the rows: {0}")]
+    Refused(String),
+}
+
+/// A failed write: `Refused` when Postgres answered with an error about the
+/// statement, `Unavailable` when it could not be reached or the connection
+/// broke (or the transaction lost a serialization race: worth retrying).
+fn write_failed(e: diesel::result::Error) -> DbError {
+    use diesel::result::{DatabaseErrorKind as K, Error};
+    match e {
+        Error::DatabaseError(
+            K::UnableToSendCommand | K::ClosedConnection | K::SerializationFailure,
+            _,
+        ) => unavailable(e),
+        Error::DatabaseError(_, info) => DbError::Refused(info.message().to_owned()),
+        other => unavailable(other),
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> DbError {
@@ -140,7 +161,7 @@ async fn insert_events(pool: &PgPool, records: &[AuditRecord]) -> Result<usize, 
     let snapshots: Vec<serde_json::Value> = records
         .iter()
         .map(|r| {
-            serde_json::to_value(&r.event.session).map_err(|e| DbError::Corrupt(e.to_string()))
+            serde_json::to_value(&r.event.session).map_err(|e| DbError::Refused(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
     let rows: Vec<NewEventRow<'_>> = records
@@ -163,7 +184,7 @@ async fn insert_events(pool: &PgPool, records: &[AuditRecord]) -> Result<usize, 
         .on_conflict_do_nothing()
         .execute(&mut conn)
         .await
-        .map_err(unavailable)
+        .map_err(write_failed)
 }
 
 /// One upsert row per session id, newest state wins; never goes back.
@@ -236,9 +257,57 @@ async fn upsert_sessions(pool: &PgPool, records: &[AuditRecord]) -> Result<(), D
             )
             .execute(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(write_failed)?;
     }
     Ok(())
+}
+
+/// Whether Postgres answers at all (`SELECT 1`).
+pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
+    let mut conn = pool.get().await.map_err(unavailable)?;
+    diesel::sql_query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .map(|_| ())
+        .map_err(unavailable)
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = audit_dead_letters)]
+struct DeadLetterRow<'a> {
+    tenant: &'a str,
+    session_id: &'a str,
+    epoch: &'a str,
+    version: i64,
+    reason: &'a str,
+    event: Vec<u8>,
+}
+
+/// Stores events Postgres refused, with its reason, as the bytes they were
+/// committed with.
+pub async fn dead_letter(
+    pool: &PgPool,
+    records: &[AuditRecord],
+    reason: &str,
+) -> Result<(), DbError> {
+    let rows: Vec<DeadLetterRow<'_>> = records
+        .iter()
+        .map(|r| DeadLetterRow {
+            tenant: r.tenant.as_str(),
+            session_id: r.event.session.id.as_str(),
+            epoch: &r.event.session.epoch,
+            version: r.event.version as i64,
+            reason,
+            event: crate::wire::encode(&*r.event),
+        })
+        .collect();
+    let mut conn = pool.get().await.map_err(unavailable)?;
+    diesel::insert_into(audit_dead_letters::table)
+        .values(&rows)
+        .execute(&mut conn)
+        .await
+        .map(|_| ())
+        .map_err(write_failed)
 }
 
 /// One stored event, as it was committed.

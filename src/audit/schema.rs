@@ -31,3 +31,16 @@ diesel::table! {
         deleted_at -> Nullable<Timestamptz>,
     }
 }
+
+diesel::table! {
+    audit_dead_letters (id) {
+        id -> Int8,
+        tenant -> Text,
+        session_id -> Text,
+        epoch -> Text,
+        version -> Int8,
+        reason -> Text,
+        event -> Bytea,
+        refused_at -> Timestamptz,
+    }
+}

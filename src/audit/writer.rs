@@ -6,7 +6,11 @@
 //! transaction; storing a batch again is harmless), then acknowledge it.
 //! Postgres being down only delays this loop — with backoff, holding the
 //! batch — never a commit: the clock does not wait on the audit, and nothing
-//! is acknowledged before all of its batch is stored. On shutdown it drains
+//! is acknowledged before all of its batch is stored. Rows Postgres refuses
+//! (it answered, and the data is the reason) cannot hold the audit up: the
+//! batch is split in halves until each refused event stands alone, and that
+//! event goes to `audit_dead_letters` with Postgres' reason, counted in
+//! `AuditLag::dead_lettered` and logged; the rest is stored as usual. On shutdown it drains
 //! for up to `DRAIN_FOR`, and stops sooner once the source has nothing.
 
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use tracing::{error, info, warn};
 use super::db::{self, PgPool};
 use super::source::AuditSource;
 use crate::engine::Micros;
+use crate::store::AuditRecord;
 
 /// Records per batch: large statements insert fastest (1,000-row INSERTs
 /// stored about 1.3x the rows per second of 100-row ones, measured in
@@ -54,6 +59,8 @@ pub struct AuditLag {
     pub max_lag_us: AtomicI64,
     /// Records waiting, as last measured.
     pub backlog: AtomicU64,
+    /// Events Postgres refused, stored in `audit_dead_letters` instead.
+    pub dead_lettered: AtomicU64,
 }
 
 /// Runs until `shutdown`, then drains for a little while.
@@ -99,7 +106,7 @@ pub async fn run(
         let mut failures = 0u32;
         loop {
             let t = Instant::now();
-            match db::insert_batch(&pool, &records).await {
+            match store_batch(&pool, &records, &lag).await {
                 Ok(n) => {
                     lag.inserted.fetch_add(n as u64, Ordering::Relaxed);
                     tracing::debug!(
@@ -113,7 +120,12 @@ pub async fn run(
                 Err(e) => {
                     failures += 1;
                     if failures == 1 || failures % 20 == 0 {
-                        warn!(error = %e, held = records.len(), "audit: Postgres insert failed; holding the batch and retrying");
+                        // The backlog is what an outage costs (Redis memory): say it while it grows.
+                        let backlog = source.backlog().await;
+                        if let Some(b) = backlog {
+                            lag.backlog.store(b, Ordering::Relaxed);
+                        }
+                        warn!(error = %e, held = records.len(), ?backlog, "audit: Postgres insert failed; holding the batch and retrying");
                     }
                     if drain_until.is_some_and(|t| Instant::now() >= t) {
                         // Redis keeps the entries pending for the next writer; memory cannot.
@@ -162,6 +174,52 @@ pub async fn run(
             }
         }
     }
+}
+
+/// How long a lone event Postgres refused waits before it is tried once more
+/// (after checking that Postgres answers), before it goes to the dead letters.
+const REFUSED_RETRY: Duration = Duration::from_millis(100);
+
+/// `db::insert_batch`, except that rows Postgres refuses do not fail the
+/// batch: a refused batch is split in halves, each stored the same way, until
+/// a refused event stands alone. Such an event is tried once more, after a
+/// pause and a `SELECT 1` (so a refusal that was Postgres going away is held
+/// and retried like any outage, not dead-lettered), then stored in
+/// `audit_dead_letters`. A batch of n events with k refused ones costs about
+/// 2·k·log2(n) statements more. `Unavailable` fails the whole call: the
+/// caller holds the batch and retries it.
+async fn store_batch(
+    pool: &PgPool,
+    records: &[AuditRecord],
+    lag: &AuditLag,
+) -> Result<usize, db::DbError> {
+    let refused = match db::insert_batch(pool, records).await {
+        Err(db::DbError::Refused(why)) => why,
+        other => return other,
+    };
+    if let [record] = records {
+        tokio::time::sleep(REFUSED_RETRY).await;
+        db::ping(pool).await?;
+        let why = match db::insert_batch(pool, records).await {
+            Err(db::DbError::Refused(why)) => why,
+            other => return other,
+        };
+        db::dead_letter(pool, records, &why).await?;
+        lag.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        error!(
+            tenant = %record.tenant,
+            session = %record.event.session.id,
+            version = record.event.version,
+            reason = %why,
+            "audit: Postgres refused an event; it is stored in audit_dead_letters"
+        );
+        return Ok(0);
+    }
+    tracing::debug!(records = records.len(), reason = %refused, "audit: batch refused; splitting it");
+    let (first, second) = records.split_at(records.len() / 2);
+    let a = Box::pin(store_batch(pool, first, lag)).await?;
+    let b = Box::pin(store_batch(pool, second, lag)).await?;
+    Ok(a + b)
 }
 
 /// Runs the migrations, retrying while the database cannot be reached.

@@ -1207,3 +1207,96 @@ async fn a_database_that_comes_up_after_start_up_receives_the_whole_backlog() {
     )
     .await;
 }
+
+/// A CREATED event of a new two-player session whose metadata carries
+/// `note`, made below the gRPC edge (which may refuse such a value).
+fn created_record(id: &str, note: &str) -> synckairos::store::AuditRecord {
+    use synckairos::engine::{
+        self, Mode, NewParticipant, NewSession, ParticipantId, SessionId, Tenant,
+    };
+    let p = |id: &str| NewParticipant::named(ParticipantId::parse("p", id).unwrap());
+    let mut new = NewSession::new(
+        SessionId::parse("session_id", id).unwrap(),
+        Mode::PerParticipant,
+        vec![p("a"), p("b")],
+    );
+    new.initial_time_ms = 60_000;
+    let (_, mut event) = engine::create(new, 1_700_000_000_000_000).unwrap();
+    event.session.metadata.insert("note".into(), note.into());
+    synckairos::store::AuditRecord {
+        tenant: Tenant::default_tenant(),
+        event: Arc::new(event),
+    }
+}
+
+/// One event PostgreSQL refuses (a U+0000 in a string: jsonb cannot hold it)
+/// must not hold back the audit of every other session: it goes to
+/// `audit_dead_letters` with Postgres' reason, and the events before it, in
+/// its batch and after it are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_postgres_refuses_is_dead_lettered_and_the_audit_goes_on() {
+    use synckairos::audit::source::MemorySource;
+    let db = TestDb::create();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let lag = Arc::new(AuditLag::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let writer = tokio::spawn(synckairos::audit::writer::run(
+        synckairos::audit::db::pool(&db.url(), 4),
+        Box::new(MemorySource::new(rx)),
+        lag.clone(),
+        || 1_700_000_000_000_000,
+        shutdown.clone(),
+    ));
+    // One batch: two storable events around the refused one.
+    for (id, note) in [
+        ("dl-before", "fine"),
+        ("dl-bad", "nul \0 here"),
+        ("dl-same-batch", "ok"),
+    ] {
+        tx.send(created_record(id, note)).unwrap();
+    }
+    let stored = |db: &TestDb| {
+        sql(
+            db,
+            "SELECT string_agg(session_id, ',' ORDER BY session_id) FROM session_events",
+        )
+    };
+    let t0 = Instant::now();
+    while stored(&db) != "dl-before,dl-same-batch" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the events around a refused one never reached Postgres (stored: {:?}, dead letters: {})",
+            stored(&db),
+            lag.dead_lettered.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A later batch goes through as usual.
+    tx.send(created_record("dl-after", "later")).unwrap();
+    let t0 = Instant::now();
+    while stored(&db) != "dl-after,dl-before,dl-same-batch" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "a later event was not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = sql(
+        &db,
+        "SELECT session_id || ' v' || version || ' ' || reason FROM audit_dead_letters",
+    );
+    assert!(
+        dead.starts_with("dl-bad v1 ") && dead.contains("Unicode"),
+        "the refused event and Postgres' reason are in the dead letters: {dead:?}"
+    );
+    let kept = sql(
+        &db,
+        "SELECT convert_from(event, 'UTF8') FROM audit_dead_letters",
+    );
+    assert!(kept.contains(r#""note":"nul \u0000 here""#), "{kept}");
+    assert_eq!(lag.dead_lettered.load(Ordering::Relaxed), 1);
+    assert_eq!(lag.inserted.load(Ordering::Relaxed), 3);
+    shutdown.cancel();
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
