@@ -1300,3 +1300,69 @@ async fn an_event_postgres_refuses_is_dead_lettered_and_the_audit_goes_on() {
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
+
+/// The same on the redis engine, end to end: an entry in a bucket's audit
+/// stream that Postgres refuses is dead-lettered by the replica's writer, and
+/// a session created after it reaches Postgres (before, the writer held it
+/// forever, and the replica that took it over 15 s later stuck too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_stream_entry_postgres_refuses_is_dead_lettered_on_the_redis_engine() {
+    let redis = RedisServer::start();
+    let db = TestDb::create();
+    let mut server = Server::start(redis_config(&redis, &db)).await;
+    let t0 = Instant::now();
+    while sql(&db, "SELECT to_regclass('audit_dead_letters') IS NOT NULL") != "t" {
+        assert!(
+            t0.elapsed() < CATCH_UP,
+            "the writer never ran its migrations"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bad = created_record("dl-stream-bad", "nul \0 here");
+    let mut con = redis_conn(&redis.url()).await;
+    let _: String = redis::cmd("XADD")
+        .arg(audit_stream(3))
+        .arg("*")
+        .arg("tenant")
+        .arg("default")
+        .arg("e")
+        .arg(serde_json::to_vec(&*bad.event).unwrap())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    server
+        .client
+        .create_session(chess("dl-stream-good", 60_000))
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let stored = sql(
+            &db,
+            "SELECT count(*) FROM session_events WHERE session_id = 'dl-stream-good'",
+        );
+        if stored == "1" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "a session created after a refused stream entry never reached Postgres (dead letters: {})",
+            server.lag.dead_lettered.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t0 = Instant::now();
+    while sql(
+        &db,
+        "SELECT count(*) FROM audit_dead_letters WHERE session_id = 'dl-stream-bad'",
+    ) != "1"
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the refused entry is not in the dead letters"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Acknowledged like any stored entry: nothing is left pending for another replica.
+    wait_streams_empty(&mut con, "after the dead letter").await;
+}
