@@ -343,7 +343,9 @@ pub async fn latest_epoch(
         .map_err(unavailable)
 }
 
-/// Events of one epoch of a session after `after`, in version order, at most `limit`.
+/// Events of one epoch of a session after `after`, in version order: at most
+/// `limit`, and no more than fit in `max_bytes` of snapshot JSON (but at
+/// least one). Returns them and whether more events follow.
 pub async fn events_page(
     pool: &PgPool,
     tenant: &str,
@@ -351,16 +353,43 @@ pub async fn events_page(
     epoch: &str,
     after: u64,
     limit: usize,
-) -> Result<Vec<StoredEvent>, DbError> {
+    max_bytes: usize,
+) -> Result<(Vec<StoredEvent>, bool), DbError> {
     use session_events::dsl as e;
+    let after = after.min(i64::MAX as u64) as i64;
     let mut conn = pool.get().await.map_err(unavailable)?;
+    // First the sizes (one more row than asked: whether a next page exists),
+    // so a page of large snapshots is never loaded whole only to be cut.
+    let sizes: Vec<Option<i32>> = e::session_events
+        .filter(e::tenant.eq(tenant))
+        .filter(e::session_id.eq(session_id))
+        .filter(e::epoch.eq(epoch))
+        .filter(e::version.gt(after))
+        .order(e::version.asc())
+        .limit(limit as i64 + 1)
+        .select(diesel::dsl::sql::<
+            diesel::sql_types::Nullable<diesel::sql_types::Integer>,
+        >("octet_length(snapshot::text)"))
+        .load(&mut conn)
+        .await
+        .map_err(unavailable)?;
+    let mut take = 0;
+    let mut bytes = 0usize;
+    for size in sizes.iter().take(limit) {
+        bytes += size.unwrap_or(0).max(0) as usize;
+        if take > 0 && bytes > max_bytes {
+            break;
+        }
+        take += 1;
+    }
+    let more = sizes.len() > take;
     let rows: Vec<EventRow> = e::session_events
         .filter(e::tenant.eq(tenant))
         .filter(e::session_id.eq(session_id))
         .filter(e::epoch.eq(epoch))
-        .filter(e::version.gt(after.min(i64::MAX as u64) as i64))
+        .filter(e::version.gt(after))
         .order(e::version.asc())
-        .limit(limit as i64)
+        .limit(take as i64)
         .select((
             e::epoch,
             e::version,
@@ -372,7 +401,8 @@ pub async fn events_page(
         .load(&mut conn)
         .await
         .map_err(unavailable)?;
-    rows.into_iter()
+    let events = rows
+        .into_iter()
         .map(|r| {
             let session: Session =
                 serde_json::from_value(r.snapshot).map_err(|e| DbError::Corrupt(e.to_string()))?;
@@ -394,5 +424,6 @@ pub async fn events_page(
                 },
             })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((events, more))
 }

@@ -18,6 +18,11 @@ use crate::engine::{Event, SessionKey};
 /// ListSessionEvents' default and largest page.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1_000;
+/// A page also ends once its snapshots reach this much JSON (a page holds at
+/// least one event): 1,000 snapshots of a 1,000-participant session would be
+/// about 150 MB, and gRPC clients refuse replies over 4 MiB by default. The
+/// reply's protobuf is smaller than the snapshots' JSON.
+pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -93,18 +98,16 @@ impl Audit {
             let (epoch, last) = decode_token(page_token)?;
             (epoch, last.max(after_version.unwrap_or(0)))
         };
-        // One more than asked: whether a next page exists.
-        let mut rows = db::events_page(
+        let (rows, more) = db::events_page(
             &self.pool,
             key.tenant.as_str(),
             key.id.as_str(),
             &epoch,
             after,
-            size + 1,
+            size,
+            MAX_PAGE_BYTES,
         )
         .await?;
-        let more = rows.len() > size;
-        rows.truncate(size);
         let next_page_token = match (more, rows.last()) {
             (true, Some(last)) => encode_token(&last.epoch, last.event.version),
             _ => String::new(),

@@ -1366,3 +1366,54 @@ async fn an_audit_stream_entry_postgres_refuses_is_dead_lettered_on_the_redis_en
     // Acknowledged like any stored entry: nothing is left pending for another replica.
     wait_streams_empty(&mut con, "after the dead letter").await;
 }
+
+/// A page of ListSessionEvents is bounded by bytes as well as by count: the
+/// history of a 1,000-participant session (a snapshot is about 100 KB) comes
+/// in pages a gRPC client accepts (4 MiB by default), and paging still gives
+/// every version once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_snapshots_is_bounded_by_bytes() {
+    use prost::Message;
+    let db = TestDb::create();
+    let mut server = Server::start(memory_config(&db)).await;
+    let id = unique_id("big");
+    let mut req = chess(&id, HOUR_MS);
+    req.participants = (0..1_000)
+        .map(|i| participant(&format!("player-{i:04}")))
+        .collect();
+    create(&mut server.client, req).await;
+    start(&mut server.client, &id).await;
+    let mut latest = 2;
+    for _ in 0..48 {
+        latest = server
+            .client
+            .switch_cycle(switch_req(&id))
+            .await
+            .expect("switch")
+            .into_inner()
+            .version;
+    }
+    let expected = HashMap::from([(id.clone(), latest)]);
+    wait_audit(&db, &expected, CATCH_UP, "the big session").await;
+    let mut versions = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = list(&mut server.client, list_req(&id, 1_000, &token, None)).await;
+        let bytes = page.encoded_len();
+        assert!(
+            bytes < 4 * 1024 * 1024,
+            "page {pages} is {bytes} bytes ({} events): over a client's default limit",
+            page.events.len()
+        );
+        assert!(!page.events.is_empty());
+        versions.extend(versions_of(&page));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(pages > 1, "{latest} versions of ~100 KB came in one page");
+    assert_eq!(versions, (1..=latest).collect::<Vec<_>>());
+}
