@@ -69,11 +69,14 @@ pub fn guards(expected_version: Option<u64>, raw_request_id: &str) -> Result<Gua
 
 fn enum_arg<T>(field: &str, raw: i32, known: Option<T>) -> Result<T, AppError> {
     known.ok_or_else(|| {
-        AppError::InvalidArgument(if raw == 0 {
-            format!("{field}: is required")
-        } else {
-            format!("{field}: unknown value {raw}")
-        })
+        AppError::invalid(
+            field,
+            if raw == 0 {
+                "is required".to_owned()
+            } else {
+                format!("unknown value {raw}")
+            },
+        )
     })
 }
 
@@ -96,9 +99,10 @@ fn timeout_action(raw: i32) -> Result<Option<TimeoutAction>, AppError> {
         Ok(pb::TimeoutAction::EndSession) => Ok(Some(TimeoutAction::EndSession)),
         Ok(pb::TimeoutAction::Skip) => Ok(Some(TimeoutAction::Skip)),
         Ok(pb::TimeoutAction::Notify) => Ok(Some(TimeoutAction::Notify)),
-        Err(_) => Err(AppError::InvalidArgument(format!(
-            "timeout_action: unknown value {raw}"
-        ))),
+        Err(_) => Err(AppError::invalid(
+            "timeout_action",
+            format!("unknown value {raw}"),
+        )),
     }
 }
 
@@ -107,9 +111,10 @@ fn delay_kind(raw: i32) -> Result<Option<DelayKind>, AppError> {
         Ok(pb::DelayKind::Unspecified) => Ok(None),
         Ok(pb::DelayKind::Bronstein) => Ok(Some(DelayKind::Bronstein)),
         Ok(pb::DelayKind::Simple) => Ok(Some(DelayKind::Simple)),
-        Err(_) => Err(AppError::InvalidArgument(format!(
-            "time_control.delay_kind: unknown value {raw}"
-        ))),
+        Err(_) => Err(AppError::invalid(
+            "time_control.delay_kind",
+            format!("unknown value {raw}"),
+        )),
     }
 }
 
@@ -147,11 +152,14 @@ pub fn create_request(r: pb::CreateSessionRequest) -> Result<NewSession, AppErro
         session_id(&r.session_id)?
     };
     if r.participants.len() > engine::MAX_PARTICIPANTS {
-        return Err(AppError::InvalidArgument(format!(
-            "participants: must hold 1 to {} participants, got {}",
-            engine::MAX_PARTICIPANTS,
-            r.participants.len()
-        )));
+        return Err(AppError::invalid(
+            "participants",
+            format!(
+                "must hold 1 to {} participants, got {}",
+                engine::MAX_PARTICIPANTS,
+                r.participants.len()
+            ),
+        ));
     }
     let participants = r
         .participants
@@ -227,8 +235,9 @@ pub fn adjust_target(r: &pb::AdjustTimeRequest) -> Result<engine::AdjustTarget, 
         (true, false) => Ok(engine::AdjustTarget::Group(
             engine::GroupId::parse("group_id", &r.group_id).map_err(invalid)?,
         )),
-        _ => Err(AppError::InvalidArgument(
-            "participant_id: set exactly one of participant_id and group_id".into(),
+        _ => Err(AppError::invalid(
+            "participant_id",
+            "set exactly one of participant_id and group_id",
         )),
     }
 }
@@ -449,11 +458,11 @@ mod tests {
     fn enum_zero_is_required_and_unknown_values_are_named() {
         assert_eq!(
             mode(0).unwrap_err(),
-            AppError::InvalidArgument("mode: is required".into())
+            AppError::invalid("mode", "is required")
         );
         assert_eq!(
             mode(99).unwrap_err(),
-            AppError::InvalidArgument("mode: unknown value 99".into())
+            AppError::invalid("mode", "unknown value 99")
         );
         assert_eq!(timeout_action(0).unwrap(), None);
         assert!(timeout_action(42).is_err());

@@ -200,6 +200,9 @@ pub fn router(app: App) -> anyhow::Result<(tonic::transport::server::Router, Hea
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.BadRequest and RetryInfo, so that grpcurl can print
+            // the status details (grpc/error.rs) instead of raw bytes.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     let router = tonic::transport::Server::builder()
         .add_service(health_service)

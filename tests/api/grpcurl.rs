@@ -45,7 +45,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Runs grpcurl against `addr` (blocking work off the runtime's threads).
-async fn grpcurl(addr: std::net::SocketAddr, args: &[&str]) -> Output {
+pub async fn grpcurl(addr: std::net::SocketAddr, args: &[&str]) -> Output {
     let bin = grpcurl_path();
     let mut full: Vec<String> = vec!["-plaintext".into(), "-max-time".into(), "10".into()];
     // `-d` must come before the address.
@@ -86,7 +86,7 @@ fn split_flags<'a>(args: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
     (flags, rest)
 }
 
-fn text(b: &[u8]) -> String {
+pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 

@@ -11,6 +11,7 @@ mod audit;
 mod child;
 mod concurrency;
 mod docs;
+mod error_details;
 mod flag;
 mod grpcurl;
 mod health;
