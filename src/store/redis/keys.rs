@@ -6,6 +6,10 @@
 use super::RedisStore;
 use crate::engine::{self, SessionKey};
 
+/// The bucket count the replicas sharing this Redis use, set by the first
+/// one to start; every other replica compares its own with it.
+pub const LAYOUT_KEY: &str = "sk:layout:buckets";
+
 /// The key names of one session, formatted once (`super::recent` keeps them).
 pub struct SessionKeys {
     /// `sk:{b}:s:<tenant>:<session>`: the session's state (JSON).

@@ -89,6 +89,10 @@ pub struct RedisStore {
     /// Earliest deadline known from the last claim round or a wake-up.
     next_head: Arc<Mutex<Option<Micros>>>,
     claim: redis::Script,
+    /// Whether the bucket count was compared with the one in Redis yet.
+    layout_checked: std::sync::atomic::AtomicBool,
+    /// Why this replica's bucket count is not the other replicas'.
+    layout_error: Mutex<Option<String>>,
 }
 
 /// A stored state or event back from its bytes.
@@ -117,10 +121,71 @@ impl RedisStore {
             wake: Arc::new(Notify::new()),
             next_head: Arc::new(Mutex::new(None)),
             claim: claims::script(),
+            layout_checked: Default::default(),
+            layout_error: Mutex::new(None),
         });
         // A first offset measurement; failure is fine (Redis may come later).
         let _ = store.measure_offset().await;
+        // Replicas that disagree on the bucket count would read and write
+        // different keys for one session: refuse to start. Unreachable Redis
+        // is checked later, by `maintain`.
+        if let Err(e @ StoreError::Unavailable(_)) = store.check_layout().await {
+            if store.layout_mismatch().is_some() {
+                return Err(e);
+            }
+        }
         Ok(store)
+    }
+
+    /// Records this replica's bucket count in `sk:layout:buckets` if it is
+    /// the first, or compares it with the one recorded there. A mismatch is
+    /// kept: `ping` then fails (health NOT_SERVING) until the replica is
+    /// restarted with the count the others use.
+    async fn check_layout(&self) -> Result<(), StoreError> {
+        if self
+            .layout_checked
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return match self.layout_mismatch() {
+                Some(why) => Err(StoreError::Unavailable(why)),
+                None => Ok(()),
+            };
+        }
+        let mine = self.settings.buckets;
+        let theirs: u32 = self
+            .read(|c| {
+                Box::pin(exchange(c, async move |c| {
+                    redis::cmd("SET")
+                        .arg(keys::LAYOUT_KEY)
+                        .arg(mine)
+                        .arg("NX")
+                        .arg("GET")
+                        .query_async::<Option<u32>>(c)
+                        .await
+                }))
+            })
+            .await?
+            .unwrap_or(mine);
+        self.layout_checked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if theirs == mine {
+            return Ok(());
+        }
+        let why = format!(
+            "SYNCKAIROS_REDIS_BUCKETS is {mine} here but {theirs} in {} (set by the first replica): \
+             every replica must use the same",
+            keys::LAYOUT_KEY
+        );
+        *self.layout_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+        tracing::error!("{why}");
+        Err(StoreError::Unavailable(why))
+    }
+
+    fn layout_mismatch(&self) -> Option<String> {
+        self.layout_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn clock(&self) -> Arc<SyncedClock> {
@@ -304,6 +369,9 @@ impl SessionStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(why) = self.layout_mismatch() {
+            return Err(StoreError::Unavailable(why));
+        }
         // A connection closed while idle must not turn health NOT_SERVING.
         let _: String = self
             .read(|c| {
@@ -316,6 +384,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn maintain(&self) {
+        let _ = self.check_layout().await;
         if let Err(e) = self.measure_offset().await {
             warn!(error = %e, "measuring the offset to Redis TIME failed");
         }
