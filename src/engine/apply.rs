@@ -167,13 +167,22 @@ pub fn apply(s: &Session, req: &Request, now: Micros) -> Result<Applied, RuleErr
         Command::Timeout if !settled => return Err(RuleError::NotDue),
         Command::Timeout => {}
         Command::Switch { .. } if turn_moved_on => {}
-        Command::Switch { from, next } => tx.switch(from.as_ref(), next.as_ref())?,
-        Command::Start { first } => tx.start(first.as_ref())?,
-        Command::Pause => tx.pause()?,
-        Command::Resume => tx.resume()?,
-        Command::Complete => tx.finish(Status::Completed, EventKind::Completed)?,
-        Command::Cancel => tx.finish(Status::Cancelled, EventKind::Cancelled)?,
-        Command::Adjust { target, delta_ms } => tx.adjust(target, *delta_ms)?,
+        command => {
+            // A caller is there: the timeouts to come are unattended again
+            // from zero. Reset before the command so that its event's snapshot
+            // shows it (a refused command drops the whole transaction).
+            tx.s.unattended_timeouts = 0;
+            match command {
+                Command::Switch { from, next } => tx.switch(from.as_ref(), next.as_ref())?,
+                Command::Start { first } => tx.start(first.as_ref())?,
+                Command::Pause => tx.pause()?,
+                Command::Resume => tx.resume()?,
+                Command::Complete => tx.finish(Status::Completed, EventKind::Completed)?,
+                Command::Cancel => tx.finish(Status::Cancelled, EventKind::Cancelled)?,
+                Command::Adjust { target, delta_ms } => tx.adjust(target, *delta_ms)?,
+                Command::Timeout => {}
+            }
+        }
     }
     tx.settle();
     if let Some(rid) = &req.request_id {
@@ -309,7 +318,19 @@ impl Tx {
                     self.s.participants[pos].expired = true;
                     self.emit(EventKind::TimedOut, Some(who))
                 }
+                // Nobody called for a whole round: every participant in the
+                // rotation timed out in turn. Nobody is there; the session
+                // ends as END_SESSION would have ended it (docs/clock-rules.md,
+                // "Floors and sessions left alone").
+                TimeoutAction::Skip
+                    if self.s.unattended_timeouts + 1 >= self.eligible_owners() as u32 =>
+                {
+                    self.s.unattended_timeouts += 1;
+                    self.s.participants[pos].expired = true;
+                    self.end_by_time(at, who)
+                }
                 TimeoutAction::Skip => {
+                    self.s.unattended_timeouts += 1;
                     self.complete_turn(pos);
                     let next = self.next_eligible_after(pos).unwrap_or(pos);
                     self.s.active = Some(next);
