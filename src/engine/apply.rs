@@ -6,6 +6,13 @@
 //! before `now` is processed at the deadline instant, exactly as the timer
 //! would have. So a switch that arrives late is judged by the clock and never
 //! rescues a flagged participant.
+//!
+//! A session left alone stops: a per-cycle SKIP hands a fresh cycle on
+//! forever, so `Session::unattended_timeouts` counts the timeouts since the
+//! last applied command of a caller, and when a whole round of participants
+//! timed out in turn the session ends EXPIRED (docs/clock-rules.md, "Floors
+//! and sessions left alone"). Every other automatic transition takes a clock
+//! out of play for good.
 
 use super::RuleError;
 use super::budget::Budget;
@@ -70,9 +77,11 @@ pub struct Applied {
 /// Largest |delta_ms| AdjustTime accepts: 30 days.
 const MAX_ADJUST_MS: i64 = super::create::MAX_DURATION_MS;
 
-/// At most this many overdue deadlines are processed in one apply (a
-/// per-cycle session whose timers were down for hours); the rest are left
-/// for the next apply or timer claim.
+/// At most this many overdue deadlines are processed in one apply; the rest
+/// are left for the next apply or timer claim. A safety net: since a session
+/// left alone ends after one round (`time_out`), overdue deadlines never
+/// number more than the participants (at most `MAX_PARTICIPANTS`, 1000), even
+/// for a per-cycle session whose timers were down for hours.
 const MAX_SETTLE_STEPS: usize = 1_000;
 
 /// Whose clock runs while a participant is active.
