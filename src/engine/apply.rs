@@ -6,6 +6,13 @@
 //! before `now` is processed at the deadline instant, exactly as the timer
 //! would have. So a switch that arrives late is judged by the clock and never
 //! rescues a flagged participant.
+//!
+//! A session left alone stops: a per-cycle SKIP hands a fresh cycle on
+//! forever, so `Session::unattended_timeouts` counts the timeouts since the
+//! last applied command of a caller, and when a whole round of participants
+//! timed out in turn the session ends EXPIRED (docs/clock-rules.md, "Floors
+//! and sessions left alone"). Every other automatic transition takes a clock
+//! out of play for good.
 
 use super::RuleError;
 use super::budget::Budget;
@@ -70,9 +77,11 @@ pub struct Applied {
 /// Largest |delta_ms| AdjustTime accepts: 30 days.
 const MAX_ADJUST_MS: i64 = super::create::MAX_DURATION_MS;
 
-/// At most this many overdue deadlines are processed in one apply (a
-/// per-cycle session whose timers were down for hours); the rest are left
-/// for the next apply or timer claim.
+/// At most this many overdue deadlines are processed in one apply; the rest
+/// are left for the next apply or timer claim. A safety net: since a session
+/// left alone ends after one round (`time_out`), overdue deadlines never
+/// number more than the participants (at most `MAX_PARTICIPANTS`, 1000), even
+/// for a per-cycle session whose timers were down for hours.
 const MAX_SETTLE_STEPS: usize = 1_000;
 
 /// Whose clock runs while a participant is active.
@@ -167,13 +176,22 @@ pub fn apply(s: &Session, req: &Request, now: Micros) -> Result<Applied, RuleErr
         Command::Timeout if !settled => return Err(RuleError::NotDue),
         Command::Timeout => {}
         Command::Switch { .. } if turn_moved_on => {}
-        Command::Switch { from, next } => tx.switch(from.as_ref(), next.as_ref())?,
-        Command::Start { first } => tx.start(first.as_ref())?,
-        Command::Pause => tx.pause()?,
-        Command::Resume => tx.resume()?,
-        Command::Complete => tx.finish(Status::Completed, EventKind::Completed)?,
-        Command::Cancel => tx.finish(Status::Cancelled, EventKind::Cancelled)?,
-        Command::Adjust { target, delta_ms } => tx.adjust(target, *delta_ms)?,
+        command => {
+            // A caller is there: the timeouts to come are unattended again
+            // from zero. Reset before the command so that its event's snapshot
+            // shows it (a refused command drops the whole transaction).
+            tx.s.unattended_timeouts = 0;
+            match command {
+                Command::Switch { from, next } => tx.switch(from.as_ref(), next.as_ref())?,
+                Command::Start { first } => tx.start(first.as_ref())?,
+                Command::Pause => tx.pause()?,
+                Command::Resume => tx.resume()?,
+                Command::Complete => tx.finish(Status::Completed, EventKind::Completed)?,
+                Command::Cancel => tx.finish(Status::Cancelled, EventKind::Cancelled)?,
+                Command::Adjust { target, delta_ms } => tx.adjust(target, *delta_ms)?,
+                Command::Timeout => {}
+            }
+        }
     }
     tx.settle();
     if let Some(rid) = &req.request_id {
@@ -309,7 +327,19 @@ impl Tx {
                     self.s.participants[pos].expired = true;
                     self.emit(EventKind::TimedOut, Some(who))
                 }
+                // Nobody called for a whole round: every participant in the
+                // rotation timed out in turn. Nobody is there; the session
+                // ends as END_SESSION would have ended it (docs/clock-rules.md,
+                // "Floors and sessions left alone").
+                TimeoutAction::Skip
+                    if self.s.unattended_timeouts + 1 >= self.eligible_owners() as u32 =>
+                {
+                    self.s.unattended_timeouts += 1;
+                    self.s.participants[pos].expired = true;
+                    self.end_by_time(at, who)
+                }
                 TimeoutAction::Skip => {
+                    self.s.unattended_timeouts += 1;
                     self.complete_turn(pos);
                     let next = self.next_eligible_after(pos).unwrap_or(pos);
                     self.s.active = Some(next);

@@ -10,12 +10,34 @@ use super::model::{
     DelayKind, Event, EventKind, Group, MICROS_PER_MS, Micros, Mode, Participant, Session, Stage,
     Status, TimeControl, TimeoutAction,
 };
+use super::text::{control_reason, first_control};
 
 /// Longest duration accepted anywhere: 30 days.
 pub const MAX_DURATION_MS: i64 = 30 * 24 * 3600 * 1000;
 pub const MAX_PARTICIPANTS: usize = 1000;
 pub const MAX_METADATA_ENTRIES: usize = 32;
 pub const MAX_METADATA_BYTES: usize = 4096;
+
+/// The floor, 250 ms, of every duration that starts again by itself: one
+/// that makes the server commit again on its own when it runs out, or that
+/// resets to full on every move. Refused below it (zero stays allowed where
+/// zero means "off"):
+/// - `cycle_time_ms` (MODE_PER_CYCLE): SKIP gives the next participant a fresh
+///   cycle each time one runs out, so the cycle is the period of a session
+///   that commits on its own; it also resets on every switch.
+/// - `time_control.byoyomi_period_ms` and `time_control.canadian_block_ms`:
+///   they reset to full on a move.
+/// - with `TIMEOUT_ACTION_SKIP`, every budget that the flag of the one before
+///   arms: `initial_time_ms`, `participants[i].initial_time_ms`,
+///   `groups[i].initial_time_ms`, `max_time_ms` (MODE_COUNT_UP).
+///
+/// Why 250 ms: no turn can be played in less (a human's reaction time, plus a
+/// network round trip), so a shorter value only ever produces timeouts; and it
+/// holds a session nobody calls to at most 4 automatic commits a second, each
+/// a state write, a log and audit entry, a Pub/Sub message and a Postgres row.
+/// How many such commits in a row: `apply.rs` (one round, then the session
+/// ends). docs/clock-rules.md, "Floors and sessions left alone".
+pub const MIN_REPEATING_MS: i64 = 250;
 
 /// A participant as the caller describes it.
 #[derive(Clone, Debug)]
@@ -127,6 +149,23 @@ fn optional_duration(field: &str, ms: i64) -> Result<Micros, RuleError> {
     required_duration(field, ms)
 }
 
+/// `ms` (already known to be in range; 0 = off) is at least `MIN_REPEATING_MS`.
+fn above_floor(field: &str, ms: i64, why: &str) -> Result<(), RuleError> {
+    if ms != 0 && ms < MIN_REPEATING_MS {
+        return Err(RuleError::invalid(
+            field,
+            format!("must be at least {MIN_REPEATING_MS} ms{why}, got {ms}"),
+        ));
+    }
+    Ok(())
+}
+
+/// What `above_floor` says about a duration that resets or repeats.
+const REPEATS: &str = " (the floor of a duration that repeats)";
+/// What `above_floor` says about a budget that SKIP arms.
+const SKIP_ARMS: &str =
+    " with TIMEOUT_ACTION_SKIP (the floor of a budget that the previous flag arms)";
+
 fn must_be_unset(field: &str, set: bool, mode: Mode) -> Result<(), RuleError> {
     if set {
         return Err(RuleError::invalid(
@@ -166,6 +205,20 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), RuleError> 
     }
     if metadata.keys().any(|k| k.is_empty()) {
         return Err(RuleError::invalid("metadata", "keys must not be empty"));
+    }
+    // No control characters (text.rs says why): the field is the entry,
+    // `metadata["note"]`, its key spelled with Rust's escapes (`"a\u{0}b"`).
+    for (k, v) in metadata {
+        let field = format!("metadata[{k:?}]");
+        if let Some((c, at)) = first_control(k) {
+            return Err(RuleError::invalid(
+                &field,
+                format!("the key {}", control_reason(c, at)),
+            ));
+        }
+        if let Some((c, at)) = first_control(v) {
+            return Err(RuleError::invalid(&field, control_reason(c, at)));
+        }
     }
     Ok(())
 }
@@ -217,6 +270,11 @@ fn check_time_control(tc: &NewTimeControl, mode: Mode) -> Result<TimeControl, Ru
         _ => {}
     }
     let byoyomi_period = non_negative("time_control.byoyomi_period_ms", tc.byoyomi_period_ms)?;
+    above_floor(
+        "time_control.byoyomi_period_ms",
+        tc.byoyomi_period_ms,
+        REPEATS,
+    )?;
     if (tc.byoyomi_periods > 0) != (byoyomi_period > 0) {
         return Err(RuleError::invalid(
             "time_control.byoyomi_periods",
@@ -224,6 +282,11 @@ fn check_time_control(tc: &NewTimeControl, mode: Mode) -> Result<TimeControl, Ru
         ));
     }
     let canadian_block = non_negative("time_control.canadian_block_ms", tc.canadian_block_ms)?;
+    above_floor(
+        "time_control.canadian_block_ms",
+        tc.canadian_block_ms,
+        REPEATS,
+    )?;
     if (tc.canadian_stones > 0) != (canadian_block > 0) {
         return Err(RuleError::invalid(
             "time_control.canadian_stones",
@@ -357,7 +420,9 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
         required_duration("initial_time_ms", new.initial_time_ms)?;
     }
     let cycle_time = if mode == Mode::PerCycle {
-        required_duration("cycle_time_ms", new.cycle_time_ms)?
+        let cycle = required_duration("cycle_time_ms", new.cycle_time_ms)?;
+        above_floor("cycle_time_ms", new.cycle_time_ms, REPEATS)?;
+        cycle
     } else {
         0
     };
@@ -387,6 +452,17 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
         ));
     }
 
+    // Under SKIP a flag arms the next budget: each one is a repeating duration.
+    let skip_floor = |field: &str, ms: i64| {
+        if timeout_action == TimeoutAction::Skip {
+            above_floor(field, ms, SKIP_ARMS)
+        } else {
+            Ok(())
+        }
+    };
+    skip_floor("initial_time_ms", new.initial_time_ms)?;
+    skip_floor("max_time_ms", new.max_time_ms)?;
+
     let mut groups = Vec::with_capacity(new.groups.len());
     let mut seen_groups = HashSet::new();
     for (i, g) in new.groups.iter().enumerate() {
@@ -396,8 +472,9 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
                 format!("duplicate id {:?}", g.id.as_str()),
             ));
         }
-        let initial =
-            required_duration(&format!("groups[{i}].initial_time_ms"), g.initial_time_ms)?;
+        let field = format!("groups[{i}].initial_time_ms");
+        let initial = required_duration(&field, g.initial_time_ms)?;
+        skip_floor(&field, g.initial_time_ms)?;
         groups.push(Group {
             id: g.id.clone(),
             clock: Budget::new(initial, &time_control),
@@ -452,7 +529,11 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
         let clock = match mode {
             Mode::PerParticipant => {
                 let initial = match p.initial_time_ms {
-                    Some(ms) => required_duration(&field("initial_time_ms"), ms)?,
+                    Some(ms) => {
+                        let initial = required_duration(&field("initial_time_ms"), ms)?;
+                        skip_floor(&field("initial_time_ms"), ms)?;
+                        initial
+                    }
                     None if new.initial_time_ms != 0 => new.initial_time_ms * MICROS_PER_MS,
                     None => {
                         return Err(RuleError::invalid(
@@ -510,6 +591,7 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
         started_at: None,
         ended_at: None,
         updated_at: now,
+        unattended_timeouts: 0,
         recent_requests: VecDeque::new(),
     };
     if let Some(rid) = &new.request_id {

@@ -13,6 +13,7 @@ mod budget;
 mod create;
 mod ids;
 mod model;
+mod text;
 mod view;
 
 #[cfg(test)]
@@ -21,14 +22,15 @@ mod tests;
 pub use apply::{AdjustTarget, Applied, Command, Request, apply, deadline};
 pub use budget::Budget;
 pub use create::{
-    MAX_DURATION_MS, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, MAX_PARTICIPANTS, NewGroup,
-    NewParticipant, NewSession, NewStage, NewTimeControl, create,
+    MAX_DURATION_MS, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, MAX_PARTICIPANTS, MIN_REPEATING_MS,
+    NewGroup, NewParticipant, NewSession, NewStage, NewTimeControl, create,
 };
 pub use ids::{GroupId, MAX_ID_LEN, ParticipantId, RequestId, SessionId, SessionKey, Tenant};
 pub use model::{
     DelayKind, Event, EventKind, Group, MICROS_PER_MS, Micros, Mode, Participant,
     REMEMBERED_REQUESTS, Session, Stage, Status, TimeControl, TimeoutAction,
 };
+pub use text::check_text;
 pub use view::{ClockView, deleted_event, participant_clock, participant_view, view};
 
 /// Why a request was refused. Each message names the field or the state.

@@ -211,6 +211,12 @@ pub struct Session {
     pub ended_at: Option<Micros>,
     #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub updated_at: Micros,
+    /// Timeouts processed in a row since the last command a caller sent
+    /// (MODE_PER_CYCLE under SKIP): when it reaches the number of participants
+    /// in the rotation, a whole round timed out with nobody calling and the
+    /// session ends (apply.rs, `time_out`).
+    #[serde(default, skip_serializing_if = "super::model::is_zero_u32")]
+    pub unattended_timeouts: u32,
     /// The last `REMEMBERED_REQUESTS` applied request ids, oldest first.
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub recent_requests: VecDeque<String>,

@@ -60,6 +60,22 @@ fn request_id(raw: &str) -> Result<Option<RequestId>, AppError> {
         .map_err(invalid)
 }
 
+/// Free text (no control characters, engine/text.rs); the error names `field`.
+fn text(field: &str, raw: String) -> Result<String, AppError> {
+    engine::check_text(field, &raw).map_err(invalid)?;
+    Ok(raw)
+}
+
+/// A Subscribe `epoch`: free text, compared with the session's.
+pub fn epoch(raw: String) -> Result<String, AppError> {
+    text("epoch", raw)
+}
+
+/// A ListSessionEvents `page_token`: opaque to the caller, free text here.
+pub fn page_token(raw: String) -> Result<String, AppError> {
+    text("page_token", raw)
+}
+
 pub fn guards(expected_version: Option<u64>, raw_request_id: &str) -> Result<Guards, AppError> {
     Ok(Guards {
         expected_version,

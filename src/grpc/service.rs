@@ -145,7 +145,7 @@ impl SyncService for GrpcService {
         let id = convert::session_id(&r.session_id)?;
         let opts = crate::app::SubscribeOptions {
             from_version: r.from_version,
-            epoch: r.epoch,
+            epoch: convert::epoch(r.epoch)?,
             strict: r.strict,
             heartbeat_ms: r.heartbeat_ms,
         };
@@ -162,9 +162,10 @@ impl SyncService for GrpcService {
     ) -> Reply<pb::ListSessionEventsResponse> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
+        let page_token = convert::page_token(r.page_token)?;
         let page = self
             .app
-            .history(id, r.page_size, &r.page_token, r.after_version)
+            .history(id, r.page_size, &page_token, r.after_version)
             .await?;
         Ok(Response::new(pb::ListSessionEventsResponse {
             events: page.events.iter().map(convert::event).collect(),

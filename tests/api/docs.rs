@@ -561,7 +561,7 @@ async fn bronstein_flags_at_r_and_simple_delay_at_r_plus_d() {
 async fn byoyomi_uses_up_periods_then_flags() {
     const MAIN: i64 = 200;
     const PERIODS: u32 = 3;
-    const PERIOD: i64 = 200;
+    const PERIOD: i64 = 250;
     const TOTAL: i64 = MAIN + PERIODS as i64 * PERIOD;
     let mut app = spawn_app().await;
     let id = unique_id("doc-byoyomi");
@@ -808,10 +808,11 @@ async fn canadian_overtime_counts_stones_and_flags_when_the_block_runs_out() {
 }
 
 /// Poker with SKIP: nobody acts; each seat times out in turn, the next gets
-/// a fresh cycle, nobody is eliminated, the session keeps running.
+/// a fresh cycle, nobody is eliminated; when the last seat of the round times
+/// out too (a whole round with nobody calling), the session ends EXPIRED.
 #[tokio::test]
 async fn poker_skip_advances_through_the_seats_by_itself() {
-    const CYCLE: i64 = 150;
+    const CYCLE: i64 = 250;
     let mut app = spawn_app().await;
     let id = unique_id("doc-poker");
     let req = pb::CreateSessionRequest {
@@ -831,7 +832,7 @@ async fn poker_skip_advances_through_the_seats_by_itself() {
     let mut deadline = micros_of(&started.deadline_at);
     let mut version = started.version;
     let seats = ["seat-1", "seat-2", "seat-3"];
-    for k in 0..4 {
+    for k in 0..2 {
         let e = expect_change(&mut stream, EventType::TimedOut, "TIMED_OUT").await;
         let s = session_of(&e);
         version += 1;
@@ -867,19 +868,33 @@ async fn poker_skip_advances_through_the_seats_by_itself() {
                 "the active one: its fresh cycle's time left; the others: cycle_time_ms: {s:?}"
             );
         }
-        if k == 3 {
+        if k == 1 {
             assert_eq!(
                 find(s, "seat-1").used_ms,
-                2 * CYCLE,
+                CYCLE,
                 "used_ms adds up per participant"
             );
-            assert_eq!(find(s, "seat-2").used_ms, (CYCLE * MS + running) / MS);
-            assert_eq!(find(s, "seat-3").used_ms, CYCLE);
+            assert_eq!(find(s, "seat-2").used_ms, CYCLE);
+            assert_eq!(find(s, "seat-3").used_ms, running / MS);
         }
         deadline = micros_of(&s.deadline_at);
     }
+    // seat-3 lets its turn pass too: every seat timed out in turn, nobody
+    // called, the table is empty.
+    let e = expect_change(&mut stream, EventType::Expired, "EXPIRED after a round").await;
+    let s = session_of(&e);
+    version += 1;
+    assert_eq!((e.version, e.participant_id.as_str()), (version, "seat-3"));
+    assert_eq!(status_of(s), pb::Status::Expired);
+    assert_eq!(micros_of(&s.ended_at), deadline);
+    assert!(s.deadline_at.is_none(), "nothing runs any more");
+    assert!(find(s, "seat-3").expired);
+    assert_quiet(&mut stream, Duration::from_millis(3 * CYCLE as u64)).await;
     let now = get(&mut app.client, &id).await;
-    assert_eq!(status_of(&now), pb::Status::Running);
+    assert_eq!(
+        (status_of(&now), now.version),
+        (pb::Status::Expired, version)
+    );
 }
 
 /// Quiz: every switch is a fresh cycle_time (deadline = switch time + cycle);
@@ -1077,7 +1092,7 @@ async fn team_game_skip_expires_the_whole_group() {
     let three = pb::CreateSessionRequest {
         session_id: unique_id("doc-team-skip"),
         mode: pb::Mode::PerGroup as i32,
-        groups: vec![grp("red", 200), grp("blue", HOUR_MS), grp("green", HOUR_MS)],
+        groups: vec![grp("red", 250), grp("blue", HOUR_MS), grp("green", HOUR_MS)],
         timeout_action: pb::TimeoutAction::Skip as i32,
         participants: vec![
             member("red-1", "red"),
@@ -1089,7 +1104,7 @@ async fn team_game_skip_expires_the_whole_group() {
     };
     let two = pb::CreateSessionRequest {
         session_id: unique_id("doc-team-skip2"),
-        groups: vec![grp("red", 200), grp("blue", HOUR_MS)],
+        groups: vec![grp("red", 250), grp("blue", HOUR_MS)],
         participants: vec![
             member("red-1", "red"),
             member("blue-1", "blue"),
@@ -1775,7 +1790,7 @@ async fn per_cycle_timeouts(app: &mut TestApp) -> (pb::SessionEvent, pb::Session
     let req = |prefix: &str, action: pb::TimeoutAction| pb::CreateSessionRequest {
         session_id: unique_id(prefix),
         mode: pb::Mode::PerCycle as i32,
-        cycle_time_ms: 150,
+        cycle_time_ms: 250,
         timeout_action: action as i32,
         participants: vec![participant("a"), participant("b")],
         ..Default::default()
@@ -1826,7 +1841,7 @@ async fn per_cycle_end_session_and_notify() {
     let moved = do_switch(&mut app.client, switch_from(&notify_id, "a")).await;
     assert_eq!(
         (moved.active_participant_id.as_str(), budget_shown(&moved)),
-        ("b", 150 * MS),
+        ("b", 250 * MS),
         "a fresh cycle for b"
     );
     assert_eq!(status_of(&moved), pb::Status::Running);

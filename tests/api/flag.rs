@@ -179,7 +179,7 @@ async fn skip_moves_on_to_the_next_participant_until_fewer_than_two_remain() {
     let id = unique_id("skip");
     let mut req = chess(&id, HOUR_MS);
     req.participants = vec![
-        participant_with_budget("a", 200),
+        participant_with_budget("a", 250),
         participant_with_budget("b", 300),
         participant("c"),
     ];

@@ -16,6 +16,7 @@ mod flag;
 mod grpcurl;
 mod health;
 mod helpers;
+mod hostile_input;
 mod latency;
 mod pg;
 mod redis_server;

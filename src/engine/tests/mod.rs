@@ -11,6 +11,9 @@
 //!   NOTIFY / SKIP, commands that arrive at or after the deadline.
 //! - `idempotency`: request ids, expected_version, the version and snapshot
 //!   each event carries.
+//! - `hostile_input`: issue 12 — control characters in metadata, the floor of
+//!   every duration that repeats, a session left alone stops after one round
+//!   (examples and a property).
 //!
 //! Then, each folder with a `mod.rs` of its own:
 //! - `spec`: one worked example per row of SPEC §3 (modes), §4 (time controls)
@@ -25,6 +28,7 @@
 use super::*;
 
 mod create;
+mod hostile_input;
 mod idempotency;
 mod pause_complete_adjust;
 mod property;

@@ -48,8 +48,9 @@ fn control() -> impl Strategy<Value = Control> {
             .prop_map(|(inc, cap)| Control::Fischer { inc, cap }),
         (1..5_000i64).prop_map(Control::Bronstein),
         (1..5_000i64).prop_map(Control::Simple),
-        (1..5u32, 100..3_000i64).prop_map(|(periods, period)| Control::Byoyomi { periods, period }),
-        (1..5u32, 100..5_000i64).prop_map(|(stones, block)| Control::Canadian { stones, block }),
+        // Periods and blocks start at their floor, MIN_REPEATING_MS.
+        (1..5u32, 250..3_000i64).prop_map(|(periods, period)| Control::Byoyomi { periods, period }),
+        (1..5u32, 250..5_000i64).prop_map(|(stones, block)| Control::Canadian { stones, block }),
         Just(Control::Hourglass),
         (0..3_000i64, 1..4u32, 0..5_000i64, 0..3_000i64).prop_map(
             |(inc, after, add, stage_inc)| Control::Stages {
@@ -132,7 +133,8 @@ fn setup() -> impl Strategy<Value = Setup> {
         mode,
         1..6usize,
         1..4usize,
-        200..20_000i64,
+        // From the floor of a repeating duration (cycles, budgets under SKIP).
+        MIN_REPEATING_MS..20_000i64,
         control(),
         action,
     )

@@ -99,7 +99,17 @@ fn session_spec(tight: bool) -> impl Strategy<Value = SessionSpec> {
         })
         .prop_map(
             |(initial_ms, indexes, shared_initial, increment_ms, cap_ms, action)| SessionSpec {
-                initial_ms,
+                // Under SKIP a flag arms the next budget: none is below the
+                // floor of a repeating duration (tiny ones still come from
+                // AdjustTime and play).
+                initial_ms: if action == Some(TimeoutAction::Skip) {
+                    initial_ms
+                        .into_iter()
+                        .map(|ms| ms.max(MIN_REPEATING_MS))
+                        .collect()
+                } else {
+                    initial_ms
+                },
                 indexes,
                 shared_initial,
                 increment_ms,

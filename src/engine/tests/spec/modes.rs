@@ -41,11 +41,18 @@ fn per_cycle_skip_times_out_the_cycle_and_moves_on_without_eliminating() {
         Some(at(20_000)),
         "fresh cycle from the deadline instant"
     );
-    // Long overdue: each cycle times out in turn, at its own instant.
+    // b moves (a call), then long overdue: each cycle times out in turn, at
+    // its own instant, until a whole round timed out with nobody calling.
+    let s = switch(&s, at(12_000));
     let (s, kinds) = timeout(&s, at(45_000)).unwrap();
-    assert_eq!(kinds, vec![EventKind::TimedOut; 3]);
-    assert_eq!(active_id(&s), "a");
-    assert_eq!(deadline(&s), Some(at(50_000)));
+    assert_eq!(kinds, vec![EventKind::TimedOut, EventKind::Expired]);
+    assert_eq!(s.status, Status::Expired);
+    assert_eq!(s.ended_at, Some(at(32_000)));
+    assert!(
+        s.participants
+            .iter()
+            .all(|p| p.id.as_str() == "b" || !p.expired)
+    );
 }
 
 #[test]
