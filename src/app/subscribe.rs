@@ -1,9 +1,13 @@
 //! Subscribe (SPEC §7): a spawned producer per stream feeding a bounded mpsc.
 //!
-//! Order of work on open: join the session's hub channel *first*, then read
-//! the session (or the log for a replay), so no version committed in between
-//! is missed; events at or below the last version sent are dropped, so none
-//! is duplicated. A version jump (a lost message) is filled from the event
+//! Order of work on open: read the session, and answer NOT_FOUND there if it
+//! does not exist, so a flood of random ids never reaches the hub (on the
+//! Redis engine, the replica's one Pub/Sub connection would subscribe and
+//! unsubscribe for each); then join the session's hub channel, and only then
+//! read the session again (or the log for a replay), so no version committed
+//! before the join is missed. The first read only decides whether to join:
+//! a version committed between it and the join is in the second. Events at
+//! or below the last version sent are dropped, so none is duplicated. A version jump (a lost message) is filled from the event
 //! log, or covered by a fresh snapshot when the log no longer reaches back.
 //! A stream that falls behind the hub's buffer gets a fresh snapshot: a slow
 //! consumer never slows the others.
@@ -70,10 +74,15 @@ pub(super) async fn open(
     opts: SubscribeOptions,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Receiver<Result<StreamItem, AppError>>, AppError> {
+    // Refused before the join: a missing session costs one read, no channel.
+    store.get(&key).await?;
     let sub = hub.subscribe(&key).await.map_err(|e| {
         tracing::warn!(session = %key, error = %e, "subscribe: joining the channel failed");
         AppError::Unavailable("cannot follow this session right now; retry shortly".into())
     })?;
+    // Read again now that the channel is joined: whatever committed before
+    // the join is in this read, whatever commits after it comes through the
+    // channel (deleted meanwhile: NOT_FOUND, and the join is undone).
     let session = store.get(&key).await?;
     let epoch = session.epoch.clone();
     let mut first = Vec::new();

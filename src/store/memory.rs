@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, mpsc};
 
 use super::clock::Clock;
-use super::{AuditRecord, BuildFn, Change, EVENT_LOG_LEN, Replay, SessionStore, StoreError};
+use super::{AuditRecord, BuildFn, Change, Claim, EVENT_LOG_LEN, Replay, SessionStore, StoreError};
 use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
 use crate::fanout::Hub;
 
@@ -190,7 +190,8 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn claim_due(&self) -> Result<Vec<SessionKey>, StoreError> {
+    /// Claims carry lease 0: a claim lives only in this process's timers.
+    async fn claim_due(&self) -> Result<Vec<Claim>, StoreError> {
         let now = self.now();
         let mut deadlines = lock(&self.deadlines);
         let mut due = Vec::new();
@@ -200,13 +201,13 @@ impl SessionStore for MemoryStore {
             }
             if let Some((_, key)) = deadlines.by_time.pop_first() {
                 deadlines.by_key.remove(&key);
-                due.push(key);
+                due.push(Claim { key, lease: 0 });
             }
         }
         Ok(due)
     }
 
-    async fn release(&self, _key: &SessionKey) -> Result<(), StoreError> {
+    async fn release(&self, _claim: &Claim) -> Result<(), StoreError> {
         // claim_due already took the key out of the index.
         Ok(())
     }

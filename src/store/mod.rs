@@ -57,6 +57,19 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// A due deadline the timers took (`claim_due`), to fire and, when the
+/// firing commits nothing, to hand back with `release`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub key: SessionKey,
+    /// Which claim of the session this is. The Redis engine: the end of its
+    /// lease (its score in the in-flight ZSET, Redis `TIME` in µs; the same
+    /// for every claim of one bucket's round), so that a release drops this
+    /// claim and never a newer one of the same session. The memory engine: 0
+    /// (its claims never outlive the process that took them).
+    pub lease: Micros,
+}
+
 /// What the event log can say about the versions after `v`.
 #[derive(Debug)]
 pub enum Replay {
@@ -108,11 +121,19 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn events_after(&self, key: &SessionKey, after: u64) -> Result<Replay, StoreError>;
 
     /// Takes the sessions whose deadline is at or before now out of the
-    /// deadline index, for the timers to fire.
-    async fn claim_due(&self) -> Result<Vec<SessionKey>, StoreError>;
+    /// deadline index, for the timers to fire. The Redis engine moves them
+    /// to the bucket's in-flight ZSET under a lease (another replica may take
+    /// them once it ends); the memory engine just removes them (the next
+    /// commit of the session indexes its deadline again).
+    async fn claim_due(&self) -> Result<Vec<Claim>, StoreError>;
 
-    /// Drops the claim the timers took on `key` (after firing it).
-    async fn release(&self, key: &SessionKey) -> Result<(), StoreError>;
+    /// Drops `claim` after a firing that needed no commit ("not due", "gone";
+    /// a firing that commits a timeout drops its claim in that commit). The
+    /// Redis engine drops the session's in-flight entry only while it is
+    /// still this claim's (same lease): if the session's deadline moved, came
+    /// due and was claimed again meanwhile, that newer claim stays. The
+    /// memory engine has nothing to drop.
+    async fn release(&self, claim: &Claim) -> Result<(), StoreError>;
 
     /// The earliest deadline this store knows of.
     async fn next_deadline(&self) -> Result<Option<Micros>, StoreError>;

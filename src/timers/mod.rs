@@ -12,7 +12,9 @@
 //! per flag. A firing that fails for a passing reason (pool timeout, write
 //! conflict, a Redis blip) is retried at once, one session at a time, with
 //! a short backoff while this replica still holds the claim, instead of
-//! waiting for the claim's lease to run out.
+//! waiting for the claim's lease to run out. Each claim is kept with the
+//! lease the store gave it, so that a release drops only that claim, never
+//! a newer one another replica took on the same session meanwhile.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::engine::{Command, Request, RuleError, SessionKey};
-use crate::store::{SessionStore, StoreError};
+use crate::store::{Claim, SessionStore, StoreError};
 
 /// The longest the loop sleeps without looking: a safety net under the
 /// wake-ups (e.g. a deadline set by another replica whose wake-up was lost).
@@ -52,16 +54,16 @@ pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
             Ok(due) => {
                 // One waiting firing per deadline; each takes whatever of its
                 // batch is still queued when its turn comes (maybe nothing).
-                for key in due.iter().cloned() {
-                    let batch = store.batch_of(&key);
-                    queued.push(batch, key);
+                for claim in due.iter().cloned() {
+                    let batch = store.batch_of(&claim.key);
+                    queued.push(batch, claim);
                     let (store, firing, queued) = (store.clone(), firing.clone(), queued.clone());
                     tokio::spawn(async move {
                         // The semaphore is never closed; Err cannot happen.
                         let _permit = firing.acquire_owned().await;
-                        let keys = queued.take(batch, BATCH);
-                        if !keys.is_empty() {
-                            fire_many(store.as_ref(), &keys).await
+                        let claims = queued.take(batch, BATCH);
+                        if !claims.is_empty() {
+                            fire_many(store.as_ref(), &claims).await
                         }
                     });
                 }
@@ -91,26 +93,26 @@ pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
 /// Claimed deadlines not yet taken by a firing, by batch.
 #[derive(Default)]
 struct Queued {
-    by_batch: Mutex<HashMap<u32, Vec<SessionKey>>>,
+    by_batch: Mutex<HashMap<u32, Vec<Claim>>>,
 }
 
 impl Queued {
-    fn push(&self, batch: u32, key: SessionKey) {
+    fn push(&self, batch: u32, claim: Claim) {
         self.by_batch
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(batch)
             .or_default()
-            .push(key);
+            .push(claim);
     }
 
     /// Up to `max` of the batch's deadlines, oldest first.
-    fn take(&self, batch: u32, max: usize) -> Vec<SessionKey> {
+    fn take(&self, batch: u32, max: usize) -> Vec<Claim> {
         let mut by_batch = self.by_batch.lock().unwrap_or_else(|p| p.into_inner());
         let Some(keys) = by_batch.get_mut(&batch) else {
             return Vec::new();
         };
-        let taken: Vec<SessionKey> = keys.drain(..max.min(keys.len())).collect();
+        let taken: Vec<Claim> = keys.drain(..max.min(keys.len())).collect();
         if keys.is_empty() {
             by_batch.remove(&batch);
         }
@@ -121,21 +123,23 @@ impl Queued {
 /// Applies the timeout to several sessions in one go (see `fire` for the
 /// outcomes); those that fail for a passing reason are retried each on its
 /// own, side by side, so that all of them retry within their claim's lease.
-pub async fn fire_many(store: &dyn SessionStore, keys: &[SessionKey]) {
+pub async fn fire_many(store: &dyn SessionStore, claims: &[Claim]) {
+    let keys: Vec<SessionKey> = claims.iter().map(|c| c.key.clone()).collect();
     let results = store
-        .update_many(keys, crate::store::apply(Request::new(Command::Timeout)))
+        .update_many(&keys, crate::store::apply(Request::new(Command::Timeout)))
         .await;
     let mut retries = Vec::new();
-    for (key, result) in keys.iter().zip(results) {
+    for (claim, result) in claims.iter().zip(results) {
+        let key = &claim.key;
         match result {
             Ok(applied) => {
                 debug!(session = %key, version = applied.session.version, "deadline fired")
             }
             Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => {
-                release(store, key).await
+                release(store, claim).await
             }
             Err(StoreError::Unavailable(_) | StoreError::Conflict) => {
-                retries.push(fire(store, key))
+                retries.push(fire(store, claim))
             }
             Err(e) => warn!(session = %key, error = %e, "firing a deadline failed"),
         }
@@ -143,16 +147,18 @@ pub async fn fire_many(store: &dyn SessionStore, keys: &[SessionKey]) {
     futures_util::future::join_all(retries).await;
 }
 
-/// Drops this replica's claim on a deadline that needed no firing.
-async fn release(store: &dyn SessionStore, key: &SessionKey) {
-    if let Err(e) = store.release(key).await {
-        debug!(session = %key, error = %e, "releasing a claim failed; its lease will expire");
+/// Drops this replica's claim on a deadline that needed no firing (and
+/// only that claim: see `SessionStore::release`).
+async fn release(store: &dyn SessionStore, claim: &Claim) {
+    if let Err(e) = store.release(claim).await {
+        debug!(session = %claim.key, error = %e, "releasing a claim failed; its lease will expire");
     }
 }
 
 /// Applies the timeout to one session; "not due" and "gone" are normal
 /// outcomes. A passing failure is retried (see `retry_after`).
-pub async fn fire(store: &dyn SessionStore, key: &SessionKey) {
+pub async fn fire(store: &dyn SessionStore, claim: &Claim) {
+    let key = &claim.key;
     let timeout = crate::store::apply(Request::new(Command::Timeout));
     let started = Instant::now();
     for attempt in 0u32.. {
@@ -179,7 +185,7 @@ pub async fn fire(store: &dyn SessionStore, key: &SessionKey) {
             }
         }
     }
-    release(store, key).await
+    release(store, claim).await
 }
 
 /// The pause before retry `attempt + 1` of a firing that has been failing
@@ -203,18 +209,22 @@ mod tests {
 
     #[test]
     fn a_firing_takes_only_its_own_batch_oldest_first_and_at_most_the_limit() {
-        let key = |id: &str| SessionKey {
-            tenant: crate::engine::Tenant::default_tenant(),
-            id: crate::engine::SessionId::parse("id", id).unwrap(),
+        let key = |id: &str| Claim {
+            key: SessionKey {
+                tenant: crate::engine::Tenant::default_tenant(),
+                id: crate::engine::SessionId::parse("id", id).unwrap(),
+            },
+            lease: 0,
         };
         let q = Queued::default();
         for i in 0..5 {
             q.push(1, key(&format!("a{i}")));
         }
         q.push(2, key("b0"));
-        let ids = |keys: Vec<SessionKey>| {
-            keys.into_iter()
-                .map(|k| k.id.to_string())
+        let ids = |claims: Vec<Claim>| {
+            claims
+                .into_iter()
+                .map(|c| c.key.id.to_string())
                 .collect::<Vec<_>>()
         };
         assert_eq!(ids(q.take(1, 3)), ["a0", "a1", "a2"]);

@@ -1264,6 +1264,149 @@ async fn a_deadline_claimed_by_a_dead_replica_fires_after_its_lease() {
     );
 }
 
+// ---------- a release drops only its own claim ----------
+
+/// Claims `key` with `store`, polling claim rounds for at most `limit`.
+async fn claim_of(
+    store: &synckairos::store::redis::RedisStore,
+    key: &synckairos::engine::SessionKey,
+    limit: Duration,
+) -> Option<synckairos::store::Claim> {
+    use synckairos::store::SessionStore;
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if let Some(c) = store
+            .claim_due()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.key == *key)
+        {
+            return Some(c);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Issue 12: replica A claims K; a switch settles that deadline and moves
+/// K's deadline; replica B claims the new one; A's release (its firing found
+/// nothing due) must not drop B's claim, or, should B's firing then fail,
+/// K never flags. After B's lease ends the deadline is claimed again and K
+/// flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_drops_only_its_own_claim_not_a_newer_one() {
+    use synckairos::engine::{
+        self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, SessionId,
+        SessionKey, Status, Tenant, TimeoutAction,
+    };
+    use synckairos::store::redis::{RedisSettings, RedisStore};
+    use synckairos::store::{self, SessionStore};
+
+    let _iso = shared_isolation();
+    let redis = RedisServer::start();
+    let settings = RedisSettings {
+        url: redis.url(),
+        buckets: BUCKETS,
+        session_ttl: Duration::from_secs(3600),
+        idle_ttl: Duration::from_secs(3600),
+        pool_size: 4,
+        pool_timeout: Duration::from_millis(500),
+        audit: false,
+    };
+    // Two replicas' stores and no timers: the test claims, releases and fires.
+    let a = RedisStore::connect(settings.clone(), Clock::new())
+        .await
+        .unwrap();
+    let b = RedisStore::connect(settings, Clock::new()).await.unwrap();
+    let k = SessionKey {
+        tenant: Tenant::default_tenant(),
+        id: SessionId::parse("id", &unique_id("claimed-twice")).unwrap(),
+    };
+    let players = ["a", "b", "c"]
+        .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
+        .to_vec();
+    let new = NewSession {
+        cycle_time_ms: 1_000,
+        timeout_action: Some(TimeoutAction::Skip),
+        ..NewSession::new(k.id.clone(), Mode::PerCycle, players)
+    };
+    a.create(&k, &|now| engine::create(new.clone(), now))
+        .await
+        .unwrap();
+    let start = Request::new(Command::Start { first: None });
+    a.update(&k, store::apply(start)).await.unwrap();
+
+    // A claims K's first deadline.
+    let claim_a = claim_of(&a, &k, Duration::from_secs(3))
+        .await
+        .expect("A claims K's first deadline");
+    // A switch after it settles that deadline (a skip) and moves K's deadline.
+    let switch = Request::new(Command::Switch {
+        from: None,
+        next: None,
+    });
+    let switched = b.update(&k, store::apply(switch)).await.unwrap();
+    let moved = engine::deadline(&switched.session).expect("K's clock runs");
+    // B claims K's new deadline.
+    let claim_b = claim_of(&b, &k, Duration::from_secs(3))
+        .await
+        .expect("B claims K's new deadline");
+    assert_ne!(claim_a.lease, claim_b.lease);
+    // A releases its claim (say its firing ran before the new deadline and
+    // found nothing due): B's claim stays in flight.
+    a.release(&claim_a).await.unwrap();
+    let mut con = redis_conn(&redis.url()).await;
+    let bucket = a.bucket_of(&k);
+    let mut score_in = async |set: &str| -> Option<f64> {
+        redis::cmd("ZSCORE")
+            .arg(format!("sk:{{{bucket}}}:{set}"))
+            .arg(format!("default/{}", k.id))
+            .query_async(&mut con)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        score_in("inflight").await,
+        Some(claim_b.lease as f64),
+        "A's release dropped B's claim: K's deadline is in neither ZSET"
+    );
+
+    // B's firing fails and gives up (it never runs here): once B's lease
+    // ends, the deadline is claimed again and K flags.
+    let again = claim_of(&a, &k, Duration::from_secs(8))
+        .await
+        .expect("K is claimed again once B's lease ends");
+    synckairos::timers::fire(a.as_ref(), &again).await;
+    let flagged = a.get(&k).await.unwrap();
+    assert_eq!(flagged.status, Status::Running, "a skip keeps K running");
+    assert!(
+        flagged.version > switched.session.version
+            && engine::deadline(&flagged).is_some_and(|d| d > moved),
+        "K flagged: version {} -> {}",
+        switched.session.version,
+        flagged.version
+    );
+    // That commit settled the claim; the next deadline waits in the due set.
+    assert_eq!(score_in("inflight").await, None);
+    assert_eq!(
+        score_in("deadlines").await,
+        engine::deadline(&flagged).map(|d| d as f64)
+    );
+
+    // A release of the claim still in flight drops it (a firing that found nothing due).
+    let last = claim_of(&b, &k, Duration::from_secs(3))
+        .await
+        .expect("B claims K's next deadline");
+    assert_eq!(score_in("inflight").await, Some(last.lease as f64));
+    b.release(&last).await.unwrap();
+    assert_eq!(
+        score_in("inflight").await,
+        None,
+        "B's own release drops its claim"
+    );
+}
+
 // ---------- a cancelled commit leaves no WATCH behind ----------
 
 /// A commit dropped while its WATCH+GET+TIME is in flight (a cancelled RPC)

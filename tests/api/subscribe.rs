@@ -9,6 +9,7 @@ use tonic::Code;
 use tonic::transport::Endpoint;
 
 use crate::helpers::*;
+use crate::redis_server::RedisServer;
 
 #[tokio::test]
 async fn subscribe_sends_a_snapshot_first_then_changes() {
@@ -720,4 +721,91 @@ async fn shutdown_with_a_stream_nobody_reads_still_stops_within_the_grace_period
     let took = stopping.elapsed();
     println!("shutdown with a stuck stream took {took:?} (grace {grace:?})");
     assert!(took < grace + Duration::from_millis(900), "took {took:?}");
+}
+
+/// How many SUBSCRIBE commands the Redis at `url` has run.
+async fn subscribe_calls(url: &str) -> u64 {
+    let mut con = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_subscribe:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 12: a flood of `Subscribe` to ids that do not exist is answered
+/// NOT_FOUND without the replica's one Pub/Sub connection joining (and
+/// leaving) a channel for each, while a real stream keeps every event, in
+/// order. Always the redis engine: the memory engine has no Pub/Sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_to_missing_sessions_never_join_pub_sub() {
+    use std::sync::{Arc, Mutex};
+    use synckairos::config::{Config, EngineKind, Secret};
+
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        engine: EngineKind::Redis,
+        redis_url: Some(Secret::new(&url)),
+        database_url: None,
+        shutdown_grace: Duration::from_secs(5),
+        ..Config::default()
+    };
+    let mut app = launch(
+        config,
+        Some(Arc::new(Mutex::new(redis))),
+        shared_isolation(),
+    )
+    .await;
+    let s = create_started(&mut app.client).await;
+    let mut stream = subscribe(&mut app.client, subscribe_req(&s.session_id)).await;
+    assert_eq!(
+        (event_type(&next_event(&mut stream).await), s.version),
+        (EventType::Snapshot, 2)
+    );
+    let before = subscribe_calls(&url).await;
+
+    const MISSING: usize = 200;
+    let flood = {
+        let client = app.new_client().await;
+        tokio::spawn(futures_util::future::join_all((0..MISSING).map(
+            move |_| {
+                let mut client = client.clone();
+                async move { client.subscribe(subscribe_req(&unique_id("missing"))).await }
+            },
+        )))
+    };
+    for v in 3..13 {
+        switch(&mut app.client, &s.session_id).await;
+        let e = next_change(&mut stream).await;
+        assert_eq!(
+            (event_type(&e), e.version),
+            (EventType::Switched, v),
+            "the real stream during the flood"
+        );
+    }
+    let answers = within(Duration::from_secs(20), "the flood", flood)
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), MISSING);
+    for answer in answers {
+        assert_status(answer, Code::NotFound, "not found");
+    }
+    assert_eq!(
+        subscribe_calls(&url).await - before,
+        0,
+        "SUBSCRIBE commands for sessions that do not exist"
+    );
+    switch(&mut app.client, &s.session_id).await;
+    assert_eq!(next_change(&mut stream).await.version, 13);
 }

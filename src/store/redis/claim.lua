@@ -1,6 +1,7 @@
 -- The timers' claim of one bucket's due deadlines (Redis engine, SPEC §8).
 -- KEYS: the bucket's deadlines ZSET, its in-flight ZSET. ARGV: lease (µs), limit.
--- Returns { due members, earliest remaining deadline or false }.
+-- Returns { due members, earliest remaining deadline or false, the lease (µs) the due
+-- members got }: the lease names this claim, so that its release drops only it (release.lua).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local lease = tonumber(ARGV[1])
@@ -29,4 +30,4 @@ local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local lease_head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local next = head[2]
 if lease_head[2] and (not next or tonumber(lease_head[2]) < tonumber(next)) then next = lease_head[2] end
-return { due, next or false }
+return { due, next or false, now + lease }

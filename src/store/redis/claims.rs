@@ -6,6 +6,23 @@
 //! claim is a no-op; the commit that processes a timeout drops its claim in
 //! the same MULTI.
 //!
+//! A claim is named by its lease's end (its in-flight score, the same for
+//! every member of one bucket's round), and a release (`release.lua`) drops
+//! the member only while its score is still that lease. Between a claim and
+//! its release the session's deadline may move and come due again, and
+//! another replica claim it (a new score): an unconditional `ZREM` would
+//! drop that claim too, and should its firing then fail, no one would hold
+//! the deadline any more — the session would never flag.
+//!
+//! The commit's own `ZREM inflight` needs no such check: it runs in the
+//! MULTI of a commit that processed a timeout, under `WATCH` of the state.
+//! Any claim in flight then was taken for the deadline of the state that
+//! commit read (nothing else changed the state until its EXEC), which it
+//! processed, or for an older state's, already replaced by a later commit
+//! (that wrote the newer deadline into the due set). The same MULTI writes
+//! the new state's deadline (`ZADD deadlines`), so dropping every claim of
+//! the session there loses no deadline.
+//!
 //! Every replica claims every bucket. A commit that sets a deadline earlier
 //! than the earliest one known here publishes a wake-up on the bucket's
 //! channel, so every replica's timers re-arm at once.
@@ -16,8 +33,8 @@ use std::time::Duration;
 use super::RedisStore;
 use super::keys::{claim_keys, parse_member};
 use super::pool::exchange;
-use crate::engine::{Micros, SessionKey};
-use crate::store::StoreError;
+use crate::engine::Micros;
+use crate::store::{Claim, StoreError};
 
 /// How long a claimed deadline stays with its claimer before others may take it.
 const CLAIM_LEASE: Duration = Duration::from_secs(5);
@@ -29,11 +46,15 @@ pub(super) fn script() -> redis::Script {
     redis::Script::new(include_str!("claim.lua"))
 }
 
+/// The release script (drops a claim only if it is still the releaser's).
+pub(super) fn release_script() -> redis::Script {
+    redis::Script::new(include_str!("release.lua"))
+}
+
 impl RedisStore {
-    /// Takes due deadlines from every bucket; returns them and the earliest head left.
-    pub(super) async fn claim_round(
-        &self,
-    ) -> Result<(Vec<SessionKey>, Option<Micros>), StoreError> {
+    /// Takes due deadlines from every bucket; returns them, each with the
+    /// lease its round set, and the earliest head left.
+    pub(super) async fn claim_round(&self) -> Result<(Vec<Claim>, Option<Micros>), StoreError> {
         let mut conn = self.conn().await?;
         let lease = CLAIM_LEASE.as_micros() as i64;
         // Every bucket's claim in one round trip (EVALSHA; loaded on first use).
@@ -48,7 +69,7 @@ impl RedisStore {
                 .arg(lease)
                 .arg(CLAIM_LIMIT);
         }
-        let replies: Vec<(Vec<String>, Option<f64>)> =
+        let replies: Vec<(Vec<String>, Option<f64>, Micros)> =
             match exchange(&mut conn, async |c| pipe.query_async(c).await).await {
                 Err(StoreError::Unavailable(e)) if e.to_ascii_lowercase().contains("noscript") => {
                     let script = &self.claim;
@@ -62,8 +83,13 @@ impl RedisStore {
             };
         let mut due = Vec::new();
         let mut head: Option<Micros> = None;
-        for (members, next) in replies {
-            due.extend(members.iter().filter_map(|m| parse_member(m)));
+        for (members, next, lease) in replies {
+            due.extend(
+                members
+                    .iter()
+                    .filter_map(|m| parse_member(m))
+                    .map(|key| Claim { key, lease }),
+            );
             if let Some(n) = next {
                 head = Some(head.map_or(n as Micros, |h| h.min(n as Micros)));
             }
@@ -71,18 +97,23 @@ impl RedisStore {
         Ok((due, head))
     }
 
-    /// Drops the claim the timers took on `key`.
-    pub(super) async fn release_claim(&self, key: &SessionKey) -> Result<(), StoreError> {
+    /// Drops `claim` if its session is still in flight under that claim's
+    /// lease; a newer claim of the session (another replica's, or this
+    /// one's after the lease ran out) stays.
+    pub(super) async fn release_claim(&self, claim: &Claim) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        let k = self.keys(key);
+        let k = self.keys(&claim.key);
+        let script = &self.release;
         exchange(&mut conn, async |c| {
-            redis::cmd("ZREM")
-                .arg(&k.inflight)
+            script
+                .key(&k.inflight)
                 .arg(&k.member)
-                .query_async::<()>(c)
+                .arg(claim.lease)
+                .invoke_async::<i64>(c)
                 .await
         })
         .await
+        .map(|_| ())
     }
 
     /// The earliest deadline the timers of this replica will wake for. Every

@@ -14,8 +14,9 @@
 //!   has a commit in flight here share the next ones (up to 16 a commit).
 //! - `recent`: what this replica last wrote, so a commit that reads it back
 //!   skips the decode.
-//! - `claims` (with `claim.lua`): the timers' claims of due deadlines, their
-//!   release, and the wake-ups this replica receives.
+//! - `claims` (with `claim.lua` and `release.lua`): the timers' claims of
+//!   due deadlines, their release (only of the claim the releaser took), and
+//!   the wake-ups this replica receives.
 //! - `synced_clock`: the replica's view of Redis `TIME`.
 //!
 //! Keys are cluster-ready: every key of one session carries the hash tag of
@@ -57,7 +58,7 @@ use self::pool::{Manager, exchange, io};
 use self::recent::{Recent, Written};
 use self::writers::LocalWriters;
 use super::clock::Clock;
-use super::{BuildFn, Change, EVENT_LOG_LEN, Replay, SessionStore, StoreError};
+use super::{BuildFn, Change, Claim, EVENT_LOG_LEN, Replay, SessionStore, StoreError};
 use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
 use crate::wire;
 
@@ -93,6 +94,7 @@ pub struct RedisStore {
     layout_checked: std::sync::atomic::AtomicBool,
     /// Why this replica's bucket count is not the other replicas'.
     layout_error: Mutex<Option<String>>,
+    release: redis::Script,
 }
 
 /// A stored state or event back from its bytes.
@@ -123,6 +125,7 @@ impl RedisStore {
             claim: claims::script(),
             layout_checked: Default::default(),
             layout_error: Mutex::new(None),
+            release: claims::release_script(),
         });
         // A first offset measurement; failure is fine (Redis may come later).
         let _ = store.measure_offset().await;
@@ -350,14 +353,14 @@ impl SessionStore for RedisStore {
         }
     }
 
-    async fn claim_due(&self) -> Result<Vec<SessionKey>, StoreError> {
+    async fn claim_due(&self) -> Result<Vec<Claim>, StoreError> {
         let (due, head) = self.claim_round().await?;
         *self.next_head.lock().unwrap_or_else(|p| p.into_inner()) = head;
         Ok(due)
     }
 
-    async fn release(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.release_claim(key).await
+    async fn release(&self, claim: &Claim) -> Result<(), StoreError> {
+        self.release_claim(claim).await
     }
 
     async fn next_deadline(&self) -> Result<Option<Micros>, StoreError> {
