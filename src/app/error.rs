@@ -22,6 +22,9 @@ pub enum AppError {
     OutOfRange(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A limit of this server was reached (e.g. its open Subscribe streams).
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0}")]
     Unimplemented(String),
     #[error("internal error")]

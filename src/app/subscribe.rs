@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppError;
 use crate::engine::{Event, EventKind, Micros, Session, SessionKey};
-use crate::fanout::{Hub, HubMsg, Subscription};
+use crate::fanout::{Hub, HubMsg, SubscribeError, Subscription};
 use crate::store::{Replay, SessionStore, StoreError};
 
 /// Items buffered between the producer and the transport. Small on purpose:
@@ -70,9 +70,18 @@ pub(super) async fn open(
     opts: SubscribeOptions,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Receiver<Result<StreamItem, AppError>>, AppError> {
-    let sub = hub.subscribe(&key).await.map_err(|e| {
-        tracing::warn!(session = %key, error = %e, "subscribe: joining the channel failed");
-        AppError::Unavailable("cannot follow this session right now; retry shortly".into())
+    // The stream's slot is taken here, first, and lives in `sub`: it is given
+    // back when `sub` is dropped, on every early return below or when the
+    // producer ends, however the stream ends.
+    let sub = hub.subscribe(&key).await.map_err(|e| match e {
+        SubscribeError::Full { limit } => AppError::ResourceExhausted(format!(
+            "too many open Subscribe streams on this server (limit {limit}); \
+             retry later with backoff"
+        )),
+        SubscribeError::Join(_) => {
+            tracing::warn!(session = %key, error = %e, "subscribe: joining the channel failed");
+            AppError::Unavailable("cannot follow this session right now; retry shortly".into())
+        }
     })?;
     let session = store.get(&key).await?;
     let epoch = session.epoch.clone();

@@ -15,6 +15,7 @@ impl From<AppError> for Status {
             AppError::Aborted(_) => Code::Aborted,
             AppError::OutOfRange(_) => Code::OutOfRange,
             AppError::Unavailable(_) => Code::Unavailable,
+            AppError::ResourceExhausted(_) => Code::ResourceExhausted,
             AppError::Unimplemented(_) => Code::Unimplemented,
             AppError::Internal => Code::Internal,
         };
@@ -42,6 +43,10 @@ mod tests {
             (AppError::Aborted("x".into()), Code::Aborted),
             (AppError::OutOfRange("x".into()), Code::OutOfRange),
             (AppError::Unavailable("x".into()), Code::Unavailable),
+            (
+                AppError::ResourceExhausted("x".into()),
+                Code::ResourceExhausted,
+            ),
             (AppError::Unimplemented("x".into()), Code::Unimplemented),
             (AppError::Internal, Code::Internal),
         ];

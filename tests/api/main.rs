@@ -16,6 +16,7 @@ mod grpcurl;
 mod health;
 mod helpers;
 mod latency;
+mod limits;
 mod pg;
 mod redis_server;
 mod replicas;
