@@ -57,7 +57,81 @@ pub struct Config {
     pub stream_buffer: usize,
     /// How long shutdown waits for in-flight calls before it stops anyway.
     pub shutdown_grace: Duration,
+    /// `SYNCKAIROS_MAX_STREAMS_PER_CONNECTION` (default 256): HTTP/2
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`, the calls (unary or Subscribe) one
+    /// connection may have open at once. Each Subscribe stream costs a task, a
+    /// buffer and a heartbeat, so one connection must not hold unbounded many;
+    /// 256 is Go's `net/http2` default (250) rounded, and above nginx's 128: room
+    /// for a game server that watches many sessions over one connection, small
+    /// enough that one connection cannot take a replica's whole Subscribe budget.
+    /// A conforming client (tonic, grpc-go, grpc-java) sees its extra calls wait
+    /// on its side until one of its open calls ends; a client that ignores the
+    /// setting has its extra streams reset with `REFUSED_STREAM` (never
+    /// processed, safe to retry).
+    pub max_streams_per_connection: u32,
+    /// `SYNCKAIROS_MAX_SUBSCRIBE_STREAMS` (default 10,000): open Subscribe
+    /// streams per replica, all connections together. One more gets
+    /// `RESOURCE_EXHAUSTED` at once, before the session is read or its Pub/Sub
+    /// channel joined; a slot frees as soon as a stream ends, however it ends.
+    pub max_subscribe_streams: usize,
+    /// `SYNCKAIROS_HTTP2_KEEPALIVE_INTERVAL` (default 30s): the server sends an
+    /// HTTP/2 PING on every connection this often (idle or not) ...
+    pub http2_keepalive_interval: Duration,
+    /// `SYNCKAIROS_HTTP2_KEEPALIVE_TIMEOUT` (default 10s): ... and closes the
+    /// connection when the PING is not acknowledged within this, so a dead peer
+    /// (its Subscribe streams and their slots) is reaped within about 40 s.
+    /// Conforming clients acknowledge PINGs in their transport, whether or not
+    /// the application reads its streams: only a peer that is gone (or whose
+    /// transport is wedged) is cut. The interval is well above gRPC clients'
+    /// own ping policies, and the timeout above a slow mobile round trip.
+    pub http2_keepalive_timeout: Duration,
+    /// `SYNCKAIROS_TCP_KEEPALIVE` (default 60s): idle time before the kernel
+    /// probes a connection (then every [`TCP_KEEPALIVE_INTERVAL`], at most
+    /// [`TCP_KEEPALIVE_RETRIES`] times), a second net below HTTP/2's PINGs for
+    /// peers that never got as far as HTTP/2.
+    pub tcp_keepalive: Duration,
+    /// `SYNCKAIROS_MAX_CONNECTION_AGE` (default `off`; e.g. `30m` behind an L4
+    /// load balancer): a connection older than this gets an HTTP/2 GOAWAY, so
+    /// the client opens its new calls on a fresh connection (spreading load over
+    /// replicas added since); calls already open on it, Subscribe streams too,
+    /// go on until they end, and then the connection closes. Off by default,
+    /// like gRPC's own default, because of what a tonic client sees: the first
+    /// call it makes after a GOAWAY that came while one of its streams was open
+    /// fails with `CANCELLED` ("operation was canceled"), unsent and safe to
+    /// retry; the next call reconnects (grpc/grpc-rust#2185). grpc-go and
+    /// grpc-java clients just reconnect. Dead peers need no age: the keepalives
+    /// above reap them. No jitter: tonic 0.14 has none.
+    pub max_connection_age: Option<Duration>,
+    /// `SYNCKAIROS_MAX_CONNECTION_AGE_GRACE` (default `off`; needs
+    /// `SYNCKAIROS_MAX_CONNECTION_AGE`): a connection is closed outright
+    /// `max_connection_age` + this after it opened. Beware tonic 0.14's
+    /// semantics (`Server::max_connection_age_grace`): with a grace set it sends
+    /// **no GOAWAY** at `max_connection_age`, it only cuts the connection at the
+    /// end of the grace, so every call open then fails, on a tonic client with
+    /// `UNKNOWN` "h2 protocol error: error reading a body from connection"
+    /// (Subscribe: resume with `from_version`; mutations: retry with their
+    /// `request_id`, their outcome is unknown). Hence off by default.
+    pub max_connection_age_grace: Option<Duration>,
+    /// `SYNCKAIROS_MAX_REQUEST_BYTES` (default 1 MiB): the largest request
+    /// message the service decodes. The largest valid request, a CreateSession
+    /// with 1,000 participants and groups of 128-character ids, 30 stages and
+    /// 4 KiB of metadata, is under 500 KiB. A larger one is refused before it is
+    /// decoded with `OUT_OF_RANGE` ("decoded message length too large"), tonic's
+    /// code for it.
+    pub max_request_bytes: usize,
+    /// `SYNCKAIROS_MAX_RESPONSE_BYTES` (default 4 MiB): the largest reply or
+    /// stream message the service encodes, the receive limit every stock gRPC
+    /// client (tonic, grpc-go, grpc-java) applies by default, so a larger one
+    /// would be refused by them anyway. A larger one ends the call with
+    /// `OUT_OF_RANGE` ("encoded message length too large"); for a mutation the
+    /// change is committed all the same (a retry with its `request_id` says so).
+    pub max_response_bytes: usize,
 }
+
+/// TCP keepalive probe spacing once [`Config::tcp_keepalive`] idle time has passed.
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered TCP keepalive probes before the kernel drops the connection.
+pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
 
 /// One line: `VARIABLE: what is wrong`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +178,15 @@ impl Default for Config {
             log_format: LogFormat::Human,
             stream_buffer: crate::fanout::DEFAULT_STREAM_BUFFER,
             shutdown_grace: Duration::from_secs(5),
+            max_streams_per_connection: 256,
+            max_subscribe_streams: 10_000,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(60),
+            max_connection_age: None,
+            max_connection_age_grace: None,
+            max_request_bytes: 1024 * 1024,
+            max_response_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -185,6 +268,15 @@ impl Config {
             ("SYNCKAIROS_SESSION_TTL", &mut c.session_ttl),
             ("SYNCKAIROS_IDLE_TTL", &mut c.idle_ttl),
             ("SYNCKAIROS_SHUTDOWN_GRACE", &mut c.shutdown_grace),
+            (
+                "SYNCKAIROS_HTTP2_KEEPALIVE_INTERVAL",
+                &mut c.http2_keepalive_interval,
+            ),
+            (
+                "SYNCKAIROS_HTTP2_KEEPALIVE_TIMEOUT",
+                &mut c.http2_keepalive_timeout,
+            ),
+            ("SYNCKAIROS_TCP_KEEPALIVE", &mut c.tcp_keepalive),
         ] {
             if let Some(v) = get(var) {
                 *slot = parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
@@ -226,8 +318,100 @@ impl Config {
                     )
                 })?;
         }
+        for (var, slot) in [
+            ("SYNCKAIROS_MAX_CONNECTION_AGE", &mut c.max_connection_age),
+            (
+                "SYNCKAIROS_MAX_CONNECTION_AGE_GRACE",
+                &mut c.max_connection_age_grace,
+            ),
+        ] {
+            if let Some(v) = get(var) {
+                *slot = parse_optional_duration(&v).ok_or_else(|| {
+                    err(
+                        var,
+                        format!("{v:?} is not off nor a positive duration like 30m or 1h"),
+                    )
+                })?;
+            }
+        }
+        if c.max_connection_age.is_none() && c.max_connection_age_grace.is_some() {
+            return Err(err(
+                "SYNCKAIROS_MAX_CONNECTION_AGE_GRACE",
+                "has no effect without SYNCKAIROS_MAX_CONNECTION_AGE",
+            ));
+        }
+        if let Some(v) = get("SYNCKAIROS_MAX_STREAMS_PER_CONNECTION") {
+            c.max_streams_per_connection = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        "SYNCKAIROS_MAX_STREAMS_PER_CONNECTION",
+                        format!("{v:?} is not a whole number from 1 to 100000"),
+                    )
+                })?;
+        }
+        if let Some(v) = get("SYNCKAIROS_MAX_SUBSCRIBE_STREAMS") {
+            c.max_subscribe_streams = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=10_000_000).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        "SYNCKAIROS_MAX_SUBSCRIBE_STREAMS",
+                        format!("{v:?} is not a whole number from 1 to 10000000"),
+                    )
+                })?;
+        }
+        for (var, slot) in [
+            ("SYNCKAIROS_MAX_REQUEST_BYTES", &mut c.max_request_bytes),
+            ("SYNCKAIROS_MAX_RESPONSE_BYTES", &mut c.max_response_bytes),
+        ] {
+            if let Some(v) = get(var) {
+                *slot = parse_bytes(&v)
+                    .filter(|n| (MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(n))
+                    .ok_or_else(|| {
+                        err(
+                            var,
+                            format!(
+                                "{v:?} is not a size from 1KiB to 256MiB like 1048576, 512KiB or 4MiB"
+                            ),
+                        )
+                    })?;
+            }
+        }
         Ok(c)
     }
+}
+
+/// The smallest message size limit accepted: below it no Session fits.
+const MIN_MESSAGE_BYTES: usize = 1024;
+/// The largest message size limit accepted.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// `off` (or `none`) is `Some(None)`; a positive duration (see
+/// [`parse_duration`]) is `Some(Some(d))`; anything else is `None`.
+fn parse_optional_duration(raw: &str) -> Option<Option<Duration>> {
+    match raw.trim() {
+        "off" | "none" => Some(None),
+        other => parse_duration(other).filter(|d| !d.is_zero()).map(Some),
+    }
+}
+
+/// A byte count: a whole number, optionally followed by `KiB` or `MiB`
+/// (powers of 1024; `K`/`KB`/`M`/`MB` are read the same way).
+pub fn parse_bytes(raw: &str) -> Option<usize> {
+    let raw = raw.trim();
+    let digits = raw.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = raw.split_at(digits);
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" => 1024,
+        "M" | "MB" | "MiB" => 1024 * 1024,
+        _ => return None,
+    };
+    number.parse::<usize>().ok()?.checked_mul(scale)
 }
 
 #[cfg(test)]
@@ -272,6 +456,15 @@ mod tests {
             ("SYNCKAIROS_LOG_FORMAT", "xml"),
             ("REDIS_URL", "localhost:6379"),
             ("DATABASE_URL", "mysql://x"),
+            ("SYNCKAIROS_MAX_STREAMS_PER_CONNECTION", "0"),
+            ("SYNCKAIROS_MAX_SUBSCRIBE_STREAMS", "many"),
+            ("SYNCKAIROS_HTTP2_KEEPALIVE_INTERVAL", "0s"),
+            ("SYNCKAIROS_HTTP2_KEEPALIVE_TIMEOUT", "soon"),
+            ("SYNCKAIROS_TCP_KEEPALIVE", "-1"),
+            ("SYNCKAIROS_MAX_CONNECTION_AGE", "0s"),
+            ("SYNCKAIROS_MAX_CONNECTION_AGE_GRACE", "never"),
+            ("SYNCKAIROS_MAX_REQUEST_BYTES", "12"),
+            ("SYNCKAIROS_MAX_RESPONSE_BYTES", "4GiB"),
         ];
         for (var, value) in cases {
             let e = from(&[(var, value)]).unwrap_err();
@@ -282,6 +475,59 @@ mod tests {
             from(&[("SYNCKAIROS_ENGINE", "redis")]).unwrap_err().var,
             "REDIS_URL"
         );
+        assert_eq!(
+            from(&[("SYNCKAIROS_MAX_CONNECTION_AGE_GRACE", "1m")])
+                .unwrap_err()
+                .var,
+            "SYNCKAIROS_MAX_CONNECTION_AGE_GRACE"
+        );
+    }
+
+    #[test]
+    fn limits_have_production_defaults_and_read_their_variables() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.max_streams_per_connection, 256);
+        assert_eq!(c.max_subscribe_streams, 10_000);
+        assert_eq!(c.http2_keepalive_interval, Duration::from_secs(30));
+        assert_eq!(c.http2_keepalive_timeout, Duration::from_secs(10));
+        assert_eq!(c.tcp_keepalive, Duration::from_secs(60));
+        assert_eq!(c.max_connection_age, None);
+        assert_eq!(c.max_connection_age_grace, None);
+        assert_eq!(c.max_request_bytes, 1 << 20);
+        assert_eq!(c.max_response_bytes, 4 << 20);
+        let c = from(&[
+            ("SYNCKAIROS_MAX_STREAMS_PER_CONNECTION", "100"),
+            ("SYNCKAIROS_MAX_SUBSCRIBE_STREAMS", "5"),
+            ("SYNCKAIROS_HTTP2_KEEPALIVE_INTERVAL", "20s"),
+            ("SYNCKAIROS_HTTP2_KEEPALIVE_TIMEOUT", "5s"),
+            ("SYNCKAIROS_TCP_KEEPALIVE", "2m"),
+            ("SYNCKAIROS_MAX_CONNECTION_AGE", "30m"),
+            ("SYNCKAIROS_MAX_CONNECTION_AGE_GRACE", "1m"),
+            ("SYNCKAIROS_MAX_REQUEST_BYTES", "512KiB"),
+            ("SYNCKAIROS_MAX_RESPONSE_BYTES", "8388608"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_streams_per_connection, 100);
+        assert_eq!(c.max_subscribe_streams, 5);
+        assert_eq!(c.http2_keepalive_interval, Duration::from_secs(20));
+        assert_eq!(c.http2_keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(c.tcp_keepalive, Duration::from_secs(120));
+        assert_eq!(c.max_connection_age, Some(Duration::from_secs(1800)));
+        assert_eq!(c.max_connection_age_grace, Some(Duration::from_secs(60)));
+        let off = from(&[("SYNCKAIROS_MAX_CONNECTION_AGE", "off")]).unwrap();
+        assert_eq!(off.max_connection_age, None);
+        assert_eq!(c.max_request_bytes, 512 * 1024);
+        assert_eq!(c.max_response_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn byte_sizes_take_binary_units() {
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("4MiB"), Some(4 << 20));
+        assert_eq!(parse_bytes("64 KiB"), Some(64 << 10));
+        assert_eq!(parse_bytes("MiB"), None);
+        assert_eq!(parse_bytes("1.5MiB"), None);
+        assert_eq!(parse_bytes("-1"), None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::audit::{
     source::{AuditSource, MemorySource, RedisSource},
     writer::AuditLag,
 };
-use crate::config::{Config, EngineKind};
+use crate::config::{Config, EngineKind, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_RETRIES};
 use crate::fanout::{self, Hub, redis::PubSubSetup};
 use crate::grpc::{self, HealthControl};
 use crate::store::clock::Clock;
@@ -49,7 +49,8 @@ pub struct Application {
     app: App,
     store: Arc<dyn SessionStore>,
     shutdown: CancellationToken,
-    grace: Duration,
+    /// The transport settings (limits, keepalives, shutdown grace).
+    config: Config,
     /// The audit writer, drained at shutdown.
     audit_writer: Option<tokio::task::JoinHandle<()>>,
     audit_lag: Arc<AuditLag>,
@@ -62,7 +63,7 @@ impl Application {
 
     /// As `build`, with a given process clock (tests skew it).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
-        let hub = Hub::new(config.stream_buffer);
+        let hub = Hub::new(config.stream_buffer, config.max_subscribe_streams);
         let shutdown = CancellationToken::new();
         let (store, audit_feed) = build_store(&config, clock, &hub, &shutdown).await?;
         let audit_lag = Arc::new(AuditLag::default());
@@ -79,7 +80,7 @@ impl Application {
             app,
             store,
             shutdown,
-            grace: config.shutdown_grace,
+            config,
             audit_writer,
             audit_lag,
         })
@@ -106,7 +107,7 @@ impl Application {
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (router, health) = grpc::router(self.app.clone())?;
+        let (router, health) = grpc::router(self.app.clone(), &self.config)?;
         health.set(self.store.ping().await.is_ok()).await;
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(timers::run(self.store.clone(), self.shutdown.clone()));
@@ -123,11 +124,17 @@ impl Application {
             shutdown.cancel();
         };
         info!(addr = %self.addr, "serving synckairos.v1.SyncService");
-        // Small replies must not wait for a delayed ACK (Nagle): no-delay on every connection.
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        // Small replies must not wait for a delayed ACK (Nagle): no-delay on every
+        // connection. TCP keepalive here, not on the builder: tonic ignores
+        // `Server::tcp_keepalive` with an incoming stream of our own.
+        let incoming = TcpIncoming::from(self.listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(self.config.tcp_keepalive))
+            .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+            .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
         let serve = router.serve_with_incoming_shutdown(incoming, signal);
         let shutdown = self.shutdown.clone();
-        let grace = self.grace;
+        let grace = self.config.shutdown_grace;
         tokio::select! {
             served = serve => served?,
             _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppError;
 use crate::engine::{Event, EventKind, Micros, Session, SessionKey};
-use crate::fanout::{Hub, HubMsg, Subscription};
+use crate::fanout::{Hub, HubMsg, SubscribeError, Subscription};
 use crate::store::{Replay, SessionStore, StoreError};
 
 /// Items buffered between the producer and the transport. Small on purpose:
@@ -67,6 +67,9 @@ pub struct SessionHeader {
 
 type Tx = mpsc::Sender<Result<StreamItem, AppError>>;
 
+/// How long a client refused a stream slot is told to wait (RetryInfo).
+const STREAM_SLOT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) async fn open(
     store: Arc<dyn SessionStore>,
     hub: &Arc<Hub>,
@@ -74,11 +77,24 @@ pub(super) async fn open(
     opts: SubscribeOptions,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Receiver<Result<StreamItem, AppError>>, AppError> {
-    // Refused before the join: a missing session costs one read, no channel.
+    // Refused before the join: a missing session costs one read, no channel
+    // and no stream slot.
     store.get(&key).await?;
-    let sub = hub.subscribe(&key).await.map_err(|e| {
-        tracing::warn!(session = %key, error = %e, "subscribe: joining the channel failed");
-        AppError::Unavailable("cannot follow this session right now; retry shortly".into())
+    // The stream's slot is taken here and lives in `sub`: it is given back
+    // when `sub` is dropped, on every early return below or when the
+    // producer ends, however the stream ends.
+    let sub = hub.subscribe(&key).await.map_err(|e| match e {
+        SubscribeError::Full { limit } => AppError::ResourceExhausted {
+            message: format!(
+                "too many open Subscribe streams on this server (limit {limit}); \
+                 retry later with backoff"
+            ),
+            retry_after: STREAM_SLOT_RETRY,
+        },
+        SubscribeError::Join(_) => {
+            tracing::warn!(session = %key, error = %e, "subscribe: joining the channel failed");
+            AppError::Unavailable("cannot follow this session right now; retry shortly".into())
+        }
     })?;
     // Read again now that the channel is joined: whatever committed before
     // the join is in this read, whatever commits after it comes through the

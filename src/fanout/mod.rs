@@ -5,6 +5,12 @@
 //! the session's Pub/Sub channel at those moments, and a stream only starts
 //! once the join is confirmed, so nothing published after it is missed.
 //!
+//! The hub also counts the replica's open streams: each [`Subscription`]
+//! holds one of `max_streams` slots, taken before anything else is done and
+//! given back when it is dropped, which is how every stream ends (client gone,
+//! session deleted, error, shutdown, a failed open). Beyond the limit
+//! [`Hub::subscribe`] fails at once with [`SubscribeError::Full`].
+//!
 //! Delivery never blocks: a stream that falls more than `capacity` messages
 //! behind is told it lagged and resynchronises with a fresh snapshot, so it
 //! never slows the others. After a Pub/Sub reconnect every channel gets
@@ -16,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
 
 use crate::engine::{Event, SessionKey};
 
@@ -42,14 +48,25 @@ pub trait Remote: Send + Sync + 'static {
     fn leave(&self, key: &SessionKey);
 }
 
+/// Why a stream could not join its session's channel.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot follow the session's channel: {0}")]
-pub struct JoinError(pub String);
+pub enum SubscribeError {
+    /// Every one of the replica's `limit` stream slots is taken.
+    #[error("this replica already has its maximum of {limit} open Subscribe streams")]
+    Full { limit: usize },
+    #[error("cannot follow the session's channel: {0}")]
+    Join(String),
+}
 
 pub struct Hub {
     channels: Mutex<HashMap<SessionKey, broadcast::Sender<HubMsg>>>,
     capacity: usize,
     remote: OnceLock<Arc<dyn Remote>>,
+    /// One permit per open stream. A semaphore (never awaited, only
+    /// `try_acquire`d) because its permit is an owned guard that gives the slot
+    /// back on drop, and a stream's subscription is dropped however it ends.
+    slots: Arc<Semaphore>,
+    max_streams: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -57,11 +74,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    pub fn new(capacity: usize) -> Arc<Self> {
+    /// A hub whose streams may each fall `capacity` messages behind, with at
+    /// most `max_streams` of them open at once.
+    pub fn new(capacity: usize, max_streams: usize) -> Arc<Self> {
+        let max_streams = max_streams.clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(Self {
             channels: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
             remote: OnceLock::new(),
+            slots: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
         })
     }
 
@@ -70,8 +92,20 @@ impl Hub {
         let _ = self.remote.set(remote);
     }
 
-    /// Joins `key`'s channel; the returned subscription leaves it on drop.
-    pub async fn subscribe(self: &Arc<Self>, key: &SessionKey) -> Result<Subscription, JoinError> {
+    /// Takes a stream slot and joins `key`'s channel; the returned
+    /// subscription leaves it and gives the slot back on drop. A full hub
+    /// refuses at once, before any channel is made or joined.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        key: &SessionKey,
+    ) -> Result<Subscription, SubscribeError> {
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| SubscribeError::Full {
+                limit: self.max_streams,
+            })?;
         let rx = {
             let mut channels = lock(&self.channels);
             match channels.get(key) {
@@ -88,13 +122,15 @@ impl Hub {
             rx: Some(rx),
             key: key.clone(),
             hub: self.clone(),
+            _slot: slot,
         };
         if let Some(remote) = self.remote.get() {
+            let join = |e: &str| SubscribeError::Join(e.into());
             match tokio::time::timeout(JOIN_TIMEOUT, remote.join(key)).await {
                 Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => return Err(JoinError(e)),
-                Ok(Err(_)) => return Err(JoinError("the Pub/Sub connection is gone".into())),
-                Err(_) => return Err(JoinError("timed out joining the channel".into())),
+                Ok(Ok(Err(e))) => return Err(join(&e)),
+                Ok(Err(_)) => return Err(join("the Pub/Sub connection is gone")),
+                Err(_) => return Err(join("timed out joining the channel")),
             }
         }
         Ok(sub)
@@ -122,6 +158,11 @@ impl Hub {
     pub fn active_sessions(&self) -> usize {
         lock(&self.channels).len()
     }
+
+    /// Streams open on this replica (slots taken).
+    pub fn open_streams(&self) -> usize {
+        self.max_streams - self.slots.available_permits()
+    }
 }
 
 /// One stream's membership in a session's channel.
@@ -129,6 +170,8 @@ pub struct Subscription {
     rx: Option<broadcast::Receiver<HubMsg>>,
     key: SessionKey,
     hub: Arc<Hub>,
+    /// This stream's slot, given back when the subscription is dropped.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Subscription {
@@ -185,7 +228,7 @@ mod tests {
 
     #[tokio::test]
     async fn channel_lives_from_first_subscriber_to_last_and_the_remote_follows() {
-        let hub = Hub::new(4);
+        let hub = Hub::new(4, 16);
         let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
         hub.set_remote(recorder.clone());
         let a = hub.subscribe(&key("s1")).await.unwrap();
@@ -200,5 +243,50 @@ mod tests {
             log,
             vec!["join default/s1", "join default/s1", "leave default/s1"]
         );
+    }
+
+    struct Refuser;
+
+    impl Remote for Refuser {
+        fn join(&self, _key: &SessionKey) -> oneshot::Receiver<Result<(), String>> {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err("refused".into()));
+            rx
+        }
+        fn leave(&self, _key: &SessionKey) {}
+    }
+
+    #[tokio::test]
+    async fn a_full_hub_refuses_before_joining_and_every_drop_gives_the_slot_back() {
+        let hub = Hub::new(4, 2);
+        let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
+        hub.set_remote(recorder.clone());
+        let a = hub.subscribe(&key("s1")).await.unwrap();
+        let _b = hub.subscribe(&key("s2")).await.unwrap();
+        assert_eq!(hub.open_streams(), 2);
+        let full = hub
+            .subscribe(&key("s3"))
+            .await
+            .err()
+            .expect("the hub is full");
+        assert!(matches!(full, SubscribeError::Full { limit: 2 }), "{full}");
+        // Refused before any channel was made or joined.
+        assert_eq!(hub.active_sessions(), 2);
+        assert!(!lock(&recorder.0).iter().any(|l| l.contains("s3")));
+        drop(a);
+        assert_eq!(hub.open_streams(), 1);
+        let _c = hub.subscribe(&key("s3")).await.unwrap();
+        assert_eq!(hub.open_streams(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_join_gives_its_slot_back() {
+        let hub = Hub::new(4, 1);
+        hub.set_remote(Arc::new(Refuser));
+        for _ in 0..3 {
+            let e = hub.subscribe(&key("s1")).await.err().expect("join refused");
+            assert!(matches!(e, SubscribeError::Join(_)), "{e}");
+            assert_eq!(hub.open_streams(), 0);
+        }
     }
 }

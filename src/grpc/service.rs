@@ -16,6 +16,7 @@ use super::pb::{
     sync_service_server::{SyncService, SyncServiceServer},
 };
 use crate::app::App;
+use crate::config::Config;
 
 pub struct GrpcService {
     app: App,
@@ -194,8 +195,28 @@ impl HealthControl {
     }
 }
 
-/// The whole gRPC surface, ready to serve.
-pub fn router(app: App) -> anyhow::Result<(tonic::transport::server::Router, HealthControl)> {
+/// The whole gRPC surface, ready to serve, with the transport limits of
+/// `config` (each documented on its `Config` field):
+/// - `SETTINGS_MAX_CONCURRENT_STREAMS` per connection;
+/// - HTTP/2 keepalive PINGs, and the connection closed when one goes unanswered;
+/// - a maximum connection age (GOAWAY), and optionally a grace after which
+///   the connection is cut (tonic 0.14: with a grace there is no GOAWAY
+///   first, see `Config::max_connection_age_grace`);
+/// - request and reply message size limits on `SyncService` (health and
+///   reflection keep tonic's own: 4 MiB decoded, unbounded encoded; their
+///   messages are tiny).
+///
+/// TCP keepalive is set on the listener's incoming stream in startup.rs:
+/// tonic ignores `Server::tcp_keepalive` with `serve_with_incoming`. Not set
+/// here on purpose: `concurrency_limit_per_connection` (a tower limit on
+/// calls whose response head is pending, so it bounds no stream and only
+/// queues unary calls behind each other) and `timeout` (it would also cut a
+/// Subscribe before its first message when the store is slow; the store
+/// already fails its calls within ~250 ms).
+pub fn router(
+    app: App,
+    config: &Config,
+) -> anyhow::Result<(tonic::transport::server::Router, HealthControl)> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -205,10 +226,23 @@ pub fn router(app: App) -> anyhow::Result<(tonic::transport::server::Router, Hea
             // the status details (grpc/error.rs) instead of raw bytes.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
-    let router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout));
+    if let Some(age) = config.max_connection_age {
+        server = server.max_connection_age(age);
+        if let Some(grace) = config.max_connection_age_grace {
+            server = server.max_connection_age_grace(grace);
+        }
+    }
+    let sync = SyncServiceServer::new(GrpcService { app })
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(config.max_response_bytes);
+    let router = server
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(SyncServiceServer::new(GrpcService { app }));
+        .add_service(sync);
     Ok((router, HealthControl { reporter }))
 }

@@ -18,6 +18,7 @@ mod health;
 mod helpers;
 mod hostile_input;
 mod latency;
+mod limits;
 mod pg;
 mod redis_server;
 mod replicas;
