@@ -1978,3 +1978,40 @@ async fn connections_that_died_idle_in_the_pool_cost_no_call_an_error() {
         store.ping().await.expect("health's ping");
     }
 }
+
+/// Replicas that disagree on `SYNCKAIROS_REDIS_BUCKETS` would read and write
+/// different keys for one session: the first replica records its count in
+/// Redis, and one with another count refuses to start, naming the variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_another_bucket_count_refuses_to_start() {
+    use synckairos::store::SessionStore;
+    use synckairos::store::redis::{RedisSettings, RedisStore};
+    let redis = RedisServer::start();
+    let settings = |buckets| RedisSettings {
+        url: redis.url(),
+        buckets,
+        session_ttl: Duration::from_secs(3600),
+        idle_ttl: Duration::from_secs(3600),
+        pool_size: 2,
+        pool_timeout: Duration::from_millis(500),
+        audit: false,
+    };
+    let first = RedisStore::connect(settings(16), Clock::new())
+        .await
+        .unwrap();
+    let same = RedisStore::connect(settings(16), Clock::new())
+        .await
+        .unwrap();
+    same.ping()
+        .await
+        .expect("a replica with the same count serves");
+    let err = match RedisStore::connect(settings(8), Clock::new()).await {
+        Ok(_) => panic!("a replica with 8 buckets started beside one with 16"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("SYNCKAIROS_REDIS_BUCKETS is 8 here but 16"),
+        "{err}"
+    );
+    first.ping().await.expect("the first replica still serves");
+}
