@@ -71,8 +71,9 @@ pub struct Config {
     pub max_streams_per_connection: u32,
     /// `SYNCKAIROS_MAX_SUBSCRIBE_STREAMS` (default 10,000): open Subscribe
     /// streams per replica, all connections together. One more gets
-    /// `RESOURCE_EXHAUSTED` at once, before the session is read or its Pub/Sub
-    /// channel joined; a slot frees as soon as a stream ends, however it ends.
+    /// `RESOURCE_EXHAUSTED` (with a `RetryInfo` of 1 s) before its Pub/Sub
+    /// channel is joined (a missing session is `NOT_FOUND` first, and takes
+    /// no slot); a slot frees as soon as a stream ends, however it ends.
     pub max_subscribe_streams: usize,
     /// `SYNCKAIROS_HTTP2_KEEPALIVE_INTERVAL` (default 30s): the server sends an
     /// HTTP/2 PING on every connection this often (idle or not) ...

@@ -131,9 +131,9 @@ async fn subscribe_beyond_the_replica_limit_is_resource_exhausted_and_every_end_
         Code::ResourceExhausted,
         "too many open Subscribe streams",
     );
-    // Refused before the session is even read.
+    // A missing session is refused as such: it is read before a slot is taken.
     let missing = b.subscribe(subscribe_req("no-such-session")).await;
-    assert_code(missing.map(|_| ()), Code::ResourceExhausted);
+    assert_code(missing.map(|_| ()), Code::NotFound);
 
     // A stream the client drops frees its slot.
     drop(open.pop());

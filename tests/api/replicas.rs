@@ -1323,7 +1323,9 @@ async fn a_release_drops_only_its_own_claim_not_a_newer_one() {
         tenant: Tenant::default_tenant(),
         id: SessionId::parse("id", &unique_id("claimed-twice")).unwrap(),
     };
-    let players = ["a", "b", "c"]
+    // Ten seats: the ~8 cycles this test waits through stay short of a whole
+    // unattended round, which would end the session (docs/clock-rules.md).
+    let players = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
         .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
         .to_vec();
     let new = NewSession {
