@@ -109,3 +109,24 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// How many times the Redis at `url` has run `command` (lower case), from
+/// `INFO commandstats`.
+pub async fn command_calls(url: &str, command: &str) -> u64 {
+    let mut con = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

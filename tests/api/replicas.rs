@@ -1646,17 +1646,7 @@ async fn timeouts_of_one_bucket_fire_in_one_commit_and_a_lost_race_reruns_it() {
 
 /// How many EXECs Redis has run.
 async fn exec_calls(url: &str) -> u64 {
-    let mut con = redis_conn(url).await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    crate::redis_server::command_calls(url, "exec").await
 }
 
 // ---------- calls on one bucket share commits (group commit) ----------

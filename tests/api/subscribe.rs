@@ -725,21 +725,7 @@ async fn shutdown_with_a_stream_nobody_reads_still_stops_within_the_grace_period
 
 /// How many SUBSCRIBE commands the Redis at `url` has run.
 async fn subscribe_calls(url: &str) -> u64 {
-    let mut con = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_subscribe:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    crate::redis_server::command_calls(url, "subscribe").await
 }
 
 /// Issue 12: a flood of `Subscribe` to ids that do not exist is answered
