@@ -1,7 +1,8 @@
 //! `synckairos.v1.SyncService` over the app, plus the router that serves it
 //! next to `grpc.health.v1.Health` and reflection v1 + v1alpha (grpcurl 1.8
-//! speaks only v1alpha). Each RPC: span with `session_id`, parse, one app
-//! call, convert.
+//! speaks only v1alpha). Each RPC: a span whose `session_id` is recorded
+//! only once the id parsed (a raw id never reaches logs or traces), parse,
+//! one app call, convert.
 
 use std::pin::Pin;
 
@@ -42,34 +43,38 @@ impl SyncService for GrpcService {
         session_reply(self.app.create(new).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    #[tracing::instrument(skip_all, fields(session_id))]
     async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Reply<pb::Session> {
         let id = convert::session_id(&req.get_ref().session_id)?;
+        record_session_id(id.as_str());
         session_reply(self.app.get(id).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    #[tracing::instrument(skip_all, fields(session_id))]
     async fn start_session(&self, req: Request<pb::StartSessionRequest>) -> Reply<pb::Session> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
+        record_session_id(id.as_str());
         let first = convert::start_first(&r)?;
         let guards = convert::guards(r.expected_version, &r.request_id)?;
         session_reply(self.app.start(id, first, guards).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    #[tracing::instrument(skip_all, fields(session_id))]
     async fn switch_cycle(&self, req: Request<pb::SwitchCycleRequest>) -> Reply<pb::Session> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
+        record_session_id(id.as_str());
         let (from, next) = convert::switch_args(&r)?;
         let guards = convert::guards(r.expected_version, &r.request_id)?;
         session_reply(self.app.switch(id, from, next, guards).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    #[tracing::instrument(skip_all, fields(session_id))]
     async fn pause_session(&self, req: Request<pb::PauseSessionRequest>) -> Reply<pb::Session> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
+        record_session_id(id.as_str());
         session_reply(
             self.app
                 .pause(id, convert::guards(r.expected_version, &r.request_id)?)
@@ -77,10 +82,11 @@ impl SyncService for GrpcService {
         )
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    #[tracing::instrument(skip_all, fields(session_id))]
     async fn resume_session(&self, req: Request<pb::ResumeSessionRequest>) -> Reply<pb::Session> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
+        record_session_id(id.as_str());
         session_reply(
             self.app
                 .resume(id, convert::guards(r.expected_version, &r.request_id)?)
@@ -88,13 +94,14 @@ impl SyncService for GrpcService {
         )
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    #[tracing::instrument(skip_all, fields(session_id))]
     async fn complete_session(
         &self,
         req: Request<pb::CompleteSessionRequest>,
     ) -> Reply<pb::Session> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
+        record_session_id(id.as_str());
         session_reply(
             self.app
                 .complete(id, convert::guards(r.expected_version, &r.request_id)?)
@@ -102,10 +109,11 @@ impl SyncService for GrpcService {
         )
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    #[tracing::instrument(skip_all, fields(session_id))]
     async fn cancel_session(&self, req: Request<pb::CancelSessionRequest>) -> Reply<pb::Session> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
+        record_session_id(id.as_str());
         session_reply(
             self.app
                 .cancel(id, convert::guards(r.expected_version, &r.request_id)?)
@@ -113,18 +121,20 @@ impl SyncService for GrpcService {
         )
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    #[tracing::instrument(skip_all, fields(session_id))]
     async fn adjust_time(&self, req: Request<pb::AdjustTimeRequest>) -> Reply<pb::Session> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
+        record_session_id(id.as_str());
         let target = convert::adjust_target(&r)?;
         let guards = convert::guards(r.expected_version, &r.request_id)?;
         session_reply(self.app.adjust(id, target, r.delta_ms, guards).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    #[tracing::instrument(skip_all, fields(session_id))]
     async fn delete_session(&self, req: Request<pb::DeleteSessionRequest>) -> Reply<()> {
         let id = convert::session_id(&req.get_ref().session_id)?;
+        record_session_id(id.as_str());
         self.app.delete(id).await?;
         Ok(Response::new(()))
     }
@@ -140,10 +150,11 @@ impl SyncService for GrpcService {
 
     type SubscribeStream = EventStream;
 
-    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    #[tracing::instrument(skip_all, fields(session_id))]
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Reply<Self::SubscribeStream> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
+        record_session_id(id.as_str());
         let opts = crate::app::SubscribeOptions {
             from_version: r.from_version,
             epoch: convert::epoch(r.epoch)?,
@@ -156,13 +167,14 @@ impl SyncService for GrpcService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %req.get_ref().session_id))]
+    #[tracing::instrument(skip_all, fields(session_id))]
     async fn list_session_events(
         &self,
         req: Request<pb::ListSessionEventsRequest>,
     ) -> Reply<pb::ListSessionEventsResponse> {
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
+        record_session_id(id.as_str());
         let page_token = convert::page_token(r.page_token)?;
         let page = self
             .app

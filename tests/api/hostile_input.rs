@@ -433,3 +433,64 @@ async fn a_session_created_after_a_refused_nul_reaches_postgres() {
     assert_eq!(kept, "fine");
     assert_status(refused, Code::InvalidArgument, "metadata[\"note\"]");
 }
+
+/// Everything the tracing spans of one test write, captured.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+/// A span records `session_id` only once it is valid: a raw id (here with a
+/// terminal escape) never reaches the logs or traces, while a valid one does.
+/// The server runs on this test's one thread, so its spans go to `captured`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_session_id_reaches_the_spans_only_once_it_is_valid() {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE)
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let mut app = spawn_app().await;
+    let evil = "\u{1b}[31mevil-id";
+    let refused = app
+        .client
+        .get_session(pb::GetSessionRequest {
+            session_id: evil.into(),
+        })
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Code::InvalidArgument);
+    let missing = app
+        .client
+        .get_session(pb::GetSessionRequest {
+            session_id: "valid-but-missing".into(),
+        })
+        .await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("valid-but-missing"),
+        "a valid id is recorded in its span: {logs}"
+    );
+    assert!(
+        !logs.contains("evil-id"),
+        "a raw, invalid id reached the spans: {logs}"
+    );
+}
