@@ -1300,20 +1300,12 @@ async fn a_release_drops_only_its_own_claim_not_a_newer_one() {
         self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, SessionId,
         SessionKey, Status, Tenant, TimeoutAction,
     };
-    use synckairos::store::redis::{RedisSettings, RedisStore};
+    use synckairos::store::redis::RedisStore;
     use synckairos::store::{self, SessionStore};
 
     let _iso = shared_isolation();
     let redis = RedisServer::start();
-    let settings = RedisSettings {
-        url: redis.url(),
-        buckets: BUCKETS,
-        session_ttl: Duration::from_secs(3600),
-        idle_ttl: Duration::from_secs(3600),
-        pool_size: 4,
-        pool_timeout: Duration::from_millis(500),
-        audit: false,
-    };
+    let settings = store_settings(&redis.url(), BUCKETS, 4);
     // Two replicas' stores and no timers: the test claims, releases and fires.
     let a = RedisStore::connect(settings.clone(), Clock::new())
         .await
@@ -1421,20 +1413,12 @@ async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
         self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, SessionId,
         SessionKey, Tenant,
     };
-    use synckairos::store::redis::{RedisSettings, RedisStore};
+    use synckairos::store::redis::RedisStore;
     use synckairos::store::{self, SessionStore};
 
     let _iso = shared_isolation();
     let redis = RedisServer::start();
-    let settings = |pool_size| RedisSettings {
-        url: redis.url(),
-        buckets: 16,
-        session_ttl: Duration::from_secs(3600),
-        idle_ttl: Duration::from_secs(3600),
-        pool_size,
-        pool_timeout: Duration::from_millis(500),
-        audit: false,
-    };
+    let settings = |pool_size| store_settings(&redis.url(), 16, pool_size);
     // One connection, so the next commit gets the very connection the dropped one used.
     let store = RedisStore::connect(settings(1), Clock::new())
         .await
@@ -1524,20 +1508,12 @@ async fn timeouts_of_one_bucket_fire_in_one_commit_and_a_lost_race_reruns_it() {
         self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, RuleError,
         SessionId, SessionKey, Tenant,
     };
-    use synckairos::store::redis::{RedisSettings, RedisStore};
+    use synckairos::store::redis::RedisStore;
     use synckairos::store::{self, SessionStore, StoreError};
 
     let _iso = shared_isolation();
     let redis = RedisServer::start();
-    let settings = RedisSettings {
-        url: redis.url(),
-        buckets: 1,
-        session_ttl: Duration::from_secs(3600),
-        idle_ttl: Duration::from_secs(3600),
-        pool_size: 2,
-        pool_timeout: Duration::from_millis(500),
-        audit: false,
-    };
+    let settings = store_settings(&redis.url(), 1, 2);
     // No timers run here: nothing fires the deadlines but the call below.
     let store = RedisStore::connect(settings, Clock::new()).await.unwrap();
     let key = |name: &str| SessionKey {
@@ -1660,7 +1636,7 @@ mod group_commit {
         self, Applied, Command, Mode, NewParticipant, NewSession, ParticipantId, Request,
         SessionId, SessionKey, Tenant,
     };
-    use synckairos::store::redis::{RedisSettings, RedisStore};
+    use synckairos::store::redis::RedisStore;
     use synckairos::store::{self, SessionStore, StoreError};
 
     use super::*;
@@ -1676,15 +1652,7 @@ mod group_commit {
         n: usize,
         pool_size: u32,
     ) -> (Arc<RedisStore>, Vec<SessionKey>) {
-        let settings = RedisSettings {
-            url: redis.url(),
-            buckets: 1,
-            session_ttl: Duration::from_secs(3600),
-            idle_ttl: Duration::from_secs(3600),
-            pool_size,
-            pool_timeout: Duration::from_millis(500),
-            audit: false,
-        };
+        let settings = store_settings(&redis.url(), 1, pool_size);
         let store = RedisStore::connect(settings, Clock::new()).await.unwrap();
         let mut keys = Vec::new();
         for i in 0..n {
@@ -1977,17 +1945,9 @@ async fn connections_that_died_idle_in_the_pool_cost_no_call_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_another_bucket_count_refuses_to_start() {
     use synckairos::store::SessionStore;
-    use synckairos::store::redis::{RedisSettings, RedisStore};
+    use synckairos::store::redis::RedisStore;
     let redis = RedisServer::start();
-    let settings = |buckets| RedisSettings {
-        url: redis.url(),
-        buckets,
-        session_ttl: Duration::from_secs(3600),
-        idle_ttl: Duration::from_secs(3600),
-        pool_size: 2,
-        pool_timeout: Duration::from_millis(500),
-        audit: false,
-    };
+    let settings = |buckets| store_settings(&redis.url(), buckets, 2);
     let first = RedisStore::connect(settings(16), Clock::new())
         .await
         .unwrap();
@@ -2006,4 +1966,22 @@ async fn a_replica_with_another_bucket_count_refuses_to_start() {
         "{err}"
     );
     first.ping().await.expect("the first replica still serves");
+}
+
+/// A Redis store's settings for the store-level tests: one-hour TTLs, a
+/// 500 ms pool timeout, no audit.
+fn store_settings(
+    url: &str,
+    buckets: u32,
+    pool_size: u32,
+) -> synckairos::store::redis::RedisSettings {
+    synckairos::store::redis::RedisSettings {
+        url: url.to_owned(),
+        buckets,
+        session_ttl: Duration::from_secs(3600),
+        idle_ttl: Duration::from_secs(3600),
+        pool_size,
+        pool_timeout: Duration::from_millis(500),
+        audit: false,
+    }
 }
