@@ -127,6 +127,39 @@ pub struct Config {
     /// `OUT_OF_RANGE` ("encoded message length too large"); for a mutation the
     /// change is committed all the same (a retry with its `request_id` says so).
     pub max_response_bytes: usize,
+    /// `SYNCKAIROS_CREATE_RATE` (default 100 a second) and
+    /// `SYNCKAIROS_CREATE_BURST` (default 200): `CreateSession` calls per
+    /// caller (grpc/caller.rs: its peer address until callers authenticate),
+    /// a GCRA; beyond it `RESOURCE_EXHAUSTED` with `google.rpc.RetryInfo`.
+    /// `off` turns it off.
+    pub create_rate: Option<Rate>,
+    /// `SYNCKAIROS_MUTATION_RATE` (default 1,000 a second) and
+    /// `SYNCKAIROS_MUTATION_BURST` (default 2,000): every other mutation
+    /// (Start, Switch, Pause, Resume, Adjust, Complete, Cancel, Delete) per
+    /// caller, the same way. A game server driving 10,000 chess games at a
+    /// move each every 20 s spends 500 a second.
+    pub mutation_rate: Option<Rate>,
+    /// `SYNCKAIROS_UNSTARTED_TTL` (default 24h): a session not started this
+    /// long after it was created ends as EXPIRED (an event like any other),
+    /// whatever calls it receives meanwhile (docs/clock-rules.md).
+    pub unstarted_ttl: Duration,
+}
+
+/// A sustained rate per second and the burst allowed on top of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: std::num::NonZeroU32,
+    pub burst: std::num::NonZeroU32,
+}
+
+impl Rate {
+    /// `per_second` sustained, bursts of `burst`; `None` when either is 0.
+    pub fn new(per_second: u32, burst: u32) -> Option<Self> {
+        Some(Self {
+            per_second: std::num::NonZeroU32::new(per_second)?,
+            burst: std::num::NonZeroU32::new(burst)?,
+        })
+    }
 }
 
 /// TCP keepalive probe spacing once [`Config::tcp_keepalive`] idle time has passed.
@@ -188,6 +221,9 @@ impl Default for Config {
             max_connection_age_grace: None,
             max_request_bytes: 1024 * 1024,
             max_response_bytes: 4 * 1024 * 1024,
+            create_rate: Rate::new(100, 200),
+            mutation_rate: Rate::new(1_000, 2_000),
+            unstarted_ttl: Duration::from_secs(86_400),
         }
     }
 }
@@ -382,8 +418,72 @@ impl Config {
                     })?;
             }
         }
+        c.create_rate = rate(
+            &get,
+            "SYNCKAIROS_CREATE_RATE",
+            "SYNCKAIROS_CREATE_BURST",
+            c.create_rate,
+        )?;
+        c.mutation_rate = rate(
+            &get,
+            "SYNCKAIROS_MUTATION_RATE",
+            "SYNCKAIROS_MUTATION_BURST",
+            c.mutation_rate,
+        )?;
+        if let Some(v) = get("SYNCKAIROS_UNSTARTED_TTL") {
+            c.unstarted_ttl = parse_duration(&v)
+                .filter(|d| *d >= Duration::from_secs(1))
+                .ok_or_else(|| {
+                    err(
+                        "SYNCKAIROS_UNSTARTED_TTL",
+                        format!("{v:?} is not a duration of 1s or more like 90s, 15m or 24h"),
+                    )
+                })?;
+        }
         Ok(c)
     }
+}
+
+/// A rate limit from `rate_var` (a whole number a second, or `off`) and
+/// `burst_var` (a whole number; by default twice the rate).
+fn rate(
+    get: &impl Fn(&str) -> Option<String>,
+    rate_var: &'static str,
+    burst_var: &'static str,
+    default: Option<Rate>,
+) -> Result<Option<Rate>, ConfigError> {
+    let whole = |var: &'static str, v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=10_000_000).contains(n))
+            .ok_or_else(|| {
+                err(
+                    var,
+                    format!("{v:?} is not a whole number from 1 to 10000000"),
+                )
+            })
+    };
+    let per_second = match get(rate_var) {
+        None => default.map(|r| r.per_second.get()),
+        Some(v) if matches!(v.trim(), "off" | "none") => None,
+        Some(v) => Some(whole(rate_var, &v)?),
+    };
+    let burst = get(burst_var).map(|v| whole(burst_var, &v)).transpose()?;
+    let Some(per_second) = per_second else {
+        if burst.is_some() {
+            return Err(err(burst_var, format!("has no effect with {rate_var}=off")));
+        }
+        return Ok(None);
+    };
+    let burst = burst.unwrap_or_else(|| {
+        if get(rate_var).is_none() {
+            default.map_or(per_second, |r| r.burst.get())
+        } else {
+            per_second.saturating_mul(2)
+        }
+    });
+    Ok(Rate::new(per_second, burst))
 }
 
 /// The smallest message size limit accepted: below it no Session fits.
@@ -436,6 +536,40 @@ mod tests {
         assert_eq!(c.engine, EngineKind::Memory);
         assert_eq!(c.session_ttl, Duration::from_secs(3600));
         assert_eq!(c.idle_ttl, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn rate_limits_default_on_and_can_be_set_or_turned_off() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.create_rate, Rate::new(100, 200));
+        assert_eq!(c.mutation_rate, Rate::new(1_000, 2_000));
+        assert_eq!(c.unstarted_ttl, Duration::from_secs(86_400));
+        let c = from(&[
+            ("SYNCKAIROS_CREATE_RATE", "5"),
+            ("SYNCKAIROS_MUTATION_RATE", "off"),
+            ("SYNCKAIROS_UNSTARTED_TTL", "10m"),
+        ])
+        .unwrap();
+        assert_eq!(c.create_rate, Rate::new(5, 10), "burst twice the rate set");
+        assert_eq!(c.mutation_rate, None);
+        assert_eq!(c.unstarted_ttl, Duration::from_secs(600));
+        let c = from(&[("SYNCKAIROS_MUTATION_BURST", "7")]).unwrap();
+        assert_eq!(c.mutation_rate, Rate::new(1_000, 7));
+        for (var, value) in [
+            ("SYNCKAIROS_CREATE_RATE", "0"),
+            ("SYNCKAIROS_CREATE_RATE", "fast"),
+            ("SYNCKAIROS_MUTATION_BURST", "-1"),
+            ("SYNCKAIROS_UNSTARTED_TTL", "0s"),
+        ] {
+            let e = from(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, var, "{value}");
+        }
+        let e = from(&[
+            ("SYNCKAIROS_CREATE_RATE", "off"),
+            ("SYNCKAIROS_CREATE_BURST", "9"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "SYNCKAIROS_CREATE_BURST");
     }
 
     #[test]

@@ -73,7 +73,8 @@ impl Application {
             anyhow::anyhow!("SYNCKAIROS_LISTEN: cannot bind {}: {e}", config.listen)
         })?;
         let addr = listener.local_addr()?;
-        let app = App::new(store.clone(), hub, audit, shutdown.clone());
+        let app = App::new(store.clone(), hub, audit, shutdown.clone())
+            .with_unstarted_ttl(config.unstarted_ttl);
         Ok(Self {
             listener,
             addr,

@@ -2,7 +2,8 @@
 //! default (JSON with `SYNCKAIROS_LOG_FORMAT=json`), filtered by `RUST_LOG`,
 //! and an OpenTelemetry OTLP exporter layered on when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Export never blocks start-up; a dead
-//! collector costs at most the export timeout at shutdown.
+//! collector costs at most the export timeout at shutdown. Panics are logged
+//! as one error line each (`log_panics`).
 
 use std::time::Duration;
 
@@ -64,5 +65,24 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
         .with(logs)
         .with(otel)
         .try_init()?;
+    log_panics();
     Ok(TelemetryGuard { provider })
+}
+
+/// Every panic, wherever it happens, becomes one error line in the log (with
+/// its location), in place of the default hook's text on stderr, so that it
+/// reaches the same log and format as everything else. A handler's panic is
+/// then answered `INTERNAL` by the panic guard (grpc/panic.rs).
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+        tracing::error!(
+            target: "synckairos::panic",
+            %location,
+            "panic: {}",
+            crate::grpc::panic_message(info.payload())
+        );
+    }));
 }

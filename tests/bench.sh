@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The issue-4 benchmarks in one run (not part of the test suite): a private
 # redis-server on a free port, three release replicas on free ports, the load
-# generator against them; everything is stopped at the end.
+# generator against them; everything is stopped at the end. The replicas'
+# rate limits are set far above any load here, so they are checked on every
+# call (their cost is in the figures) but never refuse one.
 #   tests/bench.sh                 # all modes
 #   tests/bench.sh breakdown flags # only these
 #   BENCH_BIN=/some/dir tests/bench.sh  # binaries built elsewhere (A/B runs)
@@ -25,7 +27,8 @@ trap cleanup EXIT
 ports=()
 for _ in 1 2 3; do
   p="$(free_port)"; ports+=("$p")
-  REDIS_URL="redis://127.0.0.1:$redis_port" SYNCKAIROS_LISTEN="127.0.0.1:$p" RUST_LOG=warn "$R/synckairos" &
+  REDIS_URL="redis://127.0.0.1:$redis_port" SYNCKAIROS_LISTEN="127.0.0.1:$p" RUST_LOG=warn \
+    SYNCKAIROS_CREATE_RATE=10000000 SYNCKAIROS_MUTATION_RATE=10000000 "$R/synckairos" &
   pids+=($!)
 done
 sleep 2

@@ -8,6 +8,7 @@ mod error;
 mod subscribe;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -43,6 +44,8 @@ pub struct App {
     hub: Arc<Hub>,
     audit: Option<Audit>,
     shutdown: CancellationToken,
+    /// How long a created session may stay PENDING (`SYNCKAIROS_UNSTARTED_TTL`).
+    unstarted_ttl: Duration,
 }
 
 /// One page of a session's audit history.
@@ -63,7 +66,14 @@ impl App {
             hub,
             audit,
             shutdown,
+            unstarted_ttl: crate::config::Config::default().unstarted_ttl,
         }
+    }
+
+    /// Sessions not started within `ttl` of their creation expire.
+    pub fn with_unstarted_ttl(mut self, ttl: Duration) -> Self {
+        self.unstarted_ttl = ttl;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
@@ -88,6 +98,8 @@ impl App {
     pub async fn create(&self, mut new: NewSession) -> Result<Reply, AppError> {
         let key = self.key(new.id.clone());
         new.epoch = Uuid::new_v4().simple().to_string();
+        new.start_within =
+            Some(Micros::try_from(self.unstarted_ttl.as_micros()).unwrap_or(Micros::MAX));
         let request_id = new.request_id.clone();
         match self
             .store

@@ -135,8 +135,18 @@ fn running(s: &Session) -> Option<(usize, Micros)> {
     Some((s.active?, s.cycle_started_at?))
 }
 
-/// When the running clock runs out (or reaches its cap), if a clock runs.
+/// When the session next needs the timers: when its running clock runs out
+/// (`flag_at`), or, for a session never started, when its wait to be
+/// started ends (`Session::start_by`).
 pub fn deadline(s: &Session) -> Option<Micros> {
+    match s.status {
+        Status::Pending => s.start_by,
+        _ => flag_at(s),
+    }
+}
+
+/// When the running clock runs out (or reaches its cap), if a clock runs.
+pub fn flag_at(s: &Session) -> Option<Micros> {
     let (pos, started) = running(s)?;
     let left = budget(s, owner_of(s, pos))?.time_to_flag(&s.time_control)?;
     Some(started.saturating_add(left))
@@ -255,6 +265,9 @@ impl Tx {
     fn settle(&mut self) {
         for _ in 0..MAX_SETTLE_STEPS {
             match deadline(&self.s) {
+                Some(due) if due <= self.now && self.s.status == Status::Pending => {
+                    self.expire_unstarted(due)
+                }
                 Some(due) if due <= self.now => self.time_out(due),
                 _ => return,
             }
@@ -379,6 +392,13 @@ impl Tx {
                 }
             }
         }
+    }
+
+    /// A session nobody started within its wait: EXPIRED, with no participant.
+    fn expire_unstarted(&mut self, at: Micros) {
+        self.s.status = Status::Expired;
+        self.s.ended_at = Some(at);
+        self.emit(EventKind::Expired, None);
     }
 
     fn end_by_time(&mut self, at: Micros, who: ParticipantId) {

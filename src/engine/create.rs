@@ -94,6 +94,9 @@ pub struct NewSession {
     pub timeout_action: Option<TimeoutAction>,
     pub metadata: BTreeMap<String, String>,
     pub request_id: Option<RequestId>,
+    /// How long the session may stay PENDING before it expires (`None`: for
+    /// ever); the app sets it from `SYNCKAIROS_UNSTARTED_TTL`.
+    pub start_within: Option<Micros>,
 }
 
 impl NewParticipant {
@@ -126,6 +129,7 @@ impl NewSession {
             timeout_action: None,
             metadata: BTreeMap::new(),
             request_id: None,
+            start_within: None,
         }
     }
 }
@@ -589,6 +593,7 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
         metadata: new.metadata,
         created_at: now,
         started_at: None,
+        start_by: new.start_within.map(|d| now.saturating_add(d.max(0))),
         ended_at: None,
         updated_at: now,
         unattended_timeouts: 0,

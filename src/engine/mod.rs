@@ -1,7 +1,9 @@
 //! The clock rules, pure: sessions, participants, modes, time controls,
 //! timeouts. `create(new, now)` builds version 1; `apply(session, request, now)`
 //! returns the next session and one event per new version, or a `RuleError`;
-//! `deadline(session)` says when the running clock runs out.
+//! `deadline(session)` says when the session next needs the timers (its
+//! running clock runs out, or a session never started has waited too long),
+//! `flag_at(session)` when the running clock runs out.
 //!
 //! `now` is always an argument: nothing here reads a clock, does I/O, or knows
 //! about tokio, tonic, prost, redis or diesel (std + serde + thiserror only),
@@ -19,7 +21,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
-pub use apply::{AdjustTarget, Applied, Command, Request, apply, deadline};
+pub use apply::{AdjustTarget, Applied, Command, Request, apply, deadline, flag_at};
 pub use budget::Budget;
 pub use create::{
     MAX_DURATION_MS, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, MAX_PARTICIPANTS, MIN_REPEATING_MS,

@@ -207,6 +207,10 @@ pub struct Session {
     pub created_at: Micros,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Micros>,
+    /// A session still PENDING at this instant ends as EXPIRED (the
+    /// unstarted-session cap, `SYNCKAIROS_UNSTARTED_TTL`); `None`: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_by: Option<Micros>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Micros>,
     #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]

@@ -4,7 +4,7 @@
 //! event that ends a session's stream. Replies and streams are computed from
 //! these at their `server_time`.
 
-use super::apply::{Owner, Tx, budget, deadline, owner_of};
+use super::apply::{Owner, Tx, budget, flag_at, owner_of};
 use super::model::{Event, EventKind, Micros, Mode, Session};
 
 /// The session with its running stretch charged up to `now` (never past the
@@ -16,7 +16,7 @@ pub fn view(s: &Session, now: Micros) -> Session {
         now,
         events: Vec::new(),
     };
-    let until = deadline(s).map_or(now, |d| d.min(now));
+    let until = flag_at(s).map_or(now, |d| d.min(now));
     tx.checkpoint(until);
     tx.s
 }

@@ -226,6 +226,8 @@ pub fn create_request(r: pb::CreateSessionRequest) -> Result<NewSession, AppErro
         timeout_action: timeout_action(r.timeout_action)?,
         metadata: r.metadata.into_iter().collect(),
         request_id: request_id(&r.request_id)?,
+        // The app sets it from its config.
+        start_within: None,
     })
 }
 
@@ -383,7 +385,7 @@ pub fn session(stored: &Session, now: Micros) -> pb::Session {
             .unwrap_or_default(),
         cycle_count: s.cycle_count,
         cycle_started_at: stored.cycle_started_at.map(timestamp),
-        deadline_at: engine::deadline(stored).map(timestamp),
+        deadline_at: engine::flag_at(stored).map(timestamp),
         global_remaining_ms: s.global.as_ref().map_or(0, |g| ms_left(g.remaining)),
         time_control: Some(time_control_pb(tc)),
         timeout_action: timeout_action_pb(s.timeout_action) as i32,

@@ -1,11 +1,17 @@
 //! The only room that knows tonic and prost (but for startup's listener): the generated code (`pb`), the
 //! `SyncService` implementation, proto <-> domain conversion, the one
-//! `AppError -> Status` table, and the router with health and reflection.
+//! `AppError -> Status` table, the router with health and reflection, and
+//! what wraps every call: who the caller is, its rate limits, and the guard
+//! that turns a panic into `INTERNAL`.
 
+pub mod caller;
 mod convert;
 mod error;
+mod panic;
+mod rate;
 mod service;
 
+pub use panic::{CatchPanic, catch_panic, panic_message};
 pub use service::{HealthControl, router};
 
 /// Code generated from `proto/synckairos/v1/sync.proto`.

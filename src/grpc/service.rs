@@ -11,16 +11,28 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use std::sync::Arc;
+
+use super::caller::caller_of;
 use super::convert;
 use super::pb::{
     self,
     sync_service_server::{SyncService, SyncServiceServer},
 };
+use super::rate::{RateLimits, Spend};
 use crate::app::App;
 use crate::config::Config;
 
 pub struct GrpcService {
     app: App,
+    limits: Arc<RateLimits>,
+}
+
+impl GrpcService {
+    /// Spends one `spend` of the caller's rate limit, before anything else.
+    fn spend<T>(&self, spend: Spend, req: &Request<T>) -> Result<(), Status> {
+        Ok(self.limits.check(spend, &caller_of(req))?)
+    }
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -38,6 +50,7 @@ fn record_session_id(id: &str) {
 impl SyncService for GrpcService {
     #[tracing::instrument(skip_all, fields(session_id))]
     async fn create_session(&self, req: Request<pb::CreateSessionRequest>) -> Reply<pb::Session> {
+        self.spend(Spend::Create, &req)?;
         let new = convert::create_request(req.into_inner())?;
         record_session_id(new.id.as_str());
         session_reply(self.app.create(new).await?)
@@ -52,6 +65,7 @@ impl SyncService for GrpcService {
 
     #[tracing::instrument(skip_all, fields(session_id))]
     async fn start_session(&self, req: Request<pb::StartSessionRequest>) -> Reply<pb::Session> {
+        self.spend(Spend::Mutation, &req)?;
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
         record_session_id(id.as_str());
@@ -62,6 +76,7 @@ impl SyncService for GrpcService {
 
     #[tracing::instrument(skip_all, fields(session_id))]
     async fn switch_cycle(&self, req: Request<pb::SwitchCycleRequest>) -> Reply<pb::Session> {
+        self.spend(Spend::Mutation, &req)?;
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
         record_session_id(id.as_str());
@@ -72,6 +87,7 @@ impl SyncService for GrpcService {
 
     #[tracing::instrument(skip_all, fields(session_id))]
     async fn pause_session(&self, req: Request<pb::PauseSessionRequest>) -> Reply<pb::Session> {
+        self.spend(Spend::Mutation, &req)?;
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
         record_session_id(id.as_str());
@@ -84,6 +100,7 @@ impl SyncService for GrpcService {
 
     #[tracing::instrument(skip_all, fields(session_id))]
     async fn resume_session(&self, req: Request<pb::ResumeSessionRequest>) -> Reply<pb::Session> {
+        self.spend(Spend::Mutation, &req)?;
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
         record_session_id(id.as_str());
@@ -99,6 +116,7 @@ impl SyncService for GrpcService {
         &self,
         req: Request<pb::CompleteSessionRequest>,
     ) -> Reply<pb::Session> {
+        self.spend(Spend::Mutation, &req)?;
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
         record_session_id(id.as_str());
@@ -111,6 +129,7 @@ impl SyncService for GrpcService {
 
     #[tracing::instrument(skip_all, fields(session_id))]
     async fn cancel_session(&self, req: Request<pb::CancelSessionRequest>) -> Reply<pb::Session> {
+        self.spend(Spend::Mutation, &req)?;
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
         record_session_id(id.as_str());
@@ -123,6 +142,7 @@ impl SyncService for GrpcService {
 
     #[tracing::instrument(skip_all, fields(session_id))]
     async fn adjust_time(&self, req: Request<pb::AdjustTimeRequest>) -> Reply<pb::Session> {
+        self.spend(Spend::Mutation, &req)?;
         let r = req.into_inner();
         let id = convert::session_id(&r.session_id)?;
         record_session_id(id.as_str());
@@ -133,6 +153,7 @@ impl SyncService for GrpcService {
 
     #[tracing::instrument(skip_all, fields(session_id))]
     async fn delete_session(&self, req: Request<pb::DeleteSessionRequest>) -> Reply<()> {
+        self.spend(Spend::Mutation, &req)?;
         let id = convert::session_id(&req.get_ref().session_id)?;
         record_session_id(id.as_str());
         self.app.delete(id).await?;
@@ -216,7 +237,9 @@ impl HealthControl {
 ///   first, see `Config::max_connection_age_grace`);
 /// - request and reply message size limits on `SyncService` (health and
 ///   reflection keep tonic's own: 4 MiB decoded, unbounded encoded; their
-///   messages are tiny).
+///   messages are tiny);
+/// - per-caller rate limits on creates and mutations (grpc/rate.rs);
+/// - every call inside the panic guard (grpc/panic.rs).
 ///
 /// TCP keepalive is set on the listener's incoming stream in startup.rs:
 /// tonic ignores `Server::tcp_keepalive` with `serve_with_incoming`. Not set
@@ -228,7 +251,10 @@ impl HealthControl {
 pub fn router(
     app: App,
     config: &Config,
-) -> anyhow::Result<(tonic::transport::server::Router, HealthControl)> {
+) -> anyhow::Result<(
+    tonic::transport::server::Router<tower_layer::Stack<super::CatchPanic, tower_layer::Identity>>,
+    HealthControl,
+)> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -239,6 +265,7 @@ pub fn router(
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     let mut server = tonic::transport::Server::builder()
+        .layer(super::catch_panic())
         .max_concurrent_streams(config.max_streams_per_connection)
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(config.http2_keepalive_timeout));
@@ -248,7 +275,8 @@ pub fn router(
             server = server.max_connection_age_grace(grace);
         }
     }
-    let sync = SyncServiceServer::new(GrpcService { app })
+    let limits = RateLimits::new(config.create_rate, config.mutation_rate);
+    let sync = SyncServiceServer::new(GrpcService { app, limits })
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_response_bytes);
     let router = server

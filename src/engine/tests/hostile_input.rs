@@ -429,3 +429,48 @@ proptest! {
         }
     }
 }
+
+/// A session created with a wait of `wait_ms` to be started.
+fn waiting(wait_ms: i64) -> Session {
+    let mut n = new_session(&["a", "b"], FIVE_MIN_MS);
+    n.start_within = Some(wait_ms * MICROS_PER_MS);
+    created(n)
+}
+
+#[test]
+fn a_session_never_started_expires_when_its_wait_ends_whatever_calls_it_gets() {
+    let s = waiting(10_000);
+    let end = T0 + 10_000 * MICROS_PER_MS;
+    assert_eq!(s.start_by, Some(end));
+    assert_eq!(deadline(&s), Some(end), "the timers wake for it");
+    assert_eq!(
+        flag_at(&s),
+        None,
+        "no clock runs: no deadline_at for clients"
+    );
+    // Calls during the wait keep it PENDING but do not move the end.
+    let s = ok(&s, adjust("a", 1_000), end - 1).session;
+    assert_eq!(s.status, Status::Pending);
+    assert_eq!(deadline(&s), Some(end));
+    assert_eq!(err(&s, Command::Timeout, end - 1), RuleError::NotDue);
+    let a = ok(&s, Command::Timeout, end + 5);
+    assert_eq!(kinds(&a), vec![ev(EventKind::Expired, None)]);
+    assert_eq!(a.session.status, Status::Expired);
+    assert_eq!(a.session.ended_at, Some(end));
+    assert_eq!(deadline(&a.session), None, "nothing more to fire");
+    // A start after the wait is refused: the session has expired.
+    assert_failed_precondition(&err(&s, start(), end + 1), "EXPIRED");
+}
+
+#[test]
+fn a_started_session_is_no_longer_bound_by_its_wait() {
+    let s = waiting(10_000);
+    let s = ok(&s, start(), T0 + 1).session;
+    assert_eq!(s.status, Status::Running);
+    assert_eq!(deadline(&s), flag_at(&s));
+    assert_eq!(deadline(&s), Some(T0 + 1 + FIVE_MIN_MS * MICROS_PER_MS));
+    let later = T0 + 20_000 * MICROS_PER_MS;
+    let s = ok(&s, Command::Pause, later).session;
+    assert_eq!(s.status, Status::Paused, "the wait no longer applies");
+    assert_eq!(deadline(&s), None);
+}

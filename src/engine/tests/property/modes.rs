@@ -201,6 +201,7 @@ fn build(st: &Setup) -> Session {
         timeout_action: st.action,
         metadata: BTreeMap::new(),
         request_id: None,
+        start_within: None,
     };
     if st.mode == Mode::PerGroup {
         new.groups = (0..st.groups)
