@@ -46,5 +46,7 @@ before="$(execs)"
 echo "EXECs during the run (warm-up and set-up included): $(( $(execs) - ${before:-0} ))"; fi
 if want fanout; then echo "== fan-out: switch on A, 1000 streams on B"
 "$R/synckairos-load" fanout --target "$A" --subscribe-target "$B" --sessions 100 --streams 1000 --rate 200 --seconds 10; fi
+if want flood; then echo "== flood: switch on A, 20 streams on B, without and then with 2000 Subscribe/s to missing ids on B"
+"$R/synckairos-load" subscribe-flood --target "$A" --subscribe-target "$B" --sessions 20 --rate 200 --flood-rate 2000 --seconds 10; fi
 if want flags; then echo "== flags: 10000 deadlines within one second over three replicas"
 "$R/synckairos-load" flags --target "$A,$B,$C" --sessions 10000 --spread-ms 1000 --concurrency 64 --connections 2; fi

@@ -288,7 +288,7 @@ const ACK: u8 = 0x1;
 
 /// A bare HTTP/2 connection: the client preface and empty SETTINGS, then
 /// nothing, not even the ACKs a real client would send.
-async fn raw_connection(app: &TestApp) -> TcpStream {
+pub(crate) async fn raw_connection(app: &TestApp) -> TcpStream {
     let mut tcp = TcpStream::connect(app.addr).await.expect("connect");
     tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         .await

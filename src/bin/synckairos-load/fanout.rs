@@ -1,12 +1,16 @@
 //! `fanout`: switches sent to one replica at `--rate`, and the time until each
 //! event arrives on the Subscribe streams held by another replica.
+//! `measure` is that measurement on sessions already running, so that
+//! `subscribe_flood` can take it twice, without and with a flood beside it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use synckairos::grpc::pb;
+use synckairos::grpc::pb::{self, sync_service_client::SyncServiceClient};
 use tokio::sync::Mutex;
+use tonic::transport::Channel;
 
 use crate::Common;
 use crate::shared::{self, Stats, create_running, run_id};
@@ -19,31 +23,60 @@ pub async fn run(
     rate: u64,
 ) -> anyhow::Result<()> {
     let clients = shared::clients(&common).await?;
-    let sub_common = Common {
+    let sub_clients = shared::clients(&Common {
         target: subscribe_target,
         ..common.clone()
-    };
-    let sub_clients = shared::clients(&sub_common).await?;
+    })
+    .await?;
     let run = run_id();
     let ids: Vec<String> = (0..sessions).map(|i| format!("{run}-{i}")).collect();
     create_running(&clients, &ids, 24 * 3600 * 1000).await?;
-    // version -> when its switch was sent, per session.
-    let sent: Arc<Vec<Mutex<std::collections::HashMap<u64, Instant>>>> = Arc::new(
-        (0..sessions)
-            .map(|_| Mutex::new(Default::default()))
-            .collect(),
+    let m = measure(&clients, &sub_clients, &ids, streams, rate, common.seconds).await?;
+    println!(
+        "switches sent: {} ({} failed or raced); deliveries measured to {streams} streams:",
+        m.sent, m.stats.errors
     );
+    m.stats.report(
+        "switch -> event on another replica's stream",
+        common.seconds,
+    );
+    Ok(())
+}
+
+/// What one measurement saw.
+pub struct Measured {
+    /// Switches sent.
+    pub sent: usize,
+    /// Switch -> event latencies on every stream; `errors` counts switches
+    /// that failed or lost a race.
+    pub stats: Stats,
+}
+
+/// Opens `streams` Subscribe streams (spread over `ids`) on `sub_clients`,
+/// sends switches at `rate` a second through `clients` for `seconds`, and
+/// times each `SWITCHED` event's arrival on every stream.
+pub async fn measure(
+    clients: &[SyncServiceClient<Channel>],
+    sub_clients: &[SyncServiceClient<Channel>],
+    ids: &[String],
+    streams: usize,
+    rate: u64,
+    seconds: f64,
+) -> anyhow::Result<Measured> {
+    let sessions = ids.len();
+    // version -> when its switch was sent, per session.
+    let sent: Arc<Vec<Mutex<HashMap<u64, Instant>>>> =
+        Arc::new((0..sessions).map(|_| Mutex::new(HashMap::new())).collect());
     let latencies = Arc::new(Mutex::new(Stats::default()));
-    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     for s in 0..streams {
         let i = s % sessions;
         let mut c = sub_clients[s % sub_clients.len()].clone();
-        let id = ids[i].clone();
         let (sent, latencies, measuring) = (sent.clone(), latencies.clone(), measuring.clone());
         let mut stream = c
             .subscribe(pb::SubscribeRequest {
-                session_id: id,
+                session_id: ids[i].clone(),
                 heartbeat_ms: Some(60_000),
                 ..Default::default()
             })
@@ -67,9 +100,8 @@ pub async fn run(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     measuring.store(true, Ordering::Relaxed);
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-    let mut ticker = tokio::time::interval(interval);
-    let until = Instant::now() + Duration::from_secs_f64(common.seconds);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
     let mut n = 0usize;
     let mut errors = 0u64;
     let mut in_flight = Vec::new();
@@ -89,8 +121,7 @@ pub async fn run(
                 .ok()?
                 .into_inner()
                 .version;
-            let t = Instant::now();
-            sent[i].lock().await.insert(current + 1, t);
+            sent[i].lock().await.insert(current + 1, Instant::now());
             c.switch_cycle(pb::SwitchCycleRequest {
                 session_id: id,
                 expected_version: Some(current),
@@ -101,18 +132,10 @@ pub async fn run(
             .map(|_| ())
         }));
         if in_flight.len() > 256 {
-            for t in in_flight.drain(..) {
-                if !matches!(t.await, Ok(Some(()))) {
-                    errors += 1;
-                }
-            }
+            errors += settle(&mut in_flight).await;
         }
     }
-    for t in in_flight.drain(..) {
-        if !matches!(t.await, Ok(Some(()))) {
-            errors += 1;
-        }
-    }
+    errors += settle(&mut in_flight).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     measuring.store(false, Ordering::Relaxed);
     for r in readers {
@@ -120,12 +143,16 @@ pub async fn run(
     }
     let mut stats = std::mem::take(&mut *latencies.lock().await);
     stats.errors = errors;
-    println!(
-        "switches sent: {n} ({errors} failed or raced); deliveries measured to {streams} streams:"
-    );
-    stats.report(
-        "switch -> event on another replica's stream",
-        common.seconds,
-    );
-    Ok(())
+    Ok(Measured { sent: n, stats })
+}
+
+/// Waits for the switches in flight; returns how many failed.
+async fn settle(in_flight: &mut Vec<tokio::task::JoinHandle<Option<()>>>) -> u64 {
+    let mut failed = 0;
+    for t in in_flight.drain(..) {
+        if !matches!(t.await, Ok(Some(()))) {
+            failed += 1;
+        }
+    }
+    failed
 }

@@ -8,6 +8,7 @@
 //! synckairos-load switch    --target 127.0.0.1:50051 --sessions 1000 --concurrency 64 --seconds 10
 //! synckairos-load time      --target 127.0.0.1:50051 --concurrency 64 --seconds 10
 //! synckairos-load fanout    --target A --subscribe-target B --sessions 100 --streams 1000 --seconds 10
+//! synckairos-load subscribe-flood --target A --subscribe-target B --sessions 20 --rate 200 --flood-rate 2000
 //! synckairos-load flags     --target A,B,C --sessions 10000 --spread-ms 1000
 //! synckairos-load breakdown --target 127.0.0.1:50051 --redis redis://127.0.0.1:6379 --seconds 5
 //! synckairos-load audit-ingest --redis redis://127.0.0.1:6379 --database postgres://... --rate 20000 --seconds 10
@@ -18,6 +19,7 @@ mod breakdown;
 mod fanout;
 mod flags;
 mod shared;
+mod subscribe_flood;
 mod switch;
 mod time;
 
@@ -80,6 +82,23 @@ enum Mode {
         #[arg(long, default_value_t = 200)]
         rate: u64,
     },
+    /// The fanout figure without and then with a flood of Subscribe calls to
+    /// missing ids on the streams' replica (one stream per session).
+    SubscribeFlood {
+        #[command(flatten)]
+        common: Common,
+        /// Where the real streams are opened and the flood is sent.
+        #[arg(long)]
+        subscribe_target: String,
+        #[arg(long, default_value_t = 20)]
+        sessions: usize,
+        /// Switches per second (all sessions together).
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Subscribe calls to missing ids per second.
+        #[arg(long, default_value_t = 2000)]
+        flood_rate: u64,
+    },
     /// Many sessions whose deadlines fall within one window: how late do the flags fire?
     Flags {
         #[command(flatten)]
@@ -129,6 +148,13 @@ async fn main() -> anyhow::Result<()> {
             streams,
             rate,
         } => fanout::run(common, subscribe_target, sessions, streams, rate).await,
+        Mode::SubscribeFlood {
+            common,
+            subscribe_target,
+            sessions,
+            rate,
+            flood_rate,
+        } => subscribe_flood::run(common, subscribe_target, sessions, rate, flood_rate).await,
         Mode::Flags {
             common,
             sessions,

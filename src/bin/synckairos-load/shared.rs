@@ -62,6 +62,11 @@ impl Stats {
             .expect("a latency fits the histogram");
     }
 
+    /// Successful calls recorded.
+    pub fn len(&self) -> u64 {
+        self.micros.len()
+    }
+
     pub fn merge(&mut self, other: Stats) {
         self.micros
             .add(&other.micros)
