@@ -23,4 +23,6 @@ mod pg;
 mod redis_server;
 mod replicas;
 mod sessions;
+mod silent_faults;
 mod subscribe;
+mod tcp_proxy;
