@@ -195,13 +195,18 @@ mod tests {
     struct Counting {
         missed: AtomicUsize,
         epochs: AtomicUsize,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
     }
 
     #[async_trait]
     impl SessionLog for Counting {
         async fn missed(&self, _key: &SessionKey, _after: u64) -> Result<Missed, ReadError> {
             self.missed.fetch_add(1, Ordering::SeqCst);
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             Ok(Missed::Events {
                 epoch: "e".into(),
                 events: Vec::new(),
@@ -228,6 +233,21 @@ mod tests {
         // Behind it: that read cannot serve it.
         round.missed(&log, &k, 3).await;
         assert_eq!(log.missed.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn catch_up_reads_of_many_sessions_run_within_the_bound() {
+        let log = Counting::default();
+        let permits = Arc::new(Semaphore::new(2));
+        let rounds: Vec<_> = (0..6).map(|_| CatchUp::new(permits.clone())).collect();
+        let k = key();
+        futures_util::future::join_all(rounds.iter().map(|r| r.missed(&log, &k, 1))).await;
+        assert_eq!(log.missed.load(Ordering::SeqCst), 6, "one read per round");
+        assert_eq!(
+            log.most_in_flight.load(Ordering::SeqCst),
+            2,
+            "at most the bound at once"
+        );
     }
 
     #[tokio::test]

@@ -318,6 +318,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_resync_gives_the_streams_of_one_session_one_round_to_share() {
+        let hub = Hub::new(4, 16);
+        let mut a = hub.subscribe(&key("s1")).await.unwrap();
+        let mut b = hub.subscribe(&key("s1")).await.unwrap();
+        let mut c = hub.subscribe(&key("s2")).await.unwrap();
+        hub.resync_all();
+        let round = |m| match m {
+            Ok(HubMsg::Resync(round)) => round,
+            other => panic!("expected a resync, got {other:?}"),
+        };
+        let (ra, rb, rc) = (
+            round(a.recv().await),
+            round(b.recv().await),
+            round(c.recv().await),
+        );
+        assert!(Arc::ptr_eq(&ra, &rb), "one round for the session's streams");
+        assert!(
+            !Arc::ptr_eq(&ra, &rc),
+            "a round of its own for another session"
+        );
+    }
+
+    #[tokio::test]
     async fn a_failed_join_gives_its_slot_back() {
         let hub = Hub::new(4, 1);
         hub.set_remote(Arc::new(Refuser));
