@@ -7,10 +7,22 @@
 //! read the session again (or the log for a replay), so no version committed
 //! before the join is missed. The first read only decides whether to join:
 //! a version committed between it and the join is in the second. Events at
-//! or below the last version sent are dropped, so none is duplicated. A version jump (a lost message) is filled from the event
-//! log, or covered by a fresh snapshot when the log no longer reaches back.
-//! A stream that falls behind the hub's buffer gets a fresh snapshot: a slow
-//! consumer never slows the others.
+//! or below the last version sent are dropped, so none is duplicated. A
+//! version jump (a lost message) is filled from the event log, or covered by
+//! a fresh snapshot when the log no longer reaches back. After a Pub/Sub
+//! reconnect the streams of a session catch up from one shared read
+//! ([`crate::fanout::catchup`]). A stream that falls behind the hub's buffer
+//! gets a fresh snapshot: a slow consumer never slows the others.
+//!
+//! A stream carries one epoch, the one it started on: an event, a catch-up
+//! or a snapshot of another epoch (the id was deleted and created again)
+//! ends it instead of being sent. So does a session found gone without its
+//! DELETED having reached the stream — expired by TTL (which publishes
+//! nothing: each heartbeat first checks, shared with the session's other
+//! streams, that the session still exists with the stream's epoch), or
+//! deleted while the Pub/Sub connection was down. Such a stream ends with
+//! NOT_FOUND "session ID no longer exists", after whatever of its own epoch
+//! the hub still holds for it (a DELETED among that ends it with OK).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppError;
 use crate::engine::{Event, EventKind, Micros, Session, SessionKey};
-use crate::fanout::{Hub, HubMsg, SubscribeError, Subscription};
+use crate::fanout::{
+    CatchUp, Hub, HubMsg, Missed, ReadError, SessionLog, SubscribeError, Subscription,
+};
 use crate::store::{Replay, SessionStore, StoreError};
 
 /// Items buffered between the producer and the transport. Small on purpose:
@@ -181,23 +195,59 @@ struct Producer {
     sub: Subscription,
     tx: Tx,
     last_sent: u64,
+    /// The session and the epoch the stream started on: nothing of another
+    /// epoch is ever sent.
     header: Arc<SessionHeader>,
     heartbeat: Duration,
     shutdown: CancellationToken,
 }
 
-/// What a gap fill does when the session is gone.
-enum OnGone {
-    /// Its DELETED event is still on its way through the hub.
-    Wait,
-    /// Its DELETED event may have been lost: end the stream with NOT_FOUND.
-    End,
-}
+/// How long a stream whose session is found gone waits for a DELETED that
+/// may still be on its way through Pub/Sub (it then ends with OK, as after
+/// any deletion) before it ends with NOT_FOUND.
+const GONE_GRACE: Duration = Duration::from_millis(100);
 
 /// Whether the stream goes on after an item.
 enum Flow {
     Continue,
     Stop,
+}
+
+/// The shared reads of the fan-out ([`crate::fanout::catchup`]), over the store.
+struct StoreLog<'a>(&'a dyn SessionStore);
+
+#[async_trait::async_trait]
+impl SessionLog for StoreLog<'_> {
+    async fn missed(&self, key: &SessionKey, after: u64) -> Result<Missed, ReadError> {
+        match self.0.events_after(key, after).await {
+            Ok(Replay::Events(events)) => match events.last() {
+                Some(e) => Ok(Missed::Events {
+                    epoch: e.session.epoch.clone(),
+                    events,
+                }),
+                // Nothing missed, but an id created again may be at a lower version.
+                None => match self.epoch(key).await? {
+                    Some(epoch) => Ok(Missed::Events { epoch, events }),
+                    None => Ok(Missed::Gone),
+                },
+            },
+            Ok(Replay::Truncated) => match self.0.get(key).await {
+                Ok(session) => Ok(Missed::Snapshot(Arc::new(session))),
+                Err(StoreError::NotFound) => Ok(Missed::Gone),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(StoreError::NotFound) => Ok(Missed::Gone),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn epoch(&self, key: &SessionKey) -> Result<Option<String>, ReadError> {
+        match self.0.get(key).await {
+            Ok(session) => Ok(Some(session.epoch)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 impl Producer {
@@ -217,13 +267,10 @@ impl Producer {
                     Flow::Stop
                 }
                 _ = self.tx.closed() => Flow::Stop,
-                _ = ticker.tick() => {
-                    let at = self.store.now();
-                    self.send(StreamItem::Heartbeat { session: self.header.clone(), version: self.last_sent, at }).await
-                }
+                _ = ticker.tick() => self.heartbeat().await,
                 received = self.sub.recv() => match received {
                     Ok(HubMsg::Event(event)) => self.on_event(event).await,
-                    Ok(HubMsg::Resync) => self.fill_gap(OnGone::End).await,
+                    Ok(HubMsg::Resync(round)) => self.catch_up(&round).await,
                     Err(RecvError::Lagged(_)) => self.resync().await,
                     Err(RecvError::Closed) => Flow::Stop,
                 },
@@ -232,6 +279,38 @@ impl Producer {
                 return;
             }
         }
+    }
+
+    fn of_my_epoch(&self, epoch: &str) -> bool {
+        epoch == self.header.epoch
+    }
+
+    /// A heartbeat, once the session is known to be still there, of the
+    /// stream's epoch: a session that expired (TTL) publishes nothing, so
+    /// this is how its streams end. The check is shared with the session's
+    /// other streams (a read at most every half heartbeat per session); a
+    /// failed read is no news (the heartbeat goes out).
+    async fn heartbeat(&mut self) -> Flow {
+        let log = StoreLog(self.store.as_ref());
+        let checked = self
+            .sub
+            .liveness()
+            .epoch(&log, &self.key, self.heartbeat / 2)
+            .await;
+        match &*checked {
+            Ok(Some(epoch)) if self.of_my_epoch(epoch) => {}
+            Ok(_) => return self.gone().await,
+            Err(e) => {
+                tracing::debug!(session = %self.key, error = %e, "subscribe: the heartbeat's check failed")
+            }
+        }
+        let at = self.store.now();
+        self.send(StreamItem::Heartbeat {
+            session: self.header.clone(),
+            version: self.last_sent,
+            at,
+        })
+        .await
     }
 
     async fn send(&mut self, item: StreamItem) -> Flow {
@@ -251,6 +330,10 @@ impl Producer {
     }
 
     async fn on_event(&mut self, event: Arc<Event>) -> Flow {
+        // The id was deleted and created again: the stream's session is gone.
+        if !self.of_my_epoch(&event.session.epoch) {
+            return self.gone().await;
+        }
         if event.version <= self.last_sent {
             return Flow::Continue;
         }
@@ -258,15 +341,51 @@ impl Producer {
             return self.send(StreamItem::Event(event)).await;
         }
         // Deleted meanwhile: its DELETED event is queued behind this one.
-        self.fill_gap(OnGone::Wait).await
+        self.fill_gap().await
+    }
+
+    /// After a Pub/Sub reconnect: whatever the log has after the last
+    /// version sent, from the read this round shares among the session's
+    /// streams (or a snapshot, when the log no longer reaches back).
+    async fn catch_up(&mut self, round: &CatchUp) -> Flow {
+        let read = round
+            .missed(&StoreLog(self.store.as_ref()), &self.key, self.last_sent)
+            .await;
+        match &*read {
+            Ok(Missed::Events { epoch, events }) => {
+                if !self.of_my_epoch(epoch) {
+                    return self.gone().await;
+                }
+                for e in events {
+                    if e.version > self.last_sent
+                        && let Flow::Stop = self.send(StreamItem::Event(e.clone())).await
+                    {
+                        return Flow::Stop;
+                    }
+                }
+                Flow::Continue
+            }
+            Ok(Missed::Snapshot(session)) => self.snapshot_of(session).await,
+            // Its DELETED event was lost with the Pub/Sub connection.
+            Ok(Missed::Gone) => self.gone().await,
+            Err(e) => self.fail(StoreError::Unavailable(e.clone())).await,
+        }
     }
 
     /// Sends whatever the log has after the last version sent, or starts
-    /// over from a snapshot when the log no longer reaches back.
-    async fn fill_gap(&mut self, on_gone: OnGone) -> Flow {
-        match self.store.events_after(&self.key, self.last_sent).await {
+    /// over from a snapshot when the log no longer reaches back. One
+    /// stream's own read (a version jump), within the catch-up bound.
+    async fn fill_gap(&mut self) -> Flow {
+        let read = {
+            let _permit = self.sub.catch_up_permits().acquire().await;
+            self.store.events_after(&self.key, self.last_sent).await
+        };
+        match read {
             Ok(Replay::Events(events)) => {
                 for e in events {
+                    if !self.of_my_epoch(&e.session.epoch) {
+                        return self.gone().await;
+                    }
                     if let Flow::Stop = self.send(StreamItem::Event(e)).await {
                         return Flow::Stop;
                     }
@@ -274,11 +393,9 @@ impl Producer {
                 Flow::Continue
             }
             Ok(Replay::Truncated) => self.resync().await,
-            Err(StoreError::NotFound) => match on_gone {
-                OnGone::Wait => Flow::Continue,
-                // Its DELETED event was lost with the Pub/Sub connection.
-                OnGone::End => self.fail(StoreError::NotFound).await,
-            },
+            // Deleted meanwhile: its DELETED event is queued behind (and if
+            // it was lost, the next heartbeat's check ends the stream).
+            Err(StoreError::NotFound) => Flow::Continue,
             Err(e) => self.fail(e).await,
         }
     }
@@ -286,18 +403,67 @@ impl Producer {
     /// Skips to a fresh snapshot.
     async fn resync(&mut self) -> Flow {
         match self.store.get(&self.key).await {
-            Ok(session) => {
-                let at = self.store.now();
-                self.send(StreamItem::Snapshot {
-                    session: Box::new(session),
-                    at,
-                })
-                .await
-            }
-            // Deleted meanwhile: its DELETED event is already queued behind.
-            Err(StoreError::NotFound) => Flow::Continue,
+            Ok(session) => self.snapshot_of(&session).await,
+            // Deleted meanwhile; its DELETED may be among what was skipped.
+            Err(StoreError::NotFound) => self.gone().await,
             Err(e) => self.fail(e).await,
         }
+    }
+
+    /// Sends `session` as a snapshot when it is of the stream's epoch and
+    /// newer than what was sent; of another epoch, the stream's session is gone.
+    async fn snapshot_of(&mut self, session: &Session) -> Flow {
+        if !self.of_my_epoch(&session.epoch) {
+            return self.gone().await;
+        }
+        if session.version <= self.last_sent {
+            return Flow::Continue;
+        }
+        let at = self.store.now();
+        self.send(StreamItem::Snapshot {
+            session: Box::new(session.clone()),
+            at,
+        })
+        .await
+    }
+
+    /// The stream's session no longer exists (expired, or deleted without
+    /// its DELETED reaching this stream, or replaced by a session of the
+    /// same id and another epoch). What the hub already holds for the
+    /// stream, or brings within [`GONE_GRACE`], goes out first, in order and
+    /// of the stream's epoch only: a DELETED among it ends the stream with
+    /// OK as any deletion does. Otherwise the stream ends with NOT_FOUND.
+    async fn gone(&mut self) -> Flow {
+        let grace = tokio::time::sleep(GONE_GRACE);
+        tokio::pin!(grace);
+        loop {
+            let received = tokio::select! {
+                _ = &mut grace => break,
+                received = self.sub.recv() => received,
+            };
+            match received {
+                Ok(HubMsg::Event(e)) if self.of_my_epoch(&e.session.epoch) => {
+                    let next = e.version == self.last_sent + 1;
+                    if (next || e.kind == EventKind::Deleted)
+                        && let Flow::Stop = self.send(StreamItem::Event(e)).await
+                    {
+                        return Flow::Stop;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return Flow::Stop,
+                // Another epoch's event, or a reconnect: nothing more of ours.
+                Ok(_) => break,
+            }
+        }
+        let _ = self
+            .tx
+            .send(Err(AppError::NotFound(format!(
+                "session {} no longer exists (epoch {})",
+                self.key.id, self.header.epoch
+            ))))
+            .await;
+        Flow::Stop
     }
 
     async fn fail(&mut self, e: StoreError) -> Flow {

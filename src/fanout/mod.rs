@@ -14,8 +14,13 @@
 //! Delivery never blocks: a stream that falls more than `capacity` messages
 //! behind is told it lagged and resynchronises with a fresh snapshot, so it
 //! never slows the others. After a Pub/Sub reconnect every channel gets
-//! [`HubMsg::Resync`]: messages may have been lost, fill the gap from the log.
+//! [`HubMsg::Resync`]: messages may have been lost, fill the gap from the log
+//! — through one [`CatchUp`] round per session, whose read its streams share
+//! ([`catchup`]: one read per session, at most
+//! [`MAX_CONCURRENT_CATCH_UPS`] at once). Each channel also has a
+//! [`Liveness`], the existence check its streams share at their heartbeats.
 
+pub mod catchup;
 pub mod redis;
 
 use std::collections::HashMap;
@@ -25,6 +30,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
 
 use crate::engine::{Event, SessionKey};
+
+pub use catchup::{CatchUp, Liveness, MAX_CONCURRENT_CATCH_UPS, Missed, ReadError, SessionLog};
 
 /// Messages a stream may fall behind before it is skipped to a fresh snapshot.
 pub const DEFAULT_STREAM_BUFFER: usize = 256;
@@ -36,8 +43,9 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum HubMsg {
     /// A committed version.
     Event(Arc<Event>),
-    /// Messages may have been lost (Pub/Sub reconnected): check the log.
-    Resync,
+    /// Messages may have been lost (Pub/Sub reconnected): check the log,
+    /// through this session's round of shared catch-up reads.
+    Resync(Arc<CatchUp>),
 }
 
 /// The cross-replica side of the hub: joins and leaves a session's channel.
@@ -58,8 +66,14 @@ pub enum SubscribeError {
     Join(String),
 }
 
+/// One session's local channel.
+struct Channel {
+    tx: broadcast::Sender<HubMsg>,
+    liveness: Arc<Liveness>,
+}
+
 pub struct Hub {
-    channels: Mutex<HashMap<SessionKey, broadcast::Sender<HubMsg>>>,
+    channels: Mutex<HashMap<SessionKey, Channel>>,
     capacity: usize,
     remote: OnceLock<Arc<dyn Remote>>,
     /// One permit per open stream. A semaphore (never awaited, only
@@ -67,6 +81,8 @@ pub struct Hub {
     /// back on drop, and a stream's subscription is dropped however it ends.
     slots: Arc<Semaphore>,
     max_streams: usize,
+    /// Bounds the catch-up reads in flight (`MAX_CONCURRENT_CATCH_UPS`).
+    catch_ups: Arc<Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,6 +100,7 @@ impl Hub {
             remote: OnceLock::new(),
             slots: Arc::new(Semaphore::new(max_streams)),
             max_streams,
+            catch_ups: Arc::new(Semaphore::new(MAX_CONCURRENT_CATCH_UPS)),
         })
     }
 
@@ -106,20 +123,28 @@ impl Hub {
             .map_err(|_| SubscribeError::Full {
                 limit: self.max_streams,
             })?;
-        let rx = {
+        let (rx, liveness) = {
             let mut channels = lock(&self.channels);
             match channels.get(key) {
-                Some(tx) => tx.subscribe(),
+                Some(c) => (c.tx.subscribe(), c.liveness.clone()),
                 None => {
                     let (tx, rx) = broadcast::channel(self.capacity);
-                    channels.insert(key.clone(), tx);
-                    rx
+                    let liveness = Arc::new(Liveness::default());
+                    channels.insert(
+                        key.clone(),
+                        Channel {
+                            tx,
+                            liveness: liveness.clone(),
+                        },
+                    );
+                    (rx, liveness)
                 }
             }
         };
         // From here on, drop(sub) undoes the local join (and the remote one if last).
         let sub = Subscription {
             rx: Some(rx),
+            liveness,
             key: key.clone(),
             hub: self.clone(),
             _slot: slot,
@@ -139,18 +164,20 @@ impl Hub {
     /// Hands committed events to the local streams on `key` (if any).
     pub fn deliver(&self, key: &SessionKey, events: &[Arc<Event>]) {
         let channels = lock(&self.channels);
-        if let Some(tx) = channels.get(key) {
+        if let Some(c) = channels.get(key) {
             for e in events {
                 // Err only means no receiver is left; the last one is leaving.
-                let _ = tx.send(HubMsg::Event(e.clone()));
+                let _ = c.tx.send(HubMsg::Event(e.clone()));
             }
         }
     }
 
-    /// Tells every local stream that messages may have been lost.
+    /// Tells every local stream that messages may have been lost; the
+    /// streams of one session get one catch-up round to share.
     pub fn resync_all(&self) {
-        for tx in lock(&self.channels).values() {
-            let _ = tx.send(HubMsg::Resync);
+        for c in lock(&self.channels).values() {
+            let _ =
+                c.tx.send(HubMsg::Resync(CatchUp::new(self.catch_ups.clone())));
         }
     }
 
@@ -168,6 +195,7 @@ impl Hub {
 /// One stream's membership in a session's channel.
 pub struct Subscription {
     rx: Option<broadcast::Receiver<HubMsg>>,
+    liveness: Arc<Liveness>,
     key: SessionKey,
     hub: Arc<Hub>,
     /// This stream's slot, given back when the subscription is dropped.
@@ -182,6 +210,16 @@ impl Subscription {
             None => Err(broadcast::error::RecvError::Closed),
         }
     }
+
+    /// The existence check this stream shares with the session's others.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    /// The bound on catch-up reads, for a stream's own gap fills.
+    pub fn catch_up_permits(&self) -> &Semaphore {
+        &self.hub.catch_ups
+    }
 }
 
 impl Drop for Subscription {
@@ -190,7 +228,7 @@ impl Drop for Subscription {
         drop(self.rx.take());
         if channels
             .get(&self.key)
-            .is_some_and(|tx| tx.receiver_count() == 0)
+            .is_some_and(|c| c.tx.receiver_count() == 0)
         {
             channels.remove(&self.key);
             if let Some(remote) = self.hub.remote.get() {
@@ -277,6 +315,29 @@ mod tests {
         assert_eq!(hub.open_streams(), 1);
         let _c = hub.subscribe(&key("s3")).await.unwrap();
         assert_eq!(hub.open_streams(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_resync_gives_the_streams_of_one_session_one_round_to_share() {
+        let hub = Hub::new(4, 16);
+        let mut a = hub.subscribe(&key("s1")).await.unwrap();
+        let mut b = hub.subscribe(&key("s1")).await.unwrap();
+        let mut c = hub.subscribe(&key("s2")).await.unwrap();
+        hub.resync_all();
+        let round = |m| match m {
+            Ok(HubMsg::Resync(round)) => round,
+            other => panic!("expected a resync, got {other:?}"),
+        };
+        let (ra, rb, rc) = (
+            round(a.recv().await),
+            round(b.recv().await),
+            round(c.recv().await),
+        );
+        assert!(Arc::ptr_eq(&ra, &rb), "one round for the session's streams");
+        assert!(
+            !Arc::ptr_eq(&ra, &rc),
+            "a round of its own for another session"
+        );
     }
 
     #[tokio::test]

@@ -6,7 +6,16 @@
 //!
 //! When the connection drops the task reconnects (with backoff), joins every
 //! channel it had again, and tells every local stream to check the log for
-//! what it may have missed ([`Hub::resync_all`]) — no restart needed.
+//! what it may have missed ([`Hub::resync_all`]: one shared read per
+//! session) — no restart needed.
+//!
+//! A connection can also die silently: a proxy or NAT that stops forwarding
+//! closes nothing, and a subscriber only reads, so it would wait forever
+//! while its streams heartbeat with no events. The task therefore PINGs the
+//! connection every [`PING_PERIOD`] (in subscribe mode Redis answers with a
+//! `pong` message, which redis-rs hands back to the PING); no answer within
+//! [`COMMAND_TIMEOUT`] counts as a drop. A silent connection is so noticed
+//! within about 3 s, and its streams are caught up right after.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,8 +31,14 @@ use super::{Hub, Remote};
 use crate::engine::{Event, SessionKey};
 use crate::wire;
 
-/// How long one Pub/Sub command may take before the connection is presumed dead.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one Pub/Sub command (a PING included) may take before the
+/// connection is presumed dead.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often the task PINGs an otherwise quiet or busy connection alike: the
+/// cost is one round trip per replica per period; the gain, a connection
+/// that died silently is noticed within `PING_PERIOD + COMMAND_TIMEOUT`.
+pub const PING_PERIOD: Duration = Duration::from_secs(2);
 
 /// The pauses between reconnection attempts: 50 ms doubling up to 1 s.
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
@@ -144,9 +159,18 @@ async fn run(
         }
         connected_before = true;
 
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_PERIOD, PING_PERIOD);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = ping.tick() => {
+                    if let Err(e) = timed("ping", sink.ping::<redis::Value>()).await {
+                        warn!(error = %e, "Pub/Sub connection did not answer a PING; reconnecting");
+                        break;
+                    }
+                }
                 cmd = cmds.recv() => match cmd {
                     None => return,
                     Some(Cmd::Join(key, reply)) => {

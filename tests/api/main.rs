@@ -25,4 +25,6 @@ mod pg;
 mod redis_server;
 mod replicas;
 mod sessions;
+mod silent_faults;
 mod subscribe;
+mod tcp_proxy;
