@@ -38,7 +38,7 @@ const BUCKETS: u32 = 16;
 
 // ---------- replicas ----------
 
-fn redis_config(url: &str) -> Config {
+pub(crate) fn redis_config(url: &str) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         engine: EngineKind::Redis,
@@ -53,9 +53,9 @@ fn redis_config(url: &str) -> Config {
 }
 
 /// One in-process replica on 127.0.0.1:0. Dropping it stops it.
-struct Replica {
-    addr: SocketAddr,
-    client: Client,
+pub(crate) struct Replica {
+    pub(crate) addr: SocketAddr,
+    pub(crate) client: Client,
     stop: Option<oneshot::Sender<()>>,
     _server: JoinHandle<anyhow::Result<()>>,
 }
@@ -67,12 +67,14 @@ impl Replica {
 
     /// A replica whose host clock is off by `offset_micros`.
     async fn start_skewed(redis_url: &str, offset_micros: i64) -> Self {
-        let app = Application::build_with_clock(
-            redis_config(redis_url),
-            Clock::with_offset(offset_micros),
-        )
-        .await
-        .expect("build replica");
+        Self::launch(redis_config(redis_url), Clock::with_offset(offset_micros)).await
+    }
+
+    /// A replica on `config`, reading time from `clock`.
+    pub(crate) async fn launch(config: Config, clock: Clock) -> Self {
+        let app = Application::build_with_clock(config, clock)
+            .await
+            .expect("build replica");
         let addr = app.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
@@ -88,7 +90,7 @@ impl Replica {
     }
 
     /// A client on its own HTTP/2 connection.
-    async fn new_client(&self) -> Client {
+    pub(crate) async fn new_client(&self) -> Client {
         connect(Endpoint::from_shared(format!("http://{}", self.addr)).unwrap()).await
     }
 

@@ -8,69 +8,26 @@
 //! suite's engine, and the TTL test on redis, and on memory once that engine
 //! expires sessions.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use synckairos::config::{Config, EngineKind, Secret};
+use synckairos::config::{Config, EngineKind};
 use synckairos::grpc::pb;
 use synckairos::grpc::pb::EventType;
-use synckairos::startup::Application;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use synckairos::store::clock::Clock;
 use tonic::Code;
 use tonic::transport::Endpoint;
 
 use crate::helpers::*;
 use crate::redis_server::{RedisServer, command_calls};
+use crate::replicas::{Replica, redis_config};
 use crate::tcp_proxy::TcpProxy;
 
-/// One in-process redis-engine replica (the test holds the one isolation
-/// guard: see replicas.rs). Dropping it stops it.
-struct Replica {
-    addr: SocketAddr,
-    client: Client,
-    stop: Option<oneshot::Sender<()>>,
-    _server: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Replica {
-    async fn start(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            engine: EngineKind::Redis,
-            redis_url: Some(Secret::new(redis_url)),
-            database_url: None,
-            stream_buffer: 1_024,
-            shutdown_grace: Duration::from_secs(1),
-            ..Config::default()
-        };
-        tweak(&mut config);
-        let app = Application::build(config).await.expect("build replica");
-        let addr = app.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
-        let client = connect(Endpoint::from_shared(format!("http://{addr}")).unwrap()).await;
-        Replica {
-            addr,
-            client,
-            stop: Some(stop),
-            _server: server,
-        }
-    }
-
-    async fn new_client(&self) -> Client {
-        connect(Endpoint::from_shared(format!("http://{}", self.addr)).unwrap()).await
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+/// One in-process redis-engine replica (replicas.rs; the test holds the one
+/// isolation guard) with `tweak` applied to its config.
+async fn start_replica(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> Replica {
+    let mut config = redis_config(redis_url);
+    tweak(&mut config);
+    Replica::launch(config, Clock::with_offset(0)).await
 }
 
 /// The next message that is not a HEARTBEAT, or what ended the stream; fails
@@ -116,8 +73,8 @@ async fn a_pub_sub_connection_gone_silent_is_noticed_and_its_streams_resume() {
     let _iso = shared_isolation();
     let redis = RedisServer::start();
     let proxy = TcpProxy::start(redis.port).await;
-    let mut behind = Replica::start(&proxy.url(), |_| {}).await;
-    let mut direct = Replica::start(&redis.url(), |_| {}).await;
+    let mut behind = start_replica(&proxy.url(), |_| {}).await;
+    let mut direct = start_replica(&redis.url(), |_| {}).await;
 
     let s = create_started(&mut direct.client).await;
     let id = s.session_id.clone();
@@ -157,8 +114,8 @@ async fn a_catch_up_never_splices_a_new_epoch_onto_an_old_stream() {
     let _iso = shared_isolation();
     let redis = RedisServer::start();
     let proxy = TcpProxy::start(redis.port).await;
-    let mut behind = Replica::start(&proxy.url(), |_| {}).await;
-    let mut direct = Replica::start(&redis.url(), |_| {}).await;
+    let mut behind = start_replica(&proxy.url(), |_| {}).await;
+    let mut direct = start_replica(&redis.url(), |_| {}).await;
 
     let old = create_started(&mut direct.client).await;
     let id = old.session_id.clone();
@@ -198,7 +155,7 @@ async fn a_pub_sub_reconnect_reads_each_sessions_log_once_not_once_per_stream() 
     let _iso = shared_isolation();
     let redis = RedisServer::start();
     let url = redis.url();
-    let mut replica = Replica::start(&url, |_| {}).await;
+    let mut replica = start_replica(&url, |_| {}).await;
     let mut ids = Vec::new();
     for _ in 0..SESSIONS {
         ids.push(create_started(&mut replica.client).await.session_id);
@@ -327,7 +284,7 @@ async fn a_stream_on_a_session_that_expires_ends(mut client: Client, engine: &st
 async fn a_stream_on_a_session_that_expires_by_ttl_ends_redis() {
     let _iso = shared_isolation();
     let redis = RedisServer::start();
-    let replica = Replica::start(&redis.url(), |c| {
+    let replica = start_replica(&redis.url(), |c| {
         c.idle_ttl = Duration::from_secs(2);
         c.session_ttl = Duration::from_secs(2);
     })
