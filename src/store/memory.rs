@@ -191,11 +191,14 @@ impl SessionStore for MemoryStore {
     }
 
     /// Claims carry lease 0: a claim lives only in this process's timers.
-    async fn claim_due(&self) -> Result<Vec<Claim>, StoreError> {
+    async fn claim_due_at_most(&self, max: usize) -> Result<Vec<Claim>, StoreError> {
         let now = self.now();
         let mut deadlines = lock(&self.deadlines);
         let mut due = Vec::new();
         while let Some((d, _)) = deadlines.by_time.first() {
+            if due.len() >= max {
+                break;
+            }
             if *d > now {
                 break;
             }

@@ -24,3 +24,4 @@ mod redis_server;
 mod replicas;
 mod sessions;
 mod subscribe;
+mod timers;
