@@ -127,6 +127,13 @@ pub struct Config {
     /// `OUT_OF_RANGE` ("encoded message length too large"); for a mutation the
     /// change is committed all the same (a retry with its `request_id` says so).
     pub max_response_bytes: usize,
+    /// `SYNCKAIROS_MEMORY_MAX_SESSIONS` (default 100,000; the memory engine
+    /// only): the most sessions the process holds, expired ones until the
+    /// once-a-second sweep frees them. One more CreateSession fails with
+    /// `RESOURCE_EXHAUSTED` (`RetryInfo` 1 s). Each session keeps up to 256
+    /// events, each a snapshot (about 1 KB for two players). The Redis
+    /// engine's bound is Redis' `maxmemory`.
+    pub memory_max_sessions: usize,
 }
 
 /// TCP keepalive probe spacing once [`Config::tcp_keepalive`] idle time has passed.
@@ -188,6 +195,7 @@ impl Default for Config {
             max_connection_age_grace: None,
             max_request_bytes: 1024 * 1024,
             max_response_bytes: 4 * 1024 * 1024,
+            memory_max_sessions: crate::store::memory::DEFAULT_MAX_SESSIONS,
         }
     }
 }
@@ -353,6 +361,18 @@ impl Config {
                     )
                 })?;
         }
+        if let Some(v) = get("SYNCKAIROS_MEMORY_MAX_SESSIONS") {
+            c.memory_max_sessions = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=100_000_000).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        "SYNCKAIROS_MEMORY_MAX_SESSIONS",
+                        format!("{v:?} is not a whole number from 1 to 100000000"),
+                    )
+                })?;
+        }
         if let Some(v) = get("SYNCKAIROS_MAX_SUBSCRIBE_STREAMS") {
             c.max_subscribe_streams = v
                 .parse()
@@ -466,6 +486,7 @@ mod tests {
             ("SYNCKAIROS_MAX_CONNECTION_AGE_GRACE", "never"),
             ("SYNCKAIROS_MAX_REQUEST_BYTES", "12"),
             ("SYNCKAIROS_MAX_RESPONSE_BYTES", "4GiB"),
+            ("SYNCKAIROS_MEMORY_MAX_SESSIONS", "0"),
         ];
         for (var, value) in cases {
             let e = from(&[(var, value)]).unwrap_err();
@@ -496,6 +517,7 @@ mod tests {
         assert_eq!(c.max_connection_age_grace, None);
         assert_eq!(c.max_request_bytes, 1 << 20);
         assert_eq!(c.max_response_bytes, 4 << 20);
+        assert_eq!(c.memory_max_sessions, 100_000);
         let c = from(&[
             ("SYNCKAIROS_MAX_STREAMS_PER_CONNECTION", "100"),
             ("SYNCKAIROS_MAX_SUBSCRIBE_STREAMS", "5"),
@@ -506,8 +528,10 @@ mod tests {
             ("SYNCKAIROS_MAX_CONNECTION_AGE_GRACE", "1m"),
             ("SYNCKAIROS_MAX_REQUEST_BYTES", "512KiB"),
             ("SYNCKAIROS_MAX_RESPONSE_BYTES", "8388608"),
+            ("SYNCKAIROS_MEMORY_MAX_SESSIONS", "50"),
         ])
         .unwrap();
+        assert_eq!(c.memory_max_sessions, 50);
         assert_eq!(c.max_streams_per_connection, 100);
         assert_eq!(c.max_subscribe_streams, 5);
         assert_eq!(c.http2_keepalive_interval, Duration::from_secs(20));

@@ -31,7 +31,7 @@ use crate::config::{Config, EngineKind, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_RE
 use crate::fanout::{self, Hub, redis::PubSubSetup};
 use crate::grpc::{self, HealthControl};
 use crate::store::clock::Clock;
-use crate::store::memory::MemoryStore;
+use crate::store::memory::{MemorySettings, MemoryStore};
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::{AuditRecord, SessionStore};
 use crate::timers;
@@ -182,7 +182,11 @@ fn memory_store(
     clock: Clock,
     hub: &Arc<Hub>,
 ) -> (Arc<dyn SessionStore>, Option<AuditFeed>) {
-    let store = MemoryStore::new(hub.clone(), clock);
+    let store = MemoryStore::new(hub.clone(), clock).with_settings(MemorySettings {
+        session_ttl: config.session_ttl,
+        idle_ttl: config.idle_ttl,
+        max_sessions: config.memory_max_sessions,
+    });
     if config.database_url.is_none() {
         return (Arc::new(store), None);
     }

@@ -52,6 +52,11 @@ pub enum StoreError {
     /// Write conflicts kept winning past the retry budget.
     #[error("too many concurrent writes")]
     Conflict,
+    /// The store holds as many sessions as it may (the memory engine's
+    /// `SYNCKAIROS_MEMORY_MAX_SESSIONS`); a create may succeed once some end
+    /// and expire, or are deleted.
+    #[error("the store holds its most sessions ({limit})")]
+    Full { limit: usize },
     /// The backing store cannot be reached; the detail is for logs only.
     #[error("store unavailable: {0}")]
     Unavailable(String),

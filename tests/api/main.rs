@@ -12,6 +12,7 @@ mod child;
 mod concurrency;
 mod docs;
 mod error_details;
+mod expiry;
 mod flag;
 mod grpcurl;
 mod health;
