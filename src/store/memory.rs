@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
+use super::audit_outbox::AuditOutbox;
 use super::clock::Clock;
 use super::{AuditRecord, BuildFn, Change, Claim, EVENT_LOG_LEN, Replay, SessionStore, StoreError};
 use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
@@ -107,7 +108,7 @@ pub struct MemoryStore {
     wake: Arc<Notify>,
     hub: Arc<Hub>,
     /// Where committed events go for the audit trail (when it is on).
-    audit: Option<mpsc::UnboundedSender<AuditRecord>>,
+    audit: Option<Arc<AuditOutbox>>,
 }
 
 /// Recovers the data from a poisoned lock: a panic elsewhere must not take
@@ -199,9 +200,9 @@ impl MemoryStore {
     }
 
     /// Feeds every committed event to `audit` (the audit writer's channel).
-    /// Unbounded on purpose: a commit never waits on the audit, and the
-    /// writer keeps up far beyond the engine's commit rate.
-    pub fn with_audit(mut self, audit: mpsc::UnboundedSender<AuditRecord>) -> Self {
+    /// Bounded, and a commit never waits on it: when it is full the event is
+    /// left out of the audit, counted and logged (see `audit_outbox`).
+    pub fn with_audit(mut self, audit: Arc<AuditOutbox>) -> Self {
         self.audit = Some(audit);
         self
     }
@@ -209,7 +210,7 @@ impl MemoryStore {
     fn send_audit(&self, key: &SessionKey, events: &[Arc<Event>]) {
         if let Some(audit) = &self.audit {
             for e in events {
-                let _ = audit.send(AuditRecord {
+                audit.send(AuditRecord {
                     tenant: key.tenant.clone(),
                     event: e.clone(),
                 });

@@ -6,6 +6,7 @@
 //! Engines: [`memory`] (one process, nothing to install) and [`redis`] (any
 //! number of replicas sharing one Redis). Same behaviour, same tests.
 
+pub mod audit_outbox;
 pub mod clock;
 pub mod memory;
 pub mod redis;

@@ -8,6 +8,7 @@
 //! `--nocapture` shows the measured flag lateness; `TEST_LOG=1` shows server logs.
 
 mod audit;
+mod audit_outbox;
 mod child;
 mod concurrency;
 mod docs;
