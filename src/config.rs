@@ -143,6 +143,19 @@ pub struct Config {
     /// long after it was created ends as EXPIRED (an event like any other),
     /// whatever calls it receives meanwhile (docs/clock-rules.md).
     pub unstarted_ttl: Duration,
+    /// `SYNCKAIROS_MEMORY_MAX_SESSIONS` (default 100,000; the memory engine
+    /// only): the most sessions the process holds, expired ones until the
+    /// once-a-second sweep frees them. One more CreateSession fails with
+    /// `RESOURCE_EXHAUSTED` (`RetryInfo` 1 s). Each session keeps up to 256
+    /// events, each a snapshot (about 1 KB for two players). The Redis
+    /// engine's bound is Redis' `maxmemory`.
+    pub memory_max_sessions: usize,
+    /// `SYNCKAIROS_MEMORY_AUDIT_BUFFER` (default 100,000 events; the memory
+    /// engine with `DATABASE_URL` only): committed events waiting for the
+    /// audit writer. When it is full (Postgres down or slow) commits go on
+    /// and their events are left out of the audit, counted, with one warning
+    /// per burst. The Redis engine's backlog waits in its audit streams.
+    pub memory_audit_buffer: usize,
 }
 
 /// A sustained rate per second and the burst allowed on top of it.
@@ -224,6 +237,8 @@ impl Default for Config {
             create_rate: Rate::new(100, 200),
             mutation_rate: Rate::new(1_000, 2_000),
             unstarted_ttl: Duration::from_secs(86_400),
+            memory_max_sessions: crate::store::memory::DEFAULT_MAX_SESSIONS,
+            memory_audit_buffer: crate::store::audit_outbox::DEFAULT_CAPACITY,
         }
     }
 }
@@ -386,6 +401,30 @@ impl Config {
                     err(
                         "SYNCKAIROS_MAX_STREAMS_PER_CONNECTION",
                         format!("{v:?} is not a whole number from 1 to 100000"),
+                    )
+                })?;
+        }
+        if let Some(v) = get("SYNCKAIROS_MEMORY_MAX_SESSIONS") {
+            c.memory_max_sessions = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=100_000_000).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        "SYNCKAIROS_MEMORY_MAX_SESSIONS",
+                        format!("{v:?} is not a whole number from 1 to 100000000"),
+                    )
+                })?;
+        }
+        if let Some(v) = get("SYNCKAIROS_MEMORY_AUDIT_BUFFER") {
+            c.memory_audit_buffer = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=100_000_000).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        "SYNCKAIROS_MEMORY_AUDIT_BUFFER",
+                        format!("{v:?} is not a whole number from 1 to 100000000"),
                     )
                 })?;
         }
@@ -600,6 +639,8 @@ mod tests {
             ("SYNCKAIROS_MAX_CONNECTION_AGE_GRACE", "never"),
             ("SYNCKAIROS_MAX_REQUEST_BYTES", "12"),
             ("SYNCKAIROS_MAX_RESPONSE_BYTES", "4GiB"),
+            ("SYNCKAIROS_MEMORY_MAX_SESSIONS", "0"),
+            ("SYNCKAIROS_MEMORY_AUDIT_BUFFER", "lots"),
         ];
         for (var, value) in cases {
             let e = from(&[(var, value)]).unwrap_err();
@@ -630,6 +671,8 @@ mod tests {
         assert_eq!(c.max_connection_age_grace, None);
         assert_eq!(c.max_request_bytes, 1 << 20);
         assert_eq!(c.max_response_bytes, 4 << 20);
+        assert_eq!(c.memory_max_sessions, 100_000);
+        assert_eq!(c.memory_audit_buffer, 100_000);
         let c = from(&[
             ("SYNCKAIROS_MAX_STREAMS_PER_CONNECTION", "100"),
             ("SYNCKAIROS_MAX_SUBSCRIBE_STREAMS", "5"),
@@ -640,8 +683,12 @@ mod tests {
             ("SYNCKAIROS_MAX_CONNECTION_AGE_GRACE", "1m"),
             ("SYNCKAIROS_MAX_REQUEST_BYTES", "512KiB"),
             ("SYNCKAIROS_MAX_RESPONSE_BYTES", "8388608"),
+            ("SYNCKAIROS_MEMORY_MAX_SESSIONS", "50"),
+            ("SYNCKAIROS_MEMORY_AUDIT_BUFFER", "1000"),
         ])
         .unwrap();
+        assert_eq!(c.memory_max_sessions, 50);
+        assert_eq!(c.memory_audit_buffer, 1000);
         assert_eq!(c.max_streams_per_connection, 100);
         assert_eq!(c.max_subscribe_streams, 5);
         assert_eq!(c.http2_keepalive_interval, Duration::from_secs(20));

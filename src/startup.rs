@@ -31,9 +31,9 @@ use crate::config::{Config, EngineKind, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_RE
 use crate::fanout::{self, Hub, redis::PubSubSetup};
 use crate::grpc::{self, HealthControl};
 use crate::store::clock::Clock;
-use crate::store::memory::MemoryStore;
+use crate::store::memory::{MemorySettings, MemoryStore};
 use crate::store::redis::{RedisSettings, RedisStore};
-use crate::store::{AuditRecord, SessionStore};
+use crate::store::{AuditRecord, SessionStore, audit_outbox};
 use crate::timers;
 
 /// How often health re-checks the store (and the store does its upkeep).
@@ -156,8 +156,8 @@ impl Application {
 /// Where the audit writer reads what the store committed (only when the
 /// audit is on).
 enum AuditFeed {
-    /// The memory engine's channel.
-    Channel(mpsc::UnboundedReceiver<AuditRecord>),
+    /// The memory engine's channel (bounded: `SYNCKAIROS_MEMORY_AUDIT_BUFFER`).
+    Channel(mpsc::Receiver<AuditRecord>),
     /// The Redis engine's bucket audit streams.
     RedisStreams { url: String, streams: Vec<String> },
 }
@@ -177,18 +177,25 @@ async fn build_store(
 }
 
 /// The memory engine publishes into the hub itself; its audit records go
-/// down a channel.
+/// down a bounded channel.
 fn memory_store(
     config: &Config,
     clock: Clock,
     hub: &Arc<Hub>,
 ) -> (Arc<dyn SessionStore>, Option<AuditFeed>) {
-    let store = MemoryStore::new(hub.clone(), clock);
+    let store = MemoryStore::new(hub.clone(), clock).with_settings(MemorySettings {
+        session_ttl: config.session_ttl,
+        idle_ttl: config.idle_ttl,
+        max_sessions: config.memory_max_sessions,
+    });
     if config.database_url.is_none() {
         return (Arc::new(store), None);
     }
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Arc::new(store.with_audit(tx)), Some(AuditFeed::Channel(rx)))
+    let (outbox, rx) = audit_outbox::outbox(config.memory_audit_buffer);
+    (
+        Arc::new(store.with_audit(outbox)),
+        Some(AuditFeed::Channel(rx)),
+    )
 }
 
 /// The Redis engine, with its fan-out; its audit records go to the bucket

@@ -93,6 +93,12 @@ impl From<StoreError> for AppError {
             StoreError::Conflict => {
                 AppError::Aborted("too many concurrent writes to this session; retry".into())
             }
+            StoreError::Full { limit } => AppError::ResourceExhausted {
+                message: format!(
+                    "this server holds as many sessions as it may (limit {limit}); retry later"
+                ),
+                retry_after: Duration::from_secs(1),
+            },
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "store unavailable");
                 AppError::Unavailable("session store unavailable; retry shortly".into())

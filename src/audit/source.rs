@@ -1,6 +1,11 @@
 //! Where the writer reads committed events from: the memory engine's channel,
 //! or the Redis engine's bucket audit streams through a consumer group.
 //!
+//! Memory: the receiving end of a bounded channel
+//! (`SYNCKAIROS_MEMORY_AUDIT_BUFFER` events) that the store fills without
+//! ever waiting, and leaves events out of when it is full
+//! (`store::audit_outbox`).
+//!
 //! Redis: each replica is one consumer of the group `synckairos-audit` on
 //! every `sk:{b}:audit` stream. It reads new entries (`>`), acknowledges them
 //! only after Postgres committed them, and deletes them then (so the streams
@@ -46,13 +51,13 @@ pub trait AuditSource: Send {
     async fn backlog(&mut self) -> Option<u64>;
 }
 
-/// The memory engine's channel.
+/// The memory engine's channel, the writer's end.
 pub struct MemorySource {
-    rx: mpsc::UnboundedReceiver<AuditRecord>,
+    rx: mpsc::Receiver<AuditRecord>,
 }
 
 impl MemorySource {
-    pub fn new(rx: mpsc::UnboundedReceiver<AuditRecord>) -> Self {
+    pub fn new(rx: mpsc::Receiver<AuditRecord>) -> Self {
         Self { rx }
     }
 }

@@ -6,6 +6,7 @@
 //! Engines: [`memory`] (one process, nothing to install) and [`redis`] (any
 //! number of replicas sharing one Redis). Same behaviour, same tests.
 
+pub mod audit_outbox;
 pub mod clock;
 pub mod memory;
 pub mod redis;
@@ -52,6 +53,11 @@ pub enum StoreError {
     /// Write conflicts kept winning past the retry budget.
     #[error("too many concurrent writes")]
     Conflict,
+    /// The store holds as many sessions as it may (the memory engine's
+    /// `SYNCKAIROS_MEMORY_MAX_SESSIONS`); a create may succeed once some end
+    /// and expire, or are deleted.
+    #[error("the store holds its most sessions ({limit})")]
+    Full { limit: usize },
     /// The backing store cannot be reached; the detail is for logs only.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -120,12 +126,19 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The retained events after version `after`.
     async fn events_after(&self, key: &SessionKey, after: u64) -> Result<Replay, StoreError>;
 
-    /// Takes the sessions whose deadline is at or before now out of the
-    /// deadline index, for the timers to fire. The Redis engine moves them
-    /// to the bucket's in-flight ZSET under a lease (another replica may take
-    /// them once it ends); the memory engine just removes them (the next
-    /// commit of the session indexes its deadline again).
-    async fn claim_due(&self) -> Result<Vec<Claim>, StoreError>;
+    /// Takes at most `max` of the sessions whose deadline is at or before
+    /// now out of the deadline index, for the timers to fire (the rest stay
+    /// due for a later round). The Redis engine moves them to the bucket's
+    /// in-flight ZSET under a lease (another replica may take them once it
+    /// ends; at most 512 per bucket a round, `max` shared out between the
+    /// buckets); the memory engine just removes them (the next commit of the
+    /// session indexes its deadline again).
+    async fn claim_due_at_most(&self, max: usize) -> Result<Vec<Claim>, StoreError>;
+
+    /// `claim_due_at_most` with no bound but the engine's own.
+    async fn claim_due(&self) -> Result<Vec<Claim>, StoreError> {
+        self.claim_due_at_most(usize::MAX).await
+    }
 
     /// Drops `claim` after a firing that needed no commit ("not due", "gone";
     /// a firing that commits a timeout drops its claim in that commit). The

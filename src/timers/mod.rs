@@ -4,25 +4,34 @@
 //! that the clock really ran out, so a duplicate or stale claim is a no-op
 //! and each deadline causes exactly one transition.
 //!
-//! Under a burst (10,000 deadlines in a second) claimed deadlines queue
-//! here and a bounded number of firings run at a time, instead of all
-//! waiting on the store's connection pool and timing out there. A firing
-//! takes every queued deadline of its batch (the Redis engine's bucket), up
-//! to `BATCH`, into one commit: the busier the burst, the fewer round trips
-//! per flag. A firing that fails for a passing reason (pool timeout, write
-//! conflict, a Redis blip) is retried at once, one session at a time, with
-//! a short backoff while this replica still holds the claim, instead of
-//! waiting for the claim's lease to run out. Each claim is kept with the
-//! lease the store gave it, so that a release drops only that claim, never
-//! a newer one another replica took on the same session meanwhile.
+//! Under a burst (10,000 deadlines in a second) a bounded number of claims
+//! is held here ([`held`]: at most `FIRING_CONCURRENCY × BATCH`, queued or
+//! firing) and the rest waits in the store: a claim round asks for no more
+//! than there is room for, and claims nothing while the room is under half
+//! the bound (until firings free that much, so that rounds stay batched). `FIRING_CONCURRENCY` firing slots, long-lived
+//! tasks, take the queued deadlines: a firing takes every queued deadline
+//! of its batch (the Redis engine's bucket), up to `BATCH`, into one commit,
+//! so the busier the burst, the fewer round trips per flag; batches take
+//! turns. No task is spawned per deadline. A session is held at most once:
+//! a claim of one already held (its lease ran out while it waited) is
+//! merged into it, never queued twice (see [`held`]). A firing that fails
+//! for a passing reason (pool timeout, write conflict, a Redis blip) is
+//! retried at once, one session at a time, with a short backoff while this
+//! replica still holds the claim, instead of waiting for the claim's lease
+//! to run out. Each claim is kept with the lease the store gave it, so that
+//! a release drops only that claim, never a newer one another replica took
+//! on the same session meanwhile.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod held;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use self::held::Held;
+pub use self::held::TimerStats;
 use crate::engine::{Command, Request, RuleError, SessionKey};
 use crate::store::{Claim, SessionStore, StoreError};
 
@@ -33,42 +42,58 @@ const POLL: Duration = Duration::from_millis(500);
 /// in a second) a round every millisecond keeps flags on time without every
 /// replica hammering the store with back-to-back claims.
 const MIN_ROUND: Duration = Duration::from_millis(1);
-/// Firings in flight at once per replica: enough to keep the store busy,
-/// few enough to leave the connection pool to the calls.
-const FIRING_CONCURRENCY: usize = 32;
+/// Firings in flight at once per replica (each a task for the replica's
+/// life): enough to keep the store busy, few enough to leave the connection
+/// pool to the calls.
+pub const FIRING_CONCURRENCY: usize = 32;
 /// Most deadlines fired in one commit.
-const BATCH: usize = 16;
+pub const BATCH: usize = 16;
+/// Most claims held at once per replica, queued or firing: what the firing
+/// slots take in one go, so a claimed deadline waits at most about one
+/// firing round here, well inside the Redis claim lease (5 s).
+pub const MAX_HELD: usize = FIRING_CONCURRENCY * BATCH;
+/// The least room a claim round waits for (see [`held`]): half the bound,
+/// a full batch for each of the default 16 buckets.
+const MIN_CLAIM: usize = MAX_HELD / 2;
 /// How long a failed firing is retried here; well inside the Redis claim
 /// lease (5 s), after which any replica may take the deadline again.
 const RETRY_WINDOW: Duration = Duration::from_secs(2);
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
+    run_with_stats(store, shutdown, Arc::default()).await
+}
+
+/// `run`, keeping its figures in `stats`.
+pub async fn run_with_stats(
+    store: Arc<dyn SessionStore>,
+    shutdown: CancellationToken,
+    stats: Arc<TimerStats>,
+) {
     let wake = store.deadline_wake();
-    let firing = Arc::new(tokio::sync::Semaphore::new(FIRING_CONCURRENCY));
-    let queued = Arc::new(Queued::default());
+    let held = Arc::new(Held::new(MAX_HELD, MIN_CLAIM, stats));
+    // The slots end with this task (the JoinSet aborts them when dropped):
+    // a firing cut short leaves its claim to its lease.
+    let mut slots = tokio::task::JoinSet::new();
+    for _ in 0..FIRING_CONCURRENCY {
+        slots.spawn(fire_queued(store.clone(), held.clone()));
+    }
     let mut failing = false;
     loop {
-        let claimed = store.claim_due().await;
-        match &claimed {
-            Ok(due) => {
-                // One waiting firing per deadline; each takes whatever of its
-                // batch is still queued when its turn comes (maybe nothing).
-                for claim in due.iter().cloned() {
-                    let batch = store.batch_of(&claim.key);
-                    queued.push(batch, claim);
-                    let (store, firing, queued) = (store.clone(), firing.clone(), queued.clone());
-                    tokio::spawn(async move {
-                        // The semaphore is never closed; Err cannot happen.
-                        let _permit = firing.acquire_owned().await;
-                        let claims = queued.take(batch, BATCH);
-                        if !claims.is_empty() {
-                            fire_many(store.as_ref(), &claims).await
-                        }
-                    });
+        let room = held.room();
+        let claimed = match room {
+            0 => Ok(()),
+            room => store.claim_due_at_most(room).await.map(|due| {
+                if !due.is_empty() {
+                    for claim in due {
+                        held.push(store.batch_of(&claim.key), claim);
+                    }
+                    held.work.notify_waiters();
                 }
-                failing = false;
-            }
+            }),
+        };
+        match &claimed {
+            Ok(()) => failing = false,
             // Logged once per outage; the deadlines wait in the store meanwhile.
             Err(e) if !failing => {
                 warn!(error = %e, "claiming due deadlines failed; retrying every {POLL:?}");
@@ -77,7 +102,9 @@ pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
             Err(_) => {}
         }
         let sleep = match (claimed, store.next_deadline().await) {
-            (Ok(_), Ok(Some(at))) => {
+            // No room worth a round: the next waits for firings to end.
+            (Ok(()), _) if held.room() == 0 => POLL,
+            (Ok(()), Ok(Some(at))) => {
                 Duration::from_micros((at - store.now()).max(0) as u64).clamp(MIN_ROUND, POLL)
             }
             _ => POLL,
@@ -85,38 +112,28 @@ pub async fn run(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = wake.notified() => {}
+            _ = held.room.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
         }
     }
 }
 
-/// Claimed deadlines not yet taken by a firing, by batch.
-#[derive(Default)]
-struct Queued {
-    by_batch: Mutex<HashMap<u32, Vec<Claim>>>,
-}
-
-impl Queued {
-    fn push(&self, batch: u32, claim: Claim) {
-        self.by_batch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(batch)
-            .or_default()
-            .push(claim);
-    }
-
-    /// Up to `max` of the batch's deadlines, oldest first.
-    fn take(&self, batch: u32, max: usize) -> Vec<Claim> {
-        let mut by_batch = self.by_batch.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(keys) = by_batch.get_mut(&batch) else {
-            return Vec::new();
-        };
-        let taken: Vec<Claim> = keys.drain(..max.min(keys.len())).collect();
-        if keys.is_empty() {
-            by_batch.remove(&batch);
+/// One firing slot: fires what is queued, batch by batch, and waits when
+/// nothing is.
+async fn fire_queued(store: Arc<dyn SessionStore>, held: Arc<Held>) {
+    loop {
+        // Registered before looking, so a push between the look and the
+        // wait still wakes this slot.
+        let queued = held.work.notified();
+        tokio::pin!(queued);
+        queued.as_mut().enable();
+        let claims = held.take(BATCH);
+        if claims.is_empty() {
+            queued.await;
+            continue;
         }
-        taken
+        fire_many(store.as_ref(), &claims).await;
+        held.done(&claims);
     }
 }
 
@@ -206,33 +223,6 @@ fn retry_after(attempt: u32, elapsed: Duration) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_firing_takes_only_its_own_batch_oldest_first_and_at_most_the_limit() {
-        let key = |id: &str| Claim {
-            key: SessionKey {
-                tenant: crate::engine::Tenant::default_tenant(),
-                id: crate::engine::SessionId::parse("id", id).unwrap(),
-            },
-            lease: 0,
-        };
-        let q = Queued::default();
-        for i in 0..5 {
-            q.push(1, key(&format!("a{i}")));
-        }
-        q.push(2, key("b0"));
-        let ids = |claims: Vec<Claim>| {
-            claims
-                .into_iter()
-                .map(|c| c.key.id.to_string())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(ids(q.take(1, 3)), ["a0", "a1", "a2"]);
-        assert_eq!(ids(q.take(1, 3)), ["a3", "a4"]);
-        assert!(q.take(1, 3).is_empty(), "another firing took them all");
-        assert_eq!(ids(q.take(2, 3)), ["b0"]);
-        assert!(q.by_batch.lock().unwrap().is_empty());
-    }
 
     #[test]
     fn retries_back_off_from_5ms_to_200ms() {

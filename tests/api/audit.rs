@@ -1237,7 +1237,7 @@ fn created_record(id: &str, note: &str) -> synckairos::store::AuditRecord {
 async fn an_event_postgres_refuses_is_dead_lettered_and_the_audit_goes_on() {
     use synckairos::audit::source::MemorySource;
     let db = TestDb::create();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
     let lag = Arc::new(AuditLag::default());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let writer = tokio::spawn(synckairos::audit::writer::run(
@@ -1253,7 +1253,7 @@ async fn an_event_postgres_refuses_is_dead_lettered_and_the_audit_goes_on() {
         ("dl-bad", "nul \0 here"),
         ("dl-same-batch", "ok"),
     ] {
-        tx.send(created_record(id, note)).unwrap();
+        tx.try_send(created_record(id, note)).unwrap();
     }
     let stored = |db: &TestDb| {
         sql(
@@ -1272,7 +1272,7 @@ async fn an_event_postgres_refuses_is_dead_lettered_and_the_audit_goes_on() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A later batch goes through as usual.
-    tx.send(created_record("dl-after", "later")).unwrap();
+    tx.try_send(created_record("dl-after", "later")).unwrap();
     let t0 = Instant::now();
     while stored(&db) != "dl-after,dl-before,dl-same-batch" {
         assert!(

@@ -8,10 +8,12 @@
 //! `--nocapture` shows the measured flag lateness; `TEST_LOG=1` shows server logs.
 
 mod audit;
+mod audit_outbox;
 mod child;
 mod concurrency;
 mod docs;
 mod error_details;
+mod expiry;
 mod flag;
 mod grpcurl;
 mod health;
@@ -28,3 +30,4 @@ mod sessions;
 mod silent_faults;
 mod subscribe;
 mod tcp_proxy;
+mod timers;

@@ -1,5 +1,6 @@
 -- The timers' claim of one bucket's due deadlines (Redis engine, SPEC §8).
--- KEYS: the bucket's deadlines ZSET, its in-flight ZSET. ARGV: lease (µs), limit.
+-- KEYS: the bucket's deadlines ZSET, its in-flight ZSET. ARGV: lease (µs), limit (the most
+-- members moved each way; 0 moves none and still returns the head).
 -- Returns { due members, earliest remaining deadline or false, the lease (µs) the due
 -- members got }: the lease names this claim, so that its release drops only it (release.lua).
 local t = redis.call('TIME')

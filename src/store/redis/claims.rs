@@ -23,11 +23,17 @@
 //! the new state's deadline (`ZADD deadlines`), so dropping every claim of
 //! the session there loses no deadline.
 //!
+//! A round claims at most what the timers have room for
+//! (`claim_due_at_most`: 512 per replica), shared out between the buckets
+//! (`bucket_limits`), and never more than 512 from one bucket; what it
+//! leaves stays due for the next round, so a burst waits here, in Redis.
+//!
 //! Every replica claims every bucket. A commit that sets a deadline earlier
 //! than the earliest one known here publishes a wake-up on the bucket's
 //! channel, so every replica's timers re-arm at once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::RedisStore;
@@ -38,8 +44,26 @@ use crate::store::{Claim, StoreError};
 
 /// How long a claimed deadline stays with its claimer before others may take it.
 const CLAIM_LEASE: Duration = Duration::from_secs(5);
-/// Deadlines claimed per bucket per round.
+/// Most deadlines claimed per bucket per round.
 const CLAIM_LIMIT: usize = 512;
+
+/// Which bucket gets the first share of a round's remainder: turns round by
+/// round, so that when a round may claim fewer deadlines than there are
+/// buckets every bucket still gets its turn.
+static TURN: AtomicU32 = AtomicU32::new(0);
+
+/// How many deadlines each of `buckets` may claim in a round that may claim
+/// `max` in all: an even share, capped at `CLAIM_LIMIT`, the remainder one
+/// each to the buckets from `turn` on. They add up to at most `max`.
+fn bucket_limits(buckets: u32, max: usize, turn: u32) -> Vec<usize> {
+    let n = buckets.max(1) as usize;
+    let total = max.min(CLAIM_LIMIT.saturating_mul(n));
+    let (share, extra) = (total / n, total % n);
+    let first = turn as usize % n;
+    (0..n)
+        .map(|b| share + usize::from((b + n - first) % n < extra))
+        .collect()
+}
 
 /// The claim script, loaded into Redis on first use.
 pub(super) fn script() -> redis::Script {
@@ -52,14 +76,24 @@ pub(super) fn release_script() -> redis::Script {
 }
 
 impl RedisStore {
-    /// Takes due deadlines from every bucket; returns them, each with the
-    /// lease its round set, and the earliest head left.
-    pub(super) async fn claim_round(&self) -> Result<(Vec<Claim>, Option<Micros>), StoreError> {
+    /// Takes at most `max` due deadlines from the buckets (see
+    /// `bucket_limits`); returns them, each with the lease its round set, and
+    /// the earliest head left. Every bucket is asked, a bucket whose share is
+    /// 0 too, for its head.
+    pub(super) async fn claim_round(
+        &self,
+        max: usize,
+    ) -> Result<(Vec<Claim>, Option<Micros>), StoreError> {
         let mut conn = self.conn().await?;
         let lease = CLAIM_LEASE.as_micros() as i64;
+        let limits = bucket_limits(
+            self.settings.buckets,
+            max,
+            TURN.fetch_add(1, Ordering::Relaxed),
+        );
         // Every bucket's claim in one round trip (EVALSHA; loaded on first use).
         let mut pipe = redis::pipe();
-        for b in 0..self.settings.buckets {
+        for (b, limit) in (0..self.settings.buckets).zip(limits) {
             let [deadlines, inflight] = claim_keys(b);
             pipe.cmd("EVALSHA")
                 .arg(self.claim.get_hash())
@@ -67,7 +101,7 @@ impl RedisStore {
                 .arg(deadlines)
                 .arg(inflight)
                 .arg(lease)
-                .arg(CLAIM_LIMIT);
+                .arg(limit);
         }
         let replies: Vec<(Vec<String>, Option<f64>, Micros)> =
             match exchange(&mut conn, async |c| pipe.query_async(c).await).await {
@@ -146,6 +180,37 @@ impl RedisStore {
         move |payload| {
             if let Some(store) = me.upgrade() {
                 store.on_wake(payload);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_shares_its_bound_between_the_buckets_and_never_exceeds_it() {
+        assert_eq!(bucket_limits(4, 10, 0), [3, 3, 2, 2]);
+        assert_eq!(bucket_limits(4, 10, 3), [3, 2, 2, 3], "the remainder turns");
+        assert_eq!(bucket_limits(16, 3, 15), {
+            let mut l = vec![0; 16];
+            l[15] = 1;
+            l[0] = 1;
+            l[1] = 1;
+            l
+        });
+        assert_eq!(bucket_limits(2, usize::MAX, 0), [CLAIM_LIMIT, CLAIM_LIMIT]);
+        assert_eq!(bucket_limits(3, 0, 1), [0, 0, 0]);
+        for buckets in [1, 2, 7, 16] {
+            for max in [0, 1, 5, 16, 100, 512, 5_000, 100_000] {
+                for turn in [0, 1, 5, u32::MAX] {
+                    let l = bucket_limits(buckets, max, turn);
+                    assert_eq!(l.len(), buckets as usize);
+                    let sum: usize = l.iter().sum();
+                    assert_eq!(sum, max.min(CLAIM_LIMIT * buckets as usize));
+                    assert!(l.iter().all(|&n| n <= CLAIM_LIMIT));
+                }
             }
         }
     }

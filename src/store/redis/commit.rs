@@ -326,7 +326,7 @@ impl RedisStore {
         let ttl = if s.status.is_terminal() {
             ms(self.settings.session_ttl)
         } else {
-            let horizon = engine::deadline(s).map_or(now, |d| d.max(now));
+            let horizon = engine::flag_at(s).map_or(now, |d| d.max(now));
             (horizon - now) / 1_000 + ms(self.settings.idle_ttl)
         };
         ttl.max(1) as u64

@@ -353,8 +353,8 @@ impl SessionStore for RedisStore {
         }
     }
 
-    async fn claim_due(&self) -> Result<Vec<Claim>, StoreError> {
-        let (due, head) = self.claim_round().await?;
+    async fn claim_due_at_most(&self, max: usize) -> Result<Vec<Claim>, StoreError> {
+        let (due, head) = self.claim_round(max).await?;
         *self.next_head.lock().unwrap_or_else(|p| p.into_inner()) = head;
         Ok(due)
     }
