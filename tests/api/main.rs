@@ -22,5 +22,6 @@ mod limits;
 mod pg;
 mod redis_server;
 mod replicas;
+mod request_ids;
 mod sessions;
 mod subscribe;

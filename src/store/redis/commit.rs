@@ -8,8 +8,9 @@
 //! (a timer burst, a group commit): all keys are watched, read and written
 //! in the one slot. Between the two round trips only CPU is spent, so a
 //! commit that reads back exactly what this replica wrote last reuses it
-//! instead of decoding it (`super::recent`), and an event embeds the state's
-//! JSON already made (`wire::encode_event`).
+//! instead of decoding it (`super::recent`), and an event embeds the
+//! session's snapshot JSON already made for the state (`wire::encode_state`,
+//! `wire::encode_event`).
 
 use std::time::{Duration, Instant};
 
@@ -344,11 +345,11 @@ impl RedisStore {
         now: Micros,
     ) -> Vec<u8> {
         let ttl = self.ttl_ms(session, now).to_string();
-        let state = wire::encode(session);
+        let state = wire::encode_state(session);
         tx.add_command(command(&[
             b"SET",
             k.state.as_bytes(),
-            &state,
+            state.bytes(),
             b"PX",
             ttl.as_bytes(),
         ]))
@@ -430,6 +431,6 @@ impl RedisStore {
             &wire::join_batch(&batch),
         ]))
         .ignore();
-        state
+        state.into_bytes()
     }
 }
