@@ -19,6 +19,7 @@ mod helpers;
 mod hostile_input;
 mod latency;
 mod limits;
+mod lost_answer;
 mod pg;
 mod redis_server;
 mod replicas;
