@@ -22,7 +22,7 @@ use redis::{Pipeline, Value};
 
 use super::RedisStore;
 use super::keys::SessionKeys;
-use super::outcome::{Landed, Sent};
+use super::outcome::Landed;
 use super::pool::{Conn, Failed, exchange, exchange_or_lost, failed_at_once, io};
 use super::recent::{Remembered, Written};
 use crate::engine::{self, Applied, Event, EventKind, Micros, Session, SessionKey};
@@ -233,53 +233,39 @@ impl RedisStore {
                 self.unwatch(&mut conn).await;
                 return Ok(outs);
             }
-            let done: Option<Value> =
-                match exchange_or_lost(&mut conn, async |c| tx.query_async(c).await).await {
-                    Ok(done) => done,
-                    Err(Failed {
-                        error,
-                        answer_lost: false,
-                    }) => return Err(error),
-                    Err(Failed {
-                        error,
-                        answer_lost: true,
-                    }) => {
-                        // Back to the pool first (which drops it): the pool
-                        // may have room for one only.
-                        drop(conn);
-                        let sent: Vec<Sent<'_>> = sessions
-                            .iter()
-                            .zip(&raws)
-                            .zip(&stored)
-                            .filter_map(|((s, read), state)| {
-                                Some(Sent {
-                                    state_key: &s.keys.state,
-                                    read: read.as_deref(),
-                                    wrote: state.as_ref()?.as_ref(),
-                                })
-                            })
-                            .collect();
-                        match self.landed(&sent).await {
-                            Landed::Yes => {
-                                self.remember(keys, stored);
-                                return Ok(outs);
-                            }
-                            Landed::No if retry == Retry::No => break,
-                            Landed::No if started.elapsed() < RETRY_BUDGET => {
-                                conn = self.conn().await?;
-                                continue;
-                            }
-                            Landed::No => {
-                                return Err(io(format!(
-                                    "{error}, and read back: nothing was applied"
-                                )));
-                            }
-                            Landed::Unknown(why) => {
-                                return Err(StoreError::OutcomeUnknown(format!("{error}; {why}")));
-                            }
+            let sent = exchange_or_lost(&mut conn, async |c| tx.query_async(c).await).await;
+            let done: Option<Value> = match sent {
+                Ok(done) => done,
+                Err(Failed {
+                    error,
+                    answer_lost: false,
+                }) => return Err(error),
+                Err(Failed {
+                    error,
+                    answer_lost: true,
+                }) => {
+                    // Back to the pool first (which drops it): the pool may
+                    // have room for one only.
+                    drop(conn);
+                    match self.landed(&sessions, &raws, &stored, &error).await {
+                        Landed::Yes => {
+                            self.remember(keys, stored);
+                            return Ok(outs);
+                        }
+                        Landed::No if retry == Retry::No => break,
+                        Landed::No if started.elapsed() < RETRY_BUDGET => {
+                            conn = self.conn().await?;
+                            continue;
+                        }
+                        Landed::No => {
+                            return Err(io(format!("{error}; read back: nothing was applied")));
+                        }
+                        Landed::Unknown(why) => {
+                            return Err(StoreError::OutcomeUnknown(format!("{error}; {why}")));
                         }
                     }
-                };
+                }
+            };
             conn.broken = false; // EXEC, committed or not, ended the WATCH
             if done.is_some() {
                 self.remember(keys, stored);

@@ -16,13 +16,17 @@
 //! the commit's. Only the rare lost answer pays for this; a commit that got
 //! its answer reads nothing more.
 
+use tracing::warn;
+
 use super::RedisStore;
+use super::keys::SessionKeys;
 use super::pool::exchange;
-use super::recent::Written;
+use super::recent::{Remembered, Written};
 use crate::engine::Session;
+use crate::store::StoreError;
 
 /// What a commit whose answer was lost wrote to one session.
-pub struct Sent<'a> {
+struct Sent<'a> {
     pub state_key: &'a str,
     /// The state it read (`None`: no such session).
     pub read: Option<&'a [u8]>,
@@ -45,8 +49,35 @@ pub(super) fn readback_script() -> redis::Script {
 }
 
 impl RedisStore {
+    /// Whether a commit whose answer was lost (`error`) landed: what it read
+    /// of `sessions` (`raws`) and what it wrote (`stored`: `None` where it
+    /// wrote nothing, `Some(None)` where it deleted), against the states now.
+    pub(super) async fn landed(
+        &self,
+        sessions: &[Remembered<SessionKeys>],
+        raws: &[Option<Vec<u8>>],
+        stored: &[Option<Option<Written>>],
+        error: &StoreError,
+    ) -> Landed {
+        let sent: Vec<Sent<'_>> = sessions
+            .iter()
+            .zip(raws)
+            .zip(stored)
+            .filter_map(|((s, read), state)| {
+                Some(Sent {
+                    state_key: &s.keys.state,
+                    read: read.as_deref(),
+                    wrote: state.as_ref()?.as_ref(),
+                })
+            })
+            .collect();
+        let landed = self.read_back(&sent).await;
+        warn!(%error, ?landed, "a commit's EXEC answer was lost; read back");
+        landed
+    }
+
     /// Reads back the states `sent` names and judges whether the commit landed.
-    pub(super) async fn landed(&self, sent: &[Sent<'_>]) -> Landed {
+    async fn read_back(&self, sent: &[Sent<'_>]) -> Landed {
         let keys: Vec<String> = sent.iter().map(|s| s.state_key.to_owned()).collect();
         let now = self
             .read(|c| {
