@@ -4,6 +4,14 @@
 //! and reads states and log entries back; the fan-out decodes the batches
 //! and the audit source the stream entries. All of it is the JSON of the
 //! engine's serde types.
+//!
+//! A session's JSON (its snapshot, in every event) leaves out the request
+//! ids it remembers; only the stored state carries them, as one more field
+//! at its end: `{<the snapshot's fields>,"recent_requests":[...]}`
+//! ([`encode_state`]). That is byte for byte the state the release before
+//! wrote (it had the field last, left out when empty), so replicas of either
+//! release read each other's states during a rolling deploy. The snapshot
+//! is encoded once and its bytes shared by the state and the events.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,13 +36,62 @@ pub fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, serde_json::Error> {
     serde_json::from_slice(raw)
 }
 
-/// `encode(e)`, reusing `state` (already encoded for the state key) when
+/// The name of the state's field holding the remembered request ids: the
+/// name of `Session::recent_requests`, which serde reads back into it.
+const RECENT_REQUESTS_FIELD: &[u8] = b",\"recent_requests\":";
+
+/// A session's stored state, encoded: the state key's bytes, whose first
+/// `snapshot_end` bytes and a closing brace are the session's snapshot.
+pub struct EncodedState {
+    bytes: Vec<u8>,
+    snapshot_end: usize,
+}
+
+impl EncodedState {
+    /// The state key's bytes: the snapshot with the remembered request ids.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The state key's bytes, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// The snapshot's bytes but its closing brace.
+    fn snapshot_open(&self) -> &[u8] {
+        &self.bytes[..self.snapshot_end]
+    }
+}
+
+/// The state of `session`: its snapshot (`encode(session)`, without the
+/// request ids) with `"recent_requests"` added before the closing brace when
+/// it remembers any. Decoding it (`decode::<Session>`) gives the session
+/// back, ids and all.
+pub fn encode_state(session: &Session) -> EncodedState {
+    let mut bytes = encode(session);
+    // A session is a JSON object: the last byte is its closing brace.
+    let snapshot_end = bytes.len().saturating_sub(1);
+    if !session.recent_requests.is_empty() && bytes.last() == Some(&b'}') {
+        bytes.truncate(snapshot_end);
+        bytes.extend_from_slice(RECENT_REQUESTS_FIELD);
+        bytes.extend_from_slice(&encode(&session.recent_requests));
+        bytes.push(b'}');
+    }
+    EncodedState {
+        bytes,
+        snapshot_end,
+    }
+}
+
+/// `encode(e)`, reusing the snapshot already encoded for the state key when
 /// the event carries that same session rather than encoding it again.
-pub fn encode_event(e: &Event, session: &Session, state: &[u8]) -> Vec<u8> {
+pub fn encode_event(e: &Event, session: &Session, state: &EncodedState) -> Vec<u8> {
     if e.session != *session {
         return encode(e);
     }
-    let mut out = Vec::with_capacity(state.len() + 128);
+    let snapshot = state.snapshot_open();
+    let mut out = Vec::with_capacity(snapshot.len() + 128);
     // The same fields, in the same order, as `#[derive(Serialize)] Event`
     // writes them (the tests compare the two for every kind of event).
     out.extend_from_slice(b"{\"version\":");
@@ -46,8 +103,8 @@ pub fn encode_event(e: &Event, session: &Session, state: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b",\"at\":");
     out.extend_from_slice(e.at.to_string().as_bytes());
     out.extend_from_slice(b",\"session\":");
-    out.extend_from_slice(state);
-    out.push(b'}');
+    out.extend_from_slice(snapshot);
+    out.extend_from_slice(b"}}");
     out
 }
 
@@ -89,8 +146,9 @@ mod tests {
         new.initial_time_ms = 60_000;
         new.metadata
             .insert("note".into(), "quote \" backslash \\ unicode é".into());
-        let (session, _) = engine::create(new, 1_700_000_000_000_000).unwrap();
-        let state = encode(&session);
+        let (mut session, _) = engine::create(new, 1_700_000_000_000_000).unwrap();
+        session.recent_requests = ["r-1", "r-2"].map(String::from).into();
+        let state = encode_state(&session);
         for kind in EventKind::ALL {
             for participant in [None, Some(ParticipantId::parse("p", "b").unwrap())] {
                 let e = Event {
@@ -100,8 +158,10 @@ mod tests {
                     at: -3,
                     session: session.clone(),
                 };
-                assert_eq!(encode_event(&e, &session, &state), encode(&e), "{kind:?}");
-                let _: Event = decode(&encode_event(&e, &session, &state)).unwrap();
+                let bytes = encode_event(&e, &session, &state);
+                assert_eq!(bytes, encode(&e), "{kind:?}");
+                let back: Event = decode(&bytes).unwrap();
+                assert!(back.session.recent_requests.is_empty(), "{kind:?}");
             }
         }
         // An event that carries another state is encoded whole.
@@ -115,6 +175,47 @@ mod tests {
             session: earlier,
         };
         assert_eq!(encode_event(&e, &session, &state), encode(&e));
+    }
+
+    #[test]
+    fn a_state_keeps_the_request_ids_that_its_snapshot_leaves_out() {
+        let p = |id: &str| NewParticipant::named(ParticipantId::parse("p", id).unwrap());
+        let mut new = NewSession::new(
+            SessionId::parse("id", "s-1").unwrap(),
+            Mode::PerParticipant,
+            vec![p("a"), p("b")],
+        );
+        new.initial_time_ms = 60_000;
+        let (mut session, _) = engine::create(new, 1_000).unwrap();
+        // None remembered: the state is the snapshot.
+        let state = encode_state(&session);
+        assert_eq!(state.bytes(), encode(&session));
+        session.recent_requests = ["rid-1", "rid-2"].map(String::from).into();
+        let state = encode_state(&session);
+        let snapshot = encode(&session);
+        assert!(!String::from_utf8_lossy(&snapshot).contains("rid-"));
+        assert!(
+            state
+                .bytes()
+                .ends_with(b",\"recent_requests\":[\"rid-1\",\"rid-2\"]}")
+        );
+        assert_eq!(
+            state.bytes()[..snapshot.len() - 1],
+            snapshot[..snapshot.len() - 1]
+        );
+        let back: Session = decode(state.bytes()).unwrap();
+        assert_eq!(back, session, "the state decodes with its ids");
+    }
+
+    #[test]
+    fn a_state_written_by_the_release_before_decodes_with_its_ids() {
+        // As the release before wrote it: the ids inline, as the last field.
+        let old = br#"{"id":"s-1","epoch":"e","mode":"PerParticipant","status":"Running","version":3,"participants":[{"id":"a","index":0,"clock":{"initial":60000000,"remaining":60000000}},{"id":"b","index":1,"clock":{"initial":60000000,"remaining":60000000}}],"active":1,"cycle_count":1,"cycle_started_at":2000,"time_control":{},"timeout_action":"EndSession","created_at":1000,"started_at":1000,"updated_at":2000,"recent_requests":["old-1","old-2"]}"#;
+        let s: Session = decode(old).unwrap();
+        assert!(s.has_applied("old-1") && s.has_applied("old-2"));
+        assert_eq!(s.version, 3);
+        // And written again in this release's state, the same bytes.
+        assert_eq!(encode_state(&s).bytes(), old);
     }
 
     #[test]

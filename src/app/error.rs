@@ -103,6 +103,14 @@ impl From<StoreError> for AppError {
                 tracing::warn!(%detail, "store unavailable");
                 AppError::Unavailable("session store unavailable; retry shortly".into())
             }
+            StoreError::OutcomeUnknown(detail) => {
+                tracing::warn!(%detail, "write outcome unknown");
+                AppError::Unavailable(
+                    "the session store lost the answer to this change, which may have been \
+                     applied: retry with a request_id to apply it at most once"
+                        .into(),
+                )
+            }
         }
     }
 }

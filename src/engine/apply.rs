@@ -206,8 +206,9 @@ pub fn apply(s: &Session, req: &Request, now: Micros) -> Result<Applied, RuleErr
     tx.settle();
     if let Some(rid) = &req.request_id {
         tx.s.remember_request(rid.as_str());
-        // The remembered id rides on the last event's snapshot too, so a
-        // replayed snapshot and the stored session agree.
+        // The last event's session is the session stored, ids and all, so
+        // the store encodes it once for both (`wire::encode_event`); the ids
+        // never leave in an event's bytes (serde skips them: model.rs).
         if let Some(last) = tx.events.last_mut() {
             last.session.recent_requests = tx.s.recent_requests.clone();
         }

@@ -222,7 +222,12 @@ pub struct Session {
     #[serde(default, skip_serializing_if = "super::model::is_zero_u32")]
     pub unattended_timeouts: u32,
     /// The last `REMEMBERED_REQUESTS` applied request ids, oldest first.
-    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    /// Idempotency needs them only in the stored state, which the commit
+    /// reads: no event's snapshot carries them (log, audit, Pub/Sub, clients),
+    /// so serde never writes them and `wire::encode_state` adds them to the
+    /// state's bytes alone. They are read wherever they are present (a
+    /// state, of this release or of the one before, which wrote them inline).
+    #[serde(default, skip_serializing)]
     pub recent_requests: VecDeque<String>,
 }
 

@@ -59,8 +59,13 @@ pub enum StoreError {
     #[error("the store holds its most sessions ({limit})")]
     Full { limit: usize },
     /// The backing store cannot be reached; the detail is for logs only.
+    /// A write that fails so applied nothing.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A write went out but its answer was lost, and reading back could not
+    /// tell whether it applied (the Redis engine); the detail is for logs only.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// A due deadline the timers took (`claim_due`), to fire and, when the

@@ -155,9 +155,9 @@ pub async fn fire_many(store: &dyn SessionStore, claims: &[Claim]) {
             Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => {
                 release(store, claim).await
             }
-            Err(StoreError::Unavailable(_) | StoreError::Conflict) => {
-                retries.push(fire(store, claim))
-            }
+            Err(
+                StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_) | StoreError::Conflict,
+            ) => retries.push(fire(store, claim)),
             Err(e) => warn!(session = %key, error = %e, "firing a deadline failed"),
         }
     }
@@ -186,7 +186,11 @@ pub async fn fire(store: &dyn SessionStore, claim: &Claim) {
                 return;
             }
             Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => break,
-            Err(e @ (StoreError::Unavailable(_) | StoreError::Conflict)) => {
+            Err(
+                e @ (StoreError::Unavailable(_)
+                | StoreError::OutcomeUnknown(_)
+                | StoreError::Conflict),
+            ) => {
                 match retry_after(attempt, started.elapsed()) {
                     Some(pause) => tokio::time::sleep(pause).await,
                     None => {

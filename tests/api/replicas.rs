@@ -1972,7 +1972,7 @@ async fn a_replica_with_another_bucket_count_refuses_to_start() {
 
 /// A Redis store's settings for the store-level tests: one-hour TTLs, a
 /// 500 ms pool timeout, no audit.
-fn store_settings(
+pub(crate) fn store_settings(
     url: &str,
     buckets: u32,
     pool_size: u32,

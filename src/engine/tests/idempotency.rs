@@ -26,7 +26,7 @@ fn a_repeated_request_id_returns_the_session_unchanged_without_events() {
     assert_eq!(
         a.events.last().unwrap().session,
         a.session,
-        "the snapshot carries the remembered id"
+        "the last event is the session stored (the store encodes it once; serde leaves the ids out)"
     );
     let s = a.session;
 

@@ -2,14 +2,18 @@
 //! `TIME` in the same round trip, let a pure plan decide what each session
 //! writes, and queue it all into one `MULTI … EXEC`. A nil EXEC means another
 //! replica committed first: read again and plan again (jittered backoff,
-//! within `RETRY_BUDGET`), which is safe because the plan is pure.
+//! within `RETRY_BUDGET`), which is safe because the plan is pure. An EXEC
+//! whose answer was lost is read back before anything is answered
+//! (`super::outcome`): committed, it answers as committed; not committed,
+//! it runs again like a lost race; unknown, it fails with `OutcomeUnknown`.
 //!
 //! One commit takes one session (the usual call) or several of one bucket
 //! (a timer burst, a group commit): all keys are watched, read and written
 //! in the one slot. Between the two round trips only CPU is spent, so a
 //! commit that reads back exactly what this replica wrote last reuses it
-//! instead of decoding it (`super::recent`), and an event embeds the state's
-//! JSON already made (`wire::encode_event`).
+//! instead of decoding it (`super::recent`), and an event embeds the
+//! session's snapshot JSON already made for the state (`wire::encode_state`,
+//! `wire::encode_event`).
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +22,8 @@ use redis::{Pipeline, Value};
 
 use super::RedisStore;
 use super::keys::SessionKeys;
-use super::pool::{Conn, exchange, failed_at_once, io};
+use super::outcome::Landed;
+use super::pool::{Conn, Failed, exchange, exchange_or_lost, failed_at_once, io};
 use super::recent::{Remembered, Written};
 use crate::engine::{self, Applied, Event, EventKind, Micros, Session, SessionKey};
 use crate::store::{Change, EVENT_LOG_LEN, StoreError};
@@ -48,7 +53,7 @@ pub struct SessionRead<'a> {
     pub index: usize,
     pub keys: &'a SessionKeys,
     /// The state's bytes (`None`: no such session).
-    pub stored: Option<Vec<u8>>,
+    pub stored: Option<&'a [u8]>,
     /// What this replica wrote last, when it remembers.
     pub last_write: Option<&'a Written>,
     /// Redis's `TIME` at the read.
@@ -102,17 +107,18 @@ pub fn batch_failure(e: &StoreError) -> StoreError {
     match e {
         StoreError::Conflict => StoreError::Conflict,
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::OutcomeUnknown(m) => StoreError::OutcomeUnknown(m.clone()),
         other => StoreError::Unavailable(other.to_string()),
     }
 }
 
 /// The session a read returned: the one this replica last wrote when the
 /// bytes are exactly those, else decoded.
-pub fn read_session(raw: Option<Vec<u8>>, last: Option<&Written>) -> Result<Session, StoreError> {
+pub fn read_session(raw: Option<&[u8]>, last: Option<&Written>) -> Result<Session, StoreError> {
     let raw = raw.ok_or(StoreError::NotFound)?;
-    match last.and_then(|w| w.matches(&raw)) {
+    match last.and_then(|w| w.matches(raw)) {
         Some(session) => Ok(session),
-        None => super::decode(&raw),
+        None => super::decode(raw),
     }
 }
 
@@ -206,11 +212,11 @@ impl RedisStore {
                 Vec::with_capacity(keys.len()),
                 Vec::with_capacity(keys.len()),
             );
-            for (index, (session, raw)) in sessions.iter().zip(raws).enumerate() {
+            for (index, (session, raw)) in sessions.iter().zip(&raws).enumerate() {
                 let read = SessionRead {
                     index,
                     keys: &session.keys,
-                    stored: raw,
+                    stored: raw.as_deref(),
                     last_write: session.last_write.as_deref(),
                     now,
                     deadline_head,
@@ -227,17 +233,42 @@ impl RedisStore {
                 self.unwatch(&mut conn).await;
                 return Ok(outs);
             }
-            let done: Option<Value> =
-                exchange(&mut conn, async |c| tx.query_async(c).await).await?;
-            conn.broken = false; // EXEC, committed or not, ended the WATCH
-            if done.is_some() {
-                for (key, state) in keys.iter().zip(stored) {
-                    match state {
-                        Some(Some(w)) => self.recent.remember(key, w),
-                        Some(None) => self.recent.forget(key),
-                        None => {}
+            let sent = exchange_or_lost(&mut conn, async |c| tx.query_async(c).await).await;
+            let done: Option<Value> = match sent {
+                Ok(done) => done,
+                Err(Failed {
+                    error,
+                    answer_lost: false,
+                }) => return Err(error),
+                Err(Failed {
+                    error,
+                    answer_lost: true,
+                }) => {
+                    // Back to the pool first (which drops it): the pool may
+                    // have room for one only.
+                    drop(conn);
+                    match self.landed(&sessions, &raws, &stored, &error).await {
+                        Landed::Yes => {
+                            self.remember(keys, stored);
+                            return Ok(outs);
+                        }
+                        Landed::No if retry == Retry::No => break,
+                        Landed::No if started.elapsed() < RETRY_BUDGET => {
+                            conn = self.conn().await?;
+                            continue;
+                        }
+                        Landed::No => {
+                            return Err(io(format!("{error}; read back: nothing was applied")));
+                        }
+                        Landed::Unknown(why) => {
+                            return Err(StoreError::OutcomeUnknown(format!("{error}; {why}")));
+                        }
                     }
                 }
+            };
+            conn.broken = false; // EXEC, committed or not, ended the WATCH
+            if done.is_some() {
+                self.remember(keys, stored);
                 return Ok(outs);
             }
             if retry == Retry::No || started.elapsed() >= RETRY_BUDGET {
@@ -249,6 +280,17 @@ impl RedisStore {
             }
         }
         Err(StoreError::Conflict)
+    }
+
+    /// Records what a commit that landed wrote.
+    fn remember(&self, keys: &[SessionKey], stored: Vec<Option<Option<Written>>>) {
+        for (key, state) in keys.iter().zip(stored) {
+            match state {
+                Some(Some(w)) => self.recent.remember(key, w),
+                Some(None) => self.recent.forget(key),
+                None => {}
+            }
+        }
     }
 
     /// Reads the states under WATCH with Redis's TIME, in one round trip.
@@ -344,11 +386,11 @@ impl RedisStore {
         now: Micros,
     ) -> Vec<u8> {
         let ttl = self.ttl_ms(session, now).to_string();
-        let state = wire::encode(session);
+        let state = wire::encode_state(session);
         tx.add_command(command(&[
             b"SET",
             k.state.as_bytes(),
-            &state,
+            state.bytes(),
             b"PX",
             ttl.as_bytes(),
         ]))
@@ -430,6 +472,6 @@ impl RedisStore {
             &wire::join_batch(&batch),
         ]))
         .ignore();
-        state
+        state.into_bytes()
     }
 }

@@ -55,10 +55,15 @@ impl Drop for Lead<'_> {
     }
 }
 
-/// Why a commit failed, when it failed with UNAVAILABLE after `SLOW_FAILURE`.
+/// Why a commit failed, when it failed with UNAVAILABLE (its outcome known
+/// or not) after `SLOW_FAILURE`.
 fn slow_failure<T>(outcome: &Result<T, StoreError>, started: Instant) -> Option<String> {
     match outcome {
-        Err(StoreError::Unavailable(why)) if started.elapsed() >= SLOW_FAILURE => Some(why.clone()),
+        Err(StoreError::Unavailable(why) | StoreError::OutcomeUnknown(why))
+            if started.elapsed() >= SLOW_FAILURE =>
+        {
+            Some(why.clone())
+        }
         _ => None,
     }
 }

@@ -10,6 +10,8 @@
 //! - `commit`: the versioned commit (`WATCH`, then `GET` for one session or
 //!   `MGET` for several, and `TIME`; the pure plan; `MULTI … EXEC`) and its
 //!   retries.
+//! - `outcome` (with `readback.lua`): a commit whose EXEC answer was lost
+//!   reads back whether it landed before it answers.
 //! - `group_queue` and `group_commit`: calls that arrive while their bucket
 //!   has a commit in flight here share the next ones (up to 16 a commit).
 //! - `recent`: what this replica last wrote, so a commit that reads it back
@@ -36,6 +38,7 @@ mod commit;
 mod group_commit;
 mod group_queue;
 mod keys;
+mod outcome;
 mod pool;
 mod recent;
 mod synced_clock;
@@ -90,6 +93,8 @@ pub struct RedisStore {
     /// Earliest deadline known from the last claim round or a wake-up.
     next_head: Arc<Mutex<Option<Micros>>>,
     claim: redis::Script,
+    /// Reads back the states of a commit whose answer was lost (`outcome`).
+    readback: redis::Script,
     /// Whether the bucket count was compared with the one in Redis yet.
     layout_checked: std::sync::atomic::AtomicBool,
     /// Why this replica's bucket count is not the other replicas'.
@@ -123,6 +128,7 @@ impl RedisStore {
             wake: Arc::new(Notify::new()),
             next_head: Arc::new(Mutex::new(None)),
             claim: claims::script(),
+            readback: outcome::readback_script(),
             layout_checked: Default::default(),
             layout_error: Mutex::new(None),
             release: claims::release_script(),

@@ -11,8 +11,9 @@
 //!
 //! A read that fails at once (a pooled connection that Redis or a proxy
 //! closed while it sat idle) runs once more on a fresh connection: reads
-//! write nothing. Writes are never repeated after an I/O error, since EXEC
-//! may have committed.
+//! write nothing. Writes are never repeated blindly after an I/O error,
+//! since EXEC may have committed: `exchange_or_lost` tells the commit that
+//! the answer was lost, and it reads back what happened (`super::outcome`).
 
 use std::time::{Duration, Instant};
 
@@ -79,26 +80,52 @@ pub(super) fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// How an exchange failed.
+pub(super) struct Failed {
+    /// What the call answers (UNAVAILABLE).
+    pub error: StoreError,
+    /// No answer came back (the connection broke, or Redis did not answer
+    /// in time): what was sent may or may not have run. When false, Redis
+    /// answered with an error.
+    pub answer_lost: bool,
+}
+
 /// Runs `f` on a connection within the I/O timeout; marks it broken on failure.
 pub(super) async fn exchange<T>(
     conn: &mut Conn,
     f: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
 ) -> Result<T, StoreError> {
+    exchange_or_lost(conn, f)
+        .await
+        .map_err(|failed| failed.error)
+}
+
+/// `exchange`, telling a lost answer from an error Redis answered.
+pub(super) async fn exchange_or_lost<T>(
+    conn: &mut Conn,
+    f: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+) -> Result<T, Failed> {
     match tokio::time::timeout(IO_TIMEOUT, f(&mut conn.inner)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
-            if e.is_io_error()
+            let answer_lost = e.is_io_error()
                 || e.is_connection_dropped()
                 || e.is_unrecoverable_error()
-                || e.is_timeout()
-            {
+                || e.is_timeout();
+            if answer_lost {
                 conn.broken = true;
             }
-            Err(io(e))
+            Err(Failed {
+                error: io(e),
+                answer_lost,
+            })
         }
         Err(_) => {
             conn.broken = true;
-            Err(io("redis did not answer in time"))
+            Err(Failed {
+                error: io("redis did not answer in time"),
+                answer_lost: true,
+            })
         }
     }
 }
