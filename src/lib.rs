@@ -31,3 +31,25 @@ pub mod store;
 pub mod telemetry;
 pub mod timers;
 pub mod wire;
+
+/// What the `cargo fuzz` targets (`fuzz/`, docs/fuzzing.md) drive, with the
+/// least surface: re-exports of the request conversion the gRPC handlers use
+/// (`grpc::convert`, a private room otherwise) and wrappers of the page-token
+/// codec. Not an API: nothing but the fuzz targets uses it.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::grpc::convert::{
+        adjust_target, create_request, event, guards, page_token, session, session_id, start_first,
+        stream_item, switch_args,
+    };
+
+    /// ListSessionEvents' page-token decoder (`audit::decode_token`).
+    pub fn decode_page_token(token: &str) -> Result<(String, u64), crate::audit::AuditError> {
+        crate::audit::decode_token(token)
+    }
+
+    /// ListSessionEvents' page-token encoder (`audit::encode_token`).
+    pub fn encode_page_token(epoch: &str, version: u64) -> String {
+        crate::audit::encode_token(epoch, version)
+    }
+}

@@ -1,7 +1,9 @@
 //! The clock rules, pure: sessions, participants, modes, time controls,
 //! timeouts. `create(new, now)` builds version 1; `apply(session, request, now)`
 //! returns the next session and one event per new version, or a `RuleError`;
-//! `deadline(session)` says when the running clock runs out.
+//! `deadline(session)` says when the running clock runs out;
+//! `check_stored(session)` whether a session read back from storage is one
+//! the rules can run on.
 //!
 //! `now` is always an argument: nothing here reads a clock, does I/O, or knows
 //! about tokio, tonic, prost, redis or diesel (std + serde + thiserror only),
@@ -13,6 +15,7 @@ mod budget;
 mod create;
 mod ids;
 mod model;
+mod stored;
 mod text;
 mod view;
 
@@ -30,6 +33,7 @@ pub use model::{
     DelayKind, Event, EventKind, Group, MICROS_PER_MS, Micros, Mode, Participant,
     REMEMBERED_REQUESTS, Session, Stage, Status, TimeControl, TimeoutAction,
 };
+pub use stored::{check_stored, check_stored_event};
 pub use text::check_text;
 pub use view::{ClockView, deleted_event, participant_clock, participant_view, view};
 

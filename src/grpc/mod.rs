@@ -2,7 +2,9 @@
 //! `SyncService` implementation, proto <-> domain conversion, the one
 //! `AppError -> Status` table, and the router with health and reflection.
 
-mod convert;
+// pub(crate) only so that lib.rs's `fuzzing` module can re-export what the
+// fuzz targets drive (fuzz/); nothing outside the crate sees it otherwise.
+pub(crate) mod convert;
 mod error;
 mod service;
 
