@@ -18,6 +18,8 @@
 //!   stream and Pub/Sub batches; written (and read back) by the store, read by
 //!   the fan-out and the audit.
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
+//!
+//! `fuzzing` (hidden) re-exports what the `cargo fuzz` targets in `fuzz/` drive.
 
 pub mod app;
 mod architecture;
