@@ -85,12 +85,13 @@ fi
 # `-s none` (no sanitizer: the default one needs nightly). New inputs go to a
 # scratch folder, never into the clone's corpus; a crash's input is written
 # to fuzz/artifacts/<target>/. Its build has a target dir of its own beside
-# the main one. Cost on this 2-core machine: about 30 s on a warm cache
-# (3 x 5 s of fuzzing, the corpus replays and cargo's checks); after a
-# change to src/ the instrumented release rebuild of the crate adds a few
-# minutes; cold (no cargo-fuzz, no build) about 1 min to install cargo-fuzz
-# and 12 min of CPU to build every dependency instrumented (30 min wall
-# when the machine was shared with four other builds).
+# the main one. Cost on this 2-core machine (measured, shared with other
+# builds): 24 s when the fuzz build is current (3 x 5 s of fuzzing, the
+# corpus replays, cargo's checks); a fresh clone (CI) has new file times, so
+# cargo rebuilds the crate instrumented, in release, and the 3 targets:
+# 3.5 min wall, 2.1 min CPU. Cold (no cargo-fuzz, no fuzz build): about
+# 1 min to install cargo-fuzz, then 12 min of CPU to build every dependency
+# instrumented (31 min wall while four other builds shared the machine).
 FUZZ_SECONDS=5
 if ! cargo fuzz --version >/dev/null 2>&1; then
   log "installing cargo-fuzz (cargo install cargo-fuzz --locked)"
