@@ -18,6 +18,8 @@
 //!   stream and Pub/Sub batches; written (and read back) by the store, read by
 //!   the fan-out and the audit.
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
+//!
+//! `fuzzing` (hidden) re-exports what the `cargo fuzz` targets in `fuzz/` drive.
 
 pub mod app;
 mod architecture;
@@ -31,3 +33,25 @@ pub mod store;
 pub mod telemetry;
 pub mod timers;
 pub mod wire;
+
+/// What the `cargo fuzz` targets (`fuzz/`, docs/fuzzing.md) drive, with the
+/// least surface: re-exports of the request conversion the gRPC handlers use
+/// (`grpc::convert`, a private room otherwise) and wrappers of the page-token
+/// codec. Not an API: nothing but the fuzz targets uses it.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::grpc::convert::{
+        adjust_target, create_request, event, guards, page_token, session, session_id, start_first,
+        stream_item, switch_args,
+    };
+
+    /// ListSessionEvents' page-token decoder (`audit::decode_token`).
+    pub fn decode_page_token(token: &str) -> Result<(String, u64), crate::audit::AuditError> {
+        crate::audit::decode_token(token)
+    }
+
+    /// ListSessionEvents' page-token encoder (`audit::encode_token`).
+    pub fn encode_page_token(epoch: &str, version: u64) -> String {
+        crate::audit::encode_token(epoch, version)
+    }
+}

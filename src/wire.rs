@@ -3,7 +3,8 @@
 //! of a Pub/Sub batch (a JSON array of events). The Redis store writes them
 //! and reads states and log entries back; the fan-out decodes the batches
 //! and the audit source the stream entries. All of it is the JSON of the
-//! engine's serde types.
+//! engine's serde types; what is read back is checked to be a session the
+//! rules can run on (`Stored`).
 //!
 //! A session's JSON (its snapshot, in every event) leaves out the request
 //! ids it remembers; only the stored state carries them, as one more field
@@ -16,7 +17,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::engine::{Event, Session};
+use crate::engine::{self, Event, Session};
 
 /// A log entry's field holding the event.
 pub const LOG_FIELD_EVENT: &str = "e";
@@ -31,9 +32,40 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-/// A state or an event from its JSON.
-pub fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, serde_json::Error> {
-    serde_json::from_slice(raw)
+/// What the wire decodes: a state, an event, a batch of events. Each is
+/// checked once serde has read it (`engine::check_stored`): stored bytes
+/// may be corrupt or hostile, and the rules index and add up what they hold.
+pub trait Stored: DeserializeOwned {
+    fn check(&self) -> Result<(), String>;
+}
+
+impl Stored for Session {
+    fn check(&self) -> Result<(), String> {
+        engine::check_stored(self)
+    }
+}
+
+impl Stored for Event {
+    fn check(&self) -> Result<(), String> {
+        engine::check_stored_event(self)
+    }
+}
+
+impl Stored for Vec<Event> {
+    fn check(&self) -> Result<(), String> {
+        self.iter().try_for_each(engine::check_stored_event)
+    }
+}
+
+/// A state or an event from its JSON; one the rules cannot run on is an
+/// error like bad JSON is (the stored_session fuzz target found values
+/// that made the service panic: fuzz/regressions/stored_session/).
+pub fn decode<T: Stored>(raw: &[u8]) -> Result<T, serde_json::Error> {
+    let value: T = serde_json::from_slice(raw)?;
+    value
+        .check()
+        .map_err(<serde_json::Error as serde::de::Error>::custom)?;
+    Ok(value)
 }
 
 /// The name of the state's field holding the remembered request ids: the

@@ -3,7 +3,9 @@
 //! returns the next session and one event per new version, or a `RuleError`;
 //! `deadline(session)` says when the session next needs the timers (its
 //! running clock runs out, or a session never started has waited too long),
-//! `flag_at(session)` when the running clock runs out.
+//! `flag_at(session)` when the running clock runs out;
+//! `check_stored(session)` whether a session read back from storage is one
+//! the rules can run on.
 //!
 //! `now` is always an argument: nothing here reads a clock, does I/O, or knows
 //! about tokio, tonic, prost, redis or diesel (std + serde + thiserror only),
@@ -15,6 +17,7 @@ mod budget;
 mod create;
 mod ids;
 mod model;
+mod stored;
 mod text;
 mod view;
 
@@ -32,6 +35,7 @@ pub use model::{
     DelayKind, Event, EventKind, Group, MICROS_PER_MS, Micros, Mode, Participant,
     REMEMBERED_REQUESTS, Session, Stage, Status, TimeControl, TimeoutAction,
 };
+pub use stored::{check_stored, check_stored_event};
 pub use text::check_text;
 pub use view::{ClockView, deleted_event, participant_clock, participant_view, view};
 

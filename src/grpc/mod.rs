@@ -5,7 +5,9 @@
 //! that turns a panic into `INTERNAL`.
 
 pub mod caller;
-mod convert;
+// pub(crate) only so that lib.rs's `fuzzing` module can re-export what the
+// fuzz targets drive (fuzz/); nothing outside the crate sees it otherwise.
+pub(crate) mod convert;
 mod error;
 mod panic;
 mod rate;

@@ -2,6 +2,8 @@
 //! talks to it over real gRPC. The engine-agnostic suite runs on the memory
 //! engine, and again on the redis engine with `SYNCKAIROS_TEST_ENGINE=redis`
 //! (each test then gets its own private redis-server on a free port).
+//! `fuzz_regressions` is the exception: it replays the fuzz targets' inputs
+//! through the library, no server.
 //!
 //!   CARGO_TARGET_DIR=$HOME/.cache/synckairos-target cargo test --test api -- --nocapture
 //!
@@ -15,6 +17,7 @@ mod docs;
 mod error_details;
 mod expiry;
 mod flag;
+mod fuzz_regressions;
 mod grpcurl;
 mod health;
 mod helpers;

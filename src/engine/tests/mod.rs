@@ -14,6 +14,7 @@
 //! - `hostile_input`: issue 12 — control characters in metadata, the floor of
 //!   every duration that repeats, a session left alone stops after one round
 //!   (examples and a property).
+//! - `stored`: `check_stored`, what a session read back from storage must be.
 //!
 //! Then, each folder with a `mod.rs` of its own:
 //! - `spec`: one worked example per row of SPEC §3 (modes), §4 (time controls)
@@ -34,6 +35,7 @@ mod pause_complete_adjust;
 mod property;
 mod spec;
 mod start_switch;
+mod stored;
 mod timeouts;
 
 const MS: Micros = MICROS_PER_MS;

@@ -103,7 +103,8 @@ pub struct RedisStore {
 }
 
 /// A stored state or event back from its bytes.
-fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, StoreError> {
+/// Refused unless it is one the rules can run on (`wire::Stored`).
+fn decode<T: wire::Stored>(raw: &[u8]) -> Result<T, StoreError> {
     wire::decode(raw).map_err(|e| io(format!("undecodable stored value: {e}")))
 }
 
