@@ -740,15 +740,16 @@ async fn list_session_events_pages(engine: EngineKind) {
         (251, EventType::Deleted)
     );
     assert_eq!(deleted.session.as_ref().unwrap().version, 251);
-    assert_eq!(
-        sql(
-            &db,
-            &format!(
-                "SELECT last_version, deleted_at IS NOT NULL FROM sessions WHERE session_id = '{id}'"
-            )
-        ),
-        "251|t"
+    // The writer stores a batch's events before the sessions row they update
+    // (audit/db.rs, not one transaction): the row may lag the events a moment.
+    let summary = format!(
+        "SELECT last_version, deleted_at IS NOT NULL FROM sessions WHERE session_id = '{id}'"
     );
+    let t0 = Instant::now();
+    while sql(&db, &summary) != "251|t" && t0.elapsed() < CATCH_UP {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sql(&db, &summary), "251|t");
 
     // Created again under the same id: a new epoch, and the history is the new one's.
     let again = create(c, chess(&id, HOUR_MS)).await;
