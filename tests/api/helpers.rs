@@ -436,3 +436,44 @@ pub async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) 
         .await
         .unwrap_or_else(|_| panic!("{what}: took longer than {limit:?}"))
 }
+
+/// The key of session `id` of the default tenant, for tests that drive a store directly.
+pub fn store_key(id: &str) -> synckairos::engine::SessionKey {
+    synckairos::engine::SessionKey {
+        tenant: synckairos::engine::Tenant::default_tenant(),
+        id: synckairos::engine::SessionId::parse("id", id).unwrap(),
+    }
+}
+
+/// Creates a two-player session (`players`, `budget_ms` each, sudden death)
+/// straight in `store` and starts it: the first player's clock runs.
+pub async fn create_started_in<S>(
+    store: &S,
+    key: &synckairos::engine::SessionKey,
+    players: [&str; 2],
+    budget_ms: i64,
+) where
+    S: synckairos::store::SessionStore + ?Sized,
+{
+    use synckairos::engine::{
+        self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request,
+    };
+    let players = players
+        .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
+        .to_vec();
+    let new = NewSession {
+        initial_time_ms: budget_ms,
+        ..NewSession::new(key.id.clone(), Mode::PerParticipant, players)
+    };
+    store
+        .create(key, &|now| engine::create(new.clone(), now))
+        .await
+        .unwrap();
+    store
+        .update(
+            key,
+            synckairos::store::apply(Request::new(Command::Start { first: None })),
+        )
+        .await
+        .unwrap();
+}

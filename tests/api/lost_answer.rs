@@ -433,10 +433,7 @@ async fn an_outcome_that_cannot_be_read_back_is_unavailable_and_says_so() {
 async fn every_caller_of_a_group_commit_whose_answer_was_lost_is_answered_ok() {
     use std::future::Future;
     use std::task::Poll;
-    use synckairos::engine::{
-        self, Command, Mode as ClockMode, NewParticipant, NewSession, ParticipantId, Request,
-        SessionId, SessionKey, Tenant,
-    };
+    use synckairos::engine::{Command, Request};
     use synckairos::store::clock::Clock;
     use synckairos::store::redis::RedisStore;
     use synckairos::store::{self, SessionStore};
@@ -449,28 +446,8 @@ async fn every_caller_of_a_group_commit_whose_answer_was_lost_is_answered_ok() {
     let store = RedisStore::connect(settings, Clock::new()).await.unwrap();
     let mut keys = Vec::new();
     for i in 0..4 {
-        let k = SessionKey {
-            tenant: Tenant::default_tenant(),
-            id: SessionId::parse("id", &format!("group-{i}")).unwrap(),
-        };
-        let players = ["a", "b"]
-            .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
-            .to_vec();
-        let new = NewSession {
-            initial_time_ms: 3_600_000,
-            ..NewSession::new(k.id.clone(), ClockMode::PerParticipant, players)
-        };
-        store
-            .create(&k, &|now| engine::create(new.clone(), now))
-            .await
-            .unwrap();
-        store
-            .update(
-                &k,
-                store::apply(Request::new(Command::Start { first: None })),
-            )
-            .await
-            .unwrap();
+        let k = store_key(&format!("group-{i}"));
+        create_started_in(&*store, &k, ["a", "b"], 3_600_000).await;
         keys.push(k);
     }
     let switch = store::apply(Request::new(Command::Switch {

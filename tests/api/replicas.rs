@@ -1634,10 +1634,7 @@ mod group_commit {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::task::Poll;
 
-    use synckairos::engine::{
-        self, Applied, Command, Mode, NewParticipant, NewSession, ParticipantId, Request,
-        SessionId, SessionKey, Tenant,
-    };
+    use synckairos::engine::{self, Applied, Command, Request, SessionKey};
     use synckairos::store::redis::RedisStore;
     use synckairos::store::{self, SessionStore, StoreError};
 
@@ -1658,28 +1655,8 @@ mod group_commit {
         let store = RedisStore::connect(settings, Clock::new()).await.unwrap();
         let mut keys = Vec::new();
         for i in 0..n {
-            let k = SessionKey {
-                tenant: Tenant::default_tenant(),
-                id: SessionId::parse("id", &format!("g-{i}")).unwrap(),
-            };
-            let players = ["a", "b"]
-                .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
-                .to_vec();
-            let new = NewSession {
-                initial_time_ms: 60_000,
-                ..NewSession::new(k.id.clone(), Mode::PerParticipant, players)
-            };
-            store
-                .create(&k, &|now| engine::create(new.clone(), now))
-                .await
-                .unwrap();
-            store
-                .update(
-                    &k,
-                    store::apply(Request::new(Command::Start { first: None })),
-                )
-                .await
-                .unwrap();
+            let k = store_key(&format!("g-{i}"));
+            create_started_in(&*store, &k, ["a", "b"], 60_000).await;
             keys.push(k);
         }
         (store, keys)

@@ -10,17 +10,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::helpers::{create_started_in, store_key};
 use async_trait::async_trait;
 use synckairos::config::EngineKind;
-use synckairos::engine::{
-    self, Applied, Command, Event, EventKind, Micros, Mode, NewParticipant, NewSession,
-    ParticipantId, Request, Session, SessionId, SessionKey, Status, Tenant,
-};
+use synckairos::engine::{Applied, Event, EventKind, Micros, Session, SessionKey, Status};
 use synckairos::fanout::Hub;
 use synckairos::store::clock::Clock;
 use synckairos::store::memory::MemoryStore;
 use synckairos::store::redis::{RedisSettings, RedisStore};
-use synckairos::store::{self, BuildFn, Change, Claim, Replay, SessionStore, StoreError};
+use synckairos::store::{BuildFn, Change, Claim, Replay, SessionStore, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{shared_isolation, test_engine};
@@ -53,10 +51,7 @@ async fn engine_store(buckets: u32) -> (Arc<dyn SessionStore>, Option<RedisServe
 }
 
 fn key(name: &str) -> SessionKey {
-    SessionKey {
-        tenant: Tenant::default_tenant(),
-        id: SessionId::parse("id", name).unwrap(),
-    }
+    store_key(name)
 }
 
 /// Creates and starts `n` two-player sessions, white with `budget_ms`,
@@ -67,26 +62,7 @@ async fn started(store: &Arc<dyn SessionStore>, n: usize, budget_ms: i64) -> Vec
         let jobs = chunk.iter().map(|k| {
             let store = store.clone();
             let k = k.clone();
-            async move {
-                let players = ["white", "black"]
-                    .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
-                    .to_vec();
-                let new = NewSession {
-                    initial_time_ms: budget_ms,
-                    ..NewSession::new(k.id.clone(), Mode::PerParticipant, players)
-                };
-                store
-                    .create(&k, &|now| engine::create(new.clone(), now))
-                    .await
-                    .unwrap();
-                store
-                    .update(
-                        &k,
-                        store::apply(Request::new(Command::Start { first: None })),
-                    )
-                    .await
-                    .unwrap();
-            }
+            async move { create_started_in(&*store, &k, ["white", "black"], budget_ms).await }
         });
         futures_util::future::join_all(jobs).await;
     }
