@@ -167,8 +167,8 @@ mod tests {
         self, EventKind, Mode, NewParticipant, NewSession, ParticipantId, SessionId,
     };
 
-    #[test]
-    fn an_event_encoded_around_its_stored_state_is_byte_for_byte_the_derived_encoding() {
+    /// A two-player session "s-1" ("a", "b", a minute each) to be created.
+    fn two_players() -> NewSession {
         let p = |id: &str| NewParticipant::named(ParticipantId::parse("p", id).unwrap());
         let mut new = NewSession::new(
             SessionId::parse("id", "s-1").unwrap(),
@@ -176,6 +176,12 @@ mod tests {
             vec![p("a"), p("b")],
         );
         new.initial_time_ms = 60_000;
+        new
+    }
+
+    #[test]
+    fn an_event_encoded_around_its_stored_state_is_byte_for_byte_the_derived_encoding() {
+        let mut new = two_players();
         new.metadata
             .insert("note".into(), "quote \" backslash \\ unicode é".into());
         let (mut session, _) = engine::create(new, 1_700_000_000_000_000).unwrap();
@@ -211,14 +217,7 @@ mod tests {
 
     #[test]
     fn a_state_keeps_the_request_ids_that_its_snapshot_leaves_out() {
-        let p = |id: &str| NewParticipant::named(ParticipantId::parse("p", id).unwrap());
-        let mut new = NewSession::new(
-            SessionId::parse("id", "s-1").unwrap(),
-            Mode::PerParticipant,
-            vec![p("a"), p("b")],
-        );
-        new.initial_time_ms = 60_000;
-        let (mut session, _) = engine::create(new, 1_000).unwrap();
+        let (mut session, _) = engine::create(two_players(), 1_000).unwrap();
         // None remembered: the state is the snapshot.
         let state = encode_state(&session);
         assert_eq!(state.bytes(), encode(&session));

@@ -10,10 +10,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use synckairos::engine::{
-    self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, RequestId, SessionId,
-    SessionKey, Tenant,
-};
+use synckairos::engine::{self, Command, Request, RequestId, SessionId, SessionKey, Tenant};
 use synckairos::grpc::pb;
 use synckairos::store::clock::Clock;
 use synckairos::store::redis::RedisStore;
@@ -47,24 +44,7 @@ fn mentions(bytes: &[u8], needle: &str) -> bool {
 
 /// A two-player session started on `store` (version 2).
 async fn started(store: &RedisStore, key: &SessionKey) {
-    let players = ["white", "black"]
-        .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
-        .to_vec();
-    let new = NewSession {
-        initial_time_ms: 3_600_000,
-        ..NewSession::new(key.id.clone(), Mode::PerParticipant, players)
-    };
-    store
-        .create(key, &|now| engine::create(new.clone(), now))
-        .await
-        .unwrap();
-    store
-        .update(
-            key,
-            store::apply(Request::new(Command::Start { first: None })),
-        )
-        .await
-        .unwrap();
+    create_started_in(store, key, ["white", "black"], 3_600_000).await;
 }
 
 async fn connection(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
