@@ -1467,10 +1467,12 @@ async fn get_server_time_is_close_to_the_local_wall_clock() {
             .unwrap()
             .into_inner();
         let after = wall_micros();
+        // Read between the call and its answer, give or take the 10 ms the
+        // redis engine's offset to Redis TIME may be off by; however slow
+        // the round trip under load.
         let server = micros_of(&t.server_time);
-        let mid = (before + after) / 2;
         assert!(
-            (server - mid).abs() < 25_000,
+            (before - 10_000..=after + 10_000).contains(&server),
             "server {server} vs local {before}..{after}"
         );
     }
