@@ -2,7 +2,7 @@
 //!
 //! # Rooms
 //! Arrows point one way: engine <- wire <- store/fanout/timers/audit <- app <- grpc <- startup
-//! <- main.
+//! <- main; auth (engine ids only) <- grpc.
 //!
 //! - [`engine`]: the pure clock rules; `apply(session, command, now)`. No I/O.
 //! - [`store`]: `SessionStore` and its engines, `memory` and `redis`: versioned
@@ -11,6 +11,8 @@
 //!   and its Redis Pub/Sub side.
 //! - [`timers`]: sleeps until deadlines, claims them and fires them through the store.
 //! - [`audit`]: the PostgreSQL trail: migrations, batch writer, history queries.
+//! - [`auth`]: who is calling (API keys, player tokens, open mode), what it
+//!   may touch, and the keys file with its reloads.
 //! - [`app`]: one async fn per RPC; `AppError`; the Subscribe producer.
 //! - [`grpc`]: tonic service, proto <-> domain conversion, the error table,
 //!   health and reflection.
@@ -24,6 +26,7 @@
 pub mod app;
 mod architecture;
 pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod fanout;
