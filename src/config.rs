@@ -156,6 +156,14 @@ pub struct Config {
     /// and their events are left out of the audit, counted, with one warning
     /// per burst. The Redis engine's backlog waits in its audit streams.
     pub memory_audit_buffer: usize,
+    /// `SYNCKAIROS_API_KEYS_FILE` (a path; reloaded on SIGHUP and on change)
+    /// or `SYNCKAIROS_API_KEYS` (the same TOML inline), not both: the API
+    /// keys, player-token signers and per-tenant limits (src/auth/keys.rs).
+    /// Neither: open mode, every caller tenant `default` with role `admin`.
+    pub api_keys: Option<crate::auth::KeySource>,
+    /// `SYNCKAIROS_REFLECTION` (`on`, the default, or `off`): serve gRPC
+    /// reflection (v1 and v1alpha). With keys it needs a valid credential.
+    pub reflection: bool,
 }
 
 /// A sustained rate per second and the burst allowed on top of it.
@@ -239,6 +247,8 @@ impl Default for Config {
             unstarted_ttl: Duration::from_secs(86_400),
             memory_max_sessions: crate::store::memory::DEFAULT_MAX_SESSIONS,
             memory_audit_buffer: crate::store::audit_outbox::DEFAULT_CAPACITY,
+            api_keys: None,
+            reflection: true,
         }
     }
 }
@@ -253,6 +263,27 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         let mut c = Config::default();
+        c.api_keys = match (get("SYNCKAIROS_API_KEYS_FILE"), get("SYNCKAIROS_API_KEYS")) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "SYNCKAIROS_API_KEYS",
+                    "set SYNCKAIROS_API_KEYS_FILE or SYNCKAIROS_API_KEYS, not both",
+                ));
+            }
+            (Some(path), None) => Some(crate::auth::KeySource::File(path.into())),
+            (None, Some(text)) => Some(crate::auth::KeySource::Inline(text)),
+            (None, None) => None,
+        };
+        c.reflection = match get("SYNCKAIROS_REFLECTION").as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => {
+                return Err(err(
+                    "SYNCKAIROS_REFLECTION",
+                    format!("{other:?} is not one of on, off"),
+                ));
+            }
+        };
         if let Some(v) = get("SYNCKAIROS_LISTEN") {
             c.listen = v.parse().map_err(|_| {
                 err(
@@ -619,6 +650,33 @@ mod tests {
     }
 
     #[test]
+    fn api_keys_come_from_a_file_or_inline_never_printed_and_not_both() {
+        let c = from(&[("SYNCKAIROS_API_KEYS", "[[signer]] hs256 = 'hunter2'")]).unwrap();
+        assert!(matches!(
+            c.api_keys,
+            Some(crate::auth::KeySource::Inline(_))
+        ));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let c = from(&[("SYNCKAIROS_API_KEYS_FILE", "/etc/sk/keys.toml")]).unwrap();
+        assert_eq!(
+            c.api_keys,
+            Some(crate::auth::KeySource::File("/etc/sk/keys.toml".into()))
+        );
+        assert!(from(&[]).unwrap().api_keys.is_none());
+        let e = from(&[
+            ("SYNCKAIROS_API_KEYS_FILE", "/k"),
+            ("SYNCKAIROS_API_KEYS", "x"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "SYNCKAIROS_API_KEYS");
+        assert!(
+            !from(&[("SYNCKAIROS_REFLECTION", "off")])
+                .unwrap()
+                .reflection
+        );
+    }
+
+    #[test]
     fn each_bad_value_names_its_variable() {
         let cases = [
             ("SYNCKAIROS_LISTEN", "nope"),
@@ -628,6 +686,7 @@ mod tests {
             ("SYNCKAIROS_IDLE_TTL", "0s"),
             ("SYNCKAIROS_METRICS_LISTEN", ":"),
             ("SYNCKAIROS_LOG_FORMAT", "xml"),
+            ("SYNCKAIROS_REFLECTION", "maybe"),
             ("REDIS_URL", "localhost:6379"),
             ("DATABASE_URL", "mysql://x"),
             ("SYNCKAIROS_MAX_STREAMS_PER_CONNECTION", "0"),

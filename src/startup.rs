@@ -27,6 +27,7 @@ use crate::audit::{
     source::{AuditSource, MemorySource, RedisSource},
     writer::AuditLag,
 };
+use crate::auth::Authenticator;
 use crate::config::{Config, EngineKind, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_RETRIES};
 use crate::fanout::{self, Hub, redis::PubSubSetup};
 use crate::grpc::{self, HealthControl};
@@ -54,6 +55,8 @@ pub struct Application {
     /// The audit writer, drained at shutdown.
     audit_writer: Option<tokio::task::JoinHandle<()>>,
     audit_lag: Arc<AuditLag>,
+    /// Who may call (the keys file, or open mode).
+    auth: Arc<Authenticator>,
 }
 
 impl Application {
@@ -63,6 +66,7 @@ impl Application {
 
     /// As `build`, with a given process clock (tests skew it).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        let auth = build_auth(&config)?;
         let hub = Hub::new(config.stream_buffer, config.max_subscribe_streams);
         let shutdown = CancellationToken::new();
         let (store, audit_feed) = build_store(&config, clock, &hub, &shutdown).await?;
@@ -84,6 +88,7 @@ impl Application {
             config,
             audit_writer,
             audit_lag,
+            auth,
         })
     }
 
@@ -108,10 +113,15 @@ impl Application {
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (router, health) = grpc::router(self.app.clone(), &self.config)?;
+        let (router, health) = grpc::router(self.app.clone(), &self.config, self.auth.clone())?;
         health.set(self.store.ping().await.is_ok()).await;
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(timers::run(self.store.clone(), self.shutdown.clone()));
+        tasks.spawn(self.auth.clone().watch(self.shutdown.clone()));
+        tasks.spawn(reload_keys_on_sighup(
+            self.auth.clone(),
+            self.shutdown.clone(),
+        ));
         tasks.spawn(watch_health(
             self.store.clone(),
             health,
@@ -150,6 +160,55 @@ impl Application {
         tasks.shutdown().await;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// The keys of `SYNCKAIROS_API_KEYS_FILE` / `SYNCKAIROS_API_KEYS`, or open
+/// mode, said loudly.
+fn build_auth(config: &Config) -> anyhow::Result<Arc<Authenticator>> {
+    match &config.api_keys {
+        None => {
+            warn!(
+                "OPEN MODE: no SYNCKAIROS_API_KEYS_FILE nor SYNCKAIROS_API_KEYS; every caller is tenant `default` with role admin and may create, switch or delete any session"
+            );
+            Ok(Authenticator::open())
+        }
+        Some(source) => {
+            let var = match source {
+                crate::auth::KeySource::File(_) => "SYNCKAIROS_API_KEYS_FILE",
+                crate::auth::KeySource::Inline(_) => "SYNCKAIROS_API_KEYS",
+            };
+            let auth =
+                Authenticator::load(source.clone()).map_err(|e| anyhow::anyhow!("{var}: {e}"))?;
+            let (keys, signers) = auth.keys().len();
+            info!(keys, signers, "{var}: loaded");
+            Ok(auth)
+        }
+    }
+}
+
+/// Re-reads the keys file on each SIGHUP, until `shutdown`.
+async fn reload_keys_on_sighup(auth: Arc<Authenticator>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            warn!("cannot listen for SIGHUP: the keys file reloads only when it changes");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            info!("SIGHUP: reloading");
+            let auth = auth.clone();
+            let _ = tokio::task::spawn_blocking(move || auth.reload()).await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (auth, shutdown);
     }
 }
 

@@ -19,7 +19,7 @@ pub use subscribe::{STREAM_CHANNEL_CAPACITY, StreamItem, SubscribeOptions};
 use crate::audit::Audit;
 use crate::engine::{
     self, Command, Event, Micros, NewSession, ParticipantId, Request, RequestId, Session,
-    SessionId, SessionKey, Tenant,
+    SessionKey, Tenant,
 };
 use crate::fanout::Hub;
 use crate::store::{self, SessionStore, StoreError};
@@ -80,13 +80,6 @@ impl App {
         &self.store
     }
 
-    fn key(&self, id: SessionId) -> SessionKey {
-        SessionKey {
-            tenant: Tenant::default_tenant(),
-            id,
-        }
-    }
-
     fn reply(&self, session: Session) -> Reply {
         Reply {
             session,
@@ -94,9 +87,12 @@ impl App {
         }
     }
 
-    /// Creates `new` (its `epoch` is replaced by a fresh random one).
-    pub async fn create(&self, mut new: NewSession) -> Result<Reply, AppError> {
-        let key = self.key(new.id.clone());
+    /// Creates `new` for `tenant` (its `epoch` is replaced by a fresh random one).
+    pub async fn create(&self, tenant: Tenant, mut new: NewSession) -> Result<Reply, AppError> {
+        let key = SessionKey {
+            tenant,
+            id: new.id.clone(),
+        };
         new.epoch = Uuid::new_v4().simple().to_string();
         new.start_within =
             Some(Micros::try_from(self.unstarted_ttl.as_micros()).unwrap_or(Micros::MAX));
@@ -119,14 +115,14 @@ impl App {
         }
     }
 
-    pub async fn get(&self, id: SessionId) -> Result<Reply, AppError> {
-        let session = self.store.get(&self.key(id)).await?;
+    pub async fn get(&self, key: SessionKey) -> Result<Reply, AppError> {
+        let session = self.store.get(&key).await?;
         Ok(self.reply(session))
     }
 
     async fn mutate(
         &self,
-        id: SessionId,
+        key: SessionKey,
         command: Command,
         guards: Guards,
     ) -> Result<Reply, AppError> {
@@ -135,61 +131,58 @@ impl App {
             expected_version: guards.expected_version,
             request_id: guards.request_id,
         };
-        let applied = self
-            .store
-            .update(&self.key(id), store::apply(request))
-            .await?;
+        let applied = self.store.update(&key, store::apply(request)).await?;
         Ok(self.reply(applied.session))
     }
 
     pub async fn start(
         &self,
-        id: SessionId,
+        key: SessionKey,
         first: Option<ParticipantId>,
         g: Guards,
     ) -> Result<Reply, AppError> {
-        self.mutate(id, Command::Start { first }, g).await
+        self.mutate(key, Command::Start { first }, g).await
     }
 
     pub async fn switch(
         &self,
-        id: SessionId,
+        key: SessionKey,
         from: Option<ParticipantId>,
         next: Option<ParticipantId>,
         g: Guards,
     ) -> Result<Reply, AppError> {
-        self.mutate(id, Command::Switch { from, next }, g).await
+        self.mutate(key, Command::Switch { from, next }, g).await
     }
 
-    pub async fn pause(&self, id: SessionId, g: Guards) -> Result<Reply, AppError> {
-        self.mutate(id, Command::Pause, g).await
+    pub async fn pause(&self, key: SessionKey, g: Guards) -> Result<Reply, AppError> {
+        self.mutate(key, Command::Pause, g).await
     }
 
-    pub async fn resume(&self, id: SessionId, g: Guards) -> Result<Reply, AppError> {
-        self.mutate(id, Command::Resume, g).await
+    pub async fn resume(&self, key: SessionKey, g: Guards) -> Result<Reply, AppError> {
+        self.mutate(key, Command::Resume, g).await
     }
 
-    pub async fn complete(&self, id: SessionId, g: Guards) -> Result<Reply, AppError> {
-        self.mutate(id, Command::Complete, g).await
+    pub async fn complete(&self, key: SessionKey, g: Guards) -> Result<Reply, AppError> {
+        self.mutate(key, Command::Complete, g).await
     }
 
-    pub async fn cancel(&self, id: SessionId, g: Guards) -> Result<Reply, AppError> {
-        self.mutate(id, Command::Cancel, g).await
+    pub async fn cancel(&self, key: SessionKey, g: Guards) -> Result<Reply, AppError> {
+        self.mutate(key, Command::Cancel, g).await
     }
 
     pub async fn adjust(
         &self,
-        id: SessionId,
+        key: SessionKey,
         target: engine::AdjustTarget,
         delta_ms: i64,
         g: Guards,
     ) -> Result<Reply, AppError> {
-        self.mutate(id, Command::Adjust { target, delta_ms }, g)
+        self.mutate(key, Command::Adjust { target, delta_ms }, g)
             .await
     }
 
-    pub async fn delete(&self, id: SessionId) -> Result<(), AppError> {
-        self.store.delete(&self.key(id)).await?;
+    pub async fn delete(&self, key: SessionKey) -> Result<(), AppError> {
+        self.store.delete(&key).await?;
         Ok(())
     }
 
@@ -200,7 +193,7 @@ impl App {
     /// The session's history from the audit trail (ListSessionEvents).
     pub async fn history(
         &self,
-        id: SessionId,
+        key: SessionKey,
         page_size: u32,
         page_token: &str,
         after_version: Option<u64>,
@@ -211,7 +204,7 @@ impl App {
             )
         })?;
         let page = audit
-            .history(&self.key(id), page_size, page_token, after_version)
+            .history(&key, page_size, page_token, after_version)
             .await?;
         Ok(HistoryPage {
             events: page.events,
@@ -222,13 +215,13 @@ impl App {
     /// Opens a Subscribe stream (SPEC §7); see [`subscribe`].
     pub async fn subscribe(
         &self,
-        id: SessionId,
+        key: SessionKey,
         opts: SubscribeOptions,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<StreamItem, AppError>>, AppError> {
         subscribe::open(
             self.store.clone(),
             &self.hub,
-            self.key(id),
+            key,
             opts,
             self.shutdown.clone(),
         )

@@ -23,12 +23,22 @@ pub const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// The largest keys file read (a bound on what a reload may allocate).
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// `SYNCKAIROS_API_KEYS_FILE`: re-read on SIGHUP and on change.
     File(PathBuf),
     /// `SYNCKAIROS_API_KEYS`: fixed for the process's life.
     Inline(String),
+}
+
+/// The inline TOML holds signer secrets: never printed.
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::File(p) => f.debug_tuple("File").field(p).finish(),
+            KeySource::Inline(_) => f.write_str("Inline(\"<redacted>\")"),
+        }
+    }
 }
 
 pub struct Authenticator {

@@ -4,7 +4,9 @@
 //! what wraps every call: who the caller is, its rate limits, and the guard
 //! that turns a panic into `INTERNAL`.
 
+mod auth;
 pub mod caller;
+mod client_cert;
 // pub(crate) only so that lib.rs's `fuzzing` module can re-export what the
 // fuzz targets drive (fuzz/); nothing outside the crate sees it otherwise.
 pub(crate) mod convert;
@@ -12,6 +14,7 @@ mod error;
 mod panic;
 mod rate;
 mod service;
+mod tenant_streams;
 
 pub use panic::{CatchPanic, catch_panic, panic_message};
 pub use service::{HealthControl, router};

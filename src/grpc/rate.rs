@@ -7,13 +7,18 @@
 //! request is looked at, with `google.rpc.RetryInfo` saying when the next call
 //! would be let through; nothing is queued or slowed down.
 //!
+//! A tenant with its own rate in the keys file (`[[tenant]]`) gets a limiter
+//! of its own at that rate, made on its first call and remade when the rate
+//! changes; one per tenant and kind, so bounded by the keys file.
+//!
 //! Memory: one small cell per caller seen within the last burst's refill time.
 //! Idle callers are dropped every `HOUSEKEEPING`; beyond `MAX_CALLERS` tracked
 //! at once (a flood of addresses), new callers share one overflow limit, so
 //! the tables stay bounded whatever the number of peers.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -29,7 +34,7 @@ pub const MAX_CALLERS: usize = 100_000;
 const HOUSEKEEPING: Duration = Duration::from_secs(30);
 
 /// What a call spends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Spend {
     Create,
     Mutation,
@@ -47,6 +52,7 @@ impl Spend {
 struct Limiter {
     cells: DefaultKeyedRateLimiter<Caller>,
     per_second: NonZeroU32,
+    rate: Rate,
 }
 
 impl Limiter {
@@ -55,6 +61,7 @@ impl Limiter {
         Self {
             cells: RateLimiter::keyed(quota),
             per_second: rate.per_second,
+            rate,
         }
     }
 
@@ -83,6 +90,8 @@ impl Limiter {
 pub struct RateLimits {
     creates: Option<Limiter>,
     mutations: Option<Limiter>,
+    /// Tenants' own limiters (keys file), by tenant and kind.
+    overrides: Mutex<HashMap<(String, Spend), Arc<Limiter>>>,
 }
 
 impl RateLimits {
@@ -91,21 +100,34 @@ impl RateLimits {
         let limits = Arc::new(Self {
             creates: creates.map(Limiter::new),
             mutations: mutations.map(Limiter::new),
+            overrides: Mutex::default(),
         });
-        if limits.creates.is_some() || limits.mutations.is_some() {
-            tokio::spawn(housekeeping(Arc::downgrade(&limits)));
-        }
+        tokio::spawn(housekeeping(Arc::downgrade(&limits)));
         limits
     }
 
-    /// `Ok` when `caller` may spend one `spend` now.
-    pub fn check(&self, spend: Spend, caller: &Caller) -> Result<(), AppError> {
-        let limiter = match spend {
-            Spend::Create => &self.creates,
-            Spend::Mutation => &self.mutations,
-        };
-        let Some(limiter) = limiter else {
-            return Ok(());
+    /// `Ok` when `caller` may spend one `spend` now; `tenant` with its own
+    /// `rate` (from the keys file) is limited at that rate instead.
+    pub fn check(
+        &self,
+        spend: Spend,
+        caller: &Caller,
+        tenant_rate: Option<(&str, Rate)>,
+    ) -> Result<(), AppError> {
+        let own;
+        let limiter = match (tenant_rate, spend) {
+            (Some((tenant, rate)), _) => {
+                own = self.tenant_limiter(tenant, spend, rate);
+                &*own
+            }
+            (None, Spend::Create) => match &self.creates {
+                Some(l) => l,
+                None => return Ok(()),
+            },
+            (None, Spend::Mutation) => match &self.mutations {
+                Some(l) => l,
+                None => return Ok(()),
+            },
         };
         limiter
             .check(caller)
@@ -122,6 +144,19 @@ impl RateLimits {
     }
 }
 
+impl RateLimits {
+    fn tenant_limiter(&self, tenant: &str, spend: Spend, rate: Rate) -> Arc<Limiter> {
+        let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = overrides
+            .entry((tenant.to_owned(), spend))
+            .or_insert_with(|| Arc::new(Limiter::new(rate)));
+        if slot.rate != rate {
+            *slot = Arc::new(Limiter::new(rate));
+        }
+        slot.clone()
+    }
+}
+
 async fn housekeeping(limits: Weak<RateLimits>) {
     let mut tick = tokio::time::interval(HOUSEKEEPING);
     tick.tick().await;
@@ -131,6 +166,16 @@ async fn housekeeping(limits: Weak<RateLimits>) {
             return;
         };
         for l in [&limits.creates, &limits.mutations].into_iter().flatten() {
+            l.housekeeping();
+        }
+        let overrides: Vec<_> = limits
+            .overrides
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for l in overrides {
             l.housekeeping();
         }
     }
@@ -149,12 +194,12 @@ mod tests {
         let limits = RateLimits::new(Some(rate(1, 3)), None);
         let a = Caller::new("a");
         for _ in 0..3 {
-            limits.check(Spend::Create, &a).unwrap();
+            limits.check(Spend::Create, &a, None).unwrap();
         }
         let Err(AppError::ResourceExhausted {
             retry_after,
             message,
-        }) = limits.check(Spend::Create, &a)
+        }) = limits.check(Spend::Create, &a, None)
         else {
             panic!("the fourth create within the burst must be refused");
         };
@@ -163,11 +208,32 @@ mod tests {
             "{retry_after:?}"
         );
         assert!(message.contains("at most 1 creates a second"), "{message}");
-        limits.check(Spend::Create, &Caller::new("b")).unwrap();
+        limits
+            .check(Spend::Create, &Caller::new("b"), None)
+            .unwrap();
         // Mutations are off here: never limited.
         for _ in 0..100 {
-            limits.check(Spend::Mutation, &a).unwrap();
+            limits.check(Spend::Mutation, &a, None).unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_tenant_with_its_own_rate_is_limited_at_it() {
+        let limits = RateLimits::new(Some(rate(1, 1)), None);
+        let a = Caller::new("tenant:acme");
+        let acme = Some(("acme", rate(1, 3)));
+        for _ in 0..3 {
+            limits.check(Spend::Create, &a, acme).unwrap();
+        }
+        assert!(limits.check(Spend::Create, &a, acme).is_err());
+        // Its own mutation rate applies even where the server has none.
+        let acme = Some(("acme", rate(1, 1)));
+        limits.check(Spend::Mutation, &a, acme).unwrap();
+        assert!(limits.check(Spend::Mutation, &a, acme).is_err());
+        // A new rate is a new limiter.
+        limits
+            .check(Spend::Mutation, &a, Some(("acme", rate(1, 2))))
+            .unwrap();
     }
 
     #[tokio::test]

@@ -1,8 +1,12 @@
 //! `synckairos.v1.SyncService` over the app, plus the router that serves it
 //! next to `grpc.health.v1.Health` and reflection v1 + v1alpha (grpcurl 1.8
-//! speaks only v1alpha). Each RPC: a span whose `session_id` is recorded
-//! only once the id parsed (a raw id never reaches logs or traces), parse,
-//! one app call, convert.
+//! speaks only v1alpha). Each RPC: a span naming the caller and its tenant
+//! (never a credential) and the `session_id` once it parsed (a raw id never
+//! reaches logs or traces); the caller's rate limit; parse; the session
+//! looked up under the caller's tenant (so another tenant's session is
+//! NOT_FOUND, the same answer by the same path as a missing one); one app
+//! call; convert. Who the caller is and whether it may call the method at
+//! all was settled before, by the auth layer (grpc/auth.rs).
 
 use std::pin::Pin;
 
@@ -13,6 +17,7 @@ use tonic_health::server::HealthReporter;
 
 use std::sync::Arc;
 
+use super::auth::{AuthLayer, status_of};
 use super::caller::caller_of;
 use super::convert;
 use super::pb::{
@@ -20,19 +25,65 @@ use super::pb::{
     sync_service_server::{SyncService, SyncServiceServer},
 };
 use super::rate::{RateLimits, Spend};
+use super::tenant_streams::TenantStreams;
 use crate::app::App;
+use crate::auth::{Authenticator, Principal, TenantLimits};
 use crate::config::Config;
+use crate::engine::{SessionId, SessionKey};
 
 pub struct GrpcService {
     app: App,
+    auth: Arc<Authenticator>,
     limits: Arc<RateLimits>,
+    streams: Arc<TenantStreams>,
 }
 
 impl GrpcService {
-    /// Spends one `spend` of the caller's rate limit, before anything else.
-    fn spend<T>(&self, spend: Spend, req: &Request<T>) -> Result<(), Status> {
-        Ok(self.limits.check(spend, &caller_of(req))?)
+    /// The caller the auth layer admitted, named on the call's span.
+    fn principal<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        // Only reachable without the auth layer (a wiring bug): refuse.
+        let p = req
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no credential"))?;
+        let span = tracing::Span::current();
+        span.record("caller", p.label());
+        span.record("tenant", p.tenant().as_str());
+        Ok(p)
     }
+
+    fn tenant_limits(&self, p: &Principal) -> TenantLimits {
+        match p {
+            Principal::Open => TenantLimits::default(),
+            _ => self.auth.keys().tenant_limits(&p.tenant()),
+        }
+    }
+
+    /// The caller and one `spend` of its rate limit, before anything else.
+    fn admit<T>(&self, spend: Spend, req: &Request<T>) -> Result<Principal, Status> {
+        let p = self.principal(req)?;
+        let own = self.tenant_limits(&p);
+        let rate = match spend {
+            Spend::Create => own.creates,
+            Spend::Mutation => own.mutations,
+        };
+        let tenant = p.tenant();
+        self.limits
+            .check(spend, &caller_of(req), rate.map(|r| (tenant.as_str(), r)))?;
+        Ok(p)
+    }
+}
+
+/// `id` under the caller's tenant, if the caller may touch it.
+fn key_for(p: &Principal, raw: &str) -> Result<SessionKey, Status> {
+    let id: SessionId = convert::session_id(raw)?;
+    record_session_id(id.as_str());
+    p.may_touch(&id).map_err(status_of)?;
+    Ok(SessionKey {
+        tenant: p.tenant(),
+        id,
+    })
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -48,122 +99,117 @@ fn record_session_id(id: &str) {
 
 #[tonic::async_trait]
 impl SyncService for GrpcService {
-    #[tracing::instrument(skip_all, fields(session_id))]
+    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn create_session(&self, req: Request<pb::CreateSessionRequest>) -> Reply<pb::Session> {
-        self.spend(Spend::Create, &req)?;
+        let p = self.admit(Spend::Create, &req)?;
         let new = convert::create_request(req.into_inner())?;
         record_session_id(new.id.as_str());
-        session_reply(self.app.create(new).await?)
+        session_reply(self.app.create(p.tenant(), new).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id))]
+    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Reply<pb::Session> {
-        let id = convert::session_id(&req.get_ref().session_id)?;
-        record_session_id(id.as_str());
-        session_reply(self.app.get(id).await?)
+        let p = self.principal(&req)?;
+        let key = key_for(&p, &req.get_ref().session_id)?;
+        session_reply(self.app.get(key).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id))]
+    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn start_session(&self, req: Request<pb::StartSessionRequest>) -> Reply<pb::Session> {
-        self.spend(Spend::Mutation, &req)?;
+        let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
-        let id = convert::session_id(&r.session_id)?;
-        record_session_id(id.as_str());
+        let key = key_for(&p, &r.session_id)?;
         let first = convert::start_first(&r)?;
         let guards = convert::guards(r.expected_version, &r.request_id)?;
-        session_reply(self.app.start(id, first, guards).await?)
+        session_reply(self.app.start(key, first, guards).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id))]
+    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn switch_cycle(&self, req: Request<pb::SwitchCycleRequest>) -> Reply<pb::Session> {
-        self.spend(Spend::Mutation, &req)?;
+        let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
-        let id = convert::session_id(&r.session_id)?;
-        record_session_id(id.as_str());
+        let key = key_for(&p, &r.session_id)?;
         let (from, next) = convert::switch_args(&r)?;
+        let from = p.switch_from(from).map_err(status_of)?;
         let guards = convert::guards(r.expected_version, &r.request_id)?;
-        session_reply(self.app.switch(id, from, next, guards).await?)
+        session_reply(self.app.switch(key, from, next, guards).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id))]
+    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn pause_session(&self, req: Request<pb::PauseSessionRequest>) -> Reply<pb::Session> {
-        self.spend(Spend::Mutation, &req)?;
+        let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
-        let id = convert::session_id(&r.session_id)?;
-        record_session_id(id.as_str());
+        let key = key_for(&p, &r.session_id)?;
         session_reply(
             self.app
-                .pause(id, convert::guards(r.expected_version, &r.request_id)?)
+                .pause(key, convert::guards(r.expected_version, &r.request_id)?)
                 .await?,
         )
     }
 
-    #[tracing::instrument(skip_all, fields(session_id))]
+    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn resume_session(&self, req: Request<pb::ResumeSessionRequest>) -> Reply<pb::Session> {
-        self.spend(Spend::Mutation, &req)?;
+        let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
-        let id = convert::session_id(&r.session_id)?;
-        record_session_id(id.as_str());
+        let key = key_for(&p, &r.session_id)?;
         session_reply(
             self.app
-                .resume(id, convert::guards(r.expected_version, &r.request_id)?)
+                .resume(key, convert::guards(r.expected_version, &r.request_id)?)
                 .await?,
         )
     }
 
-    #[tracing::instrument(skip_all, fields(session_id))]
+    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn complete_session(
         &self,
         req: Request<pb::CompleteSessionRequest>,
     ) -> Reply<pb::Session> {
-        self.spend(Spend::Mutation, &req)?;
+        let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
-        let id = convert::session_id(&r.session_id)?;
-        record_session_id(id.as_str());
+        let key = key_for(&p, &r.session_id)?;
         session_reply(
             self.app
-                .complete(id, convert::guards(r.expected_version, &r.request_id)?)
+                .complete(key, convert::guards(r.expected_version, &r.request_id)?)
                 .await?,
         )
     }
 
-    #[tracing::instrument(skip_all, fields(session_id))]
+    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn cancel_session(&self, req: Request<pb::CancelSessionRequest>) -> Reply<pb::Session> {
-        self.spend(Spend::Mutation, &req)?;
+        let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
-        let id = convert::session_id(&r.session_id)?;
-        record_session_id(id.as_str());
+        let key = key_for(&p, &r.session_id)?;
         session_reply(
             self.app
-                .cancel(id, convert::guards(r.expected_version, &r.request_id)?)
+                .cancel(key, convert::guards(r.expected_version, &r.request_id)?)
                 .await?,
         )
     }
 
-    #[tracing::instrument(skip_all, fields(session_id))]
+    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn adjust_time(&self, req: Request<pb::AdjustTimeRequest>) -> Reply<pb::Session> {
-        self.spend(Spend::Mutation, &req)?;
+        let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
-        let id = convert::session_id(&r.session_id)?;
-        record_session_id(id.as_str());
+        let key = key_for(&p, &r.session_id)?;
         let target = convert::adjust_target(&r)?;
         let guards = convert::guards(r.expected_version, &r.request_id)?;
-        session_reply(self.app.adjust(id, target, r.delta_ms, guards).await?)
+        session_reply(self.app.adjust(key, target, r.delta_ms, guards).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id))]
+    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn delete_session(&self, req: Request<pb::DeleteSessionRequest>) -> Reply<()> {
-        self.spend(Spend::Mutation, &req)?;
-        let id = convert::session_id(&req.get_ref().session_id)?;
-        record_session_id(id.as_str());
-        self.app.delete(id).await?;
+        let p = self.admit(Spend::Mutation, &req)?;
+        let key = key_for(&p, &req.get_ref().session_id)?;
+        self.app.delete(key).await?;
         Ok(Response::new(()))
     }
 
+    #[tracing::instrument(skip_all, fields(tenant, caller))]
     async fn get_server_time(
         &self,
-        _req: Request<pb::GetServerTimeRequest>,
+        req: Request<pb::GetServerTimeRequest>,
     ) -> Reply<pb::ServerTime> {
+        self.principal(&req)?;
         Ok(Response::new(pb::ServerTime {
             server_time: Some(convert::timestamp(self.app.server_time())),
         }))
@@ -171,35 +217,45 @@ impl SyncService for GrpcService {
 
     type SubscribeStream = EventStream;
 
-    #[tracing::instrument(skip_all, fields(session_id))]
+    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Reply<Self::SubscribeStream> {
+        let p = self.principal(&req)?;
         let r = req.into_inner();
-        let id = convert::session_id(&r.session_id)?;
-        record_session_id(id.as_str());
+        let key = key_for(&p, &r.session_id)?;
         let opts = crate::app::SubscribeOptions {
             from_version: r.from_version,
             epoch: convert::epoch(r.epoch)?,
             strict: r.strict,
             heartbeat_ms: r.heartbeat_ms,
         };
-        let rx = self.app.subscribe(id, opts).await?;
-        let stream = ReceiverStream::new(rx)
-            .map(|item| item.map(|i| convert::stream_item(&i)).map_err(Status::from));
+        // Held by the stream, so given back whenever tonic drops it.
+        let slot = match p {
+            Principal::Open => None,
+            _ => Some(
+                self.streams
+                    .acquire(&key.tenant, self.tenant_limits(&p).max_streams)?,
+            ),
+        };
+        let rx = self.app.subscribe(key, opts).await?;
+        let stream = ReceiverStream::new(rx).map(move |item| {
+            let _slot = &slot;
+            item.map(|i| convert::stream_item(&i)).map_err(Status::from)
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
-    #[tracing::instrument(skip_all, fields(session_id))]
+    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn list_session_events(
         &self,
         req: Request<pb::ListSessionEventsRequest>,
     ) -> Reply<pb::ListSessionEventsResponse> {
+        let p = self.principal(&req)?;
         let r = req.into_inner();
-        let id = convert::session_id(&r.session_id)?;
-        record_session_id(id.as_str());
+        let key = key_for(&p, &r.session_id)?;
         let page_token = convert::page_token(r.page_token)?;
         let page = self
             .app
-            .history(id, r.page_size, &page_token, r.after_version)
+            .history(key, r.page_size, &page_token, r.after_version)
             .await?;
         Ok(Response::new(pb::ListSessionEventsResponse {
             events: page.events.iter().map(convert::event).collect(),
@@ -238,8 +294,10 @@ impl HealthControl {
 /// - request and reply message size limits on `SyncService` (health and
 ///   reflection keep tonic's own: 4 MiB decoded, unbounded encoded; their
 ///   messages are tiny);
-/// - per-caller rate limits on creates and mutations (grpc/rate.rs);
-/// - every call inside the panic guard (grpc/panic.rs).
+/// - per-caller rate limits on creates and mutations (grpc/rate.rs), and
+///   per-tenant Subscribe streams (grpc/tenant_streams.rs);
+/// - every call inside the panic guard (grpc/panic.rs), then the auth layer
+///   (grpc/auth.rs); reflection only when `config.reflection`.
 ///
 /// TCP keepalive is set on the listener's incoming stream in startup.rs:
 /// tonic ignores `Server::tcp_keepalive` with `serve_with_incoming`. Not set
@@ -248,13 +306,15 @@ impl HealthControl {
 /// queues unary calls behind each other) and `timeout` (it would also cut a
 /// Subscribe before its first message when the store is slow; the store
 /// already fails its calls within ~250 ms).
+/// What every call passes through, outermost first: the panic guard, then auth.
+pub type Layers =
+    tower_layer::Stack<AuthLayer, tower_layer::Stack<super::CatchPanic, tower_layer::Identity>>;
+
 pub fn router(
     app: App,
     config: &Config,
-) -> anyhow::Result<(
-    tonic::transport::server::Router<tower_layer::Stack<super::CatchPanic, tower_layer::Identity>>,
-    HealthControl,
-)> {
+    auth: Arc<Authenticator>,
+) -> anyhow::Result<(tonic::transport::server::Router<Layers>, HealthControl)> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -264,8 +324,11 @@ pub fn router(
             // the status details (grpc/error.rs) instead of raw bytes.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
+    let clock = app.clone();
+    let now_secs = Arc::new(move || u64::try_from(clock.server_time() / 1_000_000).unwrap_or(0));
     let mut server = tonic::transport::Server::builder()
         .layer(super::catch_panic())
+        .layer(AuthLayer::new(auth.clone(), now_secs))
         .max_concurrent_streams(config.max_streams_per_connection)
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(config.http2_keepalive_timeout));
@@ -276,13 +339,26 @@ pub fn router(
         }
     }
     let limits = RateLimits::new(config.create_rate, config.mutation_rate);
-    let sync = SyncServiceServer::new(GrpcService { app, limits })
-        .max_decoding_message_size(config.max_request_bytes)
-        .max_encoding_message_size(config.max_response_bytes);
+    let sync = SyncServiceServer::new(GrpcService {
+        app,
+        auth,
+        limits,
+        streams: Arc::default(),
+    })
+    .max_decoding_message_size(config.max_request_bytes)
+    .max_encoding_message_size(config.max_response_bytes);
+    let (v1, v1alpha) = if config.reflection {
+        (
+            Some(reflection().build_v1()?),
+            Some(reflection().build_v1alpha()?),
+        )
+    } else {
+        (None, None)
+    };
     let router = server
         .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
+        .add_optional_service(v1)
+        .add_optional_service(v1alpha)
         .add_service(sync);
     Ok((router, HealthControl { reporter }))
 }

@@ -11,6 +11,7 @@
 
 mod audit;
 mod audit_outbox;
+mod auth;
 mod child;
 mod concurrency;
 mod docs;

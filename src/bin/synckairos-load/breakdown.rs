@@ -154,7 +154,10 @@ pub async fn run(common: Common, redis_url: String, only: String) -> anyhow::Res
         .await?;
         let local_id = format!("{run}-local");
         create_running(&local, std::slice::from_ref(&local_id), 24 * 3600 * 1000).await?;
-        let sid = engine::SessionId::parse("id", &local_id)?;
+        let sid = engine::SessionKey {
+            tenant: engine::Tenant::default_tenant(),
+            id: engine::SessionId::parse("id", &local_id)?,
+        };
         rows.push((
             "b'",
             "(b') App::switch in this process (app layer + store, no gRPC)",
