@@ -48,13 +48,23 @@ pub mod fuzzing {
         stream_item, switch_args,
     };
 
-    /// ListSessionEvents' page-token decoder (`audit::decode_token`).
-    pub fn decode_page_token(token: &str) -> Result<(String, u64), crate::audit::AuditError> {
-        crate::audit::decode_token(token)
+    /// The session the fuzzed page tokens are bound to.
+    fn fuzzed_session() -> crate::engine::SessionKey {
+        crate::engine::SessionKey {
+            tenant: crate::engine::Tenant::default_tenant(),
+            id: crate::engine::SessionId::parse("session_id", "fuzz").expect("a valid session id"),
+        }
     }
 
-    /// ListSessionEvents' page-token encoder (`audit::encode_token`).
+    /// ListSessionEvents' page-token decoder (`audit::decode_token`), for
+    /// the session `default/fuzz`.
+    pub fn decode_page_token(token: &str) -> Result<(String, u64), crate::audit::AuditError> {
+        crate::audit::decode_token(&fuzzed_session(), token)
+    }
+
+    /// ListSessionEvents' page-token encoder (`audit::encode_token`), for
+    /// the session `default/fuzz`.
     pub fn encode_page_token(epoch: &str, version: u64) -> String {
-        crate::audit::encode_token(epoch, version)
+        crate::audit::encode_token(&fuzzed_session(), epoch, version)
     }
 }

@@ -50,26 +50,48 @@ pub struct Audit {
 }
 
 /// Page tokens are opaque to clients: base64 (URL-safe alphabet, no padding)
-/// of `<epoch>:<last version>`. Anything that does not decode to that, is
+/// of `<epoch>:<last version>:<binding>`, where the binding is the first 16
+/// hex digits of SHA-256(`<tenant>/<session>`): a token is checked against
+/// the session it is presented for, so one issued for another session (or
+/// another tenant's session of the same id) is refused rather than read as a
+/// position in this one. Anything that does not decode to that shape, is
 /// longer than 512 bytes, or is not exactly the token `encode_token` makes
 /// of what it decodes to (`01` for `1`, say), is refused.
-pub(crate) fn encode_token(epoch: &str, version: u64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{epoch}:{version}"))
+pub(crate) fn encode_token(key: &SessionKey, epoch: &str, version: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{epoch}:{version}:{}", binding(key)))
 }
 
-pub(crate) fn decode_token(token: &str) -> Result<(String, u64), AuditError> {
+fn binding(key: &SessionKey) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(key.tenant.as_str());
+    h.update("/");
+    h.update(key.id.as_str());
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub(crate) fn decode_token(key: &SessionKey, token: &str) -> Result<(String, u64), AuditError> {
     let bad = || AuditError::BadPageToken("not a token this server issued".into());
     if token.len() > 512 {
         return Err(bad());
     }
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (epoch, version) = text.rsplit_once(':').ok_or_else(bad)?;
+    let (rest, bound) = text.rsplit_once(':').ok_or_else(bad)?;
+    let (epoch, version) = rest.rsplit_once(':').ok_or_else(bad)?;
     let version: u64 = version.parse().map_err(|_| bad())?;
+    if bound != binding(key) {
+        return Err(AuditError::BadPageToken(
+            "issued for another session".into(),
+        ));
+    }
     // Only the one token this server issues for a position: `u64::parse`
     // also takes `01` and `+1`, which would make several tokens of one
     // position (found by the page_token fuzz target, fuzz/regressions/).
-    if encode_token(epoch, version) != token {
+    if encode_token(key, epoch, version) != token {
         return Err(bad());
     }
     Ok((epoch.to_owned(), version))
@@ -103,7 +125,7 @@ impl Audit {
                 .ok_or(AuditError::NotFound)?;
             (epoch, after_version.unwrap_or(0))
         } else {
-            let (epoch, last) = decode_token(page_token)?;
+            let (epoch, last) = decode_token(key, page_token)?;
             (epoch, last.max(after_version.unwrap_or(0)))
         };
         let (rows, more) = db::events_page(
@@ -117,7 +139,7 @@ impl Audit {
         )
         .await?;
         let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => encode_token(&last.epoch, last.event.version),
+            (true, Some(last)) => encode_token(key, &last.epoch, last.event.version),
             _ => String::new(),
         };
         Ok(Page {
@@ -131,21 +153,39 @@ impl Audit {
 mod tests {
     use super::*;
 
+    fn key(tenant: &str, id: &str) -> SessionKey {
+        SessionKey {
+            tenant: crate::engine::Tenant::parse("t", tenant).unwrap(),
+            id: crate::engine::SessionId::parse("s", id).unwrap(),
+        }
+    }
+
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {
-        let t = encode_token("0123abcd", 4711);
-        assert_eq!(decode_token(&t).unwrap(), ("0123abcd".to_owned(), 4711));
-        assert!(decode_token("zz").is_err());
-        assert!(decode_token("abc").is_err());
+        let k = key("acme", "g1");
+        let t = encode_token(&k, "0123abcd", 4711);
+        assert_eq!(decode_token(&k, &t).unwrap(), ("0123abcd".to_owned(), 4711));
+        assert!(decode_token(&k, "zz").is_err());
+        assert!(decode_token(&k, "abc").is_err());
         // A token cut short.
-        let whole = encode_token("e", 1);
-        assert!(decode_token(&whole[..whole.len() - 1]).is_err());
+        let whole = encode_token(&k, "e", 1);
+        assert!(decode_token(&k, &whole[..whole.len() - 1]).is_err());
         assert!(
-            decode_token("aéb").is_err(),
+            decode_token(&k, "aéb").is_err(),
             "non-ASCII is refused, not a panic"
         );
         // The page_token fuzz target's find: `<epoch>:01` decoded as version 1.
-        assert!(decode_token(&URL_SAFE_NO_PAD.encode("e:01")).is_err());
-        assert!(decode_token(&URL_SAFE_NO_PAD.encode("e:+1")).is_err());
+        let b = binding(&k);
+        assert!(decode_token(&k, &URL_SAFE_NO_PAD.encode(format!("e:01:{b}"))).is_err());
+        assert!(decode_token(&k, &URL_SAFE_NO_PAD.encode(format!("e:+1:{b}"))).is_err());
+    }
+
+    #[test]
+    fn a_page_token_is_refused_for_another_session_or_tenant() {
+        let t = encode_token(&key("acme", "g1"), "e", 3);
+        for other in [key("acme", "g2"), key("other", "g1")] {
+            let e = decode_token(&other, &t).unwrap_err().to_string();
+            assert!(e.contains("another session"), "{e}");
+        }
     }
 }
