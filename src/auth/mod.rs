@@ -18,6 +18,7 @@
 //! refused here: it is looked up under the caller's tenant, where it does not
 //! exist (NOT_FOUND, exactly as a missing id).
 
+pub mod cli;
 pub mod keys;
 pub mod source;
 pub mod token;
