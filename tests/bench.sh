@@ -6,6 +6,7 @@
 # call (their cost is in the figures) but never refuse one.
 #   tests/bench.sh                 # all modes
 #   tests/bench.sh breakdown flags # only these
+#   tests/bench.sh auth            # SwitchCycle: open mode vs an API key vs play tokens
 #   BENCH_BIN=/some/dir tests/bench.sh  # binaries built elsewhere (A/B runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,5 +49,24 @@ if want fanout; then echo "== fan-out: switch on A, 1000 streams on B"
 "$R/synckairos-load" fanout --target "$A" --subscribe-target "$B" --sessions 100 --streams 1000 --rate 200 --seconds 10; fi
 if want flood; then echo "== flood: switch on A, 20 streams on B, without and then with 2000 Subscribe/s to missing ids on B"
 "$R/synckairos-load" subscribe-flood --target "$A" --subscribe-target "$B" --sessions 20 --rate 200 --flood-rate 2000 --seconds 10; fi
+if want auth; then echo "== auth: SwitchCycle at 64 in flight over 1000 sessions, open mode (A) beside a replica with keys (D), twice in turn"
+keys_dir="$(mktemp -d)"
+secret="sk-bench-0123456789abcdef"
+signer="$(printf 'bench-signer-secret-0123456789ab' | base64)"
+printf '[[key]]\nid = "bench"\ntenant = "bench"\nrole = "admin"\nsha256 = "%s"\n\n[[signer]]\nkid = "bench-kid"\ntenant = "bench"\nhs256 = "%s"\n' \
+  "$(printf '%s' "$secret" | sha256sum | cut -d' ' -f1)" "$signer" > "$keys_dir/keys.toml"
+p="$(free_port)"
+REDIS_URL="redis://127.0.0.1:$redis_port" SYNCKAIROS_LISTEN="127.0.0.1:$p" RUST_LOG=warn \
+  SYNCKAIROS_CREATE_RATE=10000000 SYNCKAIROS_MUTATION_RATE=10000000 \
+  SYNCKAIROS_API_KEYS_FILE="$keys_dir/keys.toml" "$R/synckairos" &
+pids+=($!)
+sleep 2
+D="127.0.0.1:$p"
+for round in 1 2; do
+  "$R/synckairos-load" switch --target "$A" --sessions 1000 --concurrency 64 --seconds 10
+  "$R/synckairos-load" switch --target "$D" --sessions 1000 --concurrency 64 --seconds 10 --api-key "$secret"
+  "$R/synckairos-load" switch --target "$D" --sessions 1000 --concurrency 64 --seconds 10 --api-key "$secret" --token "bench-kid:$signer"
+done
+rm -rf "$keys_dir"; fi
 if want flags; then echo "== flags: 10000 deadlines within one second over three replicas"
 "$R/synckairos-load" flags --target "$A,$B,$C" --sessions 10000 --spread-ms 1000 --concurrency 64 --connections 2; fi

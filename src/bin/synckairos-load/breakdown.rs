@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use synckairos::engine::{self, Command, Request, SessionKey, Tenant};
-use synckairos::grpc::pb::{self, sync_service_client::SyncServiceClient};
+use synckairos::grpc::pb;
 use synckairos::store::SessionStore;
 use synckairos::store::redis::{RedisSettings, RedisStore};
-use tonic::transport::Channel;
 
 use crate::Common;
 use crate::shared::{Stats, clients, create_running, drive_for, run_id, two_players};
@@ -238,7 +237,7 @@ type Call = Arc<
         + Sync,
 >;
 
-fn time_call(client: &SyncServiceClient<Channel>) -> Call {
+fn time_call(client: &crate::shared::Client) -> Call {
     let client = client.clone();
     Arc::new(move |_, _| {
         let mut c = client.clone();
@@ -246,7 +245,7 @@ fn time_call(client: &SyncServiceClient<Channel>) -> Call {
     })
 }
 
-fn switch_call(client: &SyncServiceClient<Channel>, id: String) -> Call {
+fn switch_call(client: &crate::shared::Client, id: String) -> Call {
     let client = client.clone();
     Arc::new(move |_, _| {
         let (mut c, id) = (client.clone(), id.clone());

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use synckairos::grpc::pb::{self, sync_service_client::SyncServiceClient};
+use synckairos::grpc::pb;
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 
 use crate::Common;
 use crate::shared::{self, Stats, create_running, run_id};
@@ -56,8 +55,8 @@ pub struct Measured {
 /// sends switches at `rate` a second through `clients` for `seconds`, and
 /// times each `SWITCHED` event's arrival on every stream.
 pub async fn measure(
-    clients: &[SyncServiceClient<Channel>],
-    sub_clients: &[SyncServiceClient<Channel>],
+    clients: &[crate::shared::Client],
+    sub_clients: &[crate::shared::Client],
     ids: &[String],
     streams: usize,
     rate: u64,

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! synckairos-load switch    --target 127.0.0.1:50051 --sessions 1000 --concurrency 64 --seconds 10
+//!                           [--api-key SECRET] [--token KID:BASE64SECRET]
 //! synckairos-load time      --target 127.0.0.1:50051 --concurrency 64 --seconds 10
 //! synckairos-load fanout    --target A --subscribe-target B --sessions 100 --streams 1000 --seconds 10
 //! synckairos-load subscribe-flood --target A --subscribe-target B --sessions 20 --rate 200 --flood-rate 2000
@@ -50,6 +51,14 @@ struct Common {
     /// gRPC connections per target (calls are spread over them).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// An API key sent on every call (`authorization: Bearer <key>`).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// `KID:BASE64SECRET` of a `[[signer]]`: `switch` then mints a play
+    /// token for each participant of each session and sends the mover's on
+    /// every SwitchCycle (set-up calls still use `--api-key`).
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]

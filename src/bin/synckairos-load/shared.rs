@@ -8,9 +8,33 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use synckairos::grpc::pb::{self, sync_service_client::SyncServiceClient};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::transport::Channel;
 
 use crate::Common;
+
+/// A client whose calls carry `--api-key`, unless a call set its own.
+pub type Client = SyncServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <key>` to calls that carry none.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            if !req.metadata().contains_key("authorization") {
+                req.metadata_mut().insert("authorization", v.clone());
+            }
+        }
+        Ok(req)
+    }
+}
+
+pub fn bearer_value(credential: &str) -> anyhow::Result<MetadataValue<Ascii>> {
+    Ok(format!("Bearer {credential}").parse()?)
+}
 
 fn targets(common: &Common) -> Vec<String> {
     common
@@ -21,7 +45,7 @@ fn targets(common: &Common) -> Vec<String> {
         .collect()
 }
 
-pub async fn clients(common: &Common) -> anyhow::Result<Vec<SyncServiceClient<Channel>>> {
+pub async fn clients(common: &Common) -> anyhow::Result<Vec<Client>> {
     let mut out = Vec::new();
     for t in targets(common) {
         for _ in 0..common.connections.max(1) {
@@ -29,7 +53,8 @@ pub async fn clients(common: &Common) -> anyhow::Result<Vec<SyncServiceClient<Ch
                 .tcp_nodelay(true)
                 .connect()
                 .await?;
-            out.push(SyncServiceClient::new(ch));
+            let bearer = Bearer(common.api_key.as_deref().map(bearer_value).transpose()?);
+            out.push(SyncServiceClient::with_interceptor(ch, bearer));
         }
     }
     Ok(out)
@@ -119,13 +144,13 @@ pub fn run_id() -> String {
 /// Calls `each(client, index, id)` once for every id, from `workers` tasks
 /// sharing one cursor; the first error stops the run.
 pub async fn for_each_id<F, Fut>(
-    clients: &[SyncServiceClient<Channel>],
+    clients: &[Client],
     ids: Arc<Vec<String>>,
     workers: usize,
     each: F,
 ) -> anyhow::Result<()>
 where
-    F: Fn(SyncServiceClient<Channel>, usize, String) -> Fut + Send + Sync + 'static,
+    F: Fn(Client, usize, String) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
 {
     let next = Arc::new(AtomicU64::new(0));
@@ -151,7 +176,7 @@ where
 }
 
 pub async fn create_running(
-    clients: &[SyncServiceClient<Channel>],
+    clients: &[Client],
     ids: &[String],
     initial_ms: i64,
 ) -> anyhow::Result<()> {

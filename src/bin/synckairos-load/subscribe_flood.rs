@@ -94,7 +94,7 @@ struct Flood {
 /// Sends `rate` Subscribe calls a second to fresh missing ids until `stop`;
 /// returns how many were sent.
 async fn send_flood(
-    clients: Vec<pb::sync_service_client::SyncServiceClient<tonic::transport::Channel>>,
+    clients: Vec<crate::shared::Client>,
     rate: u64,
     flood: Arc<Mutex<Flood>>,
     stop: tokio_util::sync::CancellationToken,
