@@ -126,6 +126,13 @@ if [ -z "${GRPCURL:-}" ]; then
 fi
 log "grpcurl: $GRPCURL"
 
+# The Python client of the cross-language auth test (tests/python/): grpcio,
+# grpcio-tools (stubs generated at test time) and PyJWT from PyPI, when missing.
+if ! python3 -c 'import grpc, grpc_tools, jwt' 2>/dev/null; then
+  log "installing grpcio grpcio-tools PyJWT (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools PyJWT >&2
+fi
+
 # redis-server (the Redis engine's tests start private ones on free ports).
 if ! command -v redis-server >/dev/null 2>&1; then
   log "installing redis-server (apt-get)"

@@ -608,7 +608,7 @@ fn get_req(id: &str, credential: &str) -> Request<pb::GetSessionRequest> {
     )
 }
 
-async fn mutate_start(client: &mut Client, id: &str, credential: &str) {
+pub async fn mutate_start(client: &mut Client, id: &str, credential: &str) {
     client
         .start_session(authed(
             pb::StartSessionRequest {

@@ -68,15 +68,15 @@ pub async fn grpcurl(addr: std::net::SocketAddr, args: &[&str]) -> Output {
     out
 }
 
-/// Splits `["-d", "{...}", "method"]` into flags (with their values) and the rest.
+/// Splits `["-d", "{...}", "method"]` into flags (with their values: `-d`, `-H`) and the rest.
 fn split_flags<'a>(args: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
     let mut flags = Vec::new();
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        if *a == "-d" {
+        if matches!(*a, "-d" | "-H") {
             flags.push(*a);
-            flags.push(it.next().expect("-d needs a value"));
+            flags.push(it.next().expect("-d and -H need a value"));
         } else if a.starts_with('-') {
             flags.push(*a);
         } else {

@@ -12,6 +12,7 @@
 mod audit;
 mod audit_outbox;
 mod auth;
+mod auth_cross_language;
 mod child;
 mod concurrency;
 mod docs;
