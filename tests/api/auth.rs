@@ -943,3 +943,73 @@ async fn a_tenants_own_limits_apply_to_it_alone() {
     .await;
     assert!(took.is_some(), "the ended stream's slot never came back");
 }
+
+#[tokio::test]
+async fn reflection_can_be_turned_off() {
+    let file = KeysFile::new(&keys_toml());
+    let path = file.path.clone();
+    let app = spawn_app_with(move |c| {
+        c.api_keys = Some(KeySource::File(path));
+        c.reflection = false;
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(app.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let status = client
+        .server_reflection_info(authed(tokio_stream::once(req), Some(ADMIN)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+}
+
+#[tokio::test]
+async fn hostile_credentials_are_refused_and_the_server_goes_on() {
+    let file = KeysFile::new(&keys_toml());
+    let mut app = spawn_with_keys(&file).await;
+    let sid = session_for(&mut app, Rpc::Switch).await;
+    let header = |h: &str| {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.{}", b64(h), b64("{}"), b64("sig"))
+    };
+    let hostile = [
+        "x".repeat(8_000),
+        "a.b.c".into(),
+        format!("{}.{}", "a".repeat(3000), "b".repeat(3000)),
+        "..".into(),
+        header(r#"{"alg":"none","kid":"acme-2026-12"}"#),
+        header(r#"{"alg":"HS256","kid":"acme-2026-12"}"#),
+        header(r#"{"alg":"HS256","kid":"\u0000"}"#),
+        header(&format!(
+            r#"{{"alg":"HS256","kid":"{}"}}"#,
+            "k".repeat(2000)
+        )),
+        "\t Bearer \t".into(),
+    ];
+    for credential in &hostile {
+        let status = app
+            .client
+            .get_session(get_req(&sid, credential))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{credential:.40}: {status:?}"
+        );
+    }
+    // Still serving, on the same connection.
+    app.client.get_session(get_req(&sid, READ)).await.unwrap();
+}
