@@ -214,6 +214,7 @@ fn access_log(method: &str, principal: Option<&Principal>, code: tonic::Code, st
         tenant = principal.map(|p| p.tenant().to_string()).unwrap_or_default(),
         code = ?code,
         micros = started.elapsed().as_micros() as u64,
+        "access"
     );
 }
 

@@ -13,6 +13,7 @@ mod audit;
 mod audit_outbox;
 mod auth;
 mod auth_cross_language;
+mod auth_logs;
 mod child;
 mod concurrency;
 mod docs;
