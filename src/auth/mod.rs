@@ -83,6 +83,24 @@ pub enum Rpc {
 }
 
 impl Rpc {
+    /// Every call, in the proto's order.
+    pub const ALL: [Rpc; 14] = [
+        Rpc::CreateSession,
+        Rpc::GetSession,
+        Rpc::StartSession,
+        Rpc::SwitchCycle,
+        Rpc::PauseSession,
+        Rpc::ResumeSession,
+        Rpc::CompleteSession,
+        Rpc::CancelSession,
+        Rpc::AdjustTime,
+        Rpc::DeleteSession,
+        Rpc::GetServerTime,
+        Rpc::Subscribe,
+        Rpc::ListSessionEvents,
+        Rpc::Reflection,
+    ];
+
     fn read_only(self) -> bool {
         matches!(
             self,
@@ -232,22 +250,7 @@ mod tests {
     #[test]
     fn roles_and_scopes_allow_what_the_table_says() {
         use Rpc::*;
-        let all = [
-            CreateSession,
-            GetSession,
-            StartSession,
-            SwitchCycle,
-            PauseSession,
-            ResumeSession,
-            CompleteSession,
-            CancelSession,
-            AdjustTime,
-            DeleteSession,
-            GetServerTime,
-            Subscribe,
-            ListSessionEvents,
-            Reflection,
-        ];
+        let all = Rpc::ALL;
         let allowed = |p: &Principal| -> Vec<Rpc> {
             all.iter()
                 .copied()

@@ -86,17 +86,7 @@ async fn grpcurl_authenticates_with_a_key_and_a_player_token() {
         "authorization: Bearer {}",
         token(&id, "play", Some("white"))
     );
-    let out = grpcurl(
-        app.addr,
-        &[
-            "-H",
-            &white,
-            "-d",
-            &format!(r#"{{"session_id":"{id}"}}"#),
-            "synckairos.v1.SyncService/SwitchCycle",
-        ],
-    )
-    .await;
+    let out = switch_with(&app, &white, &id).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -109,20 +99,26 @@ async fn grpcurl_authenticates_with_a_key_and_a_player_token() {
     );
     // A watch token may not switch.
     let watch = format!("authorization: Bearer {}", token(&id, "watch", None));
-    let out = grpcurl(
-        app.addr,
-        &[
-            "-H",
-            &watch,
-            "-d",
-            &format!(r#"{{"session_id":"{id}"}}"#),
-            "synckairos.v1.SyncService/SwitchCycle",
-        ],
-    )
-    .await;
+    let out = switch_with(&app, &watch, &id).await;
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// grpcurl's SwitchCycle on `id` with the metadata line `header`.
+async fn switch_with(app: &TestApp, header: &str, id: &str) -> std::process::Output {
+    let body = format!(r#"{{"session_id":"{id}"}}"#);
+    grpcurl(
+        app.addr,
+        &[
+            "-H",
+            header,
+            "-d",
+            &body,
+            "synckairos.v1.SyncService/SwitchCycle",
+        ],
+    )
+    .await
 }
