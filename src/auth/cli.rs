@@ -80,8 +80,8 @@ mod tests {
                 .unwrap_err()
                 .contains("tenant")
         );
-        assert!(new_key("acme", "root", "a").unwrap_err().contains("role"));
-        assert!(new_key("acme", "read", "a\"b").unwrap_err().contains("id"));
+        assert!(new_key("acme", "root", "a").err().unwrap().contains("role"));
+        assert!(new_key("acme", "read", "a\"b").err().unwrap().contains("id"));
         let s = new_signer("acme", "acme-2026-12").unwrap();
         assert!(
             Keys::parse(&s.block)
