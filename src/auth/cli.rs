@@ -77,11 +77,17 @@ mod tests {
     fn bad_input_is_refused_naming_the_field() {
         assert!(
             new_key("ac me", "play", "a")
-                .unwrap_err()
+                .err()
+                .unwrap()
                 .contains("tenant")
         );
         assert!(new_key("acme", "root", "a").err().unwrap().contains("role"));
-        assert!(new_key("acme", "read", "a\"b").err().unwrap().contains("id"));
+        assert!(
+            new_key("acme", "read", "a\"b")
+                .err()
+                .unwrap()
+                .contains("id")
+        );
         let s = new_signer("acme", "acme-2026-12").unwrap();
         assert!(
             Keys::parse(&s.block)
