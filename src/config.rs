@@ -262,8 +262,7 @@ impl Config {
     /// Empty values count as unset.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let mut c = Config::default();
-        c.api_keys = match (get("SYNCKAIROS_API_KEYS_FILE"), get("SYNCKAIROS_API_KEYS")) {
+        let api_keys = match (get("SYNCKAIROS_API_KEYS_FILE"), get("SYNCKAIROS_API_KEYS")) {
             (Some(_), Some(_)) => {
                 return Err(err(
                     "SYNCKAIROS_API_KEYS",
@@ -274,7 +273,7 @@ impl Config {
             (None, Some(text)) => Some(crate::auth::KeySource::Inline(text)),
             (None, None) => None,
         };
-        c.reflection = match get("SYNCKAIROS_REFLECTION").as_deref() {
+        let reflection = match get("SYNCKAIROS_REFLECTION").as_deref() {
             None | Some("on") => true,
             Some("off") => false,
             Some(other) => {
@@ -283,6 +282,11 @@ impl Config {
                     format!("{other:?} is not one of on, off"),
                 ));
             }
+        };
+        let mut c = Config {
+            api_keys,
+            reflection,
+            ..Config::default()
         };
         if let Some(v) = get("SYNCKAIROS_LISTEN") {
             c.listen = v.parse().map_err(|_| {
