@@ -9,9 +9,14 @@
 //! drain window, and is waited for at most `AUDIT_DRAIN` once the server has
 //! stopped. The timers and the health task (NOT_SERVING) stop at that same
 //! moment too.
+//!
+//! With `SYNCKAIROS_TLS_CERT` and `SYNCKAIROS_TLS_KEY` the listener serves
+//! TLS only (`tls::accept`); `build` reads the files, and SIGHUP re-reads
+//! them (every [`Reloaders`] entry runs on each SIGHUP).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +40,7 @@ use crate::store::memory::{MemorySettings, MemoryStore};
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::{AuditRecord, SessionStore, audit_outbox};
 use crate::timers;
+use crate::tls::{self, HandshakeLimits, ReloadableTls, TlsFiles};
 
 /// How often health re-checks the store (and the store does its upkeep).
 const HEALTH_PROBE: Duration = Duration::from_secs(1);
@@ -54,6 +60,10 @@ pub struct Application {
     /// The audit writer, drained at shutdown.
     audit_writer: Option<tokio::task::JoinHandle<()>>,
     audit_lag: Arc<AuditLag>,
+    /// The TLS config of the listener, when TLS is on.
+    tls: Option<Arc<ReloadableTls>>,
+    /// What SIGHUP re-reads.
+    reloaders: Reloaders,
 }
 
 impl Application {
@@ -73,6 +83,15 @@ impl Application {
             anyhow::anyhow!("SYNCKAIROS_LISTEN: cannot bind {}: {e}", config.listen)
         })?;
         let addr = listener.local_addr()?;
+        let tls = load_tls(&config)?;
+        let mut reloaders: Vec<Reloader> = Vec::new();
+        if let Some(tls) = &tls {
+            let tls = tls.clone();
+            // The outcome is logged by `reload` itself.
+            reloaders.push(Box::new(move || {
+                let _ = tls.reload();
+            }));
+        }
         let app = App::new(store.clone(), hub, audit, shutdown.clone())
             .with_unstarted_ttl(config.unstarted_ttl);
         Ok(Self {
@@ -84,6 +103,8 @@ impl Application {
             config,
             audit_writer,
             audit_lag,
+            tls,
+            reloaders: Reloaders::new(reloaders),
         })
     }
 
@@ -104,6 +125,12 @@ impl Application {
         self.audit_lag.clone()
     }
 
+    /// What a SIGHUP runs, callable without the signal (tests hold it past
+    /// `run_until_stopped`; a signal would reach every server in the process).
+    pub fn reloaders(&self) -> Reloaders {
+        self.reloaders.clone()
+    }
+
     pub async fn run_until_stopped(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
@@ -117,6 +144,10 @@ impl Application {
             health,
             self.shutdown.clone(),
         ));
+        tasks.spawn(reload_on_sighup(
+            self.reloaders.clone(),
+            self.shutdown.clone(),
+        ));
 
         let shutdown = self.shutdown.clone();
         let signal = async move {
@@ -124,16 +155,21 @@ impl Application {
             info!("shutting down: ending streams and draining calls");
             shutdown.cancel();
         };
-        info!(addr = %self.addr, "serving synckairos.v1.SyncService");
-        // Small replies must not wait for a delayed ACK (Nagle): no-delay on every
-        // connection. TCP keepalive here, not on the builder: tonic ignores
-        // `Server::tcp_keepalive` with an incoming stream of our own.
-        let incoming = TcpIncoming::from(self.listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(self.config.tcp_keepalive))
-            .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
-            .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
-        let serve = router.serve_with_incoming_shutdown(incoming, signal);
+        info!(addr = %self.addr, tls = self.tls.is_some(), "serving synckairos.v1.SyncService");
+        let incoming = tcp_incoming(self.listener, &self.config);
+        let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match &self.tls {
+                None => Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
+                Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                    tls::accept(
+                        incoming,
+                        tls.clone(),
+                        HandshakeLimits::default(),
+                        self.shutdown.clone(),
+                    ),
+                    signal,
+                )),
+            };
         let shutdown = self.shutdown.clone();
         let grace = self.config.shutdown_grace;
         tokio::select! {
@@ -150,6 +186,94 @@ impl Application {
         tasks.shutdown().await;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// The accepted TCP connections, TLS or not. Small replies must not wait for
+/// a delayed ACK (Nagle): no-delay on every connection. TCP keepalive here,
+/// not on the builder: tonic ignores `Server::tcp_keepalive` with an incoming
+/// stream of our own.
+fn tcp_incoming(listener: TcpListener, config: &Config) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(config.tcp_keepalive))
+        .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+        .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES))
+}
+
+/// The listener's TLS config, when `SYNCKAIROS_TLS_CERT` and
+/// `SYNCKAIROS_TLS_KEY` are set; a file that cannot be used stops start-up
+/// with one line naming its variable.
+fn load_tls(config: &Config) -> anyhow::Result<Option<Arc<ReloadableTls>>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: config.tls_client_ca.clone(),
+    };
+    let tls = ReloadableTls::load(files).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Some(Arc::new(tls)))
+}
+
+/// One thing SIGHUP re-reads (a set of files); it logs its own outcome, and
+/// keeps what it had when the files are bad.
+pub type Reloader = Box<dyn Fn() + Send + Sync>;
+
+/// Everything SIGHUP re-reads, in order; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Reloaders(Arc<Vec<Reloader>>);
+
+impl Reloaders {
+    pub fn new(reloaders: Vec<Reloader>) -> Self {
+        Self(Arc::new(reloaders))
+    }
+
+    /// Runs every reloader once: what one SIGHUP does.
+    pub fn reload(&self) {
+        for reload in self.0.iter() {
+            reload();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Runs `reloaders` on each SIGHUP until `shutdown`. With nothing to reload
+/// no handler is installed, so SIGHUP keeps its default (it ends the process).
+async fn reload_on_sighup(reloaders: Reloaders, shutdown: CancellationToken) {
+    if reloaders.is_empty() {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; nothing will be reloaded");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    info!("SIGHUP: reloading");
+                    reloaders.reload();
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = shutdown;
     }
 }
 

@@ -36,3 +36,4 @@ mod silent_faults;
 mod subscribe;
 mod tcp_proxy;
 mod timers;
+mod tls;
