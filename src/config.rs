@@ -498,7 +498,7 @@ impl Config {
                     )
                 })?;
         }
-        (c.tls_cert, c.tls_key, c.tls_client_ca) = tls_files(&get)?;
+        read_tls(&get, &mut c)?;
         Ok(c)
     }
 }
@@ -506,9 +506,7 @@ impl Config {
 /// `SYNCKAIROS_TLS_CERT`, `SYNCKAIROS_TLS_KEY` and `SYNCKAIROS_TLS_CLIENT_CA`:
 /// cert and key both or neither, a client CA only with both. The files are
 /// read (and their errors named) when the server starts.
-fn tls_files(
-    get: &impl Fn(&str) -> Option<String>,
-) -> Result<(Option<PathBuf>, Option<PathBuf>, Option<PathBuf>), ConfigError> {
+fn read_tls(get: &impl Fn(&str) -> Option<String>, c: &mut Config) -> Result<(), ConfigError> {
     let path = |var: &str| get(var).map(|v| PathBuf::from(v.trim()));
     let cert = path("SYNCKAIROS_TLS_CERT");
     let key = path("SYNCKAIROS_TLS_KEY");
@@ -526,7 +524,10 @@ fn tls_files(
             "SYNCKAIROS_TLS_CLIENT_CA",
             "needs SYNCKAIROS_TLS_CERT and SYNCKAIROS_TLS_KEY (client certificates come with TLS)",
         )),
-        _ => Ok((cert, key, client_ca)),
+        _ => {
+            (c.tls_cert, c.tls_key, c.tls_client_ca) = (cert, key, client_ca);
+            Ok(())
+        }
     }
 }
 
