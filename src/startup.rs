@@ -73,6 +73,8 @@ impl Application {
 
     /// As `build`, with a given process clock (tests skew it).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        // First: bad TLS files stop start-up before anything connects.
+        let tls = load_tls(&config)?;
         let hub = Hub::new(config.stream_buffer, config.max_subscribe_streams);
         let shutdown = CancellationToken::new();
         let (store, audit_feed) = build_store(&config, clock, &hub, &shutdown).await?;
@@ -83,7 +85,6 @@ impl Application {
             anyhow::anyhow!("SYNCKAIROS_LISTEN: cannot bind {}: {e}", config.listen)
         })?;
         let addr = listener.local_addr()?;
-        let tls = load_tls(&config)?;
         let mut reloaders: Vec<Reloader> = Vec::new();
         if let Some(tls) = &tls {
             let tls = tls.clone();

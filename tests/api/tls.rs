@@ -430,13 +430,9 @@ async fn silent_garbage_and_plaintext_connections_do_not_stop_others() {
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
         .unwrap();
-    let t0 = Instant::now();
+    // Its connect timeout (5 s) is below the handshake timeout (10 s): a
+    // client queued behind the stalled handshakes would fail here.
     assert_eq!(server_time(tls_endpoint(app.addr, &ca, None)).await, Ok(()));
-    assert!(
-        t0.elapsed() < Duration::from_secs(3),
-        "a TLS client waited {:?} behind stalled handshakes",
-        t0.elapsed()
-    );
     closed_within(garbage, PROMPT).await;
     closed_within(http2, PROMPT).await;
     drop(silent);
@@ -544,7 +540,15 @@ async fn grpcurl_with_cacert_lists_and_calls_and_with_cert_passes_mtls() {
         text(&out.stdout)
     );
     // -plaintext to the TLS port fails.
-    let out = grpcurl_tls(args(&["-max-time", "10", "-plaintext", &addr, "list"])).await;
+    // (grpc-go retries a dropped connection until its connect timeout.)
+    let out = grpcurl_tls(args(&[
+        "-connect-timeout",
+        "2",
+        "-plaintext",
+        &addr,
+        "list",
+    ]))
+    .await;
     assert!(!out.status.success(), "{}", text(&out.stdout));
     drop(app);
 
@@ -579,8 +583,8 @@ async fn grpcurl_with_cacert_lists_and_calls_and_with_cert_passes_mtls() {
     let out = grpcurl_tls(mtls).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let without_cert = args(&[
-        "-max-time",
-        "10",
+        "-connect-timeout",
+        "2",
         "-cacert",
         ca_pem,
         "-d",
