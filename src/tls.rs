@@ -187,7 +187,7 @@ pub struct HandshakeLimits {
     /// A connection whose handshake has not finished this long after it was
     /// accepted is closed.
     pub timeout: Duration,
-    /// Handshakes in progress at once. When all are taken the listener stops
+    /// Handshakes in progress at once (0 is taken as 1). When all are taken the listener stops
     /// accepting: new connections wait in the kernel's listen backlog (not in
     /// this process' memory) until a handshake ends, at the latest `timeout`
     /// later. Each costs a task and rustls' buffers (tens of KB), so the
