@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A value that must never reach a log.
@@ -164,6 +165,21 @@ pub struct Config {
     /// `SYNCKAIROS_REFLECTION` (`on`, the default, or `off`): serve gRPC
     /// reflection (v1 and v1alpha). With keys it needs a valid credential.
     pub reflection: bool,
+    // --- TLS on the gRPC listener (src/tls.rs, docs/tls.md) ---
+    /// `SYNCKAIROS_TLS_CERT` (default unset: plaintext): a PEM file with the
+    /// server's certificate chain, leaf first. With `SYNCKAIROS_TLS_KEY`, the
+    /// port serves gRPC over TLS only (ALPN `h2`); a plaintext client's
+    /// connection is dropped at the handshake. Re-read on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// `SYNCKAIROS_TLS_KEY`: a PEM file with the private key of that leaf
+    /// certificate (PKCS#8, PKCS#1 or SEC1). Set both or neither.
+    pub tls_key: Option<PathBuf>,
+    /// `SYNCKAIROS_TLS_CLIENT_CA` (needs `SYNCKAIROS_TLS_CERT` and
+    /// `SYNCKAIROS_TLS_KEY`): a PEM file of CA certificates. Every client
+    /// must then present a certificate one of them signed, or its handshake
+    /// fails; the certificate's subject common name is what
+    /// `grpc::client_cert::client_common_name` reads. Re-read on SIGHUP.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// A sustained rate per second and the burst allowed on top of it.
@@ -249,6 +265,9 @@ impl Default for Config {
             memory_audit_buffer: crate::store::audit_outbox::DEFAULT_CAPACITY,
             api_keys: None,
             reflection: true,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -514,7 +533,36 @@ impl Config {
                     )
                 })?;
         }
+        read_tls(&get, &mut c)?;
         Ok(c)
+    }
+}
+
+/// `SYNCKAIROS_TLS_CERT`, `SYNCKAIROS_TLS_KEY` and `SYNCKAIROS_TLS_CLIENT_CA`:
+/// cert and key both or neither, a client CA only with both. The files are
+/// read (and their errors named) when the server starts.
+fn read_tls(get: &impl Fn(&str) -> Option<String>, c: &mut Config) -> Result<(), ConfigError> {
+    let path = |var: &str| get(var).map(|v| PathBuf::from(v.trim()));
+    let cert = path("SYNCKAIROS_TLS_CERT");
+    let key = path("SYNCKAIROS_TLS_KEY");
+    let client_ca = path("SYNCKAIROS_TLS_CLIENT_CA");
+    match (&cert, &key) {
+        (Some(_), None) => Err(err(
+            "SYNCKAIROS_TLS_KEY",
+            "is required with SYNCKAIROS_TLS_CERT (the key of that certificate)",
+        )),
+        (None, Some(_)) => Err(err(
+            "SYNCKAIROS_TLS_CERT",
+            "is required with SYNCKAIROS_TLS_KEY (the certificate of that key)",
+        )),
+        (None, None) if client_ca.is_some() => Err(err(
+            "SYNCKAIROS_TLS_CLIENT_CA",
+            "needs SYNCKAIROS_TLS_CERT and SYNCKAIROS_TLS_KEY (client certificates come with TLS)",
+        )),
+        _ => {
+            (c.tls_cert, c.tls_key, c.tls_client_ca) = (cert, key, client_ca);
+            Ok(())
+        }
     }
 }
 
@@ -763,6 +811,53 @@ mod tests {
         assert_eq!(off.max_connection_age, None);
         assert_eq!(c.max_request_bytes, 512 * 1024);
         assert_eq!(c.max_response_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn tls_takes_cert_and_key_together_and_a_client_ca_only_with_them() {
+        let c = from(&[]).unwrap();
+        assert_eq!((c.tls_cert, c.tls_key, c.tls_client_ca), (None, None, None));
+        let c = from(&[
+            ("SYNCKAIROS_TLS_CERT", "/etc/sk/cert.pem"),
+            ("SYNCKAIROS_TLS_KEY", " /etc/sk/key.pem "),
+        ])
+        .unwrap();
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/etc/sk/cert.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("/etc/sk/key.pem")));
+        assert_eq!(c.tls_client_ca, None);
+        let c = from(&[
+            ("SYNCKAIROS_TLS_CERT", "cert.pem"),
+            ("SYNCKAIROS_TLS_KEY", "key.pem"),
+            ("SYNCKAIROS_TLS_CLIENT_CA", "ca.pem"),
+        ])
+        .unwrap();
+        assert_eq!(c.tls_client_ca, Some(PathBuf::from("ca.pem")));
+        for (pairs, var) in [
+            (
+                &[("SYNCKAIROS_TLS_CERT", "cert.pem")][..],
+                "SYNCKAIROS_TLS_KEY",
+            ),
+            (
+                &[("SYNCKAIROS_TLS_KEY", "key.pem")][..],
+                "SYNCKAIROS_TLS_CERT",
+            ),
+            (
+                &[("SYNCKAIROS_TLS_CLIENT_CA", "ca.pem")][..],
+                "SYNCKAIROS_TLS_CLIENT_CA",
+            ),
+            (
+                &[
+                    ("SYNCKAIROS_TLS_CERT", "cert.pem"),
+                    ("SYNCKAIROS_TLS_KEY", ""),
+                    ("SYNCKAIROS_TLS_CLIENT_CA", "ca.pem"),
+                ][..],
+                "SYNCKAIROS_TLS_KEY",
+            ),
+        ] {
+            let e = from(pairs).unwrap_err();
+            assert_eq!(e.var, var, "{pairs:?}: {e}");
+            assert!(e.to_string().starts_with(var), "{e}");
+        }
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - [`wire`]: the bytes of stored states and events, the log, the audit
 //!   stream and Pub/Sub batches; written (and read back) by the store, read by
 //!   the fan-out and the audit.
+//! - [`tls`]: TLS on the gRPC listener: certificates (reloadable) and the
+//!   acceptor that bounds handshakes.
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 //!
 //! `fuzzing` (hidden) re-exports what the `cargo fuzz` targets in `fuzz/` drive.
@@ -35,6 +37,7 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod timers;
+pub mod tls;
 pub mod wire;
 
 /// What the `cargo fuzz` targets (`fuzz/`, docs/fuzzing.md) drive, with the

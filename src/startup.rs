@@ -9,9 +9,15 @@
 //! drain window, and is waited for at most `AUDIT_DRAIN` once the server has
 //! stopped. The timers and the health task (NOT_SERVING) stop at that same
 //! moment too.
+//!
+//! With `SYNCKAIROS_TLS_CERT` and `SYNCKAIROS_TLS_KEY` the listener serves
+//! TLS only (`tls::accept`); `build` reads the files, and SIGHUP re-reads
+//! them (every [`Reloaders`] entry runs on each SIGHUP), as it re-reads the
+//! keys file of `SYNCKAIROS_API_KEYS_FILE` (also watched for changes).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +33,7 @@ use crate::audit::{
     source::{AuditSource, MemorySource, RedisSource},
     writer::AuditLag,
 };
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, KeySource};
 use crate::config::{Config, EngineKind, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_RETRIES};
 use crate::fanout::{self, Hub, redis::PubSubSetup};
 use crate::grpc::{self, HealthControl};
@@ -36,6 +42,7 @@ use crate::store::memory::{MemorySettings, MemoryStore};
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::{AuditRecord, SessionStore, audit_outbox};
 use crate::timers;
+use crate::tls::{self, HandshakeLimits, ReloadableTls, TlsFiles};
 
 /// How often health re-checks the store (and the store does its upkeep).
 const HEALTH_PROBE: Duration = Duration::from_secs(1);
@@ -55,6 +62,10 @@ pub struct Application {
     /// The audit writer, drained at shutdown.
     audit_writer: Option<tokio::task::JoinHandle<()>>,
     audit_lag: Arc<AuditLag>,
+    /// The TLS config of the listener, when TLS is on.
+    tls: Option<Arc<ReloadableTls>>,
+    /// What SIGHUP re-reads.
+    reloaders: Reloaders,
     /// Who may call (the keys file, or open mode).
     auth: Arc<Authenticator>,
 }
@@ -66,6 +77,8 @@ impl Application {
 
     /// As `build`, with a given process clock (tests skew it).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        // First: bad TLS files stop start-up before anything connects.
+        let tls = load_tls(&config)?;
         let auth = build_auth(&config)?;
         let hub = Hub::new(config.stream_buffer, config.max_subscribe_streams);
         let shutdown = CancellationToken::new();
@@ -77,6 +90,20 @@ impl Application {
             anyhow::anyhow!("SYNCKAIROS_LISTEN: cannot bind {}: {e}", config.listen)
         })?;
         let addr = listener.local_addr()?;
+        let mut reloaders: Vec<Reloader> = Vec::new();
+        if let Some(tls) = &tls {
+            let tls = tls.clone();
+            // The outcome is logged by `reload` itself.
+            reloaders.push(Box::new(move || {
+                let _ = tls.reload();
+            }));
+        }
+        if matches!(config.api_keys, Some(KeySource::File(_))) {
+            let auth = auth.clone();
+            reloaders.push(Box::new(move || {
+                auth.reload();
+            }));
+        }
         let app = App::new(store.clone(), hub, audit, shutdown.clone())
             .with_unstarted_ttl(config.unstarted_ttl);
         Ok(Self {
@@ -88,6 +115,8 @@ impl Application {
             config,
             audit_writer,
             audit_lag,
+            tls,
+            reloaders: Reloaders::new(reloaders),
             auth,
         })
     }
@@ -109,6 +138,12 @@ impl Application {
         self.audit_lag.clone()
     }
 
+    /// What a SIGHUP runs, callable without the signal (tests hold it past
+    /// `run_until_stopped`; a signal would reach every server in the process).
+    pub fn reloaders(&self) -> Reloaders {
+        self.reloaders.clone()
+    }
+
     pub async fn run_until_stopped(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
@@ -118,13 +153,13 @@ impl Application {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(timers::run(self.store.clone(), self.shutdown.clone()));
         tasks.spawn(self.auth.clone().watch(self.shutdown.clone()));
-        tasks.spawn(reload_keys_on_sighup(
-            self.auth.clone(),
-            self.shutdown.clone(),
-        ));
         tasks.spawn(watch_health(
             self.store.clone(),
             health,
+            self.shutdown.clone(),
+        ));
+        tasks.spawn(reload_on_sighup(
+            self.reloaders.clone(),
             self.shutdown.clone(),
         ));
 
@@ -134,16 +169,21 @@ impl Application {
             info!("shutting down: ending streams and draining calls");
             shutdown.cancel();
         };
-        info!(addr = %self.addr, "serving synckairos.v1.SyncService");
-        // Small replies must not wait for a delayed ACK (Nagle): no-delay on every
-        // connection. TCP keepalive here, not on the builder: tonic ignores
-        // `Server::tcp_keepalive` with an incoming stream of our own.
-        let incoming = TcpIncoming::from(self.listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(self.config.tcp_keepalive))
-            .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
-            .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
-        let serve = router.serve_with_incoming_shutdown(incoming, signal);
+        info!(addr = %self.addr, tls = self.tls.is_some(), "serving synckairos.v1.SyncService");
+        let incoming = tcp_incoming(self.listener, &self.config);
+        let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match &self.tls {
+                None => Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
+                Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                    tls::accept(
+                        incoming,
+                        tls.clone(),
+                        HandshakeLimits::default(),
+                        self.shutdown.clone(),
+                    ),
+                    signal,
+                )),
+            };
         let shutdown = self.shutdown.clone();
         let grace = self.config.shutdown_grace;
         tokio::select! {
@@ -163,6 +203,94 @@ impl Application {
     }
 }
 
+/// The accepted TCP connections, TLS or not. Small replies must not wait for
+/// a delayed ACK (Nagle): no-delay on every connection. TCP keepalive here,
+/// not on the builder: tonic ignores `Server::tcp_keepalive` with an incoming
+/// stream of our own.
+fn tcp_incoming(listener: TcpListener, config: &Config) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(config.tcp_keepalive))
+        .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+        .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES))
+}
+
+/// The listener's TLS config, when `SYNCKAIROS_TLS_CERT` and
+/// `SYNCKAIROS_TLS_KEY` are set; a file that cannot be used stops start-up
+/// with one line naming its variable.
+fn load_tls(config: &Config) -> anyhow::Result<Option<Arc<ReloadableTls>>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: config.tls_client_ca.clone(),
+    };
+    let tls = ReloadableTls::load(files).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Some(Arc::new(tls)))
+}
+
+/// One thing SIGHUP re-reads (a set of files); it logs its own outcome, and
+/// keeps what it had when the files are bad.
+pub type Reloader = Box<dyn Fn() + Send + Sync>;
+
+/// Everything SIGHUP re-reads, in order; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Reloaders(Arc<Vec<Reloader>>);
+
+impl Reloaders {
+    pub fn new(reloaders: Vec<Reloader>) -> Self {
+        Self(Arc::new(reloaders))
+    }
+
+    /// Runs every reloader once: what one SIGHUP does.
+    pub fn reload(&self) {
+        for reload in self.0.iter() {
+            reload();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Runs `reloaders` on each SIGHUP until `shutdown`. With nothing to reload
+/// no handler is installed, so SIGHUP keeps its default (it ends the process).
+async fn reload_on_sighup(reloaders: Reloaders, shutdown: CancellationToken) {
+    if reloaders.is_empty() {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; nothing will be reloaded");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    info!("SIGHUP: reloading");
+                    reloaders.reload();
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = shutdown;
+    }
+}
+
 /// The keys of `SYNCKAIROS_API_KEYS_FILE` / `SYNCKAIROS_API_KEYS`, or open
 /// mode, said loudly.
 fn build_auth(config: &Config) -> anyhow::Result<Arc<Authenticator>> {
@@ -175,8 +303,8 @@ fn build_auth(config: &Config) -> anyhow::Result<Arc<Authenticator>> {
         }
         Some(source) => {
             let var = match source {
-                crate::auth::KeySource::File(_) => "SYNCKAIROS_API_KEYS_FILE",
-                crate::auth::KeySource::Inline(_) => "SYNCKAIROS_API_KEYS",
+                KeySource::File(_) => "SYNCKAIROS_API_KEYS_FILE",
+                KeySource::Inline(_) => "SYNCKAIROS_API_KEYS",
             };
             let auth =
                 Authenticator::load(source.clone()).map_err(|e| anyhow::anyhow!("{var}: {e}"))?;
@@ -184,31 +312,6 @@ fn build_auth(config: &Config) -> anyhow::Result<Arc<Authenticator>> {
             info!(keys, signers, "{var}: loaded");
             Ok(auth)
         }
-    }
-}
-
-/// Re-reads the keys file on each SIGHUP, until `shutdown`.
-async fn reload_keys_on_sighup(auth: Arc<Authenticator>, shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            warn!("cannot listen for SIGHUP: the keys file reloads only when it changes");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                got = hup.recv() => if got.is_none() { return },
-            }
-            info!("SIGHUP: reloading");
-            let auth = auth.clone();
-            let _ = tokio::task::spawn_blocking(move || auth.reload()).await;
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (auth, shutdown);
     }
 }
 

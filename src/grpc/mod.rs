@@ -1,12 +1,13 @@
 //! The only room that knows tonic and prost (but for startup's listener): the generated code (`pb`), the
 //! `SyncService` implementation, proto <-> domain conversion, the one
 //! `AppError -> Status` table, the router with health and reflection, and
-//! what wraps every call: who the caller is, its rate limits, and the guard
-//! that turns a panic into `INTERNAL`.
+//! what wraps every call: who the caller is (and the common name of its
+//! client certificate), its rate limits, and the guard that turns a panic
+//! into `INTERNAL`.
 
 mod auth;
 pub mod caller;
-mod client_cert;
+pub mod client_cert;
 // pub(crate) only so that lib.rs's `fuzzing` module can re-export what the
 // fuzz targets drive (fuzz/); nothing outside the crate sees it otherwise.
 pub(crate) mod convert;

@@ -15,7 +15,7 @@ use synckairos::grpc::pb;
 
 use crate::helpers::*;
 
-fn grpcurl_path() -> PathBuf {
+pub fn grpcurl_path() -> PathBuf {
     if let Some(p) = std::env::var_os("GRPCURL").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         assert!(p.is_file(), "GRPCURL={} does not exist", p.display());

@@ -12,7 +12,7 @@ use synckairos::config::{Config, EngineKind, Secret};
 use crate::redis_server::RedisServer;
 use synckairos::grpc::pb;
 use synckairos::grpc::pb::sync_service_client::SyncServiceClient;
-use synckairos::startup::Application;
+use synckairos::startup::{Application, Reloaders};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
@@ -29,6 +29,8 @@ pub const PROMPT: Duration = Duration::from_secs(5);
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: Client,
+    /// What a SIGHUP would reload on this server (`Application::reloaders`).
+    pub reloaders: Reloaders,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     /// The private Redis of this test, when the suite runs on the redis
@@ -126,7 +128,21 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let shared = ISOLATION
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    build_app(tweak, Isolation::Shared(shared)).await
+    build_app(tweak, Isolation::Shared(shared), plaintext).await
+}
+
+/// As `spawn_app_with`, its client on the endpoint `endpoint_of` makes for
+/// the server's address (a TLS client, for a server with TLS on).
+pub async fn spawn_app_with_client(
+    tweak: impl FnOnce(&mut Config),
+    endpoint_of: impl FnOnce(SocketAddr) -> Endpoint,
+) -> TestApp {
+    build_app(tweak, shared_isolation(), endpoint_of).await
+}
+
+/// The plaintext endpoint of a server.
+fn plaintext(addr: SocketAddr) -> Endpoint {
+    Endpoint::from_shared(format!("http://{addr}")).expect("endpoint")
 }
 
 /// The shared isolation guard every ordinary test server holds.
@@ -143,10 +159,14 @@ pub async fn spawn_app_alone() -> TestApp {
     let exclusive = ISOLATION
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    build_app(|_| {}, Isolation::Exclusive(exclusive)).await
+    build_app(|_| {}, Isolation::Exclusive(exclusive), plaintext).await
 }
 
-async fn build_app(tweak: impl FnOnce(&mut Config), isolation: Isolation) -> TestApp {
+async fn build_app(
+    tweak: impl FnOnce(&mut Config),
+    isolation: Isolation,
+    endpoint_of: impl FnOnce(SocketAddr) -> Endpoint,
+) -> TestApp {
     init_tracing();
     let redis = (test_engine() == EngineKind::Redis)
         .then(|| std::sync::Arc::new(std::sync::Mutex::new(RedisServer::start())));
@@ -159,7 +179,7 @@ async fn build_app(tweak: impl FnOnce(&mut Config), isolation: Isolation) -> Tes
         ..Config::default()
     };
     tweak(&mut config);
-    launch(config, redis, isolation).await
+    launch_with(config, redis, isolation, endpoint_of).await
 }
 
 /// Runs one server with `config` (one replica, when several share a Redis).
@@ -168,16 +188,27 @@ pub async fn launch(
     redis: Option<std::sync::Arc<std::sync::Mutex<RedisServer>>>,
     isolation: Isolation,
 ) -> TestApp {
+    launch_with(config, redis, isolation, plaintext).await
+}
+
+async fn launch_with(
+    config: Config,
+    redis: Option<std::sync::Arc<std::sync::Mutex<RedisServer>>>,
+    isolation: Isolation,
+    endpoint_of: impl FnOnce(SocketAddr) -> Endpoint,
+) -> TestApp {
     let app = Application::build(config).await.expect("build application");
     let addr = SocketAddr::from(([127, 0, 0, 1], app.port()));
+    let reloaders = app.reloaders();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stop_rx.await;
     }));
-    let client = connect(Endpoint::from_shared(format!("http://{addr}")).unwrap()).await;
+    let client = connect(endpoint_of(addr)).await;
     TestApp {
         addr,
         client,
+        reloaders,
         stop: Some(stop_tx),
         server: Some(server),
         _redis: redis,

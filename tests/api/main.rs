@@ -39,3 +39,4 @@ mod silent_faults;
 mod subscribe;
 mod tcp_proxy;
 mod timers;
+mod tls;
