@@ -73,7 +73,7 @@ async fn a_full_audit_channel_drops_counted_events_never_commits_and_the_writer_
     let lag = Arc::new(AuditLag::default());
     let shutdown = CancellationToken::new();
     let writer = tokio::spawn(synckairos::audit::writer::run(
-        synckairos::audit::db::pool(&db.url(), 4),
+        synckairos::audit::db::pool(db.url().parse().unwrap(), 4),
         Box::new(MemorySource::new(rx)),
         lag.clone(),
         || 0,
