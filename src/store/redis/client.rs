@@ -21,25 +21,18 @@ use crate::tls::{self, CaFile, SetupError};
 pub fn client(url: &str, ca: Option<&CaFile>) -> Result<redis::Client, SetupError> {
     let bad_url = |e: redis::RedisError| SetupError::new("REDIS_URL", e.to_string());
     let info = url.into_connection_info().map_err(bad_url)?;
-    let tls = match info.addr() {
-        ConnectionAddr::TcpTls { insecure: true, .. } => {
-            return Err(SetupError::new(
-                "REDIS_URL",
-                "#insecure (no certificate check) is not supported; \
-                 give the server's CA in SYNCKAIROS_REDIS_CA instead",
-            ));
-        }
-        ConnectionAddr::TcpTls { .. } => true,
-        _ => false,
-    };
+    if let ConnectionAddr::TcpTls { insecure: true, .. } = info.addr() {
+        return Err(SetupError::new(
+            "REDIS_URL",
+            "#insecure (no certificate check) is not supported; \
+             give the server's CA in SYNCKAIROS_REDIS_CA instead",
+        ));
+    }
     // redis-rs builds its rustls config with the process default provider.
     tls::provider();
     match ca {
         None => redis::Client::open(info).map_err(bad_url),
-        Some(_) if !tls => Err(SetupError::new(
-            "SYNCKAIROS_REDIS_CA",
-            "is set but REDIS_URL is not rediss://, so the connection would not use it",
-        )),
+        // redis-rs refuses a CA with a plaintext URL ("requires ... rediss://").
         Some(ca) => redis::Client::build_with_tls(
             info,
             TlsCertificates {
