@@ -13,6 +13,7 @@ mod audit;
 mod audit_outbox;
 mod child;
 mod concurrency;
+mod dep_tls;
 mod docs;
 mod error_details;
 mod expiry;
