@@ -53,15 +53,8 @@ fn rows(db: &TestDb) -> u64 {
 
 async fn wait_rows(db: &TestDb, lag: &AuditLag, n: u64, what: &str) {
     let t0 = Instant::now();
-    // The table comes with the migrations, which the writer runs first (on a
-    // connection that may take a TLS handshake): counting before is an error.
-    while db.sql("SELECT to_regclass('session_events') IS NOT NULL") != "t" {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{what}: the writer never ran the migrations"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    db.wait_for_table("session_events", Duration::from_secs(30))
+        .await;
     while rows(db) != n {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
