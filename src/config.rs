@@ -49,12 +49,12 @@ pub struct Config {
     /// `SYNCKAIROS_REDIS_CA` (PEM file; needs a `rediss://` `REDIS_URL`): the
     /// CA the Redis server's certificate is checked against, instead of
     /// Mozilla's roots (webpki-roots), e.g. a private CA. Read at start-up.
-    pub redis_ca: Option<crate::tls::CaFile>,
+    pub redis_ca: Option<crate::dependency_tls::CaFile>,
     /// `SYNCKAIROS_DATABASE_CA` (PEM file): the root certificate for
     /// `DATABASE_URL`'s `sslmode` (like libpq's `sslrootcert=`, which the URL
     /// may give instead, not both): `verify-ca` and `verify-full` need one,
     /// `prefer` and `require` then check the chain too. Read at start-up.
-    pub database_ca: Option<crate::tls::CaFile>,
+    pub database_ca: Option<crate::dependency_tls::CaFile>,
     // --- end of TLS ---
     pub redis_buckets: u32,
     /// Pooled Redis connections per replica (each WATCH…EXEC holds one).
@@ -297,7 +297,9 @@ impl Config {
             ("SYNCKAIROS_DATABASE_CA", &mut c.database_ca),
         ] {
             if let Some(path) = get(var) {
-                *slot = Some(crate::tls::CaFile::read(path.trim()).map_err(|e| err(var, e))?);
+                *slot = Some(
+                    crate::dependency_tls::CaFile::read(path.trim()).map_err(|e| err(var, e))?,
+                );
             }
         }
         // --- end of TLS ---

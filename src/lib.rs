@@ -17,7 +17,7 @@
 //! - [`wire`]: the bytes of stored states and events, the log, the audit
 //!   stream and Pub/Sub batches; written (and read back) by the store, read by
 //!   the fan-out and the audit.
-//! - [`tls`]: TLS to Redis and PostgreSQL (rustls on ring): CA files and the
+//! - [`dependency_tls`]: TLS to Redis and PostgreSQL (rustls on ring): CA files and the
 //!   certificate checks of `rediss://` and libpq's `sslmode`s.
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 //!
@@ -27,6 +27,7 @@ pub mod app;
 mod architecture;
 pub mod audit;
 pub mod config;
+pub mod dependency_tls;
 pub mod engine;
 pub mod fanout;
 pub mod grpc;
@@ -34,7 +35,6 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod timers;
-pub mod tls;
 pub mod wire;
 
 /// What the `cargo fuzz` targets (`fuzz/`, docs/fuzzing.md) drive, with the

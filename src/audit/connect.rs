@@ -31,7 +31,7 @@ use diesel::ConnectionError;
 use diesel_async::AsyncPgConnection;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::tls::{self, CaFile, Check, SetupError};
+use crate::dependency_tls::{self as tls, CaFile, Check, SetupError};
 
 /// libpq's `sslmode`s that this service supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

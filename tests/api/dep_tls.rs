@@ -25,9 +25,9 @@ use rcgen::{
 };
 use synckairos::audit::connect::PgTarget;
 use synckairos::config::{Config, EngineKind, Secret};
+use synckairos::dependency_tls::CaFile;
 use synckairos::grpc::pb::{self, EventType};
 use synckairos::startup::Application;
-use synckairos::tls::CaFile;
 use tonic::Code;
 
 use crate::helpers::*;

@@ -13,7 +13,7 @@
 
 use redis::{ConnectionAddr, IntoConnectionInfo, TlsCertificates};
 
-use crate::tls::{self, CaFile, SetupError};
+use crate::dependency_tls::{self as tls, CaFile, SetupError};
 
 /// A client for `url` (nothing is connected yet). The error names the
 /// variable at fault: a URL that does not parse, `#insecure`, or a CA file

@@ -62,8 +62,8 @@ use self::recent::{Recent, Written};
 use self::writers::LocalWriters;
 use super::clock::Clock;
 use super::{BuildFn, Change, Claim, EVENT_LOG_LEN, Replay, SessionStore, StoreError};
+use crate::dependency_tls::CaFile;
 use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
-use crate::tls::CaFile;
 use crate::wire;
 
 pub use self::client::client;
