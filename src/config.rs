@@ -46,6 +46,17 @@ pub struct Config {
     pub engine: EngineKind,
     pub redis_url: Option<Secret>,
     pub database_url: Option<Secret>,
+    // --- TLS to Redis and PostgreSQL (docs/dependencies-tls.md) ---
+    /// `SYNCKAIROS_REDIS_CA` (PEM file; needs a `rediss://` `REDIS_URL`): the
+    /// CA the Redis server's certificate is checked against, instead of
+    /// Mozilla's roots (webpki-roots), e.g. a private CA. Read at start-up.
+    pub redis_ca: Option<crate::dependency_tls::CaFile>,
+    /// `SYNCKAIROS_DATABASE_CA` (PEM file): the root certificate for
+    /// `DATABASE_URL`'s `sslmode` (like libpq's `sslrootcert=`, which the URL
+    /// may give instead, not both): `verify-ca` and `verify-full` need one,
+    /// `prefer` and `require` then check the chain too. Read at start-up.
+    pub database_ca: Option<crate::dependency_tls::CaFile>,
+    // --- end of TLS ---
     pub redis_buckets: u32,
     /// Pooled Redis connections per replica (each WATCH…EXEC holds one).
     pub redis_pool_size: u32,
@@ -240,6 +251,8 @@ impl Default for Config {
             engine: EngineKind::Memory,
             redis_url: None,
             database_url: None,
+            redis_ca: None,
+            database_ca: None,
             redis_buckets: 16,
             redis_pool_size: 64,
             session_ttl: Duration::from_secs(3600),
@@ -332,6 +345,18 @@ impl Config {
                 ));
             }
         }
+        // --- TLS to Redis and PostgreSQL: the CA files, read and checked now ---
+        for (var, slot) in [
+            ("SYNCKAIROS_REDIS_CA", &mut c.redis_ca),
+            ("SYNCKAIROS_DATABASE_CA", &mut c.database_ca),
+        ] {
+            if let Some(path) = get(var) {
+                *slot = Some(
+                    crate::dependency_tls::CaFile::read(path.trim()).map_err(|e| err(var, e))?,
+                );
+            }
+        }
+        // --- end of TLS ---
         c.engine = match get("SYNCKAIROS_ENGINE").as_deref() {
             None if c.redis_url.is_some() => EngineKind::Redis,
             None | Some("memory") => EngineKind::Memory,

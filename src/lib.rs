@@ -21,6 +21,8 @@
 //!   the fan-out and the audit.
 //! - [`tls`]: TLS on the gRPC listener: certificates (reloadable) and the
 //!   acceptor that bounds handshakes.
+//! - [`dependency_tls`]: TLS to Redis and PostgreSQL (rustls on ring): CA files and the
+//!   certificate checks of `rediss://` and libpq's `sslmode`s.
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 //!
 //! `fuzzing` (hidden) re-exports what the `cargo fuzz` targets in `fuzz/` drive.
@@ -30,6 +32,7 @@ mod architecture;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod dependency_tls;
 pub mod engine;
 pub mod fanout;
 pub mod grpc;

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use crate::app::App;
 use crate::audit::{
     self, Audit,
+    connect::PgTarget,
     source::{AuditSource, MemorySource, RedisSource},
     writer::AuditLag,
 };
@@ -321,7 +322,11 @@ enum AuditFeed {
     /// The memory engine's channel (bounded: `SYNCKAIROS_MEMORY_AUDIT_BUFFER`).
     Channel(mpsc::Receiver<AuditRecord>),
     /// The Redis engine's bucket audit streams.
-    RedisStreams { url: String, streams: Vec<String> },
+    RedisStreams {
+        /// Boxed: a client with its TLS settings is some 260 bytes.
+        client: Box<redis::Client>,
+        streams: Vec<String>,
+    },
 }
 
 /// The store of the configured engine, and its audit feed when
@@ -371,8 +376,12 @@ async fn redis_store(
     let Some(url) = &config.redis_url else {
         anyhow::bail!("REDIS_URL: is required when SYNCKAIROS_ENGINE=redis");
     };
+    // The one client (plaintext or TLS) of the store's pool, the fan-out and
+    // the audit reader; a bad URL or CA stops start-up here, naming its variable.
+    let client = crate::store::redis::client(url.expose(), config.redis_ca.as_ref())?;
     let settings = RedisSettings {
         url: url.expose().to_owned(),
+        ca: config.redis_ca.clone(),
         buckets: config.redis_buckets,
         session_ttl: config.session_ttl,
         idle_ttl: config.idle_ttl,
@@ -383,12 +392,12 @@ async fn redis_store(
     let store = RedisStore::connect(settings, clock)
         .await
         .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
-    redis_fanout(url.expose(), &store, hub, shutdown)?;
+    redis_fanout(client.clone(), &store, hub, shutdown);
     let feed = config
         .database_url
         .as_ref()
         .map(|_| AuditFeed::RedisStreams {
-            url: url.expose().to_owned(),
+            client: Box::new(client),
             streams: RedisStore::audit_streams(config.redis_buckets),
         });
     Ok((store, feed))
@@ -398,12 +407,11 @@ async fn redis_store(
 /// on a channel the hub joined (this replica's own commits included) to its
 /// streams, and deadline wake-ups to the timers.
 fn redis_fanout(
-    url: &str,
+    client: redis::Client,
     store: &Arc<RedisStore>,
     hub: &Arc<Hub>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+) {
     let channel_store = store.clone();
     let pubsub = fanout::redis::spawn(
         PubSubSetup {
@@ -416,7 +424,6 @@ fn redis_fanout(
         shutdown.clone(),
     );
     hub.set_remote(pubsub);
-    Ok(())
 }
 
 /// The audit trail, when it is on: the history queries, and a writer per
@@ -435,13 +442,15 @@ fn build_audit(
             anyhow::bail!("DATABASE_URL: the audit needs an engine that records events")
         }
     };
-    let pool = audit::db::pool(url.expose(), 8);
+    // sslmode and its root certificate, checked now: a bad one stops start-up.
+    let target = PgTarget::parse(url.expose(), config.database_ca.as_ref())?;
+    let pool = audit::db::pool(target, 8);
     let token = shutdown.clone();
     let source = async move {
         match feed {
             AuditFeed::Channel(rx) => Some(Box::new(MemorySource::new(rx)) as Box<dyn AuditSource>),
-            AuditFeed::RedisStreams { url, streams } => {
-                connect_redis_source(url, streams, token).await
+            AuditFeed::RedisStreams { client, streams } => {
+                connect_redis_source(*client, streams, token).await
             }
         }
     };
@@ -457,13 +466,13 @@ fn build_audit(
 
 /// Connects the writer's Redis source, retrying while Redis is unreachable.
 async fn connect_redis_source(
-    url: String,
+    client: redis::Client,
     streams: Vec<String>,
     shutdown: CancellationToken,
 ) -> Option<Box<dyn AuditSource>> {
     let consumer = format!("replica-{}", uuid::Uuid::new_v4().simple());
     loop {
-        match RedisSource::connect(&url, streams.clone(), consumer.clone()).await {
+        match RedisSource::connect(client.clone(), streams.clone(), consumer.clone()).await {
             Ok(source) => return Some(Box::new(source)),
             Err(e) => warn!(error = %e, "audit: cannot reach Redis yet; retrying"),
         }

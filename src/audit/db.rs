@@ -6,16 +6,18 @@
 //! answered with an error is `Refused` (the data, not the connection);
 //! events refused on their own go to `audit_dead_letters` ([`dead_letter`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::upsert::excluded;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::bb8::Pool;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use super::connect::PgTarget;
 use super::schema::{audit_dead_letters, session_events, sessions};
 use crate::engine::{Event, EventKind, Micros, Session};
 use crate::store::AuditRecord;
@@ -58,9 +60,18 @@ fn unavailable(e: impl std::fmt::Display) -> DbError {
     DbError::Unavailable(e.to_string())
 }
 
-/// A pool that connects lazily: building it never fails on an unreachable database.
-pub fn pool(url: &str, size: u32) -> PgPool {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+/// A pool that connects lazily: building it never fails on an unreachable
+/// database. Every connection is `target`'s ([`PgTarget::connect`]: its
+/// `sslmode`).
+pub fn pool(target: PgTarget, size: u32) -> PgPool {
+    let target = Arc::new(target);
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(move |_url| {
+        let target = target.clone();
+        Box::pin(async move { target.connect().await })
+    });
+    // The URL is unused (the setup above connects); it stays out of memory dumps.
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config("", config);
     Pool::builder()
         .max_size(size)
         .connection_timeout(Duration::from_secs(2))

@@ -4,6 +4,7 @@
 //! channel (memory engine); the [`writer`] moves them into Postgres in
 //! batches; [`Audit::history`] answers ListSessionEvents. Never tonic.
 
+pub mod connect;
 pub mod db;
 mod schema;
 pub mod source;

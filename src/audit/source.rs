@@ -106,12 +106,12 @@ fn err(e: redis::RedisError) -> String {
 }
 
 impl RedisSource {
+    /// Reads through `client` (`store::redis::client`: plaintext or TLS).
     pub async fn connect(
-        url: &str,
+        client: redis::Client,
         streams: Vec<String>,
         consumer: String,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(err)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)));

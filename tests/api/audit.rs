@@ -1245,7 +1245,7 @@ async fn an_event_postgres_refuses_is_dead_lettered_and_the_audit_goes_on() {
     let lag = Arc::new(AuditLag::default());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let writer = tokio::spawn(synckairos::audit::writer::run(
-        synckairos::audit::db::pool(&db.url(), 4),
+        synckairos::audit::db::pool(db.url().parse().unwrap(), 4),
         Box::new(MemorySource::new(rx)),
         lag.clone(),
         || 1_700_000_000_000_000,
@@ -1265,6 +1265,8 @@ async fn an_event_postgres_refuses_is_dead_lettered_and_the_audit_goes_on() {
             "SELECT string_agg(session_id, ',' ORDER BY session_id) FROM session_events",
         )
     };
+    db.wait_for_table("session_events", Duration::from_secs(15))
+        .await;
     let t0 = Instant::now();
     while stored(&db) != "dl-before,dl-same-batch" {
         assert!(

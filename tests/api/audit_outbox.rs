@@ -53,6 +53,8 @@ fn rows(db: &TestDb) -> u64 {
 
 async fn wait_rows(db: &TestDb, lag: &AuditLag, n: u64, what: &str) {
     let t0 = Instant::now();
+    db.wait_for_table("session_events", Duration::from_secs(30))
+        .await;
     while rows(db) != n {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
@@ -73,7 +75,7 @@ async fn a_full_audit_channel_drops_counted_events_never_commits_and_the_writer_
     let lag = Arc::new(AuditLag::default());
     let shutdown = CancellationToken::new();
     let writer = tokio::spawn(synckairos::audit::writer::run(
-        synckairos::audit::db::pool(&db.url(), 4),
+        synckairos::audit::db::pool(db.url().parse().unwrap(), 4),
         Box::new(MemorySource::new(rx)),
         lag.clone(),
         || 0,

@@ -16,6 +16,7 @@ mod auth_cross_language;
 mod auth_logs;
 mod child;
 mod concurrency;
+mod dep_tls;
 mod docs;
 mod error_details;
 mod expiry;

@@ -75,6 +75,17 @@ impl TestDb {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Waits (up to `limit`) until `table` exists: the audit writer runs the
+    /// migrations first, on a connection of its own (a TLS handshake under
+    /// the default `sslmode=prefer`), so a count taken at once can be an error.
+    pub async fn wait_for_table(&self, table: &str, limit: std::time::Duration) {
+        let t0 = std::time::Instant::now();
+        while self.sql(&format!("SELECT to_regclass('{table}') IS NOT NULL")) != "t" {
+            assert!(t0.elapsed() < limit, "{table}: the migrations never ran");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Refuses new connections and ends the open ones (Postgres "down" for this database).
     pub fn refuse_connections(&self) {
         admin_sql(&format!(

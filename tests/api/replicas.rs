@@ -1956,6 +1956,7 @@ pub(crate) fn store_settings(
 ) -> synckairos::store::redis::RedisSettings {
     synckairos::store::redis::RedisSettings {
         url: url.to_owned(),
+        ca: None,
         buckets,
         session_ttl: Duration::from_secs(3600),
         idle_ttl: Duration::from_secs(3600),

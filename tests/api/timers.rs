@@ -37,6 +37,7 @@ async fn engine_store(buckets: u32) -> (Arc<dyn SessionStore>, Option<RedisServe
             let redis = RedisServer::start();
             let settings = RedisSettings {
                 url: redis.url(),
+                ca: None,
                 buckets,
                 session_ttl: Duration::from_secs(3600),
                 idle_ttl: Duration::from_secs(3600),

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use synckairos::engine::{self, Event, EventKind};
 
 use crate::shared::{run_id, two_players};
@@ -22,7 +22,7 @@ pub async fn run(
     // One small real session, cloned into every synthetic event.
     let new = two_players(engine::SessionId::parse("id", "ingest")?, 60_000)?;
     let (template, _) = engine::create(new, 0)?;
-    let client = redis::Client::open(redis_url.as_str())?;
+    let client = synckairos::store::redis::client(&redis_url, None)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let run = run_id();
     let sessions = 1_000u64;
@@ -86,7 +86,10 @@ pub async fn run(
         #[diesel(sql_type = diesel::sql_types::Double)]
         max_ms: f64,
     }
-    let mut pg = AsyncPgConnection::establish(&database).await?;
+    let mut pg = database
+        .parse::<synckairos::audit::connect::PgTarget>()?
+        .connect()
+        .await?;
     let like = format!("{run}-%");
     let query = diesel::sql_query(
         "SELECT count(*) AS n,

@@ -21,6 +21,7 @@ pub async fn run(common: Common, redis_url: String, only: String) -> anyhow::Res
     let store_url = redis_url.clone();
     let settings = RedisSettings {
         url: redis_url,
+        ca: None,
         buckets: 16,
         session_ttl: Duration::from_secs(3600),
         idle_ttl: Duration::from_secs(3600),
@@ -47,7 +48,7 @@ pub async fn run(common: Common, redis_url: String, only: String) -> anyhow::Res
     let secs = common.seconds;
     let on = |x: &str| only.is_empty() || only.split(',').any(|o| o == x);
     // Redis's own time per commit, from INFO commandstats around one second of (b) alone.
-    let mut info = redis::Client::open(store_url.as_str())?
+    let mut info = synckairos::store::redis::client(&store_url, None)?
         .get_multiplexed_async_connection()
         .await?;
     let switch = {
@@ -76,7 +77,7 @@ pub async fn run(common: Common, redis_url: String, only: String) -> anyhow::Res
     let remote = clients(&one_conn).await?;
     let grpc_id = format!("{run}-grpc");
     create_running(&remote, std::slice::from_ref(&grpc_id), 24 * 3600 * 1000).await?;
-    let bare = redis::Client::open(store_url.as_str())?
+    let bare = synckairos::store::redis::client(&store_url, None)?
         .get_multiplexed_async_connection()
         .await?;
     let bare_key = format!("{run}-bare");

@@ -34,6 +34,7 @@
 //! [`crate::wire`]'s.
 
 mod claims;
+mod client;
 mod commit;
 mod group_commit;
 mod group_queue;
@@ -48,7 +49,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bb8_redis::RedisConnectionManager;
 use redis::AsyncCommands;
 use tokio::sync::Notify;
 use tracing::warn;
@@ -62,14 +62,18 @@ use self::recent::{Recent, Written};
 use self::writers::LocalWriters;
 use super::clock::Clock;
 use super::{BuildFn, Change, Claim, EVENT_LOG_LEN, Replay, SessionStore, StoreError};
+use crate::dependency_tls::CaFile;
 use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
 use crate::wire;
 
+pub use self::client::client;
 pub use self::synced_clock::SyncedClock;
 
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
     pub url: String,
+    /// `SYNCKAIROS_REDIS_CA`: the CA a `rediss://` server's certificate is checked against.
+    pub ca: Option<CaFile>,
     pub buckets: u32,
     pub session_ttl: Duration,
     pub idle_ttl: Duration,
@@ -110,14 +114,14 @@ fn decode<T: wire::Stored>(raw: &[u8]) -> Result<T, StoreError> {
 
 impl RedisStore {
     pub async fn connect(settings: RedisSettings, local: Clock) -> Result<Arc<Self>, StoreError> {
-        let manager = RedisConnectionManager::new(settings.url.as_str()).map_err(io)?;
+        let client = client(&settings.url, settings.ca.as_ref()).map_err(io)?;
         let pool = bb8::Pool::builder()
             .max_size(settings.pool_size)
             .connection_timeout(settings.pool_timeout)
             // Broken connections are flagged on use; a PING per checkout would
             // add a round trip to every call.
             .test_on_check_out(false)
-            .build_unchecked(Manager::new(manager));
+            .build_unchecked(Manager::new(client));
         let store = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             pool,

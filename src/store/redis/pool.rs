@@ -17,7 +17,6 @@
 
 use std::time::{Duration, Instant};
 
-use bb8_redis::RedisConnectionManager;
 use futures_util::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 
@@ -41,12 +40,13 @@ pub struct Conn {
     pub(super) broken: bool,
 }
 
-/// bb8-redis's manager, plus broken-connection tracking.
-pub struct Manager(RedisConnectionManager);
+/// Opens multiplexed connections from the store's client (`super::client`:
+/// plaintext or TLS), and tracks broken ones.
+pub struct Manager(redis::Client);
 
 impl Manager {
-    pub(super) fn new(inner: RedisConnectionManager) -> Self {
-        Self(inner)
+    pub(super) fn new(client: redis::Client) -> Self {
+        Self(client)
     }
 }
 
@@ -56,13 +56,13 @@ impl bb8::ManageConnection for Manager {
 
     async fn connect(&self) -> Result<Conn, redis::RedisError> {
         Ok(Conn {
-            inner: self.0.connect().await?,
+            inner: self.0.get_multiplexed_async_connection().await?,
             broken: false,
         })
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), redis::RedisError> {
-        self.0.is_valid(&mut conn.inner).await
+        redis::cmd("PING").query_async::<()>(&mut conn.inner).await
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
