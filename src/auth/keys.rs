@@ -45,6 +45,9 @@ pub struct ApiKey {
     pub id: Arc<str>,
     pub tenant: Tenant,
     pub role: Role,
+    /// What the rate limits key its calls by: `tenant:<tenant>` (a tenant's
+    /// keys share its limits).
+    pub rate_key: Arc<str>,
 }
 
 /// A player-token signer.
@@ -68,7 +71,10 @@ pub struct Keys {
     by_hash: HashMap<[u8; 32], Arc<ApiKey>>,
     by_id: HashMap<Arc<str>, Arc<ApiKey>>,
     signers: HashMap<Arc<str>, Signer>,
-    tenants: HashMap<Tenant, TenantLimits>,
+    tenants: HashMap<String, TenantLimits>,
+    /// Distinct for each parse in the process: what a verified token is
+    /// remembered against (auth/source.rs).
+    generation: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,12 +205,18 @@ impl Keys {
                 )));
             }
         }
-        let mut keys = Keys::default();
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut keys = Keys {
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ..Keys::default()
+        };
         for (i, k) in file.key.into_iter().enumerate() {
             let at = |f: &str| format!("key[{i}].{f}");
+            let tenant = parse_tenant(&at("tenant"), &k.tenant)?;
             let key = Arc::new(ApiKey {
                 id: parse_name(at("id"), &k.id)?,
-                tenant: parse_tenant(&at("tenant"), &k.tenant)?,
+                rate_key: format!("tenant:{tenant}").into(),
+                tenant,
                 role: Role::parse(&k.role)
                     .ok_or_else(|| bad(at("role"), "must be admin, play or read"))?,
             });
@@ -244,7 +256,11 @@ impl Keys {
                 max_streams: t.max_streams,
             };
             let name = parse_tenant(&at("name"), &t.name)?;
-            if keys.tenants.insert(name, limits).is_some() {
+            if keys
+                .tenants
+                .insert(name.as_str().to_owned(), limits)
+                .is_some()
+            {
                 return Err(bad(at("name"), "another [[tenant]] has this name"));
             }
         }
@@ -265,8 +281,12 @@ impl Keys {
         self.signers.get(kid)
     }
 
-    pub fn tenant_limits(&self, tenant: &Tenant) -> TenantLimits {
+    pub fn tenant_limits(&self, tenant: &str) -> TenantLimits {
         self.tenants.get(tenant).copied().unwrap_or_default()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn len(&self) -> (usize, usize) {
@@ -355,10 +375,10 @@ mod tests {
         );
         let keys = Keys::parse(&text).unwrap();
         assert_eq!(keys.signer("acme-2026-12").unwrap().tenant.as_str(), "acme");
-        let t = keys.tenant_limits(&Tenant::parse("t", "acme").unwrap());
+        let t = keys.tenant_limits("acme");
         assert_eq!(t.mutations, Rate::new(5, 10));
         assert_eq!((t.creates, t.max_streams), (None, Some(3)));
-        let other = keys.tenant_limits(&Tenant::parse("t", "other").unwrap());
+        let other = keys.tenant_limits("other");
         assert_eq!(other, TenantLimits::default());
     }
 }

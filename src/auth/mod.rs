@@ -128,6 +128,11 @@ pub struct PlayerToken {
     pub session: SessionId,
     pub scope: Scope,
     pub participant: Option<ParticipantId>,
+    /// `exp`, in Unix seconds.
+    pub expires: u64,
+    /// What the rate limits key this player by:
+    /// `token:<tenant>/<session>/<participant or ->`.
+    pub rate_key: Arc<str>,
 }
 
 /// An authenticated caller.
@@ -136,7 +141,8 @@ pub enum Principal {
     /// No keys are configured: tenant `default`, role `admin`.
     Open,
     Key(Arc<ApiKey>),
-    Token(PlayerToken),
+    /// Shared with the verified-token cache (source.rs): cheap to clone.
+    Token(Arc<PlayerToken>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -153,6 +159,15 @@ impl Principal {
             Principal::Open => Tenant::default_tenant(),
             Principal::Key(k) => k.tenant.clone(),
             Principal::Token(t) => t.tenant.clone(),
+        }
+    }
+
+    /// The tenant's name, without a copy.
+    pub fn tenant_str(&self) -> &str {
+        match self {
+            Principal::Open => "default",
+            Principal::Key(k) => k.tenant.as_str(),
+            Principal::Token(t) => t.tenant.as_str(),
         }
     }
 
@@ -209,11 +224,10 @@ impl Principal {
         &self,
         from: Option<ParticipantId>,
     ) -> Result<Option<ParticipantId>, AuthError> {
-        let Principal::Token(PlayerToken {
-            participant: Some(me),
-            ..
-        }) = self
-        else {
+        let Principal::Token(t) = self else {
+            return Ok(from);
+        };
+        let Some(me) = &t.participant else {
             return Ok(from);
         };
         match from {
@@ -234,17 +248,20 @@ mod tests {
             id: "k".into(),
             tenant: Tenant::parse("t", "acme").unwrap(),
             role,
+            rate_key: "tenant:acme".into(),
         }))
     }
 
     fn token(scope: Scope) -> Principal {
-        Principal::Token(PlayerToken {
+        Principal::Token(Arc::new(PlayerToken {
             kid: "kid".into(),
             tenant: Tenant::parse("t", "acme").unwrap(),
             session: SessionId::parse("s", "g1").unwrap(),
             scope,
             participant: Some(ParticipantId::parse("p", "white").unwrap()),
-        })
+            expires: u64::MAX,
+            rate_key: "token:acme/g1/white".into(),
+        }))
     }
 
     #[test]

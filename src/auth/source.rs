@@ -6,7 +6,15 @@
 //! that fails to parse, or cannot be read, keeps the keys in use and logs one
 //! error line per bad version. Calls read the keys through an `ArcSwap`: no
 //! lock on the call path, and a reload never waits for calls.
+//!
+//! Verified player tokens are remembered (a player's client sends the same
+//! token on every call): a token seen before costs a hash lookup instead of
+//! a base64 + JSON + HMAC decoding. An entry holds only what verifying the
+//! same bytes gave; its `exp` is checked on every use against the caller's
+//! clock; the cache is emptied whenever the keys change (a removed signer's
+//! tokens stop at once) and when it reaches `MAX_CACHED_TOKENS` entries.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,12 +24,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::keys::{self, Keys};
-use super::{AuthError, Principal, token};
+use super::{AuthError, PlayerToken, Principal, token};
 
 /// How often the keys file is looked at for changes.
 pub const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// The largest keys file read (a bound on what a reload may allocate).
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Verified tokens remembered at most (each up to `token::MAX_TOKEN_BYTES`
+/// and its rights: ~64k × ~0.5 KB = ~32 MB at the very worst).
+pub const MAX_CACHED_TOKENS: usize = 65_536;
 
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -48,7 +59,13 @@ pub struct Authenticator {
     /// The file contents last looked at, parsed or refused (so one bad
     /// version is logged once, and an unchanged file is not parsed again).
     last_seen: Mutex<Option<Vec<u8>>>,
+    /// Verified tokens, by their text (see the module doc).
+    tokens: Mutex<HashMap<Box<str>, Cached>>,
 }
+
+/// A verified token and the keys' generation it was verified with (an entry
+/// of other keys, put in by a call that raced a reload, is never used).
+type Cached = (Arc<PlayerToken>, u64);
 
 impl Authenticator {
     /// Open mode: every caller is tenant `default`, role `admin`.
@@ -57,6 +74,7 @@ impl Authenticator {
             source: None,
             keys: ArcSwap::from_pointee(Keys::default()),
             last_seen: Mutex::new(None),
+            tokens: Mutex::default(),
         })
     }
 
@@ -71,6 +89,7 @@ impl Authenticator {
             source: Some(source),
             keys: ArcSwap::from_pointee(keys),
             last_seen: Mutex::new(Some(text)),
+            tokens: Mutex::default(),
         }))
     }
 
@@ -97,7 +116,7 @@ impl Authenticator {
         let keys = self.keys.load();
         match (credential, cert_cn) {
             (Some(c), _) if token::looks_like_jwt(c) => {
-                token::verify(&keys, c, now_secs).map(Principal::Token)
+                self.verify_token(&keys, c, now_secs).map(Principal::Token)
             }
             (Some(c), _) => keys
                 .by_hash(&keys::hash(c.as_bytes()))
@@ -114,6 +133,33 @@ impl Authenticator {
                     .into(),
             )),
         }
+    }
+
+    /// A token's rights, from the cache when these bytes verified before.
+    fn verify_token(
+        &self,
+        keys: &Keys,
+        text: &str,
+        now_secs: u64,
+    ) -> Result<Arc<PlayerToken>, AuthError> {
+        let cached = self.lock_tokens().get(text).cloned();
+        if let Some((t, generation)) = cached {
+            if generation == keys.generation() && t.expires > now_secs {
+                return Ok(t);
+            }
+            self.lock_tokens().remove(text);
+        }
+        let t = Arc::new(token::verify(keys, text, now_secs)?);
+        let mut tokens = self.lock_tokens();
+        if tokens.len() >= MAX_CACHED_TOKENS {
+            tokens.clear();
+        }
+        tokens.insert(text.into(), (t.clone(), keys.generation()));
+        Ok(t)
+    }
+
+    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Cached>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Re-reads the file now (SIGHUP); `true` when new keys are in use.
@@ -141,6 +187,8 @@ impl Authenticator {
             Ok(keys) => {
                 let (k, s) = keys.len();
                 self.keys.store(Arc::new(keys));
+                // Tokens verified by the old signers are verified again.
+                self.lock_tokens().clear();
                 info!(keys = k, signers = s, "SYNCKAIROS_API_KEYS_FILE: reloaded");
                 true
             }
@@ -248,6 +296,48 @@ mod tests {
         assert!(a.authenticate(None, Some("two"), 0).is_ok());
         assert!(a.authenticate(None, Some("one"), 0).is_err());
         assert!(a.authenticate(None, None, 0).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_goes_with_its_signer() {
+        use base64::Engine as _;
+        let secret = [9u8; 32];
+        let signer = format!(
+            "[[signer]]\nkid = \"k1\"\ntenant = \"acme\"\nhs256 = \"{}\"\n",
+            base64::engine::general_purpose::STANDARD.encode(secret)
+        );
+        let dir = std::env::temp_dir().join(format!("sk-keys-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.toml");
+        std::fs::write(&path, &signer).unwrap();
+        let a = Authenticator::load(KeySource::File(path.clone())).unwrap();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let claims = serde_json::json!({"sid": "g1", "scope": "watch", "exp": 1_000});
+        let t = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&secret),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            assert!(a.authenticate(Some(&t), None, 999).is_ok());
+        }
+        assert_eq!(a.lock_tokens().len(), 1, "remembered");
+        let expired = a.authenticate(Some(&t), None, 1_000).unwrap_err();
+        assert!(expired.to_string().contains("expired"), "{expired}");
+        assert!(a.authenticate(Some(&t), None, 999).is_ok());
+        // Another signer of the same kid: the remembered token is verified
+        // again, against the new secret, and refused.
+        std::fs::write(&path, signer.replace("CQkJ", "CgoK")).unwrap();
+        assert!(a.reload());
+        let e = a.authenticate(Some(&t), None, 999).unwrap_err();
+        assert!(e.to_string().contains("bad signature"), "{e}");
+        // A stale entry (a call that raced the reload) is never used.
+        let stale = Arc::new(token::verify(&Keys::parse(&signer).unwrap(), &t, 999).unwrap());
+        a.lock_tokens().insert(t.clone().into(), (stale, 0));
+        assert!(a.authenticate(Some(&t), None, 999).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -93,12 +93,20 @@ pub fn verify(keys: &Keys, token: &str, now_secs: u64) -> Result<PlayerToken, Au
         (None, Scope::Play) => return Err(unauthenticated("a play token needs sub")),
         (None, Scope::Watch) => None,
     };
+    let rate_key = format!(
+        "token:{}/{}/{}",
+        signer.tenant,
+        session,
+        participant.as_ref().map_or("-", |p| p.as_str())
+    );
     Ok(PlayerToken {
         kid: Arc::clone(&signer.kid),
         tenant: signer.tenant.clone(),
         session,
         scope,
         participant,
+        expires: claims.exp,
+        rate_key: rate_key.into(),
     })
 }
 

@@ -109,13 +109,8 @@ pub fn status_of(e: AuthError) -> Status {
 fn limit_key(p: &Principal) -> Option<Caller> {
     match p {
         Principal::Open => None,
-        Principal::Key(k) => Some(Caller::new(format!("tenant:{}", k.tenant))),
-        Principal::Token(t) => Some(Caller::new(format!(
-            "token:{}/{}/{}",
-            t.tenant,
-            t.session,
-            t.participant.as_ref().map_or("-", |p| p.as_str())
-        ))),
+        Principal::Key(k) => Some(Caller::new(k.rate_key.clone())),
+        Principal::Token(t) => Some(Caller::new(t.rate_key.clone())),
     }
 }
 

@@ -48,15 +48,17 @@ impl GrpcService {
             .cloned()
             .ok_or_else(|| Status::unauthenticated("no credential"))?;
         let span = tracing::Span::current();
-        span.record("caller", p.label());
-        span.record("tenant", p.tenant().as_str());
+        if !span.is_disabled() {
+            span.record("caller", p.label());
+            span.record("tenant", p.tenant_str());
+        }
         Ok(p)
     }
 
     fn tenant_limits(&self, p: &Principal) -> TenantLimits {
         match p {
             Principal::Open => TenantLimits::default(),
-            _ => self.auth.keys().tenant_limits(&p.tenant()),
+            _ => self.auth.keys().tenant_limits(p.tenant_str()),
         }
     }
 
@@ -68,9 +70,8 @@ impl GrpcService {
             Spend::Create => own.creates,
             Spend::Mutation => own.mutations,
         };
-        let tenant = p.tenant();
         self.limits
-            .check(spend, &caller_of(req), rate.map(|r| (tenant.as_str(), r)))?;
+            .check(spend, &caller_of(req), rate.map(|r| (p.tenant_str(), r)))?;
         Ok(p)
     }
 }
