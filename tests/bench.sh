@@ -59,14 +59,43 @@ p="$(free_port)"
 REDIS_URL="redis://127.0.0.1:$redis_port" SYNCKAIROS_LISTEN="127.0.0.1:$p" RUST_LOG=warn \
   SYNCKAIROS_CREATE_RATE=10000000 SYNCKAIROS_MUTATION_RATE=10000000 \
   SYNCKAIROS_API_KEYS_FILE="$keys_dir/keys.toml" "$R/synckairos" &
-pids+=($!)
+D_pid=$!
+pids+=("$D_pid")
 sleep 2
 D="127.0.0.1:$p"
+# The server's own CPU per call, beside the load generator's figures: its
+# utime+stime over 5 s in the middle of the run, divided by the calls of
+# those 5 s (the run's rate). (This VM's perf counts no instructions; the
+# `auth-cost` mode of the load generator times authentication alone.)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz="$(getconf CLK_TCK)"
+switch_cpu() { # server-pid, load generator args...
+  local pid="$1"; shift
+  local out; out="$(mktemp)"
+  "$R/synckairos-load" switch --seconds 10 "$@" > "$out" &
+  local load=$!
+  sleep 4
+  local t1; t1="$(ticks "$pid")"; sleep 5; local t2; t2="$(ticks "$pid")"
+  wait "$load"
+  local rate; rate="$(sed -n 's/.* \([0-9]*\)\/s,.*/\1/p' "$out")"
+  printf '%s | server CPU %s us/call\n' "$(cat "$out")" \
+    "$(awk -v d=$((t2 - t1)) -v hz="$hz" -v r="${rate:-0}" 'BEGIN { if (r > 0) printf "%.1f", d / hz / 5 * 1e6 / r; else print "?" }')"
+  rm -f "$out"
+}
+A_pid="${pids[0]}"
 for round in 1 2; do
-  "$R/synckairos-load" switch --target "$A" --sessions 1000 --concurrency 64 --seconds 10
-  "$R/synckairos-load" switch --target "$D" --sessions 1000 --concurrency 64 --seconds 10 --api-key "$secret"
-  "$R/synckairos-load" switch --target "$D" --sessions 1000 --concurrency 64 --seconds 10 --api-key "$secret" --token "bench-kid:$signer"
+  switch_cpu "$A_pid" --target "$A" --sessions 1000 --concurrency 64
+  switch_cpu "$D_pid" --target "$D" --sessions 1000 --concurrency 64 --api-key "$secret"
+  switch_cpu "$D_pid" --target "$D" --sessions 1000 --concurrency 64 --api-key "$secret" --token "bench-kid:$signer"
 done
+echo "== auth: one call in flight (its p50), open mode (A) beside keys (D), twice in turn"
+for round in 1 2; do
+  switch_cpu "$A_pid" --target "$A" --sessions 64 --concurrency 1 --connections 1
+  switch_cpu "$D_pid" --target "$D" --sessions 64 --concurrency 1 --connections 1 --api-key "$secret"
+  switch_cpu "$D_pid" --target "$D" --sessions 64 --concurrency 1 --connections 1 --api-key "$secret" --token "bench-kid:$signer"
+done
+echo "== auth: what authenticating one call costs, in this process"
+"$R/synckairos-load" auth-cost
 rm -rf "$keys_dir"; fi
 if want flags; then echo "== flags: 10000 deadlines within one second over three replicas"
 "$R/synckairos-load" flags --target "$A,$B,$C" --sessions 10000 --spread-ms 1000 --concurrency 64 --connections 2; fi

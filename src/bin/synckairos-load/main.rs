@@ -8,6 +8,7 @@
 //! synckairos-load switch    --target 127.0.0.1:50051 --sessions 1000 --concurrency 64 --seconds 10
 //!                           [--api-key SECRET] [--token KID:BASE64SECRET]
 //! synckairos-load time      --target 127.0.0.1:50051 --concurrency 64 --seconds 10
+//! synckairos-load auth-cost
 //! synckairos-load fanout    --target A --subscribe-target B --sessions 100 --streams 1000 --seconds 10
 //! synckairos-load subscribe-flood --target A --subscribe-target B --sessions 20 --rate 200 --flood-rate 2000
 //! synckairos-load flags     --target A,B,C --sessions 10000 --spread-ms 1000
@@ -16,6 +17,7 @@
 //! ```
 
 mod audit_ingest;
+mod auth_cost;
 mod breakdown;
 mod fanout;
 mod flags;
@@ -70,6 +72,8 @@ enum Mode {
         #[arg(long, default_value_t = 1000)]
         sessions: usize,
     },
+    /// What authenticating one call costs, in this process (no server).
+    AuthCost,
     /// GetServerTime: the transport floor.
     Time {
         #[command(flatten)]
@@ -149,6 +153,7 @@ enum Mode {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().mode {
         Mode::Switch { common, sessions } => switch::run(common, sessions).await,
+        Mode::AuthCost => auth_cost::run(),
         Mode::Time { common } => time::run(common).await,
         Mode::Fanout {
             common,
