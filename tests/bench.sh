@@ -7,6 +7,7 @@
 #   tests/bench.sh                 # all modes
 #   tests/bench.sh breakdown flags # only these
 #   tests/bench.sh auth            # SwitchCycle: open mode vs an API key vs play tokens
+#   AUTH_ROUNDS=5 tests/bench.sh auth  # more rounds of it
 #   BENCH_BIN=/some/dir tests/bench.sh  # binaries built elsewhere (A/B runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,7 @@ if want fanout; then echo "== fan-out: switch on A, 1000 streams on B"
 "$R/synckairos-load" fanout --target "$A" --subscribe-target "$B" --sessions 100 --streams 1000 --rate 200 --seconds 10; fi
 if want flood; then echo "== flood: switch on A, 20 streams on B, without and then with 2000 Subscribe/s to missing ids on B"
 "$R/synckairos-load" subscribe-flood --target "$A" --subscribe-target "$B" --sessions 20 --rate 200 --flood-rate 2000 --seconds 10; fi
-if want auth; then echo "== auth: SwitchCycle at 64 in flight over 1000 sessions, open mode (A) beside a replica with keys (D), twice in turn"
+if want auth; then echo "== auth: SwitchCycle at 64 in flight over 1000 sessions, open mode (A) beside a replica with keys (D), ${AUTH_ROUNDS:-2} rounds in turn"
 keys_dir="$(mktemp -d)"
 secret="sk-bench-0123456789abcdef"
 signer="$(printf 'bench-signer-secret-0123456789ab' | base64)"
@@ -83,13 +84,14 @@ switch_cpu() { # server-pid, load generator args...
   rm -f "$out"
 }
 A_pid="${pids[0]}"
-for round in 1 2; do
+rounds="${AUTH_ROUNDS:-2}"   # more rounds, steadier medians (this machine is noisy)
+for _ in $(seq "$rounds"); do
   switch_cpu "$A_pid" --target "$A" --sessions 1000 --concurrency 64
   switch_cpu "$D_pid" --target "$D" --sessions 1000 --concurrency 64 --api-key "$secret"
   switch_cpu "$D_pid" --target "$D" --sessions 1000 --concurrency 64 --api-key "$secret" --token "bench-kid:$signer"
 done
-echo "== auth: one call in flight (its p50), open mode (A) beside keys (D), twice in turn"
-for round in 1 2; do
+echo "== auth: one call in flight (its p50), open mode (A) beside keys (D), $rounds rounds in turn"
+for _ in $(seq "$rounds"); do
   switch_cpu "$A_pid" --target "$A" --sessions 64 --concurrency 1 --connections 1
   switch_cpu "$D_pid" --target "$D" --sessions 64 --concurrency 1 --connections 1 --api-key "$secret"
   switch_cpu "$D_pid" --target "$D" --sessions 64 --concurrency 1 --connections 1 --api-key "$secret" --token "bench-kid:$signer"
