@@ -50,7 +50,7 @@ if want fanout; then echo "== fan-out: switch on A, 1000 streams on B"
 "$R/synckairos-load" fanout --target "$A" --subscribe-target "$B" --sessions 100 --streams 1000 --rate 200 --seconds 10; fi
 if want flood; then echo "== flood: switch on A, 20 streams on B, without and then with 2000 Subscribe/s to missing ids on B"
 "$R/synckairos-load" subscribe-flood --target "$A" --subscribe-target "$B" --sessions 20 --rate 200 --flood-rate 2000 --seconds 10; fi
-if want auth; then echo "== auth: SwitchCycle at 64 in flight over 1000 sessions, open mode (A) beside a replica with keys (D), ${AUTH_ROUNDS:-2} rounds in turn"
+if want auth; then echo "== auth: SwitchCycle at 64 in flight over 1000 sessions, open mode (A, and B as a control) beside a replica with keys (D), ${AUTH_ROUNDS:-2} rounds in turn"
 keys_dir="$(mktemp -d)"
 secret="sk-bench-0123456789abcdef"
 signer="$(printf 'bench-signer-secret-0123456789ab' | base64)"
@@ -83,16 +83,20 @@ switch_cpu() { # server-pid, load generator args...
     "$(awk -v d=$((t2 - t1)) -v hz="$hz" -v r="${rate:-0}" 'BEGIN { if (r > 0) printf "%.1f", d / hz / 5 * 1e6 / r; else print "?" }')"
   rm -f "$out"
 }
-A_pid="${pids[0]}"
+A_pid="${pids[0]}"; B_pid="${pids[1]}"
+# B is a second open-mode replica: the control (how far two identical
+# replicas differ here), beside A (open) and D (keys).
 rounds="${AUTH_ROUNDS:-2}"   # more rounds, steadier medians (this machine is noisy)
 for _ in $(seq "$rounds"); do
   switch_cpu "$A_pid" --target "$A" --sessions 1000 --concurrency 64
+  echo "(control, open mode on B) $(switch_cpu "$B_pid" --target "$B" --sessions 1000 --concurrency 64)"
   switch_cpu "$D_pid" --target "$D" --sessions 1000 --concurrency 64 --api-key "$secret"
   switch_cpu "$D_pid" --target "$D" --sessions 1000 --concurrency 64 --api-key "$secret" --token "bench-kid:$signer"
 done
-echo "== auth: one call in flight (its p50), open mode (A) beside keys (D), $rounds rounds in turn"
+echo "== auth: one call in flight (its p50), open mode (A, B) beside keys (D), $rounds rounds in turn"
 for _ in $(seq "$rounds"); do
   switch_cpu "$A_pid" --target "$A" --sessions 64 --concurrency 1 --connections 1
+  echo "(control, open mode on B) $(switch_cpu "$B_pid" --target "$B" --sessions 64 --concurrency 1 --connections 1)"
   switch_cpu "$D_pid" --target "$D" --sessions 64 --concurrency 1 --connections 1 --api-key "$secret"
   switch_cpu "$D_pid" --target "$D" --sessions 64 --concurrency 1 --connections 1 --api-key "$secret" --token "bench-kid:$signer"
 done
