@@ -343,11 +343,26 @@ pub async fn latest_epoch(
     tenant: &str,
     session_id: &str,
 ) -> Result<Option<String>, DbError> {
+    use session_events::dsl as e;
     use sessions::dsl as s;
     let mut conn = pool.get().await.map_err(unavailable)?;
-    s::sessions
+    let row = s::sessions
         .filter(s::tenant.eq(tenant).and(s::session_id.eq(session_id)))
         .select(s::epoch)
+        .first::<String>(&mut conn)
+        .await
+        .optional()
+        .map_err(unavailable)?;
+    if row.is_some() {
+        return Ok(row);
+    }
+    // A batch writes its events before the sessions rows (insert_batch): for
+    // a moment a session has events and no row. Its newest event says the
+    // epoch then, so that the history is never NOT_FOUND while it exists.
+    e::session_events
+        .filter(e::tenant.eq(tenant).and(e::session_id.eq(session_id)))
+        .order((e::occurred_at.desc(), e::version.desc()))
+        .select(e::epoch)
         .first::<String>(&mut conn)
         .await
         .optional()

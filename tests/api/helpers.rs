@@ -154,6 +154,16 @@ pub fn shared_isolation() -> Isolation {
     )
 }
 
+/// The exclusive guard, for a timing-sensitive test that starts its own
+/// servers: no other test's server runs while it is held.
+pub fn exclusive_isolation() -> Isolation {
+    Isolation::Exclusive(
+        ISOLATION
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
+
 /// A server for a timing-sensitive test: no other test's server runs meanwhile.
 pub async fn spawn_app_alone() -> TestApp {
     let exclusive = ISOLATION
