@@ -166,10 +166,12 @@ pub fn exclusive_isolation() -> Isolation {
 
 /// A server for a timing-sensitive test: no other test's server runs meanwhile.
 pub async fn spawn_app_alone() -> TestApp {
-    let exclusive = ISOLATION
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    build_app(|_| {}, Isolation::Exclusive(exclusive), plaintext).await
+    spawn_app_alone_with(|_| {}).await
+}
+
+/// As [`spawn_app_alone`], with `tweak` applied to the config first.
+pub async fn spawn_app_alone_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    build_app(tweak, exclusive_isolation(), plaintext).await
 }
 
 async fn build_app(
