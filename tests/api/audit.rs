@@ -1380,6 +1380,31 @@ async fn an_audit_stream_entry_postgres_refuses_is_dead_lettered_on_the_redis_en
 /// history of a 1,000-participant session (a snapshot is about 100 KB) comes
 /// in pages a gRPC client accepts (4 MiB by default), and paging still gives
 /// every version once, in order.
+/// Creates and starts `req`'s session, switches it `switches` times and
+/// waits until all its versions are in Postgres; its latest version.
+async fn audited(
+    server: &mut Server,
+    db: &TestDb,
+    req: pb::CreateSessionRequest,
+    switches: usize,
+) -> u64 {
+    let id = req.session_id.clone();
+    create(&mut server.client, req).await;
+    let mut latest = start(&mut server.client, &id).await.version;
+    for _ in 0..switches {
+        latest = server
+            .client
+            .switch_cycle(switch_req(&id))
+            .await
+            .expect("switch")
+            .into_inner()
+            .version;
+    }
+    let expected = HashMap::from([(id.clone(), latest)]);
+    wait_audit(db, &expected, CATCH_UP, &id).await;
+    latest
+}
+
 /// A batch writes its events before the `sessions` rows, so for a moment a
 /// session has events and no row: its history is found all the same (it
 /// was NOT_FOUND, seen in a full run right after the events arrived). Made
@@ -1389,17 +1414,7 @@ async fn a_history_is_found_before_its_sessions_row_is_written() {
     let db = TestDb::create();
     let mut server = Server::start(memory_config(&db)).await;
     let id = unique_id("no-row");
-    create(&mut server.client, chess(&id, HOUR_MS)).await;
-    start(&mut server.client, &id).await;
-    let latest = server
-        .client
-        .switch_cycle(switch_req(&id))
-        .await
-        .expect("switch")
-        .into_inner()
-        .version;
-    let expected = HashMap::from([(id.clone(), latest)]);
-    wait_audit(&db, &expected, CATCH_UP, "the session").await;
+    let latest = audited(&mut server, &db, chess(&id, HOUR_MS), 1).await;
     db.sql(&format!("DELETE FROM sessions WHERE session_id = '{id}'"));
     let page = list(&mut server.client, list_req(&id, 100, "", None)).await;
     assert_eq!(versions_of(&page), (1..=latest).collect::<Vec<_>>());
@@ -1415,20 +1430,7 @@ async fn a_page_of_large_snapshots_is_bounded_by_bytes() {
     req.participants = (0..1_000)
         .map(|i| participant(&format!("player-{i:04}")))
         .collect();
-    create(&mut server.client, req).await;
-    start(&mut server.client, &id).await;
-    let mut latest = 2;
-    for _ in 0..48 {
-        latest = server
-            .client
-            .switch_cycle(switch_req(&id))
-            .await
-            .expect("switch")
-            .into_inner()
-            .version;
-    }
-    let expected = HashMap::from([(id.clone(), latest)]);
-    wait_audit(&db, &expected, CATCH_UP, "the big session").await;
+    let latest = audited(&mut server, &db, req, 48).await;
     let mut versions = Vec::new();
     let mut token = String::new();
     let mut pages = 0;

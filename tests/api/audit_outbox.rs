@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use synckairos::audit::source::MemorySource;
 use synckairos::audit::writer::AuditLag;
-use synckairos::engine::{
-    self, Mode, NewParticipant, NewSession, ParticipantId, SessionId, SessionKey, Tenant,
-};
+use synckairos::engine;
 use synckairos::fanout::Hub;
 use synckairos::store::SessionStore;
 use synckairos::store::audit_outbox::outbox;
@@ -21,22 +19,14 @@ use synckairos::store::clock::Clock;
 use synckairos::store::memory::MemoryStore;
 use tokio_util::sync::CancellationToken;
 
+use crate::helpers::{store_key, two_player_session};
 use crate::pg::TestDb;
 
 const CAPACITY: usize = 100;
 
 async fn create(store: &MemoryStore, name: &str) -> Duration {
-    let k = SessionKey {
-        tenant: Tenant::default_tenant(),
-        id: SessionId::parse("id", name).unwrap(),
-    };
-    let players = ["a", "b"]
-        .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
-        .to_vec();
-    let new = NewSession {
-        initial_time_ms: 60_000,
-        ..NewSession::new(k.id.clone(), Mode::PerParticipant, players)
-    };
+    let k = store_key(name);
+    let new = two_player_session(&k, ["a", "b"], 60_000);
     let t0 = Instant::now();
     store
         .create(&k, &|now| engine::create(new.clone(), now))

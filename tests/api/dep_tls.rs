@@ -414,26 +414,13 @@ impl PgCluster {
 
     /// One SQL statement as the admin, over the cluster's socket.
     fn sql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .arg("-h")
-            .arg(&self.dir.0)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .args(["-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql])
-            .output()
-            .expect("psql");
-        assert!(
-            out.status.success(),
-            "psql {sql:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        let (socket, port) = (self.dir.0.to_string_lossy(), self.port.to_string());
+        crate::pg::psql(
+            &[
+                "-h", &socket, "-p", &port, "-U", "postgres", "-d", "postgres",
+            ],
+            sql,
+        )
     }
 
     /// A fresh database's name.

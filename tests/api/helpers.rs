@@ -488,6 +488,23 @@ pub fn store_key(id: &str) -> synckairos::engine::SessionKey {
     }
 }
 
+/// A two-player session (`players`, `budget_ms` each, sudden death) to
+/// create straight in a store.
+pub fn two_player_session(
+    key: &synckairos::engine::SessionKey,
+    players: [&str; 2],
+    budget_ms: i64,
+) -> synckairos::engine::NewSession {
+    use synckairos::engine::{Mode, NewParticipant, NewSession, ParticipantId};
+    let players = players
+        .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
+        .to_vec();
+    NewSession {
+        initial_time_ms: budget_ms,
+        ..NewSession::new(key.id.clone(), Mode::PerParticipant, players)
+    }
+}
+
 /// Creates a two-player session (`players`, `budget_ms` each, sudden death)
 /// straight in `store` and starts it: the first player's clock runs.
 pub async fn create_started_in<S>(
@@ -498,16 +515,8 @@ pub async fn create_started_in<S>(
 ) where
     S: synckairos::store::SessionStore + ?Sized,
 {
-    use synckairos::engine::{
-        self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request,
-    };
-    let players = players
-        .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
-        .to_vec();
-    let new = NewSession {
-        initial_time_ms: budget_ms,
-        ..NewSession::new(key.id.clone(), Mode::PerParticipant, players)
-    };
+    use synckairos::engine::{self, Command, Request};
+    let new = two_player_session(key, players, budget_ms);
     store
         .create(key, &|now| engine::create(new.clone(), now))
         .await

@@ -15,17 +15,13 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// Runs one SQL statement as the admin; panics with psql's message on failure.
-pub fn admin_sql(sql: &str) -> String {
+/// Runs one SQL statement with psql, connected by `connection` (a URL, or
+/// `-h … -p … -U … -d …`); returns its unaligned output, panics with psql's
+/// message on failure.
+pub fn psql(connection: &[&str], sql: &str) -> String {
     let out = Command::new("psql")
-        .args([
-            admin_url().as_str(),
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-qtA",
-            "-c",
-            sql,
-        ])
+        .args(connection)
+        .args(["-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql])
         .output()
         .expect("psql on PATH (tests/run.sh installs PostgreSQL)");
     assert!(
@@ -34,6 +30,11 @@ pub fn admin_sql(sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Runs one SQL statement as the admin.
+pub fn admin_sql(sql: &str) -> String {
+    psql(&[admin_url().as_str()], sql)
 }
 
 impl TestDb {
@@ -56,23 +57,7 @@ impl TestDb {
 
     /// Runs SQL inside this database and returns psql's unaligned output.
     pub fn sql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
-                self.url().as_str(),
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-qtA",
-                "-c",
-                sql,
-            ])
-            .output()
-            .expect("psql");
-        assert!(
-            out.status.success(),
-            "psql {sql:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        psql(&[self.url().as_str()], sql)
     }
 
     /// Waits (up to `limit`) until `table` exists: the audit writer runs the

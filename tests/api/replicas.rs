@@ -1411,10 +1411,7 @@ async fn a_release_drops_only_its_own_claim_not_a_newer_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use synckairos::engine::{
-        self, Command, Mode, NewParticipant, NewSession, ParticipantId, Request, SessionId,
-        SessionKey, Tenant,
-    };
+    use synckairos::engine::{self, Command, Request};
     use synckairos::store::redis::RedisStore;
     use synckairos::store::{self, SessionStore};
 
@@ -1428,19 +1425,9 @@ async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
     let other_replica = RedisStore::connect(settings(4), Clock::new())
         .await
         .unwrap();
-    let key = |name: &str| SessionKey {
-        tenant: Tenant::default_tenant(),
-        id: SessionId::parse("id", name).unwrap(),
-    };
-    let (dropped, next) = (key("dropped-midway"), key("next-commit"));
+    let (dropped, next) = (store_key("dropped-midway"), store_key("next-commit"));
     for k in [&dropped, &next] {
-        let players = ["a", "b"]
-            .map(|p| NewParticipant::named(ParticipantId::parse("p", p).unwrap()))
-            .to_vec();
-        let new = NewSession {
-            initial_time_ms: 60_000,
-            ..NewSession::new(k.id.clone(), Mode::PerParticipant, players)
-        };
+        let new = two_player_session(k, ["a", "b"], 60_000);
         store
             .create(k, &|now| engine::create(new.clone(), now))
             .await
