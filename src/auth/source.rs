@@ -102,6 +102,11 @@ impl Authenticator {
         self.keys.load_full()
     }
 
+    /// `tenant`'s own limits in the keys in use (none in open mode).
+    pub fn tenant_limits(&self, tenant: &str) -> super::TenantLimits {
+        self.keys.load().tenant_limits(tenant)
+    }
+
     /// Who sent `credential` (the bearer), or else the client certificate
     /// named `cert_cn`, at `now_secs` (Unix seconds).
     pub fn authenticate(

@@ -88,7 +88,11 @@ fn admit<B>(
         .get(http::header::AUTHORIZATION)
         .map(bearer)
         .transpose()?;
-    let cn = super::client_cert::common_name(req.extensions());
+    // The certificate is parsed only when it is what names the caller.
+    let cn = match credential {
+        None if !auth.is_open() => super::client_cert::common_name(req.extensions()),
+        _ => None,
+    };
     let principal = auth.authenticate(credential, cn.as_deref(), now())?;
     // A path of no known service is left to tonic (UNIMPLEMENTED), once the
     // caller is known to be someone.
@@ -166,20 +170,32 @@ where
         if path.starts_with(HEALTH_PREFIX) {
             return Box::pin(self.inner.call(req));
         }
-        let started = Instant::now();
-        let method = path.rsplit('/').next().unwrap_or("").to_owned();
+        // What the access log needs is gathered only when it is on.
+        let logged =
+            tracing::enabled!(target: "synckairos::access", tracing::Level::DEBUG).then(|| {
+                (
+                    path.rsplit('/').next().unwrap_or("").to_owned(),
+                    Instant::now(),
+                )
+            });
         let rpc = rpc_of(path);
         let principal = match admit(&self.layer.auth, &self.layer.now, &req, rpc) {
             Ok(p) => p,
             Err(e) => {
                 let status = status_of(e);
-                access_log(&method, None, status.code(), started);
+                if let Some((method, started)) = &logged {
+                    access_log(method, None, status.code(), *started);
+                }
                 return Box::pin(std::future::ready(Ok(status.into_http())));
             }
         };
         if let Some(caller) = limit_key(&principal) {
             req.extensions_mut().insert(caller);
         }
+        let Some((method, started)) = logged else {
+            req.extensions_mut().insert(principal);
+            return Box::pin(self.inner.call(req));
+        };
         req.extensions_mut().insert(principal.clone());
         // The service stays ready for the call it was polled for: swap in the
         // clone (tower's "clone, then take the ready one" pattern).

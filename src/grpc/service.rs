@@ -58,7 +58,7 @@ impl GrpcService {
     fn tenant_limits(&self, p: &Principal) -> TenantLimits {
         match p {
             Principal::Open => TenantLimits::default(),
-            _ => self.auth.keys().tenant_limits(p.tenant_str()),
+            _ => self.auth.tenant_limits(p.tenant_str()),
         }
     }
 
