@@ -176,6 +176,11 @@ pub struct Config {
     /// `SYNCKAIROS_REFLECTION` (`on`, the default, or `off`): serve gRPC
     /// reflection (v1 and v1alpha). With keys it needs a valid credential.
     pub reflection: bool,
+    /// `SYNCKAIROS_ACCESS_LOG` (`off`, the default, or `on`): one `info` line
+    /// per finished call under the target `synckairos::access` (method, code,
+    /// latency, tenant, caller, peer; grpc/observe.rs). `RUST_LOG` naming
+    /// that target turns it on too.
+    pub access_log: bool,
     // --- TLS on the gRPC listener (src/tls.rs, docs/tls.md) ---
     /// `SYNCKAIROS_TLS_CERT` (default unset: plaintext): a PEM file with the
     /// server's certificate chain, leaf first. With `SYNCKAIROS_TLS_KEY`, the
@@ -278,6 +283,7 @@ impl Default for Config {
             memory_audit_buffer: crate::store::audit_outbox::DEFAULT_CAPACITY,
             api_keys: None,
             reflection: true,
+            access_log: false,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -305,19 +311,16 @@ impl Config {
             (None, Some(text)) => Some(crate::auth::KeySource::Inline(text)),
             (None, None) => None,
         };
-        let reflection = match get("SYNCKAIROS_REFLECTION").as_deref() {
-            None | Some("on") => true,
-            Some("off") => false,
-            Some(other) => {
-                return Err(err(
-                    "SYNCKAIROS_REFLECTION",
-                    format!("{other:?} is not one of on, off"),
-                ));
-            }
+        let on_off = |name: &'static str, default: bool| match get(name).as_deref() {
+            None => Ok(default),
+            Some("on") => Ok(true),
+            Some("off") => Ok(false),
+            Some(other) => Err(err(name, format!("{other:?} is not one of on, off"))),
         };
         let mut c = Config {
             api_keys,
-            reflection,
+            reflection: on_off("SYNCKAIROS_REFLECTION", true)?,
+            access_log: on_off("SYNCKAIROS_ACCESS_LOG", false)?,
             ..Config::default()
         };
         if let Some(v) = get("SYNCKAIROS_LISTEN") {

@@ -23,6 +23,7 @@
 //!   acceptor that bounds handshakes.
 //! - [`dependency_tls`]: TLS to Redis and PostgreSQL (rustls on ring): CA files and the
 //!   certificate checks of `rediss://` and libpq's `sslmode`s.
+//! - [`prometheus`]: the metric names, the recorder and the `/metrics` listener.
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 //!
 //! `fuzzing` (hidden) re-exports what the `cargo fuzz` targets in `fuzz/` drive.
@@ -36,6 +37,7 @@ pub mod dependency_tls;
 pub mod engine;
 pub mod fanout;
 pub mod grpc;
+pub mod prometheus;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

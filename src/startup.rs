@@ -38,6 +38,7 @@ use crate::auth::{Authenticator, KeySource};
 use crate::config::{Config, EngineKind, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_RETRIES};
 use crate::fanout::{self, Hub, redis::PubSubSetup};
 use crate::grpc::{self, HealthControl};
+use crate::prometheus::{self, PrometheusHandle};
 use crate::store::clock::Clock;
 use crate::store::memory::{MemorySettings, MemoryStore};
 use crate::store::redis::{RedisSettings, RedisStore};
@@ -69,6 +70,8 @@ pub struct Application {
     reloaders: Reloaders,
     /// Who may call (the keys file, or open mode).
     auth: Arc<Authenticator>,
+    /// `SYNCKAIROS_METRICS_LISTEN`'s listener and the recorder it renders.
+    metrics: Option<(TcpListener, PrometheusHandle)>,
 }
 
 impl Application {
@@ -80,6 +83,11 @@ impl Application {
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
         // First: bad TLS files stop start-up before anything connects.
         let tls = load_tls(&config)?;
+        // Before anything records: with no recorder, recordings are no-ops.
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some((prometheus::bind(addr).await?, prometheus::install()?)),
+            None => None,
+        };
         let auth = build_auth(&config)?;
         let hub = Hub::new(config.stream_buffer, config.max_subscribe_streams);
         let shutdown = CancellationToken::new();
@@ -119,6 +127,7 @@ impl Application {
             tls,
             reloaders: Reloaders::new(reloaders),
             auth,
+            metrics,
         })
     }
 
@@ -128,6 +137,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, when `SYNCKAIROS_METRICS_LISTEN` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn app(&self) -> &App {
@@ -163,6 +177,18 @@ impl Application {
             self.reloaders.clone(),
             self.shutdown.clone(),
         ));
+        if let Some((listener, handle)) = self.metrics {
+            let probe: prometheus::Probe = Arc::new(|path: &str| {
+                (path == "/health")
+                    .then(|| (http::StatusCode::OK, r#"{"status":"alive"}"#.to_owned()))
+            });
+            tasks.spawn(prometheus::serve(
+                listener,
+                handle,
+                probe,
+                self.shutdown.clone(),
+            ));
+        }
 
         let shutdown = self.shutdown.clone();
         let signal = async move {

@@ -101,6 +101,27 @@ impl Rpc {
         Rpc::Reflection,
     ];
 
+    /// The method's name in `synckairos.v1.SyncService` (reflection:
+    /// `ServerReflectionInfo`, of either reflection service).
+    pub fn method_name(self) -> &'static str {
+        match self {
+            Rpc::CreateSession => "CreateSession",
+            Rpc::GetSession => "GetSession",
+            Rpc::StartSession => "StartSession",
+            Rpc::SwitchCycle => "SwitchCycle",
+            Rpc::PauseSession => "PauseSession",
+            Rpc::ResumeSession => "ResumeSession",
+            Rpc::CompleteSession => "CompleteSession",
+            Rpc::CancelSession => "CancelSession",
+            Rpc::AdjustTime => "AdjustTime",
+            Rpc::DeleteSession => "DeleteSession",
+            Rpc::GetServerTime => "GetServerTime",
+            Rpc::Subscribe => "Subscribe",
+            Rpc::ListSessionEvents => "ListSessionEvents",
+            Rpc::Reflection => "ServerReflectionInfo",
+        }
+    }
+
     fn read_only(self) -> bool {
         matches!(
             self,

@@ -13,20 +13,18 @@
 //!   its limits), `token:<tenant>/<session>/<participant>` for a player token
 //!   (so one player's client never spends its game server's budget). In open
 //!   mode no caller is set: callers are their peer addresses (grpc/caller.rs).
-//! - writes the access log: one `debug` line per call under the target
-//!   `synckairos::access` (method, caller, tenant, gRPC code when the reply
-//!   head carries it, duration), off unless `RUST_LOG` asks for it.
+//! - tells the access log (grpc/observe.rs) who called, when it is on.
 //!   The credential itself never reaches a log.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use tonic::Status;
 use tonic::body::Body;
 
 use super::caller::Caller;
+use super::observe::AccessSlot;
 use crate::auth::{AuthError, Authenticator, Principal, Rpc};
 
 const SYNC_PREFIX: &str = "/synckairos.v1.SyncService/";
@@ -44,22 +42,10 @@ fn rpc_of(path: &str) -> Option<Rpc> {
     if REFLECTION_PREFIXES.iter().any(|p| path.starts_with(p)) {
         return Some(Rpc::Reflection);
     }
-    Some(match path.strip_prefix(SYNC_PREFIX)? {
-        "CreateSession" => Rpc::CreateSession,
-        "GetSession" => Rpc::GetSession,
-        "StartSession" => Rpc::StartSession,
-        "SwitchCycle" => Rpc::SwitchCycle,
-        "PauseSession" => Rpc::PauseSession,
-        "ResumeSession" => Rpc::ResumeSession,
-        "CompleteSession" => Rpc::CompleteSession,
-        "CancelSession" => Rpc::CancelSession,
-        "AdjustTime" => Rpc::AdjustTime,
-        "DeleteSession" => Rpc::DeleteSession,
-        "GetServerTime" => Rpc::GetServerTime,
-        "Subscribe" => Rpc::Subscribe,
-        "ListSessionEvents" => Rpc::ListSessionEvents,
-        _ => return None,
-    })
+    let method = path.strip_prefix(SYNC_PREFIX)?;
+    Rpc::ALL
+        .into_iter()
+        .find(|r| *r != Rpc::Reflection && r.method_name() == method)
 }
 
 /// The credential of an `authorization` value: `Bearer <credential>` (the
@@ -170,63 +156,20 @@ where
         if path.starts_with(HEALTH_PREFIX) {
             return Box::pin(self.inner.call(req));
         }
-        // What the access log needs is gathered only when it is on.
-        let logged =
-            tracing::enabled!(target: "synckairos::access", tracing::Level::DEBUG).then(|| {
-                (
-                    path.rsplit('/').next().unwrap_or("").to_owned(),
-                    Instant::now(),
-                )
-            });
         let rpc = rpc_of(path);
         let principal = match admit(&self.layer.auth, &self.layer.now, &req, rpc) {
             Ok(p) => p,
-            Err(e) => {
-                let status = status_of(e);
-                if let Some((method, started)) = &logged {
-                    access_log(method, None, status.code(), *started);
-                }
-                return Box::pin(std::future::ready(Ok(status.into_http())));
-            }
+            Err(e) => return Box::pin(std::future::ready(Ok(status_of(e).into_http()))),
         };
         if let Some(caller) = limit_key(&principal) {
             req.extensions_mut().insert(caller);
         }
-        let Some((method, started)) = logged else {
-            req.extensions_mut().insert(principal);
-            return Box::pin(self.inner.call(req));
-        };
-        req.extensions_mut().insert(principal.clone());
-        // The service stays ready for the call it was polled for: swap in the
-        // clone (tower's "clone, then take the ready one" pattern).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let resp = inner.call(req).await?;
-            // An error before the first message is trailers-only: its code is
-            // in the head. A stream's or a reply's OK comes in the trailers.
-            let code = resp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map_or(tonic::Code::Ok, tonic::Code::from_i32);
-            access_log(&method, Some(&principal), code, started);
-            Ok(resp)
-        })
+        if let Some(slot) = req.extensions().get::<AccessSlot>() {
+            slot.set(&principal);
+        }
+        req.extensions_mut().insert(principal);
+        Box::pin(self.inner.call(req))
     }
-}
-
-fn access_log(method: &str, principal: Option<&Principal>, code: tonic::Code, started: Instant) {
-    tracing::debug!(
-        target: "synckairos::access",
-        method,
-        caller = principal.map_or_else(|| "unauthenticated".to_owned(), Principal::label),
-        tenant = principal.map(|p| p.tenant().to_string()).unwrap_or_default(),
-        code = ?code,
-        micros = started.elapsed().as_micros() as u64,
-        "access"
-    );
 }
 
 #[cfg(test)]

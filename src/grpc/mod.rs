@@ -12,6 +12,7 @@ pub mod client_cert;
 // fuzz targets drive (fuzz/); nothing outside the crate sees it otherwise.
 pub(crate) mod convert;
 mod error;
+mod observe;
 mod panic;
 mod rate;
 mod service;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use super::auth::{AuthLayer, status_of};
 use super::caller::caller_of;
 use super::convert;
+use super::observe::{ObserveLayer, StreamMessages};
 use super::pb::{
     self,
     sync_service_server::{SyncService, SyncServiceServer},
@@ -36,6 +37,8 @@ pub struct GrpcService {
     auth: Arc<Authenticator>,
     limits: Arc<RateLimits>,
     streams: Arc<TenantStreams>,
+    /// Counts each message a Subscribe stream sends.
+    sent: Arc<StreamMessages>,
 }
 
 impl GrpcService {
@@ -100,7 +103,6 @@ fn record_session_id(id: &str) {
 
 #[tonic::async_trait]
 impl SyncService for GrpcService {
-    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn create_session(&self, req: Request<pb::CreateSessionRequest>) -> Reply<pb::Session> {
         let p = self.admit(Spend::Create, &req)?;
         let new = convert::create_request(req.into_inner())?;
@@ -108,14 +110,12 @@ impl SyncService for GrpcService {
         session_reply(self.app.create(p.tenant(), new).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Reply<pb::Session> {
         let p = self.principal(&req)?;
         let key = key_for(&p, &req.get_ref().session_id)?;
         session_reply(self.app.get(key).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn start_session(&self, req: Request<pb::StartSessionRequest>) -> Reply<pb::Session> {
         let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
@@ -125,7 +125,6 @@ impl SyncService for GrpcService {
         session_reply(self.app.start(key, first, guards).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn switch_cycle(&self, req: Request<pb::SwitchCycleRequest>) -> Reply<pb::Session> {
         let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
@@ -136,7 +135,6 @@ impl SyncService for GrpcService {
         session_reply(self.app.switch(key, from, next, guards).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn pause_session(&self, req: Request<pb::PauseSessionRequest>) -> Reply<pb::Session> {
         let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
@@ -148,7 +146,6 @@ impl SyncService for GrpcService {
         )
     }
 
-    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn resume_session(&self, req: Request<pb::ResumeSessionRequest>) -> Reply<pb::Session> {
         let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
@@ -160,7 +157,6 @@ impl SyncService for GrpcService {
         )
     }
 
-    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn complete_session(
         &self,
         req: Request<pb::CompleteSessionRequest>,
@@ -175,7 +171,6 @@ impl SyncService for GrpcService {
         )
     }
 
-    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn cancel_session(&self, req: Request<pb::CancelSessionRequest>) -> Reply<pb::Session> {
         let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
@@ -187,7 +182,6 @@ impl SyncService for GrpcService {
         )
     }
 
-    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn adjust_time(&self, req: Request<pb::AdjustTimeRequest>) -> Reply<pb::Session> {
         let p = self.admit(Spend::Mutation, &req)?;
         let r = req.into_inner();
@@ -197,7 +191,6 @@ impl SyncService for GrpcService {
         session_reply(self.app.adjust(key, target, r.delta_ms, guards).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn delete_session(&self, req: Request<pb::DeleteSessionRequest>) -> Reply<()> {
         let p = self.admit(Spend::Mutation, &req)?;
         let key = key_for(&p, &req.get_ref().session_id)?;
@@ -205,7 +198,6 @@ impl SyncService for GrpcService {
         Ok(Response::new(()))
     }
 
-    #[tracing::instrument(skip_all, fields(tenant, caller))]
     async fn get_server_time(
         &self,
         req: Request<pb::GetServerTimeRequest>,
@@ -218,7 +210,6 @@ impl SyncService for GrpcService {
 
     type SubscribeStream = EventStream;
 
-    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Reply<Self::SubscribeStream> {
         let p = self.principal(&req)?;
         let r = req.into_inner();
@@ -238,14 +229,15 @@ impl SyncService for GrpcService {
             ),
         };
         let rx = self.app.subscribe(key, opts).await?;
+        let sent = self.sent.clone();
         let stream = ReceiverStream::new(rx).map(move |item| {
             let _slot = &slot;
+            sent.sent();
             item.map(|i| convert::stream_item(&i)).map_err(Status::from)
         });
         Ok(Response::new(Box::pin(stream)))
     }
 
-    #[tracing::instrument(skip_all, fields(session_id, tenant, caller))]
     async fn list_session_events(
         &self,
         req: Request<pb::ListSessionEventsRequest>,
@@ -297,8 +289,9 @@ impl HealthControl {
 ///   messages are tiny);
 /// - per-caller rate limits on creates and mutations (grpc/rate.rs), and
 ///   per-tenant Subscribe streams (grpc/tenant_streams.rs);
-/// - every call inside the panic guard (grpc/panic.rs), then the auth layer
-///   (grpc/auth.rs); reflection only when `config.reflection`.
+/// - every call seen by the metrics, span and access log layer
+///   (grpc/observe.rs), inside it the panic guard (grpc/panic.rs), then the
+///   auth layer (grpc/auth.rs); reflection only when `config.reflection`.
 ///
 /// TCP keepalive is set on the listener's incoming stream in startup.rs:
 /// tonic ignores `Server::tcp_keepalive` with `serve_with_incoming`. Not set
@@ -307,9 +300,11 @@ impl HealthControl {
 /// queues unary calls behind each other) and `timeout` (it would also cut a
 /// Subscribe before its first message when the store is slow; the store
 /// already fails its calls within ~250 ms).
-/// What every call passes through, outermost first: the panic guard, then auth.
-pub type Layers =
-    tower_layer::Stack<AuthLayer, tower_layer::Stack<super::CatchPanic, tower_layer::Identity>>;
+/// What every call passes through, outermost first: observe, the panic guard, then auth.
+pub type Layers = tower_layer::Stack<
+    AuthLayer,
+    tower_layer::Stack<super::CatchPanic, tower_layer::Stack<ObserveLayer, tower_layer::Identity>>,
+>;
 
 pub fn router(
     app: App,
@@ -327,7 +322,10 @@ pub fn router(
     };
     let clock = app.clone();
     let now_secs = Arc::new(move || u64::try_from(clock.server_time() / 1_000_000).unwrap_or(0));
+    let observe = ObserveLayer::new(config.access_log);
+    let sent = Arc::new(observe.subscribe_messages());
     let mut server = tonic::transport::Server::builder()
+        .layer(observe)
         .layer(super::catch_panic())
         .layer(AuthLayer::new(auth.clone(), now_secs))
         .max_concurrent_streams(config.max_streams_per_connection)
@@ -345,6 +343,7 @@ pub fn router(
         auth,
         limits,
         streams: Arc::default(),
+        sent,
     })
     .max_decoding_message_size(config.max_request_bytes)
     .max_encoding_message_size(config.max_response_bytes);
