@@ -10,9 +10,9 @@
 //!
 //! Names follow go-grpc-prometheus for the per-RPC series and carry the
 //! `synckairos_` prefix otherwise, units in the name. Every name is
-//! registered at `install` (counters at 0, gauges at 0, histograms empty
-//! with their buckets), so a scrape lists each one before anything
-//! happened. Labels are bounded: RPC names from the proto, gRPC codes,
+//! registered at `install` (counters and gauges at 0; a histogram's `TYPE`
+//! and `HELP` lines, its buckets from its first sample on), so a scrape
+//! lists each one before anything happened. Labels are bounded: RPC names from the proto, gRPC codes,
 //! error kinds, readiness checks and tenants (the keys file bounds them);
 //! never a session id.
 
@@ -310,12 +310,27 @@ fn register() {
             }
             Kind::Histogram(_) => {
                 ::metrics::describe_histogram!(name, *help);
+                // Registered, so that its TYPE and HELP lines are there
+                // before its first sample.
+                if !labelled(name) {
+                    let _ = ::metrics::histogram!(name);
+                }
             }
         }
     }
     ::metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for kind in RedisErrorKind::ALL {
         ::metrics::counter!(STORE_REDIS_ERRORS, "kind" => kind.label()).increment(0);
+    }
+    // The tenant of open mode (and of callers without one), so that the
+    // per-tenant names are listed before any tenant's first stream.
+    ::metrics::gauge!(TENANT_STREAMS_OPEN, "tenant" => "default").set(0.0);
+    for limit in ["create", "mutation"] {
+        ::metrics::counter!(TENANT_RATE_LIMITED, "tenant" => "default", "limit" => limit)
+            .increment(0);
+    }
+    for check in ["store", "pubsub", "audit", "draining"] {
+        ::metrics::gauge!(READY, "check" => check).set(0.0);
     }
     for state in ["idle", "in_use"] {
         ::metrics::gauge!(STORE_POOL_CONNECTIONS, "state" => state).set(0.0);
@@ -328,6 +343,7 @@ fn labelled(name: &str) -> bool {
         name,
         GRPC_STARTED
             | GRPC_HANDLED
+            | GRPC_HANDLING_SECONDS
             | GRPC_MSG_RECEIVED
             | GRPC_MSG_SENT
             | STORE_POOL_CONNECTIONS

@@ -36,6 +36,7 @@ use crate::engine::{Event, EventKind, Micros, Session, SessionKey};
 use crate::fanout::{
     CatchUp, Hub, HubMsg, Missed, ReadError, SessionLog, SubscribeError, Subscription,
 };
+use crate::prometheus::names;
 use crate::store::{Replay, SessionStore, StoreError};
 
 /// Items buffered between the producer and the transport. Small on purpose:
@@ -338,6 +339,8 @@ impl Producer {
             return Flow::Continue;
         }
         if event.version == self.last_sent + 1 || event.kind == EventKind::Deleted {
+            let late = (self.store.now() - event.at).max(0);
+            metrics::histogram!(names::FANOUT_DELIVERY_SECONDS).record(late as f64 / 1e6);
             return self.send(StreamItem::Event(event)).await;
         }
         // Deleted meanwhile: its DELETED event is queued behind this one.
@@ -357,10 +360,11 @@ impl Producer {
                     return self.gone().await;
                 }
                 for e in events {
-                    if e.version > self.last_sent
-                        && let Flow::Stop = self.send(StreamItem::Event(e.clone())).await
-                    {
-                        return Flow::Stop;
+                    if e.version > self.last_sent {
+                        metrics::counter!(names::FANOUT_GAPS_FILLED).increment(1);
+                        if let Flow::Stop = self.send(StreamItem::Event(e.clone())).await {
+                            return Flow::Stop;
+                        }
                     }
                 }
                 Flow::Continue
@@ -386,6 +390,7 @@ impl Producer {
                     if !self.of_my_epoch(&e.session.epoch) {
                         return self.gone().await;
                     }
+                    metrics::counter!(names::FANOUT_GAPS_FILLED).increment(1);
                     if let Flow::Stop = self.send(StreamItem::Event(e)).await {
                         return Flow::Stop;
                     }
@@ -420,6 +425,7 @@ impl Producer {
             return Flow::Continue;
         }
         let at = self.store.now();
+        metrics::counter!(names::FANOUT_LAGGED_SNAPSHOTS).increment(1);
         self.send(StreamItem::Snapshot {
             session: Box::new(session.clone()),
             at,

@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use super::db::{self, PgPool};
 use super::source::AuditSource;
 use crate::engine::Micros;
+use crate::prometheus::names;
 use crate::store::AuditRecord;
 
 /// Records per batch: large statements insert fastest (1,000-row INSERTs
@@ -48,7 +49,7 @@ const MIGRATE_BACKOFF: ExponentialBuilder =
 /// How long shutdown keeps draining.
 const DRAIN_FOR: Duration = Duration::from_secs(3);
 
-/// The writer's figures, for logs and the metrics endpoint to come.
+/// The writer's figures, for logs and tests (the metrics are recorded beside them).
 #[derive(Default)]
 pub struct AuditLag {
     /// Events stored in Postgres by this replica.
@@ -102,6 +103,11 @@ pub async fn run(
             continue;
         }
         let (acks, records): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let oldest = records
+            .iter()
+            .map(|r| r.event.at)
+            .min()
+            .unwrap_or_else(&now);
         let mut backoff = INSERT_BACKOFF.build();
         let mut failures = 0u32;
         loop {
@@ -109,6 +115,7 @@ pub async fn run(
             match store_batch(&pool, &records, &lag).await {
                 Ok(n) => {
                     lag.inserted.fetch_add(n as u64, Ordering::Relaxed);
+                    metrics::counter!(names::AUDIT_ROWS_WRITTEN).increment(n as u64);
                     tracing::debug!(
                         records = records.len(),
                         inserted = n,
@@ -119,11 +126,15 @@ pub async fn run(
                 }
                 Err(e) => {
                     failures += 1;
+                    // Held: the lag grows for as long as Postgres refuses.
+                    metrics::gauge!(names::AUDIT_LAG_SECONDS)
+                        .set((now() - oldest).max(0) as f64 / 1e6);
                     if failures == 1 || failures % 20 == 0 {
                         // The backlog is what an outage costs (Redis memory): say it while it grows.
                         let backlog = source.backlog().await;
                         if let Some(b) = backlog {
                             lag.backlog.store(b, Ordering::Relaxed);
+                            metrics::gauge!(names::AUDIT_BACKLOG).set(b as f64);
                         }
                         warn!(error = %e, held = records.len(), ?backlog, "audit: Postgres insert failed; holding the batch and retrying");
                     }
@@ -149,12 +160,8 @@ pub async fn run(
             // Not acknowledged: they are redelivered and skipped by ON CONFLICT.
             warn!(error = %e, "audit: acknowledging failed; entries will be re-inserted harmlessly");
         }
-        let oldest = records
-            .iter()
-            .map(|r| r.event.at)
-            .min()
-            .unwrap_or_else(&now);
         let age = (now() - oldest).max(0);
+        metrics::gauge!(names::AUDIT_LAG_SECONDS).set(age as f64 / 1e6);
         lag.last_lag_us.store(age, Ordering::Relaxed);
         lag.max_lag_us.fetch_max(age, Ordering::Relaxed);
         let age = Duration::from_micros(age as u64);
@@ -171,6 +178,7 @@ pub async fn run(
             last_backlog = Instant::now();
             if let Some(b) = source.backlog().await {
                 lag.backlog.store(b, Ordering::Relaxed);
+                metrics::gauge!(names::AUDIT_BACKLOG).set(b as f64);
             }
         }
     }
@@ -206,6 +214,7 @@ async fn store_batch(
         };
         db::dead_letter(pool, records, &why).await?;
         lag.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(names::AUDIT_ROWS_DEAD_LETTERED).increment(1);
         error!(
             tenant = %record.tenant,
             session = %record.event.session.id,

@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
 
 use crate::engine::{Event, SessionKey};
+use crate::prometheus::names;
 
 pub use catchup::{CatchUp, Liveness, MAX_CONCURRENT_CATCH_UPS, Missed, ReadError, SessionLog};
 
@@ -142,6 +143,7 @@ impl Hub {
             }
         };
         // From here on, drop(sub) undoes the local join (and the remote one if last).
+        metrics::gauge!(names::STREAMS_OPEN).increment(1.0);
         let sub = Subscription {
             rx: Some(rx),
             liveness,
@@ -224,6 +226,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        metrics::gauge!(names::STREAMS_OPEN).decrement(1.0);
         let mut channels = lock(&self.hub.channels);
         drop(self.rx.take());
         if channels

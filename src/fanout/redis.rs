@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use super::{Hub, Remote};
 use crate::engine::{Event, SessionKey};
+use crate::prometheus::names;
 use crate::wire;
 
 /// How long one Pub/Sub command (a PING included) may take before the
@@ -150,6 +151,7 @@ async fn run(
         };
         pauses = reconnect_backoff();
         if connected_before {
+            metrics::counter!(names::PUBSUB_RECONNECTS).increment(1);
             info!(
                 channels = joined.len(),
                 "Pub/Sub reconnected; streams resynchronise from the log"

@@ -31,6 +31,7 @@ use crate::app::App;
 use crate::auth::{Authenticator, Principal, TenantLimits};
 use crate::config::Config;
 use crate::engine::{SessionId, SessionKey};
+use crate::prometheus::names;
 
 pub struct GrpcService {
     app: App,
@@ -73,8 +74,18 @@ impl GrpcService {
             Spend::Create => own.creates,
             Spend::Mutation => own.mutations,
         };
-        self.limits
-            .check(spend, &caller_of(req), rate.map(|r| (p.tenant_str(), r)))?;
+        if let Err(refused) =
+            self.limits
+                .check(spend, &caller_of(req), rate.map(|r| (p.tenant_str(), r)))
+        {
+            let limit = match spend {
+                Spend::Create => "create",
+                Spend::Mutation => "mutation",
+            };
+            metrics::counter!(names::TENANT_RATE_LIMITED, "tenant" => p.tenant_str().to_owned(), "limit" => limit)
+                .increment(1);
+            return Err(refused.into());
+        }
         Ok(p)
     }
 }
@@ -221,13 +232,9 @@ impl SyncService for GrpcService {
             heartbeat_ms: r.heartbeat_ms,
         };
         // Held by the stream, so given back whenever tonic drops it.
-        let slot = match p {
-            Principal::Open => None,
-            _ => Some(
-                self.streams
-                    .acquire(&key.tenant, self.tenant_limits(&p).max_streams)?,
-            ),
-        };
+        let slot = self
+            .streams
+            .acquire(&key.tenant, self.tenant_limits(&p).max_streams)?;
         let rx = self.app.subscribe(key, opts).await?;
         let sent = self.sent.clone();
         let stream = ReceiverStream::new(rx).map(move |item| {

@@ -3,12 +3,14 @@
 //! applies (`SYNCKAIROS_MAX_SUBSCRIBE_STREAMS`). Counted on this replica:
 //! each replica holds its own streams. A slot is given back when its stream
 //! ends, however it ends (the slot lives in the response stream tonic drops).
+//! Each change sets `synckairos_tenant_streams_open{tenant}`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::app::AppError;
 use crate::engine::Tenant;
+use crate::prometheus::names;
 
 #[derive(Default)]
 pub struct TenantStreams {
@@ -39,6 +41,7 @@ impl TenantStreams {
             });
         }
         *n += 1;
+        record(tenant, *n);
         Ok(Slot {
             streams: self.clone(),
             tenant: tenant.clone(),
@@ -56,11 +59,17 @@ impl Drop for Slot {
         let mut open = self.streams.lock();
         if let Some(n) = open.get_mut(&self.tenant) {
             *n -= 1;
+            record(&self.tenant, *n);
             if *n == 0 {
                 open.remove(&self.tenant);
             }
         }
     }
+}
+
+fn record(tenant: &Tenant, open: u32) {
+    metrics::gauge!(names::TENANT_STREAMS_OPEN, "tenant" => tenant.as_str().to_owned())
+        .set(f64::from(open));
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@
 
 mod held;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -32,8 +33,9 @@ use tracing::{debug, warn};
 
 use self::held::Held;
 pub use self::held::TimerStats;
-use crate::engine::{Command, Request, RuleError, SessionKey};
-use crate::store::{Claim, SessionStore, StoreError};
+use crate::engine::{self, Applied, Command, EventKind, Micros, Request, RuleError, SessionKey};
+use crate::prometheus::names;
+use crate::store::{Change, Claim, SessionStore, StoreError};
 
 /// The longest the loop sleeps without looking: a safety net under the
 /// wake-ups (e.g. a deadline set by another replica whose wake-up was lost).
@@ -85,6 +87,7 @@ pub async fn run_with_stats(
             0 => Ok(()),
             room => store.claim_due_at_most(room).await.map(|due| {
                 if !due.is_empty() {
+                    metrics::counter!(names::TIMER_CLAIMS).increment(due.len() as u64);
                     for claim in due {
                         held.push(store.batch_of(&claim.key), claim);
                     }
@@ -142,17 +145,18 @@ async fn fire_queued(store: Arc<dyn SessionStore>, held: Arc<Held>) {
 /// own, side by side, so that all of them retry within their claim's lease.
 pub async fn fire_many(store: &dyn SessionStore, claims: &[Claim]) {
     let keys: Vec<SessionKey> = claims.iter().map(|c| c.key.clone()).collect();
-    let results = store
-        .update_many(&keys, crate::store::apply(Request::new(Command::Timeout)))
-        .await;
+    let deadlines = Deadlines::default();
+    let results = store.update_many(&keys, deadlines.timeout()).await;
     let mut retries = Vec::new();
     for (claim, result) in claims.iter().zip(results) {
         let key = &claim.key;
         match result {
             Ok(applied) => {
+                deadlines.record_lateness(&applied);
                 debug!(session = %key, version = applied.session.version, "deadline fired")
             }
             Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => {
+                metrics::counter!(names::TIMER_EMPTY_FIRINGS).increment(1);
                 release(store, claim).await
             }
             Err(
@@ -176,16 +180,21 @@ async fn release(store: &dyn SessionStore, claim: &Claim) {
 /// outcomes. A passing failure is retried (see `retry_after`).
 pub async fn fire(store: &dyn SessionStore, claim: &Claim) {
     let key = &claim.key;
-    let timeout = crate::store::apply(Request::new(Command::Timeout));
+    let deadlines = Deadlines::default();
+    let timeout = deadlines.timeout();
     let started = Instant::now();
     for attempt in 0u32.. {
         match store.update(key, timeout.clone()).await {
             // The firing commit released the claim itself.
             Ok(applied) => {
+                deadlines.record_lateness(&applied);
                 debug!(session = %key, version = applied.session.version, "deadline fired");
                 return;
             }
-            Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => break,
+            Err(StoreError::Rule(RuleError::NotDue)) | Err(StoreError::NotFound) => {
+                metrics::counter!(names::TIMER_EMPTY_FIRINGS).increment(1);
+                break;
+            }
             Err(
                 e @ (StoreError::Unavailable(_)
                 | StoreError::OutcomeUnknown(_)
@@ -207,6 +216,47 @@ pub async fn fire(store: &dyn SessionStore, claim: &Claim) {
         }
     }
     release(store, claim).await
+}
+
+/// The deadline each session of a firing had when the firing's change read
+/// it, by epoch (one per session's life): the change is pure and may run
+/// again, and the last reading is the one that committed.
+#[derive(Clone, Default)]
+struct Deadlines(Arc<Mutex<HashMap<String, Micros>>>);
+
+impl Deadlines {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Micros>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The timeout, noting each session's deadline as it reads it.
+    fn timeout(&self) -> Change {
+        let noted = self.clone();
+        let request = Request::new(Command::Timeout);
+        Arc::new(move |s, now| {
+            if let Some(at) = engine::deadline(s) {
+                noted.lock().insert(s.epoch.clone(), at);
+            }
+            engine::apply(s, &request, now)
+        })
+    }
+
+    /// `synckairos_timer_flag_lateness_seconds`: from the deadline to the
+    /// commit of its timeout.
+    fn record_lateness(&self, applied: &Applied) {
+        let Some(fired) = applied.events.iter().find(|e| {
+            matches!(
+                e.kind,
+                EventKind::Expired | EventKind::TimedOut | EventKind::ParticipantExpired
+            )
+        }) else {
+            return;
+        };
+        if let Some(deadline) = self.lock().get(&applied.session.epoch) {
+            let late = (fired.at - deadline).max(0);
+            metrics::histogram!(names::TIMER_FLAG_LATENESS_SECONDS).record(late as f64 / 1e6);
+        }
+    }
 }
 
 /// The pause before retry `attempt + 1` of a firing that has been failing

@@ -29,6 +29,8 @@ pub const PROMPT: Duration = Duration::from_secs(5);
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: Client,
+    /// Where `/metrics` is served, when the config set `metrics_listen`.
+    pub metrics_addr: Option<SocketAddr>,
     /// What a SIGHUP would reload on this server (`Application::reloaders`).
     pub reloaders: Reloaders,
     stop: Option<oneshot::Sender<()>>,
@@ -212,6 +214,7 @@ async fn launch_with(
     let app = Application::build(config).await.expect("build application");
     let addr = SocketAddr::from(([127, 0, 0, 1], app.port()));
     let reloaders = app.reloaders();
+    let metrics_addr = app.metrics_addr();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stop_rx.await;
@@ -220,6 +223,7 @@ async fn launch_with(
     TestApp {
         addr,
         client,
+        metrics_addr,
         reloaders,
         stop: Some(stop_tx),
         server: Some(server),
@@ -528,4 +532,49 @@ pub async fn create_started_in<S>(
         )
         .await
         .unwrap();
+}
+
+/// One HTTP/1.1 `GET path` to `addr` (no keep-alive): the status code and
+/// the body. Enough for `/metrics` and the probes.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect for GET");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.expect("send GET");
+    let mut raw = Vec::new();
+    within(PROMPT, "the GET's answer", conn.read_to_end(&mut raw))
+        .await
+        .expect("read the GET's answer");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {head:?}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+/// The payload of a chunked HTTP/1.1 body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
 }

@@ -30,6 +30,7 @@ mod hostile_input;
 mod latency;
 mod limits;
 mod lost_answer;
+mod metrics;
 mod panic;
 mod pg;
 mod redis_server;

@@ -40,6 +40,7 @@ use super::RedisStore;
 use super::keys::{claim_keys, parse_member};
 use super::pool::exchange;
 use crate::engine::Micros;
+use crate::prometheus::names;
 use crate::store::{Claim, StoreError};
 
 /// How long a claimed deadline stays with its claimer before others may take it.
@@ -103,7 +104,7 @@ impl RedisStore {
                 .arg(lease)
                 .arg(limit);
         }
-        let replies: Vec<(Vec<String>, Option<f64>, Micros)> =
+        let replies: Vec<(Vec<String>, Option<f64>, Micros, u64)> =
             match exchange(&mut conn, async |c| pipe.query_async(c).await).await {
                 Err(StoreError::Unavailable(e)) if e.to_ascii_lowercase().contains("noscript") => {
                     let script = &self.claim;
@@ -117,7 +118,8 @@ impl RedisStore {
             };
         let mut due = Vec::new();
         let mut head: Option<Micros> = None;
-        for (members, next, lease) in replies {
+        for (members, next, lease, expired) in replies {
+            metrics::counter!(names::TIMER_RECLAIMS).increment(expired);
             due.extend(
                 members
                     .iter()

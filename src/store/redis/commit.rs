@@ -26,6 +26,7 @@ use super::outcome::Landed;
 use super::pool::{Conn, Failed, exchange, exchange_or_lost, failed_at_once, io};
 use super::recent::{Remembered, Written};
 use crate::engine::{self, Applied, Event, EventKind, Micros, Session, SessionKey};
+use crate::prometheus::names;
 use crate::store::{Change, EVENT_LOG_LEN, StoreError};
 use crate::wire;
 
@@ -180,6 +181,20 @@ impl RedisStore {
         plan: impl Planner<T>,
         retry: Retry,
     ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
+        let started = Instant::now();
+        let out = self.commit_attempts(keys, plan, retry).await;
+        metrics::histogram!(names::STORE_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(names::STORE_GROUP_COMMIT_SIZE).record(keys.len() as f64);
+        out
+    }
+
+    /// `commit`'s attempts (see there).
+    async fn commit_attempts<T>(
+        &self,
+        keys: &[SessionKey],
+        plan: impl Planner<T>,
+        retry: Retry,
+    ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
         let mut conn = self.conn().await?;
         // Only these turns write the sessions here, so the last write
         // remembered is this replica's latest.
@@ -254,6 +269,7 @@ impl RedisStore {
                         }
                         Landed::No if retry == Retry::No => break,
                         Landed::No if started.elapsed() < RETRY_BUDGET => {
+                            metrics::counter!(names::STORE_COMMIT_RETRIES).increment(1);
                             conn = self.conn().await?;
                             continue;
                         }
@@ -271,9 +287,11 @@ impl RedisStore {
                 self.remember(keys, stored);
                 return Ok(outs);
             }
+            metrics::counter!(names::STORE_COMMIT_CONFLICTS).increment(1);
             if retry == Retry::No || started.elapsed() >= RETRY_BUDGET {
                 break;
             }
+            metrics::counter!(names::STORE_COMMIT_RETRIES).increment(1);
             match pauses.get_or_insert_with(race_backoff).next() {
                 Some(pause) => tokio::time::sleep(pause).await,
                 None => break,

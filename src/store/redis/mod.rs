@@ -398,6 +398,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn maintain(&self) {
+        self.record_pool();
         let _ = self.check_layout().await;
         if let Err(e) = self.measure_offset().await {
             warn!(error = %e, "measuring the offset to Redis TIME failed");

@@ -21,6 +21,7 @@ use futures_util::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 
 use super::RedisStore;
+use crate::prometheus::{RedisErrorKind, names};
 use crate::store::StoreError;
 
 /// One Redis exchange may take this long before the call fails with
@@ -115,6 +116,14 @@ pub(super) async fn exchange_or_lost<T>(
             if answer_lost {
                 conn.broken = true;
             }
+            let kind = if e.is_timeout() {
+                RedisErrorKind::Timeout
+            } else if answer_lost {
+                RedisErrorKind::Io
+            } else {
+                RedisErrorKind::Response
+            };
+            kind.count();
             Err(Failed {
                 error: io(e),
                 answer_lost,
@@ -122,6 +131,7 @@ pub(super) async fn exchange_or_lost<T>(
         }
         Err(_) => {
             conn.broken = true;
+            RedisErrorKind::Timeout.count();
             Err(Failed {
                 error: io("redis did not answer in time"),
                 answer_lost: true,
@@ -140,10 +150,23 @@ pub(super) fn failed_at_once<T>(read: &Result<T, StoreError>, started: Instant) 
 
 impl RedisStore {
     pub(super) async fn conn(&self) -> Result<Pooled<'_>, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| io(format!("no redis connection: {e}")))
+        let started = Instant::now();
+        let conn = self.pool.get().await;
+        metrics::histogram!(names::STORE_POOL_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
+        conn.map_err(|e| {
+            RedisErrorKind::Pool.count();
+            io(format!("no redis connection: {e}"))
+        })
+    }
+
+    /// The pool's gauges, read at each upkeep.
+    pub(super) fn record_pool(&self) {
+        let state = self.pool.state();
+        let idle = f64::from(state.idle_connections);
+        let open = f64::from(state.connections);
+        metrics::gauge!(names::STORE_POOL_CONNECTIONS, "state" => "idle").set(idle);
+        metrics::gauge!(names::STORE_POOL_CONNECTIONS, "state" => "in_use").set(open - idle);
+        metrics::gauge!(names::STORE_POOL_SIZE).set(f64::from(self.settings.pool_size));
     }
 
     /// Runs `read` (it writes nothing) on a pooled connection, and once more

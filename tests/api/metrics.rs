@@ -1,0 +1,238 @@
+//! Prometheus metrics on `SYNCKAIROS_METRICS_LISTEN` (src/prometheus.rs,
+//! src/grpc/observe.rs): every name is there from the start, calls are
+//! counted under go-grpc-prometheus's names by method and code, streams'
+//! messages and ends are counted, and the domain series move when their
+//! events happen. The recorder is one per process, so the tests that count
+//! run alone (no other server in this process records meanwhile).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use synckairos::config::EngineKind;
+use synckairos::grpc::pb;
+use tonic::Code;
+
+use crate::helpers::*;
+
+fn with_metrics(c: &mut synckairos::config::Config) {
+    c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let addr: SocketAddr = app.metrics_addr.expect("metrics are on");
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`.
+fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest),
+                None => (series, ""),
+            };
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+fn method(name: &'static str) -> [(&'static str, &'static str); 2] {
+    [
+        ("grpc_service", "synckairos.v1.SyncService"),
+        ("grpc_method", name),
+    ]
+}
+
+#[tokio::test]
+async fn every_metric_name_is_in_the_first_scrape() {
+    let app = spawn_app_with(with_metrics).await;
+    let body = scrape(&app).await;
+    for name in synckairos::prometheus::all_names() {
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with(&format!("# TYPE {name} "))),
+            "{name} is not in the scrape"
+        );
+    }
+    // go-grpc-prometheus pre-registers every code of every method.
+    let ok = [("grpc_method", "SwitchCycle"), ("grpc_code", "DataLoss")];
+    assert!(body.contains("grpc_server_handled_total{"));
+    assert!(
+        body.lines()
+            .any(|l| ok.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))),
+        "SwitchCycle's DataLoss series is not pre-registered"
+    );
+}
+
+#[tokio::test]
+async fn the_listener_answers_only_metrics_and_the_probes() {
+    let app = spawn_app_with(with_metrics).await;
+    let addr = app.metrics_addr.unwrap();
+    let (status, body) = http_get(addr, "/health").await;
+    assert_eq!((status, body.contains("alive")), (200, true), "{body}");
+    let (status, _) = http_get(addr, "/nope").await;
+    assert_eq!(status, 404);
+    let (status, _) = http_get(addr, "/metrics/../../etc/passwd").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn unary_calls_are_counted_by_method_and_code() {
+    let mut app = spawn_app_alone_with(with_metrics).await;
+    let before = scrape(&app).await;
+    for _ in 0..3 {
+        app.client
+            .get_server_time(pb::GetServerTimeRequest {})
+            .await
+            .unwrap();
+    }
+    for bad in ["", "a b"] {
+        let r = app
+            .client
+            .get_session(pb::GetSessionRequest {
+                session_id: bad.into(),
+            })
+            .await;
+        assert_code(r, Code::InvalidArgument);
+    }
+    let after = scrape(&app).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    let time = method("GetServerTime");
+    let get = method("GetSession");
+    assert_eq!(delta("grpc_server_started_total", &time), 3.0);
+    assert_eq!(delta("grpc_server_msg_received_total", &time), 3.0);
+    let ok = [time[0], time[1], ("grpc_code", "OK")];
+    assert_eq!(delta("grpc_server_handled_total", &ok), 3.0);
+    assert_eq!(delta("grpc_server_msg_sent_total", &time), 3.0);
+    assert_eq!(delta("grpc_server_handling_seconds_count", &time), 3.0);
+    let bad = [get[0], get[1], ("grpc_code", "InvalidArgument")];
+    assert_eq!(delta("grpc_server_handled_total", &bad), 2.0);
+    assert_eq!(delta("grpc_server_started_total", &get), 2.0);
+    // A refused call sends no message.
+    assert_eq!(delta("grpc_server_msg_sent_total", &get), 0.0);
+    assert_eq!(
+        sample(
+            &after,
+            "grpc_server_handled_total",
+            &[("grpc_type", "unary"), ("grpc_method", "GetServerTime")]
+        ),
+        sample(&after, "grpc_server_started_total", &time)
+    );
+}
+
+#[tokio::test]
+async fn a_stream_counts_its_messages_while_open_and_its_end_when_dropped() {
+    let mut app = spawn_app_alone_with(with_metrics).await;
+    let session = create_started(&mut app.client).await;
+    let id = session.session_id.clone();
+    let before = scrape(&app).await;
+    let mut stream = subscribe(&mut app.client, subscribe_req(&id)).await;
+    next_event(&mut stream).await; // the snapshot
+    for _ in 0..3 {
+        switch(&mut app.client, &id).await;
+        next_change(&mut stream).await;
+    }
+    let open = scrape(&app).await;
+    let sub = method("Subscribe");
+    let delta = |s: &str, name: &str, labels: &[(&str, &str)]| {
+        sample(s, name, labels) - sample(&before, name, labels)
+    };
+    assert_eq!(delta(&open, "grpc_server_started_total", &sub), 1.0);
+    assert!(delta(&open, "grpc_server_msg_sent_total", &sub) >= 4.0);
+    assert_eq!(delta(&open, "synckairos_streams_open", &[]), 1.0);
+    assert_eq!(
+        delta(
+            &open,
+            "synckairos_tenant_streams_open",
+            &[("tenant", "default")]
+        ),
+        1.0
+    );
+    // Still open: not handled yet.
+    let handled = [sub[0], sub[1], ("grpc_code", "Canceled")];
+    assert_eq!(delta(&open, "grpc_server_handled_total", &handled), 0.0);
+    // Deliveries were timed from their commits.
+    assert!(delta(&open, "synckairos_fanout_delivery_seconds_count", &[]) >= 3.0);
+    drop(stream);
+    let closed = within(PROMPT, "the stream's end counted", async {
+        loop {
+            let s = scrape(&app).await;
+            if delta(&s, "grpc_server_handled_total", &handled) == 1.0 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(delta(&closed, "synckairos_streams_open", &[]), 0.0);
+    assert_eq!(
+        delta(&closed, "grpc_server_handling_seconds_count", &sub),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_flag_is_timed_from_its_deadline_and_a_rate_limit_counted_by_tenant() {
+    let mut app = spawn_app_alone_with(|c| {
+        with_metrics(c);
+        c.create_rate = synckairos::config::Rate::new(1, 1);
+    })
+    .await;
+    let before = scrape(&app).await;
+    let id = unique_id("metrics-flag");
+    create(&mut app.client, chess(&id, 50)).await;
+    start(&mut app.client, &id).await;
+    let refused = app.client.create_session(chess(&unique_id("x"), 50)).await;
+    assert_code(refused, Code::ResourceExhausted);
+    let flagged = within(PROMPT, "the flag counted", async {
+        loop {
+            let s = scrape(&app).await;
+            let n = sample(&s, "synckairos_timer_flag_lateness_seconds_count", &[])
+                - sample(&before, "synckairos_timer_flag_lateness_seconds_count", &[]);
+            if n >= 1.0 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        status_of(&get(&mut app.client, &id).await),
+        pb::Status::Expired
+    );
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        sample(&flagged, name, labels) - sample(&before, name, labels)
+    };
+    assert_eq!(
+        delta("synckairos_timer_flag_lateness_seconds_count", &[]),
+        1.0
+    );
+    // Late by less than the safety poll: the flag was woken for, not polled.
+    let late = delta("synckairos_timer_flag_lateness_seconds_sum", &[]);
+    assert!((0.0..0.5).contains(&late), "{late}");
+    assert!(delta("synckairos_timer_claims_total", &[]) >= 1.0);
+    assert_eq!(
+        delta(
+            "synckairos_tenant_rate_limited_total",
+            &[("tenant", "default"), ("limit", "create")]
+        ),
+        1.0
+    );
+    let commits = delta("synckairos_store_commit_seconds_count", &[]);
+    match test_engine() {
+        // create, start, the flag (group commits may join, never split them).
+        EngineKind::Redis => assert!(commits >= 2.0, "{commits}"),
+        EngineKind::Memory => assert_eq!(commits, 0.0),
+    }
+}
