@@ -8,6 +8,8 @@
 #   tests/bench.sh breakdown flags # only these
 #   tests/bench.sh auth            # SwitchCycle: open mode vs an API key vs play tokens
 #   AUTH_ROUNDS=5 tests/bench.sh auth  # more rounds of it
+#   tests/bench.sh observe         # SwitchCycle with metrics + traces on (E) beside off (A), /metrics scrape time
+#   OBSERVE_ROUNDS=5 tests/bench.sh observe
 #   BENCH_BIN=/some/dir tests/bench.sh  # binaries built elsewhere (A/B runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,3 +107,51 @@ echo "== auth: what authenticating one call costs, in this process"
 rm -rf "$keys_dir"; fi
 if want flags; then echo "== flags: 10000 deadlines within one second over three replicas"
 "$R/synckairos-load" flags --target "$A,$B,$C" --sessions 10000 --spread-ms 1000 --concurrency 64 --connections 2; fi
+if want observe; then echo "== observe: SwitchCycle at 64 in flight over 1000 sessions, metrics and traces off (A, and B as a control) beside both on (E: SYNCKAIROS_METRICS_LISTEN, OTLP to a local sink, default sampling), ${OBSERVE_ROUNDS:-3} rounds in turn"
+sink_log="$(mktemp)"
+python3 tests/python/otlp_sink.py > "$sink_log.port" 2> "$sink_log" &
+sink_pid=$!
+pids+=("$sink_pid")
+sleep 1
+sink_port="$(head -n 1 "$sink_log.port")"
+p="$(free_port)"; mp="$(free_port)"
+REDIS_URL="redis://127.0.0.1:$redis_port" SYNCKAIROS_LISTEN="127.0.0.1:$p" RUST_LOG=warn \
+  SYNCKAIROS_CREATE_RATE=10000000 SYNCKAIROS_MUTATION_RATE=10000000 \
+  SYNCKAIROS_METRICS_LISTEN="127.0.0.1:$mp" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" \
+  "$R/synckairos" &
+E_pid=$!
+pids+=("$E_pid")
+sleep 2
+E="127.0.0.1:$p"
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz="$(getconf CLK_TCK)"
+run_cpu() { # server-pid, load generator args...
+  local pid="$1"; shift
+  local out; out="$(mktemp)"
+  "$R/synckairos-load" switch --seconds 10 "$@" > "$out" &
+  local load=$!
+  sleep 4
+  local t1; t1="$(ticks "$pid")"; sleep 5; local t2; t2="$(ticks "$pid")"
+  wait "$load"
+  local rate; rate="$(sed -n 's/.* \([0-9]*\)\/s,.*/\1/p' "$out")"
+  printf '%s | server CPU %s us/call\n' "$(cat "$out")" \
+    "$(awk -v d=$((t2 - t1)) -v hz="$hz" -v r="${rate:-0}" 'BEGIN { if (r > 0) printf "%.1f", d / hz / 5 * 1e6 / r; else print "?" }')"
+  rm -f "$out"
+}
+for _ in $(seq "${OBSERVE_ROUNDS:-3}"); do
+  echo "(off, A) $(run_cpu "${pids[0]}" --target "$A" --sessions 1000 --concurrency 64)"
+  echo "(off, control B) $(run_cpu "${pids[1]}" --target "$B" --sessions 1000 --concurrency 64)"
+  echo "(on, E) $(run_cpu "$E_pid" --target "$E" --sessions 1000 --concurrency 64)"
+done
+echo "== observe: /metrics scrape time on E with 10000 live sessions and 1000 open streams"
+"$R/synckairos-load" switch --target "$E" --sessions 10000 --concurrency 64 --seconds 3 >/dev/null
+"$R/synckairos-load" fanout --target "$E" --subscribe-target "$E" --sessions 100 --streams 1000 --rate 200 --seconds 15 > /dev/null &
+fan=$!
+sleep 8
+streams="$(curl -s "127.0.0.1:$mp/metrics" | sed -n 's/^synckairos_streams_open \(.*\)/\1/p')"
+times="$(for _ in $(seq 20); do curl -s -o /dev/null -w '%{time_total}\n' "127.0.0.1:$mp/metrics"; done | sort -n)"
+size="$(curl -s "127.0.0.1:$mp/metrics" | wc -c)"
+echo "streams open during the scrapes: $streams; body $size bytes; 20 scrapes: median $(echo "$times" | sed -n 10p) s, max $(echo "$times" | tail -n 1) s"
+wait "$fan"
+kill "$sink_pid" 2>/dev/null; wait "$sink_pid" 2>/dev/null || true
+cat "$sink_log"; rm -f "$sink_log" "$sink_log.port"; fi

@@ -236,3 +236,50 @@ async fn a_flag_is_timed_from_its_deadline_and_a_rate_limit_counted_by_tenant() 
         EngineKind::Memory => assert_eq!(commits, 0.0),
     }
 }
+
+#[tokio::test]
+async fn the_store_reports_its_pool_and_counts_redis_failures_by_kind() {
+    use crate::redis_server::RedisServer;
+    use std::sync::{Arc, Mutex};
+    // The Redis engine whichever engine the suite runs on: these are its series.
+    let redis = Arc::new(Mutex::new(RedisServer::start()));
+    let url = redis.lock().unwrap().url();
+    let config = synckairos::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        engine: EngineKind::Redis,
+        redis_url: Some(synckairos::config::Secret::new(url)),
+        redis_pool_size: 7,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..synckairos::config::Config::default()
+    };
+    let mut app = launch(config, Some(redis.clone()), exclusive_isolation()).await;
+    let id = create_started(&mut app.client).await.session_id;
+    switch(&mut app.client, &id).await;
+    // The pool's gauges are read at each upkeep (every second).
+    let up = within(PROMPT, "the pool's gauges", async {
+        loop {
+            let s = scrape(&app).await;
+            if sample(&s, "synckairos_store_pool_size", &[]) == 7.0 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let open = sample(&up, "synckairos_store_pool_connections", &[]);
+    assert!((1.0..=7.0).contains(&open), "{open}");
+    assert!(sample(&up, "synckairos_store_commit_seconds_count", &[]) >= 2.0);
+    assert!(sample(&up, "synckairos_store_pool_wait_seconds_count", &[]) >= 2.0);
+    let errors = |s: &str| sample(s, "synckairos_store_redis_errors_total", &[]);
+    let before = errors(&up);
+    redis.lock().unwrap().stop();
+    let r = app.client.switch_cycle(switch_req(&id)).await;
+    assert_code(r, Code::Unavailable);
+    let after = scrape(&app).await;
+    assert!(errors(&after) > before, "{before} -> {}", errors(&after));
+    let unavailable = [("grpc_method", "SwitchCycle"), ("grpc_code", "Unavailable")];
+    assert_eq!(
+        sample(&after, "grpc_server_handled_total", &unavailable),
+        1.0
+    );
+}
