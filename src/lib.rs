@@ -23,6 +23,8 @@
 //!   acceptor that bounds handshakes.
 //! - [`dependency_tls`]: TLS to Redis and PostgreSQL (rustls on ring): CA files and the
 //!   certificate checks of `rediss://` and libpq's `sslmode`s.
+//! - [`healthcheck`]: the `synckairos healthcheck` command, a gRPC health client
+//!   for the container image's HEALTHCHECK (reads no configuration but the listener's).
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 //!
 //! `fuzzing` (hidden) re-exports what the `cargo fuzz` targets in `fuzz/` drive.
@@ -36,6 +38,7 @@ pub mod dependency_tls;
 pub mod engine;
 pub mod fanout;
 pub mod grpc;
+pub mod healthcheck;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

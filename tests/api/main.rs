@@ -24,6 +24,7 @@ mod flag;
 mod fuzz_regressions;
 mod grpcurl;
 mod health;
+mod healthcheck;
 mod helpers;
 mod hostile;
 mod hostile_input;
