@@ -146,10 +146,11 @@ fi
 log "grpcurl: $GRPCURL"
 
 # The Python client of the cross-language auth test (tests/python/): grpcio,
-# grpcio-tools (stubs generated at test time) and PyJWT from PyPI, when missing.
-if ! python3 -c 'import grpc, grpc_tools, jwt' 2>/dev/null; then
-  log "installing grpcio grpcio-tools PyJWT (pip)"
-  python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools PyJWT >&2
+# grpcio-tools (stubs generated at test time) and PyJWT from PyPI, when missing;
+# PyYAML parses the deploy files' YAML for tests/api/deploy_files.rs.
+if ! python3 -c 'import grpc, grpc_tools, jwt, yaml' 2>/dev/null; then
+  log "installing grpcio grpcio-tools PyJWT PyYAML (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools PyJWT PyYAML >&2
 fi
 
 # redis-server (the Redis engine's tests start private ones on free ports).

@@ -297,3 +297,180 @@ fn railway_checks_ready_and_builds_the_dockerfile() {
         "drainingSeconds {draining} must exceed SYNCKAIROS_SHUTDOWN_GRACE's default"
     );
 }
+
+// ---------- compose.yaml ----------
+
+/// A YAML file as JSON, parsed by PyYAML: the reference YAML parser, with
+/// the merge keys (`<<: *anchor`) compose files use. Python is already a
+/// test dependency (grpcio for auth_cross_language); PyYAML costs no Rust
+/// build time, where serde_yaml is unmaintained and its forks are young.
+/// tests/run.sh installs it when missing.
+fn yaml(rel: &str) -> serde_json::Value {
+    let path = repo().join(rel);
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
+        ])
+        .arg(&path)
+        .output()
+        .expect("python3 (tests/run.sh installs PyYAML: pip install PyYAML)");
+    assert!(
+        out.status.success(),
+        "{rel} does not parse as YAML (or PyYAML is missing: pip install PyYAML): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from python")
+}
+
+/// The variables of the README's configuration table.
+fn documented_variables() -> Vec<String> {
+    let readme = read("README.md");
+    let table = readme
+        .split("## Configuration")
+        .nth(1)
+        .expect("README has a Configuration section");
+    table
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .flat_map(|l| {
+            let first = l.split('|').nth(1).unwrap_or("");
+            first
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn str_of<'a>(v: &'a serde_json::Value, what: &str) -> &'a str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what} is a string: {v}"))
+}
+
+#[test]
+fn compose_starts_redis_postgres_and_three_healthy_replicas() {
+    let compose = yaml("docs/deploy/compose.yaml");
+    let services = compose["services"].as_object().expect("services");
+    for dep in ["redis", "postgres"] {
+        assert!(
+            services[dep]["healthcheck"]["test"].is_array(),
+            "{dep} has a healthcheck (the replicas wait for it)"
+        );
+    }
+    let replicas: Vec<(&String, &serde_json::Value)> = services
+        .iter()
+        .filter(|(_, s)| s.get("build").is_some())
+        .collect();
+    assert!(
+        replicas.len() >= 3,
+        "three replicas built from the Dockerfile"
+    );
+    let entrypoint = final_stage(&dockerfile())
+        .iter()
+        .find(|i| i.keyword == "ENTRYPOINT")
+        .map(|i| exec_form(&i.args, "ENTRYPOINT"))
+        .unwrap();
+    let documented = documented_variables();
+    let postgres_env = &services["postgres"]["environment"];
+    let mut host_ports = Vec::new();
+    for (name, s) in &replicas {
+        let context = repo()
+            .join("docs/deploy")
+            .join(str_of(&s["build"]["context"], "build.context"));
+        let dockerfile = context.join(str_of(&s["build"]["dockerfile"], "build.dockerfile"));
+        assert_eq!(
+            dockerfile.canonicalize().unwrap(),
+            repo().join("Dockerfile").canonicalize().unwrap(),
+            "{name} builds the repository's Dockerfile"
+        );
+        let env = s["environment"].as_object().expect("environment map");
+        for var in env.keys() {
+            assert!(
+                documented.contains(var),
+                "{name}: {var} is not in the README's configuration table"
+            );
+        }
+        let redis = str_of(&env["REDIS_URL"], "REDIS_URL");
+        assert_eq!(
+            redis, "redis://redis:6379",
+            "{name} reaches the redis service"
+        );
+        let db = str_of(&env["DATABASE_URL"], "DATABASE_URL");
+        let want = format!(
+            "postgres://{}:{}@postgres:5432/{}",
+            str_of(&postgres_env["POSTGRES_USER"], "POSTGRES_USER"),
+            str_of(&postgres_env["POSTGRES_PASSWORD"], "POSTGRES_PASSWORD"),
+            str_of(&postgres_env["POSTGRES_DB"], "POSTGRES_DB"),
+        );
+        assert_eq!(db, want, "{name} reaches the postgres service's database");
+        let metrics = str_of(
+            &env["SYNCKAIROS_METRICS_LISTEN"],
+            "SYNCKAIROS_METRICS_LISTEN",
+        );
+        let metrics_port = metrics.rsplit(':').next().unwrap().to_string();
+        for dep in ["redis", "postgres"] {
+            assert_eq!(
+                s["depends_on"][dep]["condition"], "service_healthy",
+                "{name} waits for {dep}"
+            );
+        }
+        let test: Vec<&str> = s["healthcheck"]["test"]
+            .as_array()
+            .expect("healthcheck.test")
+            .iter()
+            .map(|v| str_of(v, "test"))
+            .collect();
+        assert_eq!(
+            test,
+            ["CMD", entrypoint[0].as_str(), "healthcheck"],
+            "{name}"
+        );
+        let grace = synckairos::config::parse_duration(str_of(
+            &s["stop_grace_period"],
+            "stop_grace_period",
+        ))
+        .unwrap();
+        assert!(
+            grace > Config::default().shutdown_grace,
+            "{name}: stop_grace_period"
+        );
+        // gRPC on the default port (no SYNCKAIROS_LISTEN), metrics on theirs.
+        let mut inner = Vec::new();
+        for p in s["ports"].as_array().expect("ports") {
+            let (host, container) = str_of(p, "port").split_once(':').unwrap();
+            host_ports.push(host.to_string());
+            inner.push(container.to_string());
+        }
+        assert!(!env.contains_key("SYNCKAIROS_LISTEN"));
+        assert!(
+            inner.contains(&Config::default().listen.port().to_string()),
+            "{name}"
+        );
+        assert!(
+            inner.contains(&metrics_port),
+            "{name} publishes its metrics"
+        );
+    }
+    let mut unique = host_ports.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), host_ports.len(), "host ports: {host_ports:?}");
+
+    // The monitoring profile's Prometheus scrapes exactly the replicas.
+    let prometheus = yaml("docs/deploy/prometheus.yml");
+    let targets: Vec<&str> = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| str_of(t, "target"))
+        .collect();
+    let mut want: Vec<String> = replicas.iter().map(|(n, _)| format!("{n}:9090")).collect();
+    want.sort();
+    let mut got: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+    got.sort();
+    assert_eq!(got, want);
+    assert_eq!(prometheus["rule_files"][0], "alerts.yaml");
+}
