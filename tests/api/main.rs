@@ -23,6 +23,7 @@ mod error_details;
 mod expiry;
 mod flag;
 mod fuzz_regressions;
+mod ghz_configs;
 mod grpcurl;
 mod health;
 mod healthcheck;
