@@ -24,6 +24,8 @@
 //! - [`dependency_tls`]: TLS to Redis and PostgreSQL (rustls on ring): CA files and the
 //!   certificate checks of `rediss://` and libpq's `sslmode`s.
 //! - [`prometheus`]: the metric names, the recorder and the `/metrics` listener.
+//! - [`healthcheck`]: the `synckairos healthcheck` command, a gRPC health client
+//!   for the container image's HEALTHCHECK (reads no configuration but the listener's).
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 //!
 //! `fuzzing` (hidden) re-exports what the `cargo fuzz` targets in `fuzz/` drive.
@@ -37,6 +39,7 @@ pub mod dependency_tls;
 pub mod engine;
 pub mod fanout;
 pub mod grpc;
+pub mod healthcheck;
 pub mod prometheus;
 pub mod startup;
 pub mod store;

