@@ -2,7 +2,7 @@
 //!
 //! # Rooms
 //! Arrows point one way: engine <- wire <- store/fanout/timers/audit <- app <- grpc <- startup
-//! <- main; auth (engine ids only) <- grpc.
+//! <- main; auth (engine ids only) <- grpc; audit <- probes <- grpc.
 //!
 //! - [`engine`]: the pure clock rules; `apply(session, command, now)`. No I/O.
 //! - [`store`]: `SessionStore` and its engines, `memory` and `redis`: versioned
@@ -23,6 +23,9 @@
 //!   acceptor that bounds handshakes.
 //! - [`dependency_tls`]: TLS to Redis and PostgreSQL (rustls on ring): CA files and the
 //!   certificate checks of `rediss://` and libpq's `sslmode`s.
+//! - [`probes`]: readiness (store, Pub/Sub, audit, draining) and the
+//!   `/health` and `/ready` answers, served on the gRPC port and followed by
+//!   gRPC health.
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 //!
 //! `fuzzing` (hidden) re-exports what the `cargo fuzz` targets in `fuzz/` drive.
@@ -36,6 +39,7 @@ pub mod dependency_tls;
 pub mod engine;
 pub mod fanout;
 pub mod grpc;
+pub mod probes;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
