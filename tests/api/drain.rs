@@ -1,10 +1,15 @@
 //! Graceful drain (issue 14): SIGTERM to the real binary, on the Redis
 //! engine with the audit on, under load. The load client acts as a load
 //! balancer would: it calls until `/ready` says not ready, then sends no new
-//! call. Checked: `/ready` 503 and gRPC health NOT_SERVING at once; no unary
-//! call fails; every Subscribe stream ends with UNAVAILABLE, not all at the
-//! same instant; every committed version reaches Postgres; the process exits
-//! 0 within the grace. The binary listens on `PORT` (Railway's variable), no
+//! call; but one of its workers is late (as a balancer whose endpoints update
+//! late) and goes on for [`LATE`] into the pre-stop delay. Checked: `/ready`
+//! 503 and gRPC health NOT_SERVING at once; no unary call fails; every
+//! Subscribe stream gets every version of its session (the late ones too:
+//! the fan-out outlives the calls) and ends with UNAVAILABLE, not all at the
+//! same instant; every committed version reaches Postgres, although Postgres
+//! stalls from SIGTERM for [`PG_STALL`] (a table lock: the writer's inserts
+//! wait, so it still holds entries when the calls have drained, and the exit
+//! waits for it to store them); the process exits 0 within the grace. The binary listens on `PORT` (Railway's variable), no
 //! `SYNCKAIROS_LISTEN`. Alone (exclusive isolation): it has timing bounds.
 
 use std::collections::HashMap;
@@ -28,6 +33,11 @@ const GRACE: Duration = Duration::from_secs(5);
 const SESSIONS: usize = 6;
 const STREAMS: usize = 8;
 const WORKERS: usize = 4;
+/// How long the late worker goes on calling after SIGTERM (less than the
+/// pre-stop delay, 1 s).
+const LATE: Duration = Duration::from_millis(500);
+/// How long Postgres stalls from SIGTERM: past the calls' drain (about 2 s).
+const PG_STALL: Duration = Duration::from_millis(2500);
 
 /// The `synckairos` binary; its log goes to a file, shown when a check fails.
 struct Binary {
@@ -146,12 +156,15 @@ async fn sigterm_under_load_drains_streams_and_calls_and_audits_everything() {
         );
         streams.push(tokio::spawn(async move {
             let _c = c;
-            let mut events = 0usize;
+            let (mut events, mut last) = (0usize, 0u64);
             loop {
                 match stream.message().await {
-                    Ok(Some(_)) => events += 1,
-                    Ok(None) => return (Instant::now(), Ok(()), events),
-                    Err(status) => return (Instant::now(), Err(status), events),
+                    Ok(Some(e)) => {
+                        events += 1;
+                        last = last.max(e.version);
+                    }
+                    Ok(None) => return (Instant::now(), Ok(()), events, last),
+                    Err(status) => return (Instant::now(), Err(status), events, last),
                 }
             }
         }));
@@ -159,14 +172,11 @@ async fn sigterm_under_load_drains_streams_and_calls_and_audits_everything() {
 
     // The load: switches and reads until the balancer sees not ready.
     let stop_sending = Arc::new(AtomicBool::new(false));
+    let late_stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..WORKERS {
-        let (mut c, ids, load, stop) = (
-            client.clone(),
-            ids.clone(),
-            load.clone(),
-            stop_sending.clone(),
-        );
+        let stop = if w == 0 { &late_stop } else { &stop_sending };
+        let (mut c, ids, load, stop) = (client.clone(), ids.clone(), load.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
             let mut n = w;
             while !stop.load(Ordering::SeqCst) {
@@ -217,11 +227,25 @@ async fn sigterm_under_load_drains_streams_and_calls_and_audits_everything() {
     );
 
     let sigterm = Instant::now();
+    let calls_at_sigterm = load.lock().unwrap().calls;
     let term = Command::new("kill")
         .args(["-TERM", &binary.child.id().to_string()])
         .status()
         .expect("kill");
     assert!(term.success());
+    let mut stall = Command::new("psql")
+        .arg(db.url())
+        .args([
+            "-qtA",
+            "-c",
+            &format!(
+                "BEGIN; LOCK TABLE session_events IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({}); COMMIT;",
+                PG_STALL.as_secs_f64()
+            ),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("psql");
 
     // Not ready at once, and gRPC health with it.
     let (seen, status, body) = within(PROMPT, "/ready turning 503", balancer)
@@ -236,13 +260,28 @@ async fn sigterm_under_load_drains_streams_and_calls_and_audits_everything() {
         "/ready turned 503 only {after:?} after SIGTERM"
     );
     assert_eq!(grpc_health(addr).await, ServingStatus::NotServing);
+    tokio::time::sleep_until((sigterm + LATE).into()).await;
+    late_stop.store(true, Ordering::SeqCst);
 
     for w in workers {
         within(PROMPT, "a load worker", w).await.unwrap();
     }
+    let late_calls = load.lock().unwrap().calls - calls_at_sigterm;
+    println!("{late_calls} calls after SIGTERM");
+    assert!(
+        late_calls > 10,
+        "the late worker called during the pre-stop delay"
+    );
     let mut ends = Vec::new();
-    for s in streams {
-        let (at, outcome, events) = within(GRACE, "a stream's end", s).await.unwrap();
+    for (i, s) in streams.into_iter().enumerate() {
+        let (at, outcome, events, last) = within(GRACE, "a stream's end", s).await.unwrap();
+        let id = &ids[i % SESSIONS];
+        let committed = load.lock().unwrap().committed[id].iter().copied().max();
+        assert_eq!(
+            Some(last),
+            committed,
+            "{id}: the stream's last version against the last committed"
+        );
         match outcome {
             Err(status) if status.code() == tonic::Code::Unavailable => {}
             other => panic!(
@@ -275,6 +314,7 @@ async fn sigterm_under_load_drains_streams_and_calls_and_audits_everything() {
     .await;
     let took = sigterm.elapsed();
     println!("exited {exit:?} {took:?} after SIGTERM");
+    assert!(stall.wait().unwrap().success(), "the stall's psql failed");
     assert!(exit.success(), "exit {exit:?}\n{}", binary.log());
     assert!(took < GRACE, "exited after {took:?}\n{}", binary.log());
 
