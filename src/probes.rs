@@ -129,6 +129,11 @@ impl Readiness {
             .collect()
     }
 
+    /// Whether the `pubsub` check passes (always on the memory engine).
+    pub fn pubsub_up(&self) -> bool {
+        self.inner.pubsub.load(Ordering::Relaxed)
+    }
+
     /// Whether SIGTERM has come ([`Readiness::start_draining`]).
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::Relaxed)

@@ -355,7 +355,7 @@ impl DrainPlan {
 async fn wait_for_pubsub(readiness: &Readiness, limit: Duration) {
     let mut changed = readiness.subscribe();
     let _ = tokio::time::timeout(limit, async {
-        while !readiness.checks()[1].1 {
+        while !readiness.pubsub_up() {
             if changed.changed().await.is_err() {
                 return;
             }

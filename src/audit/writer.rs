@@ -11,7 +11,11 @@
 //! batch is split in halves until each refused event stands alone, and that
 //! event goes to `audit_dead_letters` with Postgres' reason, counted in
 //! `AuditLag::dead_lettered` and logged; the rest is stored as usual. On shutdown it drains
-//! for up to `DRAIN_FOR`, and stops sooner once the source has nothing.
+//! for up to `DRAIN_FOR`, and stops sooner once the source has nothing
+//! (startup.rs tells it only once the calls and the timers have stopped, so
+//! that nothing is committed after its last read). While it holds records it
+//! cannot store, `AuditLag::holding_since_ms` says since when: readiness'
+//! `audit` check fails past `probes::AUDIT_STUCK_AFTER`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
