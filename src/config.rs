@@ -67,8 +67,17 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Events a Subscribe stream may fall behind before it skips to a snapshot.
     pub stream_buffer: usize,
-    /// How long shutdown waits for in-flight calls before it stops anyway.
+    /// `SYNCKAIROS_SHUTDOWN_GRACE` (default 5s): the whole shutdown sequence,
+    /// from SIGTERM to exit (startup.rs: pre-stop delay, streams ended, calls
+    /// drained, background tasks stopped, audit flushed); what is still open
+    /// at its end is cut.
     pub shutdown_grace: Duration,
+    /// `SYNCKAIROS_PRESTOP_DELAY` (default 1s, `0s` for none; less than
+    /// `SYNCKAIROS_SHUTDOWN_GRACE`): after SIGTERM the replica reports not
+    /// ready (`/ready` 503, gRPC health `NOT_SERVING`) and goes on serving
+    /// this long, so load balancers take it out of rotation before it stops
+    /// accepting connections.
+    pub prestop_delay: Duration,
     /// `SYNCKAIROS_MAX_STREAMS_PER_CONNECTION` (default 256): HTTP/2
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`, the calls (unary or Subscribe) one
     /// connection may have open at once. Each Subscribe stream costs a task, a
@@ -184,7 +193,8 @@ pub struct Config {
     // --- TLS on the gRPC listener (src/tls.rs, docs/tls.md) ---
     /// `SYNCKAIROS_TLS_CERT` (default unset: plaintext): a PEM file with the
     /// server's certificate chain, leaf first. With `SYNCKAIROS_TLS_KEY`, the
-    /// port serves gRPC over TLS only (ALPN `h2`); a plaintext client's
+    /// port serves gRPC over TLS only (ALPN `h2`, and `http/1.1` for the
+    /// `/health` and `/ready` probes); a plaintext client's
     /// connection is dropped at the handshake. Re-read on SIGHUP.
     pub tls_cert: Option<PathBuf>,
     /// `SYNCKAIROS_TLS_KEY`: a PEM file with the private key of that leaf
@@ -267,6 +277,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             stream_buffer: crate::fanout::DEFAULT_STREAM_BUFFER,
             shutdown_grace: Duration::from_secs(5),
+            prestop_delay: Duration::from_secs(1),
             max_streams_per_connection: 256,
             max_subscribe_streams: 10_000,
             http2_keepalive_interval: Duration::from_secs(30),
@@ -330,6 +341,16 @@ impl Config {
                     format!("{v:?} is not a socket address like 0.0.0.0:50051"),
                 )
             })?;
+        } else if let Some(v) = get("PORT") {
+            // Railway (and Heroku-style platforms) give the port to listen on
+            // in PORT, and probe it there; SYNCKAIROS_LISTEN wins when set.
+            let port: u16 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| err("PORT", format!("{v:?} is not a port from 1 to 65535")))?;
+            c.listen = SocketAddr::from(([0, 0, 0, 0], port));
         }
         c.redis_url = get("REDIS_URL").map(Secret::new);
         if let Some(url) = &c.redis_url {
@@ -420,6 +441,24 @@ impl Config {
                     )
                 })?;
             }
+        }
+        if let Some(v) = get("SYNCKAIROS_PRESTOP_DELAY") {
+            c.prestop_delay = parse_duration(&v).ok_or_else(|| {
+                err(
+                    "SYNCKAIROS_PRESTOP_DELAY",
+                    format!("{v:?} is not a duration like 0s, 500ms or 2s"),
+                )
+            })?;
+        }
+        if c.prestop_delay >= c.shutdown_grace {
+            return Err(err(
+                "SYNCKAIROS_PRESTOP_DELAY",
+                format!(
+                    "{} must be less than SYNCKAIROS_SHUTDOWN_GRACE ({}): the drain after it needs time too",
+                    humantime::format_duration(c.prestop_delay),
+                    humantime::format_duration(c.shutdown_grace)
+                ),
+            ));
         }
         if let Some(v) = get("SYNCKAIROS_METRICS_LISTEN") {
             c.metrics_listen = Some(v.parse().map_err(|_| {
@@ -896,6 +935,52 @@ mod tests {
         assert_eq!(parse_bytes("MiB"), None);
         assert_eq!(parse_bytes("1.5MiB"), None);
         assert_eq!(parse_bytes("-1"), None);
+    }
+
+    #[test]
+    fn the_prestop_delay_defaults_to_1s_and_must_be_shorter_than_the_grace() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.prestop_delay, Duration::from_secs(1));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        let c = from(&[("SYNCKAIROS_PRESTOP_DELAY", "250ms")]).unwrap();
+        assert_eq!(c.prestop_delay, Duration::from_millis(250));
+        let c = from(&[("SYNCKAIROS_PRESTOP_DELAY", "0s")]).unwrap();
+        assert_eq!(c.prestop_delay, Duration::ZERO);
+        let c = from(&[
+            ("SYNCKAIROS_PRESTOP_DELAY", "8s"),
+            ("SYNCKAIROS_SHUTDOWN_GRACE", "10s"),
+        ])
+        .unwrap();
+        assert_eq!(c.prestop_delay, Duration::from_secs(8));
+        for pairs in [
+            &[("SYNCKAIROS_PRESTOP_DELAY", "soon")][..],
+            &[("SYNCKAIROS_PRESTOP_DELAY", "-1s")][..],
+            &[("SYNCKAIROS_PRESTOP_DELAY", "5s")][..],
+            &[
+                ("SYNCKAIROS_PRESTOP_DELAY", "3s"),
+                ("SYNCKAIROS_SHUTDOWN_GRACE", "2s"),
+            ][..],
+            // The default delay (1s) does not fit in a 1s grace either.
+            &[("SYNCKAIROS_SHUTDOWN_GRACE", "1")][..],
+        ] {
+            let e = from(pairs).unwrap_err();
+            assert_eq!(e.var, "SYNCKAIROS_PRESTOP_DELAY", "{pairs:?}: {e}");
+            assert!(e.to_string().starts_with("SYNCKAIROS_PRESTOP_DELAY"), "{e}");
+        }
+        let e = from(&[("SYNCKAIROS_PRESTOP_DELAY", "5s")]).unwrap_err();
+        assert!(e.reason.contains("SYNCKAIROS_SHUTDOWN_GRACE"), "{e}");
+    }
+
+    #[test]
+    fn port_is_the_listen_port_when_synckairos_listen_is_unset() {
+        let c = from(&[("PORT", "8080")]).unwrap();
+        assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 8080)));
+        let c = from(&[("PORT", "8080"), ("SYNCKAIROS_LISTEN", "127.0.0.1:9000")]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        for bad in ["http", "0", "70000", "-1"] {
+            let e = from(&[("PORT", bad)]).unwrap_err();
+            assert_eq!(e.var, "PORT", "{bad}: {e}");
+        }
     }
 
     #[test]

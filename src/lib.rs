@@ -2,7 +2,7 @@
 //!
 //! # Rooms
 //! Arrows point one way: engine <- wire <- store/fanout/timers/audit <- app <- grpc <- startup
-//! <- main; auth (engine ids only) <- grpc.
+//! <- main; auth (engine ids only) <- grpc; audit <- probes <- grpc.
 //!
 //! - [`engine`]: the pure clock rules; `apply(session, command, now)`. No I/O.
 //! - [`store`]: `SessionStore` and its engines, `memory` and `redis`: versioned
@@ -26,6 +26,9 @@
 //! - [`prometheus`]: the metric names, the recorder and the `/metrics` listener.
 //! - [`healthcheck`]: the `synckairos healthcheck` command, a gRPC health client
 //!   for the container image's HEALTHCHECK (reads no configuration but the listener's).
+//! - [`probes`]: readiness (store, Pub/Sub, audit, draining) and the
+//!   `/health` and `/ready` answers, served on the gRPC port and followed by
+//!   gRPC health.
 //! - [`config`], [`telemetry`], [`startup`]: settings, logs/traces, wiring.
 //!
 //! `fuzzing` (hidden) re-exports what the `cargo fuzz` targets in `fuzz/` drive.
@@ -40,6 +43,7 @@ pub mod engine;
 pub mod fanout;
 pub mod grpc;
 pub mod healthcheck;
+pub mod probes;
 pub mod prometheus;
 pub mod startup;
 pub mod store;

@@ -391,9 +391,15 @@ pub fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// What the listener answers besides `/metrics`: `/health` and `/ready`
-/// (the same answers as on the gRPC port), given the path.
-pub type Probe = Arc<dyn Fn(&str) -> Option<(http::StatusCode, String)> + Send + Sync>;
+/// What the listener answers besides `/metrics`.
+#[derive(Clone)]
+pub struct Probes {
+    /// `/health` and `/ready` (the same answers as on the gRPC port), given
+    /// the path; `None`: 404.
+    pub answer: Arc<dyn Fn(&str) -> Option<(http::StatusCode, String)> + Send + Sync>,
+    /// Run before each scrape is rendered (gauges read at that moment).
+    pub on_scrape: Arc<dyn Fn() + Send + Sync>,
+}
 
 /// How often histograms are folded and idle series swept (the recorder
 /// without its own listener needs it done).
@@ -403,17 +409,19 @@ const UPKEEP: Duration = Duration::from_secs(5);
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
-    probe: Probe,
+    probes: Probes,
     shutdown: CancellationToken,
 ) {
     use axum::routing::get;
     let addr = listener.local_addr().ok();
     let render = handle.clone();
+    let Probes { answer, on_scrape } = probes;
     let router = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
                 let render = render.clone();
+                on_scrape();
                 async move {
                     (
                         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -423,9 +431,9 @@ pub async fn serve(
             }),
         )
         .fallback(move |uri: http::Uri| {
-            let probe = probe.clone();
+            let answer = answer.clone();
             async move {
-                match probe(uri.path()) {
+                match answer(uri.path()) {
                     Some((status, body)) => (
                         status,
                         [(http::header::CONTENT_TYPE, "application/json")],

@@ -2,13 +2,36 @@
 //! makes one decision per function (the store of the configured engine, its
 //! fan-out, the audit trail), binds the listener (port 0 works, for tests)
 //! and reports the port. `run_until_stopped` serves until the given future
-//! resolves; then the Subscribe streams end with UNAVAILABLE, the server
-//! stops taking connections and waits for the calls in flight, for at most
-//! the configured grace period (calls still open then are cut). The audit
-//! writer, told at the same moment, writes what it holds within its own
-//! drain window, and is waited for at most `AUDIT_DRAIN` once the server has
-//! stopped. The timers and the health task (NOT_SERVING) stop at that same
-//! moment too.
+//! resolves (SIGTERM or SIGINT in main.rs), then drains.
+//!
+//! # Readiness
+//!
+//! One [`Readiness`] (src/probes.rs) says whether this replica should get
+//! traffic: the store answers its ping (re-checked every second by the
+//! health task, which also runs the store's upkeep), the Pub/Sub connection
+//! is up (told by the fan-out task), the audit writer is not stuck, and no
+//! SIGTERM has come. The same port answers HTTP/1.1 `GET /health` and
+//! `GET /ready` from it (grpc/probes.rs), and `grpc.health.v1.Health` (both
+//! "" and `synckairos.v1.SyncService`) is SERVING exactly when it is ready:
+//! the health task sets it at every change.
+//!
+//! # Shutdown
+//!
+//! Every step fits in `SYNCKAIROS_SHUTDOWN_GRACE` (G, default 5 s), counted
+//! from the signal; `SYNCKAIROS_PRESTOP_DELAY` is P (default 1 s, less than
+//! G), and R = min(1 s, (G − P) / 4) ([`DrainPlan`]). With the defaults:
+//!
+//! | when            | what |
+//! |-----------------|------|
+//! | 0               | not ready: `/ready` 503 naming `draining`, gRPC health NOT_SERVING; calls are served as before, new connections accepted |
+//! | P (1 s)         | the listener closes (no new connections) and every connection gets a GOAWAY (no new calls on it); the Subscribe streams end with UNAVAILABLE "server shutting down; reconnect with from_version", each at its own moment over the next R (1 s), delivering events until then; unary calls in flight finish |
+//! | calls drained (≈ P + R, 2 s) | the timers, the fan-out (Pub/Sub), the health task and the key-file watch stop; once the timers have stopped (no commit can come any more), the audit writer is told to stop: it stores what it holds and what the source still has, and ends when the source is empty |
+//! | G − R (4 s)     | calls still open (a stream nobody reads, a stuck call) are cut, and the step above begins |
+//! | G (5 s)         | the process exits, whatever is left: on the Redis engine unstored audit entries stay pending in Redis for another replica's writer (taken over after 15 s); on the memory engine they are lost (logged) |
+//!
+//! Before this order the background tasks stopped at the signal, while
+//! calls still drained: a stream could lose its fan-out and a late commit
+//! its audit row.
 //!
 //! With `SYNCKAIROS_TLS_CERT` and `SYNCKAIROS_TLS_KEY` the listener serves
 //! TLS only (`tls::accept`); `build` reads the files, and SIGHUP re-reads
@@ -23,6 +46,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
@@ -38,6 +62,7 @@ use crate::auth::{Authenticator, KeySource};
 use crate::config::{Config, EngineKind, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_RETRIES};
 use crate::fanout::{self, Hub, redis::PubSubSetup};
 use crate::grpc::{self, HealthControl};
+use crate::probes::Readiness;
 use crate::prometheus::{self, PrometheusHandle};
 use crate::store::clock::Clock;
 use crate::store::memory::{MemorySettings, MemoryStore};
@@ -48,8 +73,11 @@ use crate::tls::{self, HandshakeLimits, ReloadableTls, TlsFiles};
 
 /// How often health re-checks the store (and the store does its upkeep).
 const HEALTH_PROBE: Duration = Duration::from_secs(1);
-/// How long the audit writer is waited for once the server has stopped.
-const AUDIT_DRAIN: Duration = Duration::from_secs(5);
+/// How long serving waits, at most, for the first Pub/Sub connection, so that
+/// the first health answer is not a NOT_SERVING of a connection just being made.
+const PUBSUB_WAIT: Duration = Duration::from_secs(2);
+/// The longest spread of the Subscribe streams' ends at shutdown.
+const STREAM_END_SPREAD: Duration = Duration::from_secs(1);
 /// How long a call waits for a Redis connection before failing with UNAVAILABLE.
 const REDIS_POOL_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -58,7 +86,14 @@ pub struct Application {
     addr: SocketAddr,
     app: App,
     store: Arc<dyn SessionStore>,
-    shutdown: CancellationToken,
+    /// Ends the Subscribe streams (each at its moment of the spread).
+    streams_end: CancellationToken,
+    /// Stops the timers, the fan-out, health, the key-file watch and SIGHUP,
+    /// once the calls have drained.
+    background: CancellationToken,
+    /// Stops the audit writer, once the timers have stopped.
+    audit_stop: CancellationToken,
+    readiness: Readiness,
     /// The transport settings (limits, keepalives, shutdown grace).
     config: Config,
     /// The audit writer, drained at shutdown.
@@ -90,11 +125,20 @@ impl Application {
         };
         let auth = build_auth(&config)?;
         let hub = Hub::new(config.stream_buffer, config.max_subscribe_streams);
-        let shutdown = CancellationToken::new();
-        let (store, audit_feed) = build_store(&config, clock, &hub, &shutdown).await?;
+        let (streams_end, background, audit_stop): (
+            CancellationToken,
+            CancellationToken,
+            CancellationToken,
+        ) = Default::default();
         let audit_lag = Arc::new(AuditLag::default());
+        let readiness = Readiness::new(
+            config.engine == EngineKind::Redis,
+            config.database_url.is_some().then(|| audit_lag.clone()),
+        );
+        let (store, audit_feed) =
+            build_store(&config, clock, &hub, &readiness, &background).await?;
         let (audit, audit_writer) =
-            build_audit(&config, audit_feed, &store, &audit_lag, &shutdown)?;
+            build_audit(&config, audit_feed, &store, &audit_lag, &audit_stop)?;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             anyhow::anyhow!("SYNCKAIROS_LISTEN: cannot bind {}: {e}", config.listen)
         })?;
@@ -113,14 +157,19 @@ impl Application {
                 auth.reload();
             }));
         }
-        let app = App::new(store.clone(), hub, audit, shutdown.clone())
-            .with_unstarted_ttl(config.unstarted_ttl);
+        let plan = DrainPlan::new(config.shutdown_grace, config.prestop_delay);
+        let app = App::new(store.clone(), hub, audit, streams_end.clone())
+            .with_unstarted_ttl(config.unstarted_ttl)
+            .with_stream_end_spread(plan.stream_spread);
         Ok(Self {
             listener,
             addr,
             app,
             store,
-            shutdown,
+            streams_end,
+            background,
+            audit_stop,
+            readiness,
             config,
             audit_writer,
             audit_lag,
@@ -153,52 +202,61 @@ impl Application {
         self.audit_lag.clone()
     }
 
+    /// The process' readiness (what `/health`, `/ready` and gRPC health
+    /// answer from); for the metrics port, which serves the same probes.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
     /// What a SIGHUP runs, callable without the signal (tests hold it past
     /// `run_until_stopped`; a signal would reach every server in the process).
     pub fn reloaders(&self) -> Reloaders {
         self.reloaders.clone()
     }
 
+    /// Serves until `stop` resolves, then shuts down as the module doc says.
     pub async fn run_until_stopped(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (router, health) = grpc::router(self.app.clone(), &self.config, self.auth.clone())?;
-        health.set(self.store.ping().await.is_ok()).await;
+        let readiness = self.readiness.clone();
+        let (router, health) = grpc::router(
+            self.app.clone(),
+            &self.config,
+            self.auth.clone(),
+            readiness.clone(),
+        )?;
+        readiness.set_store(self.store.ping().await.is_ok());
+        wait_for_pubsub(&readiness, PUBSUB_WAIT).await;
+        health.set(readiness.ready()).await;
+        let background = self.background.clone();
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(timers::run(self.store.clone(), self.shutdown.clone()));
-        tasks.spawn(self.auth.clone().watch(self.shutdown.clone()));
-        tasks.spawn(watch_health(
+        tasks.spawn(timers::run(self.store.clone(), background.clone()));
+        tasks.spawn(self.auth.clone().watch(background.clone()));
+        tasks.spawn(follow_readiness(
             self.store.clone(),
-            health,
-            self.shutdown.clone(),
+            readiness.clone(),
+            health.clone(),
+            background.clone(),
         ));
-        tasks.spawn(reload_on_sighup(
-            self.reloaders.clone(),
-            self.shutdown.clone(),
-        ));
+        tasks.spawn(reload_on_sighup(self.reloaders.clone(), background.clone()));
         if let Some((listener, handle)) = self.metrics {
-            let probe: prometheus::Probe = Arc::new(|path: &str| {
-                (path == "/health")
-                    .then(|| (http::StatusCode::OK, r#"{"status":"alive"}"#.to_owned()))
-            });
+            // Served until the background stops: scrapes go on through the drain.
             tasks.spawn(prometheus::serve(
                 listener,
                 handle,
-                probe,
-                self.shutdown.clone(),
+                metrics_probes(readiness.clone()),
+                background.clone(),
             ));
         }
 
-        let shutdown = self.shutdown.clone();
-        let signal = async move {
-            stop.await;
-            info!("shutting down: ending streams and draining calls");
-            shutdown.cancel();
-        };
+        // Cancelled at the end of the pre-stop delay: tonic stops accepting
+        // and sends every connection a GOAWAY, then waits for their calls.
+        let stop_accepting = CancellationToken::new();
+        let signal = stop_accepting.clone().cancelled_owned();
         info!(addr = %self.addr, tls = self.tls.is_some(), "serving synckairos.v1.SyncService");
         let incoming = tcp_incoming(self.listener, &self.config);
-        let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        let mut serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
             match &self.tls {
                 None => Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
                 Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
@@ -206,27 +264,147 @@ impl Application {
                         incoming,
                         tls.clone(),
                         HandshakeLimits::default(),
-                        self.shutdown.clone(),
+                        stop_accepting.clone(),
                     ),
                     signal,
                 )),
             };
-        let shutdown = self.shutdown.clone();
-        let grace = self.config.shutdown_grace;
-        tokio::select! {
-            served = serve => served?,
-            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                warn!(grace_ms = grace.as_millis() as u64, "calls still open after the grace period; stopping anyway");
+
+        // Serving, until the signal.
+        let ended_early = tokio::select! {
+            served = &mut serve => Some(served),
+            () = stop => None,
+        };
+        let t0 = Instant::now();
+        let plan = DrainPlan::new(self.config.shutdown_grace, self.config.prestop_delay);
+        let served = match ended_early {
+            Some(served) => Some(served),
+            None => {
+                // 0: not ready, still serving.
+                readiness.start_draining();
+                health.set(false).await;
+                info!(
+                    prestop_ms = plan.prestop.as_millis() as u64,
+                    grace_ms = plan.grace.as_millis() as u64,
+                    "shutting down: not ready (NOT_SERVING, /ready 503); serving on for the pre-stop delay"
+                );
+                tokio::select! {
+                    served = &mut serve => Some(served),
+                    () = tokio::time::sleep_until(t0 + plan.prestop) => None,
+                }
             }
-        }
-        self.shutdown.cancel();
-        if let Some(writer) = self.audit_writer {
-            // The writer drains what it holds (bounded by its own drain window).
-            let _ = tokio::time::timeout(AUDIT_DRAIN, writer).await;
+        };
+        let served = match served {
+            Some(served) => Some(served),
+            None => {
+                // P: no new connections nor calls; streams end over the spread.
+                info!(
+                    spread_ms = plan.stream_spread.as_millis() as u64,
+                    "shutting down: listener closed; ending Subscribe streams and draining calls"
+                );
+                stop_accepting.cancel();
+                self.streams_end.cancel();
+                match tokio::time::timeout_at(t0 + plan.calls_until, &mut serve).await {
+                    Ok(served) => Some(served),
+                    Err(_) => {
+                        warn!(
+                            after_ms = plan.calls_until.as_millis() as u64,
+                            "calls still open near the end of the grace period; cutting them"
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        drop(serve);
+        // Calls drained: the background, then the audit.
+        stop_accepting.cancel();
+        self.streams_end.cancel();
+        background.cancel();
+        let deadline = t0 + plan.grace;
+        let stopped = tokio::time::timeout_at(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if stopped.is_err() {
+            warn!("background tasks still running at the end of the grace period");
         }
         tasks.shutdown().await;
-        info!("stopped");
+        self.audit_stop.cancel();
+        if let Some(writer) = self.audit_writer {
+            // The writer stores what it holds and what the source has, and
+            // ends once the source is empty (or its own drain window is over).
+            if tokio::time::timeout_at(deadline, writer).await.is_err() {
+                warn!("the audit writer had not finished at the end of the grace period");
+            }
+        }
+        info!(ms = t0.elapsed().as_millis() as u64, "stopped");
+        served.transpose()?;
         Ok(())
+    }
+}
+
+/// The time budget of a shutdown, from the signal (the module doc's table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainPlan {
+    /// G: everything happens within this.
+    pub grace: Duration,
+    /// P: serving on, not ready, so load balancers move away. A configured
+    /// delay of G or more (only a `Config` built in code can have one) is
+    /// taken as G / 2.
+    pub prestop: Duration,
+    /// R: the Subscribe streams end over this, starting at P.
+    pub stream_spread: Duration,
+    /// G − R: calls still open then are cut; R is left for the audit at least.
+    pub calls_until: Duration,
+}
+
+impl DrainPlan {
+    pub fn new(grace: Duration, prestop: Duration) -> Self {
+        let prestop = if prestop < grace { prestop } else { grace / 2 };
+        let rest = (grace - prestop) / 4;
+        let spread = STREAM_END_SPREAD.min(rest);
+        Self {
+            grace,
+            prestop,
+            stream_spread: spread,
+            calls_until: grace - spread,
+        }
+    }
+}
+
+/// Waits, at most `limit`, until the `pubsub` check passes (at once on the
+/// memory engine).
+async fn wait_for_pubsub(readiness: &Readiness, limit: Duration) {
+    let mut changed = readiness.subscribe();
+    let _ = tokio::time::timeout(limit, async {
+        while !readiness.pubsub_up() {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// What the metrics listener answers besides `/metrics`: the probes, as on
+/// the gRPC port; and, before each scrape, `synckairos_ready{check}` from
+/// the same readiness.
+fn metrics_probes(readiness: Readiness) -> prometheus::Probes {
+    let on_scrape = readiness.clone();
+    prometheus::Probes {
+        answer: Arc::new(move |path: &str| {
+            crate::probes::probe(path, &readiness).map(|a| (a.status, a.body))
+        }),
+        on_scrape: Arc::new(move || {
+            for (check, passing) in on_scrape.checks() {
+                metrics::gauge!(prometheus::names::READY, "check" => check).set(if passing {
+                    1.0
+                } else {
+                    0.0
+                });
+            }
+        }),
     }
 }
 
@@ -361,11 +539,12 @@ async fn build_store(
     config: &Config,
     clock: Clock,
     hub: &Arc<Hub>,
+    readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Arc<dyn SessionStore>, Option<AuditFeed>)> {
     match config.engine {
         EngineKind::Memory => Ok(memory_store(config, clock, hub)),
-        EngineKind::Redis => redis_store(config, clock, hub, shutdown).await,
+        EngineKind::Redis => redis_store(config, clock, hub, readiness, shutdown).await,
     }
 }
 
@@ -397,6 +576,7 @@ async fn redis_store(
     config: &Config,
     clock: Clock,
     hub: &Arc<Hub>,
+    readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Arc<dyn SessionStore>, Option<AuditFeed>)> {
     let Some(url) = &config.redis_url else {
@@ -418,7 +598,7 @@ async fn redis_store(
     let store = RedisStore::connect(settings, clock)
         .await
         .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
-    redis_fanout(client.clone(), &store, hub, shutdown);
+    redis_fanout(client.clone(), &store, hub, readiness, shutdown);
     let feed = config
         .database_url
         .as_ref()
@@ -431,14 +611,17 @@ async fn redis_store(
 
 /// The fan-out across replicas: a Pub/Sub task hands every batch published
 /// on a channel the hub joined (this replica's own commits included) to its
-/// streams, and deadline wake-ups to the timers.
+/// streams, and deadline wake-ups to the timers; it tells readiness whether
+/// its connection is up.
 fn redis_fanout(
     client: redis::Client,
     store: &Arc<RedisStore>,
     hub: &Arc<Hub>,
+    readiness: &Readiness,
     shutdown: &CancellationToken,
 ) {
     let channel_store = store.clone();
+    let link = readiness.clone();
     let pubsub = fanout::redis::spawn(
         PubSubSetup {
             client,
@@ -446,6 +629,12 @@ fn redis_fanout(
             channel_of: Arc::new(move |key| channel_store.channel_of(key)),
             wake_channels: store.wake_channels(),
             on_wake: Arc::new(store.wake_handler()),
+            on_link: Arc::new(move |up| {
+                if !up {
+                    warn!("Pub/Sub connection down: not ready");
+                }
+                link.set_pubsub(up);
+            }),
         },
         shutdown.clone(),
     );
@@ -509,31 +698,83 @@ async fn connect_redis_source(
     }
 }
 
-/// Health follows the store: NOT_SERVING while it cannot be reached.
-async fn watch_health(
+/// gRPC health follows readiness: re-checked at every change of a check, and
+/// every [`HEALTH_PROBE`], when the store is pinged (after its upkeep) and
+/// the audit check is read again.
+async fn follow_readiness(
     store: Arc<dyn SessionStore>,
+    readiness: Readiness,
     health: HealthControl,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
-    let mut serving = true;
+    let mut changed = readiness.subscribe();
+    let mut serving = readiness.ready();
+    let mut tick = tokio::time::interval_at(Instant::now() + HEALTH_PROBE, HEALTH_PROBE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => {
-                health.set(false).await;
-                return;
+            _ = stop.cancelled() => return,
+            got = changed.changed() => {
+                if got.is_err() {
+                    // Never: the sender lives as long as `readiness`.
+                    return;
+                }
             }
-            _ = tokio::time::sleep(HEALTH_PROBE) => {}
+            _ = tick.tick() => {
+                store.maintain().await;
+                readiness.set_store(store.ping().await.is_ok());
+            }
         }
-        store.maintain().await;
-        let ok = store.ping().await.is_ok();
-        if ok != serving {
-            if ok {
-                info!("store reachable again: SERVING")
+        let ready = readiness.ready();
+        if ready != serving {
+            if ready {
+                info!("ready: SERVING");
             } else {
-                warn!("store unreachable: NOT_SERVING")
+                warn!(not_ready = ?readiness.not_ready(), "not ready: NOT_SERVING");
             }
-            health.set(ok).await;
-            serving = ok;
+            health.set(ready).await;
+            serving = ready;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_plan_fits_the_5s_grace_step_by_step() {
+        let s = Duration::from_secs;
+        let plan = DrainPlan::new(s(5), s(1));
+        assert_eq!(
+            plan,
+            DrainPlan {
+                grace: s(5),
+                prestop: s(1),
+                stream_spread: s(1),
+                calls_until: s(4),
+            }
+        );
+        // A short grace shares what is left after the pre-stop delay.
+        let plan = DrainPlan::new(s(2), Duration::from_millis(400));
+        assert_eq!(plan.stream_spread, Duration::from_millis(400));
+        assert_eq!(plan.calls_until, Duration::from_millis(1600));
+        // No pre-stop delay: straight to the drain.
+        assert_eq!(DrainPlan::new(s(5), Duration::ZERO).prestop, Duration::ZERO);
+        // A delay that does not fit (a Config built in code): half the grace.
+        let plan = DrainPlan::new(s(1), s(1));
+        assert_eq!(plan.prestop, Duration::from_millis(500));
+        assert_eq!(plan.stream_spread, Duration::from_millis(125));
+        for plan in [
+            DrainPlan::new(s(5), s(1)),
+            DrainPlan::new(s(1), s(3)),
+            DrainPlan::new(s(60), s(10)),
+        ] {
+            assert!(
+                plan.prestop + plan.stream_spread <= plan.calls_until,
+                "{plan:?}"
+            );
+            assert!(plan.calls_until < plan.grace, "{plan:?}");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! TLS on the gRPC listener: the PEM files named by `SYNCKAIROS_TLS_CERT`,
 //! `SYNCKAIROS_TLS_KEY` and `SYNCKAIROS_TLS_CLIENT_CA` made into a rustls
-//! `ServerConfig` (ALPN `h2`; with a client CA, every client must present a
-//! certificate that CA signed), held so that [`ReloadableTls::reload`] can
+//! `ServerConfig` (ALPN `h2`, and `http/1.1` for the probes; with a client
+//! CA, every client must present a certificate that CA signed), held so that [`ReloadableTls::reload`] can
 //! swap it while the server runs (SIGHUP, startup.rs), and [`accept`], which
 //! turns the stream of accepted TCP connections into a stream of TLS ones for
 //! tonic's `serve_with_incoming_shutdown`.
@@ -61,9 +61,12 @@ fn tls_err(var: &'static str, path: &Path, reason: impl Into<String>) -> TlsErro
 }
 
 /// Reads `files` into a server config: ring's cipher suites, TLS 1.2 and
-/// 1.3, ALPN `h2` only (gRPC is HTTP/2; grpc-go clients refuse a server that
-/// does not agree on `h2`), and with a client CA a verifier that *requires*
-/// a client certificate chaining to it.
+/// 1.3, ALPN `h2` then `http/1.1` (gRPC is HTTP/2, and a client offering
+/// `h2` gets it: rustls picks the server's first protocol the client offers,
+/// and grpc-go clients refuse a server that does not agree on `h2`;
+/// `http/1.1` is for the `/health` and `/ready` probes, grpc/probes.rs), and
+/// with a client CA a verifier that *requires* a client certificate
+/// chaining to it.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(ring::default_provider());
     let chain = read_certs(CERT_VAR, &files.cert)?;
@@ -97,7 +100,7 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
             format!("does not go with the certificate of {CERT_VAR}: {e}"),
         )
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

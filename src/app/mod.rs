@@ -46,6 +46,9 @@ pub struct App {
     shutdown: CancellationToken,
     /// How long a created session may stay PENDING (`SYNCKAIROS_UNSTARTED_TTL`).
     unstarted_ttl: Duration,
+    /// How long the Subscribe streams take to end at shutdown, spread out
+    /// (subscribe.rs, [`subscribe::end_offset`]).
+    stream_end_spread: Duration,
 }
 
 /// One page of a session's audit history.
@@ -67,12 +70,20 @@ impl App {
             audit,
             shutdown,
             unstarted_ttl: crate::config::Config::default().unstarted_ttl,
+            stream_end_spread: Duration::ZERO,
         }
     }
 
     /// Sessions not started within `ttl` of their creation expire.
     pub fn with_unstarted_ttl(mut self, ttl: Duration) -> Self {
         self.unstarted_ttl = ttl;
+        self
+    }
+
+    /// At shutdown the Subscribe streams end over `spread`, each at its own
+    /// moment, not all at once (default: all at once).
+    pub fn with_stream_end_spread(mut self, spread: Duration) -> Self {
+        self.stream_end_spread = spread;
         self
     }
 
@@ -224,6 +235,7 @@ impl App {
             key,
             opts,
             self.shutdown.clone(),
+            self.stream_end_spread,
         )
         .await
     }

@@ -23,8 +23,16 @@
 //! deleted while the Pub/Sub connection was down. Such a stream ends with
 //! NOT_FOUND "session ID no longer exists", after whatever of its own epoch
 //! the hub still holds for it (a DELETED among that ends it with OK).
+//!
+//! At shutdown (the token passed to `open` is cancelled) every stream ends
+//! with UNAVAILABLE "server shutting down; reconnect with from_version",
+//! but not all at the same instant: each waits its own fraction of the
+//! spread first ([`end_offset`]), delivering events meanwhile, so that the
+//! clients of a draining replica reconnect to the others over that spread
+//! instead of in one stampede.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
@@ -85,12 +93,29 @@ type Tx = mpsc::Sender<Result<StreamItem, AppError>>;
 /// How long a client refused a stream slot is told to wait (RetryInfo).
 const STREAM_SLOT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Streams opened so far in this process: each stream's place in the spread.
+static OPENED: AtomicU64 = AtomicU64::new(0);
+
+/// How long after the shutdown signal the `n`-th stream opened ends: the
+/// fractional part of `n` times the golden ratio, times `spread`. That
+/// sequence covers [0, 1) evenly for any number of consecutive streams
+/// (no two of a few are close, hundreds fill it uniformly), so the ends are
+/// spread over the whole of `spread` however many streams there are, and
+/// deterministic (no randomness to test around).
+pub fn end_offset(n: u64, spread: Duration) -> Duration {
+    // 2^64 / φ: adding it wraps around 2^64 like adding 1/φ wraps around 1.
+    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+    let fraction = n.wrapping_mul(GOLDEN) as f64 / 2f64.powi(64);
+    spread.mul_f64(fraction)
+}
+
 pub(super) async fn open(
     store: Arc<dyn SessionStore>,
     hub: &Arc<Hub>,
     key: SessionKey,
     opts: SubscribeOptions,
     shutdown: CancellationToken,
+    end_spread: Duration,
 ) -> Result<mpsc::Receiver<Result<StreamItem, AppError>>, AppError> {
     // Refused before the join: a missing session costs one read, no channel
     // and no stream slot.
@@ -160,6 +185,7 @@ pub(super) async fn open(
         header,
         heartbeat,
         shutdown,
+        end_after: end_offset(OPENED.fetch_add(1, Ordering::Relaxed), end_spread),
     };
     tokio::spawn(producer.run(first));
     Ok(rx)
@@ -201,6 +227,8 @@ struct Producer {
     header: Arc<SessionHeader>,
     heartbeat: Duration,
     shutdown: CancellationToken,
+    /// How long after `shutdown` this stream ends ([`end_offset`]).
+    end_after: Duration,
 }
 
 /// How long a stream whose session is found gone waits for a DELETED that
@@ -261,9 +289,15 @@ impl Producer {
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (shutdown, end_after) = (self.shutdown.clone(), self.end_after);
+        let ending = async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(end_after).await;
+        };
+        tokio::pin!(ending);
         loop {
             let flow = tokio::select! {
-                _ = self.shutdown.cancelled() => {
+                _ = &mut ending => {
                     let _ = self.tx.send(Err(AppError::Unavailable("server shutting down; reconnect with from_version".into()))).await;
                     Flow::Stop
                 }
@@ -475,5 +509,39 @@ impl Producer {
     async fn fail(&mut self, e: StoreError) -> Flow {
         let _ = self.tx.send(Err(e.into())).await;
         Flow::Stop
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ends_cover_the_spread_evenly_for_any_count() {
+        let spread = Duration::from_secs(1);
+        for start in [0u64, 7, 1_000_003] {
+            for count in [2usize, 3, 8, 100] {
+                let mut ends: Vec<Duration> = (0..count as u64)
+                    .map(|i| end_offset(start + i, spread))
+                    .collect();
+                assert!(ends.iter().all(|d| *d < spread));
+                ends.sort();
+                let gaps: Vec<Duration> = ends.windows(2).map(|w| w[1] - w[0]).collect();
+                let smallest = gaps.iter().min().copied().unwrap_or_default();
+                let range = ends[count - 1] - ends[0];
+                // Consecutive ordinals never bunch: the smallest gap is at
+                // least a quarter of an even share, and they reach across
+                // most of the spread.
+                assert!(
+                    smallest >= spread / (4 * count as u32),
+                    "{count} from {start}: {ends:?}"
+                );
+                assert!(
+                    range >= spread.mul_f64(0.3),
+                    "{count} from {start}: {ends:?}"
+                );
+            }
+        }
+        assert_eq!(end_offset(5, Duration::ZERO), Duration::ZERO);
     }
 }

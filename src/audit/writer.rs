@@ -11,7 +11,11 @@
 //! batch is split in halves until each refused event stands alone, and that
 //! event goes to `audit_dead_letters` with Postgres' reason, counted in
 //! `AuditLag::dead_lettered` and logged; the rest is stored as usual. On shutdown it drains
-//! for up to `DRAIN_FOR`, and stops sooner once the source has nothing.
+//! for up to `DRAIN_FOR`, and stops sooner once the source has nothing
+//! (startup.rs tells it only once the calls and the timers have stopped, so
+//! that nothing is committed after its last read). While it holds records it
+//! cannot store, `AuditLag::holding_since_ms` says since when: readiness'
+//! `audit` check fails past `probes::AUDIT_STUCK_AFTER`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -52,6 +56,12 @@ const DRAIN_FOR: Duration = Duration::from_secs(3);
 /// The writer's figures, for logs and tests (the metrics are recorded beside them).
 #[derive(Default)]
 pub struct AuditLag {
+    /// Since when the writer has held records it has not stored yet
+    /// ([`monotonic_ms`]; 0: none): set when it takes a batch (or, while
+    /// the migrations wait for the database, finds a backlog), cleared when
+    /// the batch is stored or the source has nothing. What readiness reads
+    /// ([`AuditLag::stuck`]).
+    pub holding_since_ms: AtomicU64,
     /// Events stored in Postgres by this replica.
     pub inserted: AtomicU64,
     /// Age, when it reached Postgres, of the oldest event of the last batch (µs).
@@ -64,6 +74,41 @@ pub struct AuditLag {
     pub dead_lettered: AtomicU64,
 }
 
+/// Milliseconds on the process' monotonic clock, from 1 (0 means "never").
+pub fn monotonic_ms() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_millis())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1)
+}
+
+impl AuditLag {
+    /// The writer holds records not yet stored; kept if it already did.
+    pub fn holding(&self) {
+        let _ = self.holding_since_ms.compare_exchange(
+            0,
+            monotonic_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Everything the writer took is stored (or there was nothing).
+    pub fn caught_up(&self) {
+        self.holding_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the writer has held records without storing them for longer
+    /// than `bound`: Postgres down or not answering, or the migrations not
+    /// run, with entries waiting. A writer storing batch after batch of a
+    /// large backlog is not stuck, only behind (see `last_lag_us`).
+    pub fn stuck(&self, bound: Duration) -> bool {
+        let since = self.holding_since_ms.load(Ordering::Relaxed);
+        since != 0 && monotonic_ms().saturating_sub(since) > bound.as_millis() as u64
+    }
+}
+
 /// Runs until `shutdown`, then drains for a little while.
 pub async fn run(
     pool: PgPool,
@@ -72,7 +117,7 @@ pub async fn run(
     now: impl Fn() -> Micros + Send,
     shutdown: CancellationToken,
 ) {
-    if !migrate_until_ready(&pool, &shutdown).await {
+    if !migrate_until_ready(&pool, source.as_mut(), &lag, &shutdown).await {
         return;
     }
     let mut logged_lag = Duration::from_secs(1);
@@ -97,11 +142,13 @@ pub async fn run(
             }
         };
         if batch.is_empty() {
+            lag.caught_up();
             if drain_until.is_some() {
                 return;
             }
             continue;
         }
+        lag.holding();
         let (acks, records): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let oldest = records
             .iter()
@@ -116,6 +163,7 @@ pub async fn run(
                 Ok(n) => {
                     lag.inserted.fetch_add(n as u64, Ordering::Relaxed);
                     metrics::counter!(names::AUDIT_ROWS_WRITTEN).increment(n as u64);
+                    lag.caught_up();
                     tracing::debug!(
                         records = records.len(),
                         inserted = n,
@@ -231,8 +279,14 @@ async fn store_batch(
     Ok(a + b)
 }
 
-/// Runs the migrations, retrying while the database cannot be reached.
-async fn migrate_until_ready(pool: &PgPool, shutdown: &CancellationToken) -> bool {
+/// Runs the migrations, retrying while the database cannot be reached; with
+/// records waiting meanwhile the writer counts as holding them.
+async fn migrate_until_ready(
+    pool: &PgPool,
+    source: &mut dyn AuditSource,
+    lag: &AuditLag,
+    shutdown: &CancellationToken,
+) -> bool {
     let mut backoff = MIGRATE_BACKOFF.build();
     let mut attempt = 0u32;
     loop {
@@ -245,6 +299,9 @@ async fn migrate_until_ready(pool: &PgPool, shutdown: &CancellationToken) -> boo
                 attempt += 1;
                 if attempt == 1 || attempt % 10 == 0 {
                     error!(error = %e, "DATABASE_URL: cannot reach the audit database; the clock keeps serving, the audit waits");
+                }
+                if source.backlog().await.is_some_and(|b| b > 0) {
+                    lag.holding();
                 }
             }
         }

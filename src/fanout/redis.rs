@@ -16,6 +16,10 @@
 //! `pong` message, which redis-rs hands back to the PING); no answer within
 //! [`COMMAND_TIMEOUT`] counts as a drop. A silent connection is so noticed
 //! within about 3 s, and its streams are caught up right after.
+//!
+//! Whether the connection is up is told to [`PubSubSetup::on_link`] at each
+//! change: up once connected and subscribed (again), down as soon as a drop
+//! is noticed or a connection attempt fails (readiness' `pubsub` check).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,7 +71,14 @@ pub struct PubSubSetup {
     /// Called with a wake-up's payload (the new earliest deadline), and with
     /// `None` after a reconnect (wake-ups may have been lost).
     pub on_wake: OnWake,
+    /// Called with `true` when the connection is up (connected, channels
+    /// joined) and `false` when it is lost or cannot be made; only on change.
+    /// Down until the first connection.
+    pub on_link: OnLink,
 }
+
+/// What the Pub/Sub task calls when its connection comes up or goes down.
+pub type OnLink = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// What the Pub/Sub task calls with a deadline wake-up.
 pub type OnWake = Arc<dyn Fn(Option<&[u8]>) + Send + Sync>;
@@ -117,6 +128,13 @@ async fn run(
     let mut joined: HashMap<String, SessionKey> = HashMap::new();
     let mut pauses = reconnect_backoff();
     let mut connected_before = false;
+    let mut up = false;
+    let mut link = |now_up: bool| {
+        if now_up != up {
+            up = now_up;
+            (setup.on_link)(now_up);
+        }
+    };
     loop {
         let connect = async {
             let pubsub = timed("connect", setup.client.get_async_pubsub()).await?;
@@ -133,6 +151,7 @@ async fn run(
             connected = connect => match connected {
                 Ok(pair) => pair,
                 Err(e) => {
+                    link(false);
                     warn!(error = %e, "Pub/Sub connection failed; retrying");
                     // Joins cannot succeed while disconnected: fail them fast.
                     while let Ok(cmd) = cmds.try_recv() {
@@ -150,6 +169,7 @@ async fn run(
             },
         };
         pauses = reconnect_backoff();
+        link(true);
         if connected_before {
             metrics::counter!(names::PUBSUB_RECONNECTS).increment(1);
             info!(
@@ -223,5 +243,7 @@ async fn run(
                 }
             }
         }
+        // Out of the loop: the connection is gone.
+        link(false);
     }
 }

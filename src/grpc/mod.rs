@@ -3,7 +3,7 @@
 //! `AppError -> Status` table, the router with health and reflection, and
 //! what wraps every call: who the caller is (and the common name of its
 //! client certificate), its rate limits, and the guard that turns a panic
-//! into `INTERNAL`.
+//! into `INTERNAL`; and the HTTP probes `/health` and `/ready` on the same port.
 
 mod auth;
 pub mod caller;
@@ -14,6 +14,7 @@ pub(crate) mod convert;
 mod error;
 mod observe;
 mod panic;
+pub mod probes;
 mod rate;
 mod service;
 mod tenant_streams;

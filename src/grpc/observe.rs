@@ -16,6 +16,9 @@
 //!   peer), off unless `SYNCKAIROS_ACCESS_LOG=on` (or `RUST_LOG` names the
 //!   target); the credential never reaches it.
 //!
+//! What is not a gRPC call (not a `POST`: the probes' `GET /health` and
+//! `GET /ready`) goes through unrecorded.
+//!
 //! A call ends when its reply's trailers pass (its gRPC code), or at once
 //! when its head already carries the code (trailers-only: most errors), or
 //! when the reply is dropped before its end (the client went away:
@@ -331,6 +334,13 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // Not a gRPC call (a probe's GET): through, unrecorded.
+        if req.method() != http::Method::POST {
+            let call = self.inner.call(req);
+            return Box::pin(
+                async move { Ok(call.await?.map(|inner| Observed { inner, call: None })) },
+            );
+        }
         let methods = self.layer.methods.clone();
         let method = methods.of(req.uri().path());
         let m = &methods.0[method];

@@ -31,6 +31,7 @@ use crate::app::App;
 use crate::auth::{Authenticator, Principal, TenantLimits};
 use crate::config::Config;
 use crate::engine::{SessionId, SessionKey};
+use crate::probes::Readiness;
 use crate::prometheus::names;
 
 pub struct GrpcService {
@@ -264,7 +265,9 @@ impl SyncService for GrpcService {
     }
 }
 
-/// Sets the health of both the overall server ("") and `synckairos.v1.SyncService`.
+/// Sets the health of both the overall server ("") and
+/// `synckairos.v1.SyncService`: SERVING exactly when the process is ready
+/// (`crate::probes::Readiness`, followed by startup.rs' health task).
 #[derive(Clone)]
 pub struct HealthControl {
     reporter: HealthReporter,
@@ -307,16 +310,31 @@ impl HealthControl {
 /// queues unary calls behind each other) and `timeout` (it would also cut a
 /// Subscribe before its first message when the store is slow; the store
 /// already fails its calls within ~250 ms).
-/// What every call passes through, outermost first: observe, the panic guard, then auth.
+///
+///
+/// HTTP/1.1 is accepted too (`accept_http1`), for the `GET /health` and
+/// `GET /ready` probes (grpc/probes.rs), answered before auth and routing;
+/// gRPC clients speak HTTP/2 (negotiated by the connection preface, or by
+/// ALPN under TLS) and are unaffected.
+/// What every request passes through, outermost first: observe (it lets
+/// what is not a gRPC call, a `POST`, through unrecorded), the panic guard,
+/// the probes, then auth.
 pub type Layers = tower_layer::Stack<
     AuthLayer,
-    tower_layer::Stack<super::CatchPanic, tower_layer::Stack<ObserveLayer, tower_layer::Identity>>,
+    tower_layer::Stack<
+        super::probes::ProbeLayer,
+        tower_layer::Stack<
+            super::CatchPanic,
+            tower_layer::Stack<ObserveLayer, tower_layer::Identity>,
+        >,
+    >,
 >;
 
 pub fn router(
     app: App,
     config: &Config,
     auth: Arc<Authenticator>,
+    readiness: Readiness,
 ) -> anyhow::Result<(tonic::transport::server::Router<Layers>, HealthControl)> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = || {
@@ -332,8 +350,10 @@ pub fn router(
     let observe = ObserveLayer::new(config.access_log);
     let sent = Arc::new(observe.subscribe_messages());
     let mut server = tonic::transport::Server::builder()
+        .accept_http1(true)
         .layer(observe)
         .layer(super::catch_panic())
+        .layer(super::probes::ProbeLayer::new(readiness))
         .layer(AuthLayer::new(auth.clone(), now_secs))
         .max_concurrent_streams(config.max_streams_per_connection)
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))

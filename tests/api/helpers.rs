@@ -190,6 +190,8 @@ async fn build_app(
         redis_url: redis.as_ref().map(|r| Secret::new(r.lock().unwrap().url())),
         database_url: None,
         shutdown_grace: Duration::from_secs(5),
+        // No load balancer to wait for: a stopped test server drains at once.
+        prestop_delay: Duration::ZERO,
         ..Config::default()
     };
     tweak(&mut config);

@@ -79,6 +79,16 @@ async fn the_listener_answers_only_metrics_and_the_probes() {
     let addr = app.metrics_addr.unwrap();
     let (status, body) = http_get(addr, "/health").await;
     assert_eq!((status, body.contains("alive")), (200, true), "{body}");
+    let (status, body) = http_get(addr, "/ready").await;
+    assert_eq!((status, body.contains("\"ready\"")), (200, true), "{body}");
+    let body = scrape(&app).await;
+    for check in ["store", "pubsub", "audit", "draining"] {
+        assert_eq!(
+            sample(&body, "synckairos_ready", &[("check", check)]),
+            1.0,
+            "{check}"
+        );
+    }
     let (status, _) = http_get(addr, "/nope").await;
     assert_eq!(status, 404);
     let (status, _) = http_get(addr, "/metrics/../../etc/passwd").await;
