@@ -16,6 +16,9 @@
 //! `pong` message, which redis-rs hands back to the PING); no answer within
 //! [`COMMAND_TIMEOUT`] counts as a drop. A silent connection is so noticed
 //! within about 3 s, and its streams are caught up right after.
+//!
+//! Each batch of events handed to the hub is a `fanout.deliver` span (its
+//! channel and how many events), for traces only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -211,7 +214,13 @@ async fn run(
                         match wire::decode_batch(msg.get_payload_bytes()) {
                             Ok(events) => {
                                 let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
-                                setup.hub.deliver(key, &events);
+                                tracing::info_span!(
+                                    target: crate::telemetry::TRACE_TARGET,
+                                    "fanout.deliver",
+                                    channel,
+                                    events = events.len() as i64,
+                                )
+                                .in_scope(|| setup.hub.deliver(key, &events));
                             }
                             Err(e) => warn!(%channel, error = %e, "undecodable event batch"),
                         }

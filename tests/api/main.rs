@@ -41,3 +41,4 @@ mod subscribe;
 mod tcp_proxy;
 mod timers;
 mod tls;
+mod traces;
