@@ -125,6 +125,9 @@ fn trace_filter(var: Option<&str>) -> anyhow::Result<EnvFilter> {
 /// Call once, inside the Tokio runtime.
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    // Read even without an endpoint, so that a typo is found at once.
+    let traces_filter = std::env::var(TRACES_FILTER_VAR).ok();
+    let traces_filter = trace_filter(traces_filter.as_deref())?;
     let logs_filter = log_filter()?;
     let logs = match format {
         LogFormat::Human => fmt::layer().with_target(false).boxed(),
@@ -133,9 +136,7 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
     .with_filter(logs_filter);
     let (otel, provider) = match otlp_endpoint {
         Some(endpoint) => {
-            let traces_filter = std::env::var(TRACES_FILTER_VAR).ok();
-            let traces_filter = trace_filter(traces_filter.as_deref())?
-                .and(filter_fn(|meta| !never_traced(meta.target())));
+            let traces_filter = traces_filter.and(filter_fn(|meta| !never_traced(meta.target())));
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint)
