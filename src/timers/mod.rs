@@ -131,8 +131,13 @@ pub async fn run_with_stats(
 }
 
 /// The span of a claim round that may take `room` deadlines: `info` when
-/// a deadline known here is due, else `debug` (see the module's doc).
+/// a deadline known here is due, else `debug` (see the module's doc). With
+/// traces off (no `info` span enabled, so no `debug` one either), none,
+/// and the store is not asked.
 async fn claim_span(store: &dyn SessionStore, room: usize) -> tracing::Span {
+    if !tracing::span_enabled!(target: TRACE_TARGET, tracing::Level::INFO) {
+        return tracing::Span::none();
+    }
     let due = matches!(store.next_deadline().await, Ok(Some(at)) if at <= store.now());
     if due {
         tracing::info_span!(target: TRACE_TARGET, "timers.claim", room = room as i64, claimed = tracing::field::Empty)
