@@ -391,12 +391,15 @@ pub fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// A probe's answer for a path (`None`: 404).
+pub type ProbeAnswer = Arc<dyn Fn(&str) -> Option<(http::StatusCode, String)> + Send + Sync>;
+
 /// What the listener answers besides `/metrics`.
 #[derive(Clone)]
 pub struct Probes {
     /// `/health` and `/ready` (the same answers as on the gRPC port), given
     /// the path; `None`: 404.
-    pub answer: Arc<dyn Fn(&str) -> Option<(http::StatusCode, String)> + Send + Sync>,
+    pub answer: ProbeAnswer,
     /// Run before each scrape is rendered (gauges read at that moment).
     pub on_scrape: Arc<dyn Fn() + Send + Sync>,
 }

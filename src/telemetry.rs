@@ -1,23 +1,80 @@
-//! Logs and traces: a `tracing` subscriber with human-readable logs by
-//! default (JSON with `SYNCKAIROS_LOG_FORMAT=json`), filtered by `RUST_LOG`,
-//! and an OpenTelemetry OTLP exporter layered on when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Export never blocks start-up; a dead
-//! collector costs at most the export timeout at shutdown. Panics are logged
-//! as one error line each (`log_panics`).
+//! Logs and traces: one `tracing` subscriber with two layers, each with a
+//! filter of its own (tracing-subscriber's per-layer filtering), so that
+//! quieting the logs never silences the traces, nor the other way round:
+//!
+//! - logs: human-readable by default (JSON with `SYNCKAIROS_LOG_FORMAT=json`),
+//!   filtered by `RUST_LOG` (default `info`);
+//! - traces: an OpenTelemetry OTLP/gRPC exporter, layered on when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, filtered by `OTEL_TRACES_FILTER`
+//!   (the same directive syntax; default `info`; `off` sends no span).
+//!
+//! Both keep h2, hyper and tower at `warn`; the trace layer never sees any
+//! span or event of the transport crates (h2, hyper, tower, tonic) nor of
+//! OpenTelemetry itself, whatever its filter says, so the exporter's own
+//! calls are never traced into the exporter.
+//!
+//! The spans below the RPC (the store's commit, the timers' claim and
+//! firing, the audit batch, the Pub/Sub delivery) carry the target
+//! [`TRACE_TARGET`] and exist for traces only: the log layer never enables
+//! them, so without an OTLP endpoint they are never built (a callsite check,
+//! no allocation, no field formatted) and they add nothing to log lines.
+//!
+//! Sampling is the SDK's, from the standard variables: `OTEL_TRACES_SAMPLER`
+//! (`always_on`, `always_off`, `traceidratio`, `parentbased_always_on`,
+//! `parentbased_always_off`, `parentbased_traceidratio`) and
+//! `OTEL_TRACES_SAMPLER_ARG` (the ratio); by default parent-based
+//! always-on: every trace is kept unless a caller's `traceparent` says it
+//! is not sampled. The batch exporter reads `OTEL_BSP_SCHEDULE_DELAY` (ms,
+//! default 5000), `OTEL_BSP_MAX_QUEUE_SIZE` and the other `OTEL_BSP_*`.
+//!
+//! A caller's W3C `traceparent` (and `tracestate`) becomes the parent of the
+//! RPC span: the W3C TraceContext propagator is installed globally, and
+//! [`parent_from_headers`] / [`set_parent_from_headers`] read a request's
+//! headers with it.
+//!
+//! Export never blocks start-up; a dead collector costs at most the export
+//! timeout at shutdown. Panics are logged as one error line each
+//! (`log_panics`).
 
 use std::time::Duration;
 
+use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, LevelFilter, filter_fn};
+use tracing_subscriber::layer::Filter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, fmt};
+use tracing_subscriber::{Layer, fmt};
 
 use crate::config::LogFormat;
 
 const SERVICE_NAME: &str = "synckairos";
+
+/// The variable that filters the spans (and span events) sent over OTLP.
+pub const TRACES_FILTER_VAR: &str = "OTEL_TRACES_FILTER";
+
+/// The target of the spans that exist for traces only (the child spans of
+/// an RPC: store commit, claim, firing, audit batch, Pub/Sub delivery). The
+/// log layer never enables them; `OTEL_TRACES_FILTER=info,synckairos::trace=off`
+/// keeps the RPC spans and drops these.
+pub const TRACE_TARGET: &str = "synckairos::trace";
+
+/// Crates whose spans and events never reach the trace layer: the
+/// transport (the exporter's own included) and OpenTelemetry itself.
+const NEVER_TRACED: [&str; 5] = ["h2", "hyper", "tower", "tonic", "opentelemetry"];
+
+fn never_traced(target: &str) -> bool {
+    NEVER_TRACED.iter().any(|t| {
+        target
+            .strip_prefix(t)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(':') || rest.starts_with('_'))
+    })
+}
 
 /// Flushes and stops the trace exporter when dropped.
 pub struct TelemetryGuard {
@@ -32,44 +89,117 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber. Call once, inside the Tokio runtime.
-pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
-    // The exporter's own transport must not trace itself back into the exporter.
-    let filter = EnvFilter::try_from_default_env()
+/// The log layer's filter: `RUST_LOG` (default `info`; an unreadable one
+/// falls back to `info`), with the transport at `warn`, and never a span
+/// that exists for traces only (`TRACE_TARGET`).
+fn log_filter<S>() -> anyhow::Result<impl Filter<S>> {
+    let env = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info"))
         .add_directive("h2=warn".parse()?)
         .add_directive("hyper=warn".parse()?)
         .add_directive("tower=warn".parse()?);
+    Ok(env.and(filter_fn(|meta| {
+        !(meta.is_span() && meta.target() == TRACE_TARGET)
+    })))
+}
+
+/// The trace layer's filter: `OTEL_TRACES_FILTER` (default `info`), with
+/// the transport at `warn`. An unreadable one is a start-up error: the
+/// variable is only ever set on purpose.
+fn trace_filter(var: Option<&str>) -> anyhow::Result<EnvFilter> {
+    let directives = var
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or("info");
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .parse(directives)
+        .map_err(|e| anyhow::anyhow!("{TRACES_FILTER_VAR}={directives:?}: {e}"))?;
+    Ok(filter
+        .add_directive("h2=warn".parse()?)
+        .add_directive("hyper=warn".parse()?)
+        .add_directive("tower=warn".parse()?))
+}
+
+/// Installs the global subscriber and the W3C TraceContext propagator.
+/// Call once, inside the Tokio runtime.
+pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    // Read even without an endpoint, so that a typo is found at once.
+    let traces_filter = std::env::var(TRACES_FILTER_VAR).ok();
+    let traces_filter = trace_filter(traces_filter.as_deref())?;
+    let logs_filter = log_filter()?;
     let logs = match format {
         LogFormat::Human => fmt::layer().with_target(false).boxed(),
         LogFormat::Json => fmt::layer().json().with_current_span(true).boxed(),
-    };
+    }
+    .with_filter(logs_filter);
     let (otel, provider) = match otlp_endpoint {
         Some(endpoint) => {
+            let traces_filter = traces_filter.and(filter_fn(|meta| !never_traced(meta.target())));
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint)
                 .with_timeout(Duration::from_secs(3))
                 .build()?;
+            // The sampler is the SDK's default: OTEL_TRACES_SAMPLER(_ARG),
+            // else parent-based always-on.
             let provider = SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
                 .with_resource(Resource::builder().with_service_name(SERVICE_NAME).build())
                 .build();
-            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(SERVICE_NAME));
+            // A task moves between threads: the thread says nothing of a
+            // span. Busy/idle times would cost two clock reads per poll.
+            // Integer fields must be i64 (or i32...): tracing-opentelemetry
+            // has no u64 attribute and would format one as a string.
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer(SERVICE_NAME))
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_filter(traces_filter);
             (Some(layer), Some(provider))
         }
         None => (None, None),
     };
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
     tracing_subscriber::registry()
-        .with(filter)
         .with(logs)
         .with(otel)
         .try_init()?;
     log_panics();
     Ok(TelemetryGuard { provider })
+}
+
+/// Reads W3C trace context out of request headers (gRPC metadata).
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// The OpenTelemetry context a request's `traceparent` / `tracestate`
+/// headers name, read with the global propagator (W3C TraceContext, set by
+/// [`init`]); a context with no remote span when they are missing or
+/// malformed.
+pub fn parent_from_headers(headers: &http::HeaderMap) -> opentelemetry::Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+}
+
+/// Makes the request's `traceparent`, if it has one, the parent of `span`
+/// (which must not have been entered yet). Does nothing, and reads nothing,
+/// when `span` is disabled (traces off, or filtered out) or the request
+/// carries no `traceparent`.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
+    if span.is_disabled() || !headers.contains_key("traceparent") {
+        return;
+    }
+    // Err only when no OpenTelemetry layer is installed: nothing to parent.
+    let _ = span.set_parent(parent_from_headers(headers));
 }
 
 /// Every panic, wherever it happens, becomes one error line in the log (with
@@ -90,23 +220,160 @@ fn log_panics() {
     }));
 }
 
-/// Reads a W3C `traceparent` (and `tracestate`) from request headers.
-struct HeaderExtractor<'a>(&'a http::HeaderMap);
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt as _;
 
-impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+    use super::*;
+
+    #[test]
+    fn a_traceparent_header_names_the_remote_parent() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        );
+        let cx = parent_from_headers(&headers);
+        let span = cx.span();
+        let sc = span.span_context();
+        assert!(sc.is_valid() && sc.is_remote() && sc.is_sampled());
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+
+        headers.insert("traceparent", http::HeaderValue::from_static("00-garbage"));
+        assert!(
+            !parent_from_headers(&headers)
+                .span()
+                .span_context()
+                .is_valid()
+        );
+        assert!(
+            !parent_from_headers(&http::HeaderMap::new())
+                .span()
+                .span_context()
+                .is_valid()
+        );
     }
 
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
-}
+    /// Keeps what it is given.
+    #[derive(Clone, Debug, Default)]
+    struct Keep(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
 
-/// Makes the caller's trace (its `traceparent` header) the parent of `span`.
-pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let cx =
-        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
-    let _ = span.set_parent(cx);
+    impl opentelemetry_sdk::trace::SpanExporter for Keep {
+        async fn export(
+            &self,
+            batch: Vec<opentelemetry_sdk::trace::SpanData>,
+        ) -> opentelemetry_sdk::error::OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn set_parent_from_headers_makes_the_callers_span_the_parent() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let keep = Keep::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(keep.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let mut traced = http::HeaderMap::new();
+        traced.insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("with a parent");
+            set_parent_from_headers(&span, &traced);
+            span.in_scope(|| tracing::info_span!("child").in_scope(|| {}));
+            drop(span);
+            let span = tracing::info_span!("without");
+            set_parent_from_headers(&span, &http::HeaderMap::new());
+            drop(span);
+        });
+        let spans = keep.0.lock().unwrap().clone();
+        let find = |name: &str| spans.iter().find(|s| s.name == name).unwrap();
+        let (with, child, without) = (find("with a parent"), find("child"), find("without"));
+        assert_eq!(
+            with.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(with.parent_span_id.to_string(), "00f067aa0ba902b7");
+        assert!(with.parent_span_is_remote);
+        assert_eq!(child.span_context.trace_id(), with.span_context.trace_id());
+        assert_eq!(child.parent_span_id, with.span_context.span_id());
+        assert_ne!(
+            without.span_context.trace_id(),
+            with.span_context.trace_id()
+        );
+        assert_eq!(
+            without.parent_span_id,
+            opentelemetry::trace::SpanId::INVALID
+        );
+    }
+
+    #[test]
+    fn the_trace_filter_defaults_to_info_and_refuses_nonsense() {
+        assert_eq!(
+            trace_filter(None).unwrap().max_level_hint(),
+            Some(LevelFilter::INFO)
+        );
+        assert_eq!(
+            trace_filter(Some("  ")).unwrap().max_level_hint(),
+            Some(LevelFilter::INFO)
+        );
+        assert_eq!(
+            trace_filter(Some("off")).unwrap().max_level_hint(),
+            Some(LevelFilter::WARN),
+            "only the transport's own directives are left"
+        );
+        assert!(trace_filter(Some("synckairos=loud")).is_err());
+    }
+
+    #[test]
+    fn without_an_otlp_endpoint_the_spans_for_traces_are_never_built() {
+        let logs = fmt::layer()
+            .with_writer(std::io::sink)
+            .with_filter(log_filter().unwrap());
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(logs), || {
+            assert!(tracing::error_span!(target: TRACE_TARGET, "store.commit").is_disabled());
+            // The control: the logs' own spans are built (unless RUST_LOG=off).
+            if std::env::var("RUST_LOG").as_deref() != Ok("off") {
+                assert!(!tracing::error_span!("a call").is_disabled());
+            }
+        });
+    }
+
+    #[test]
+    fn the_transport_and_opentelemetry_are_never_traced() {
+        for t in [
+            "h2",
+            "h2::proto",
+            "hyper_util::client",
+            "tower::buffer",
+            "tonic::transport",
+            "opentelemetry_sdk",
+            "opentelemetry_otlp::exporter",
+        ] {
+            assert!(never_traced(t), "{t}");
+        }
+        for t in [
+            "synckairos",
+            "synckairos::trace",
+            "h2o",
+            "towers",
+            "hyperloop",
+        ] {
+            assert!(!never_traced(t), "{t}");
+        }
+    }
 }

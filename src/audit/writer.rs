@@ -16,6 +16,8 @@
 //! that nothing is committed after its last read). While it holds records it
 //! cannot store, `AuditLag::holding_since_ms` says since when: readiness'
 //! `audit` check fails past `probes::AUDIT_STUCK_AFTER`.
+//! Each try at storing a batch is an `audit.batch` span (its rows, what was
+//! inserted, why it failed), for traces only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument as _, error, info, warn};
 
 use super::db::{self, PgPool};
 use super::source::AuditSource;
@@ -159,7 +161,24 @@ pub async fn run(
         let mut failures = 0u32;
         loop {
             let t = Instant::now();
-            match store_batch(&pool, &records, &lag).await {
+            let span = tracing::info_span!(
+                target: crate::telemetry::TRACE_TARGET,
+                "audit.batch",
+                rows = records.len() as i64,
+                inserted = tracing::field::Empty,
+                error = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            let stored = store_batch(&pool, &records, &lag)
+                .instrument(span.clone())
+                .await;
+            match &stored {
+                Ok(n) => span.record("inserted", *n as i64),
+                Err(e) => span
+                    .record("error", tracing::field::display(e))
+                    .record("otel.status_code", "ERROR"),
+            };
+            match stored {
                 Ok(n) => {
                     lag.inserted.fetch_add(n as u64, Ordering::Relaxed);
                     metrics::counter!(names::AUDIT_ROWS_WRITTEN).increment(n as u64);

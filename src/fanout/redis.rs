@@ -20,6 +20,8 @@
 //! Whether the connection is up is told to [`PubSubSetup::on_link`] at each
 //! change: up once connected and subscribed (again), down as soon as a drop
 //! is noticed or a connection attempt fails (readiness' `pubsub` check).
+//! Each batch of events handed to the hub is a `fanout.deliver` span (its
+//! channel and how many events), for traces only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -233,7 +235,13 @@ async fn run(
                         match wire::decode_batch(msg.get_payload_bytes()) {
                             Ok(events) => {
                                 let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
-                                setup.hub.deliver(key, &events);
+                                tracing::info_span!(
+                                    target: crate::telemetry::TRACE_TARGET,
+                                    "fanout.deliver",
+                                    channel,
+                                    events = events.len() as i64,
+                                )
+                                .in_scope(|| setup.hub.deliver(key, &events));
                             }
                             Err(e) => warn!(%channel, error = %e, "undecodable event batch"),
                         }

@@ -14,6 +14,9 @@
 //!
 //! Why std `Mutex` and not tokio's: the critical section is a pure engine call
 //! and a few map writes — microseconds, never an `.await` (mini-redis, db.rs).
+//!
+//! Traces: each `create`, `update` and `delete` is a `store.commit` span
+//! (lock wait included), as a Redis commit is (see `commit_span`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -109,6 +112,21 @@ pub struct MemoryStore {
     hub: Arc<Hub>,
     /// Where committed events go for the audit trail (when it is on).
     audit: Option<Arc<AuditOutbox>>,
+}
+
+/// The span of one commit here (for traces only: disabled, and free, when
+/// traces are off), named as `store/redis/commit.rs` names a Redis commit's.
+/// Entered for the whole call: the calls have no `.await`, so it is never
+/// held across one (a `!Send` guard would not compile there).
+fn commit_span() -> tracing::span::EnteredSpan {
+    tracing::info_span!(
+        target: crate::telemetry::TRACE_TARGET,
+        "store.commit",
+        engine = "memory",
+        group_size = 1i64,
+        attempts = 1i64,
+    )
+    .entered()
 }
 
 /// Recovers the data from a poisoned lock: a panic elsewhere must not take
@@ -251,6 +269,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn create(&self, key: &SessionKey, build: BuildFn<'_>) -> Result<Arc<Event>, StoreError> {
+        let _span = commit_span();
         let mut shard = self.shard(key);
         if let Some(existing) = self.live(&mut shard, key) {
             return Err(StoreError::AlreadyExists(Box::new(
@@ -281,6 +300,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn update(&self, key: &SessionKey, f: Change) -> Result<Applied, StoreError> {
+        let _span = commit_span();
         let mut shard = self.shard(key);
         let entry = self.live(&mut shard, key).ok_or(StoreError::NotFound)?;
         let applied = f(&entry.session, self.now())?;
@@ -298,6 +318,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError> {
+        let _span = commit_span();
         let mut shard = self.shard(key);
         self.live(&mut shard, key).ok_or(StoreError::NotFound)?;
         let entry = self.forget(&mut shard, key).ok_or(StoreError::NotFound)?;

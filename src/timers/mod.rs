@@ -21,6 +21,12 @@
 //! to run out. Each claim is kept with the lease the store gave it, so that
 //! a release drops only that claim, never a newer one another replica took
 //! on the same session meanwhile.
+//!
+//! Traces: a claim round is a `timers.claim` span (how many it claimed), a
+//! firing a `timers.fire` span (its sessions), its commit a child of it.
+//! A round that nothing known is due for (the `POLL` safety net, or one
+//! that only reads the heads) is a `debug` span, so an idle replica does
+//! not send a trace every half second at the default `info` filter.
 
 mod held;
 
@@ -29,13 +35,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument as _, debug, warn};
 
 use self::held::Held;
 pub use self::held::TimerStats;
 use crate::engine::{self, Applied, Command, EventKind, Micros, Request, RuleError, SessionKey};
 use crate::prometheus::names;
 use crate::store::{Change, Claim, SessionStore, StoreError};
+use crate::telemetry::TRACE_TARGET;
 
 /// The longest the loop sleeps without looking: a safety net under the
 /// wake-ups (e.g. a deadline set by another replica whose wake-up was lost).
@@ -85,15 +92,20 @@ pub async fn run_with_stats(
         let room = held.room();
         let claimed = match room {
             0 => Ok(()),
-            room => store.claim_due_at_most(room).await.map(|due| {
-                if !due.is_empty() {
-                    metrics::counter!(names::TIMER_CLAIMS).increment(due.len() as u64);
-                    for claim in due {
-                        held.push(store.batch_of(&claim.key), claim);
+            room => {
+                let span = claim_span(store.as_ref(), room).await;
+                let claimed = store.claim_due_at_most(room).instrument(span.clone()).await;
+                span.record("claimed", claimed.as_ref().map_or(0, Vec::len) as i64);
+                claimed.map(|due| {
+                    if !due.is_empty() {
+                        metrics::counter!(names::TIMER_CLAIMS).increment(due.len() as u64);
+                        for claim in due {
+                            held.push(store.batch_of(&claim.key), claim);
+                        }
+                        held.work.notify_waiters();
                     }
-                    held.work.notify_waiters();
-                }
-            }),
+                })
+            }
         };
         match &claimed {
             Ok(()) => failing = false,
@@ -121,6 +133,22 @@ pub async fn run_with_stats(
     }
 }
 
+/// The span of a claim round that may take `room` deadlines: `info` when
+/// a deadline known here is due, else `debug` (see the module's doc). With
+/// traces off (no `info` span enabled, so no `debug` one either), none,
+/// and the store is not asked.
+async fn claim_span(store: &dyn SessionStore, room: usize) -> tracing::Span {
+    if !tracing::span_enabled!(target: TRACE_TARGET, tracing::Level::INFO) {
+        return tracing::Span::none();
+    }
+    let due = matches!(store.next_deadline().await, Ok(Some(at)) if at <= store.now());
+    if due {
+        tracing::info_span!(target: TRACE_TARGET, "timers.claim", room = room as i64, claimed = tracing::field::Empty)
+    } else {
+        tracing::debug_span!(target: TRACE_TARGET, "timers.claim", room = room as i64, claimed = tracing::field::Empty)
+    }
+}
+
 /// One firing slot: fires what is queued, batch by batch, and waits when
 /// nothing is.
 async fn fire_queued(store: Arc<dyn SessionStore>, held: Arc<Held>) {
@@ -144,6 +172,30 @@ async fn fire_queued(store: Arc<dyn SessionStore>, held: Arc<Held>) {
 /// outcomes); those that fail for a passing reason are retried each on its
 /// own, side by side, so that all of them retry within their claim's lease.
 pub async fn fire_many(store: &dyn SessionStore, claims: &[Claim]) {
+    let span = tracing::info_span!(
+        target: TRACE_TARGET,
+        "timers.fire",
+        sessions = claims.len() as i64,
+        session_id = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        // One session (the usual firing): its id; a batch: the ids, comma-separated.
+        match claims {
+            [one] => {
+                span.record("session_id", one.key.id.as_str());
+                span.record("tenant", one.key.tenant.as_str());
+            }
+            many => {
+                let ids: Vec<&str> = many.iter().map(|c| c.key.id.as_str()).collect();
+                span.record("session_id", ids.join(",").as_str());
+            }
+        }
+    }
+    fire_many_now(store, claims).instrument(span).await
+}
+
+async fn fire_many_now(store: &dyn SessionStore, claims: &[Claim]) {
     let keys: Vec<SessionKey> = claims.iter().map(|c| c.key.clone()).collect();
     let deadlines = Deadlines::default();
     let results = store.update_many(&keys, deadlines.timeout()).await;

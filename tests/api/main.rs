@@ -47,3 +47,4 @@ mod subscribe;
 mod tcp_proxy;
 mod timers;
 mod tls;
+mod traces;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use redis::{Pipeline, Value};
+use tracing::Instrument as _;
 
 use super::RedisStore;
 use super::keys::SessionKeys;
@@ -29,6 +30,36 @@ use crate::engine::{self, Applied, Event, EventKind, Micros, Session, SessionKey
 use crate::prometheus::names;
 use crate::store::{Change, EVENT_LOG_LEN, StoreError};
 use crate::wire;
+
+/// The span of one commit, `store.commit` (for traces only): its group
+/// size, its attempts (recorded on a retry only) and, when it failed, why.
+/// Under the caller's span, or under `parent:`.
+macro_rules! commit_span {
+    ($size:expr) => {
+        tracing::info_span!(
+            target: $crate::telemetry::TRACE_TARGET,
+            "store.commit",
+            engine = "redis",
+            group_size = $size as i64,
+            attempts = 1i64,
+            error = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    };
+    (parent: $parent:expr, $size:expr) => {
+        tracing::info_span!(
+            target: $crate::telemetry::TRACE_TARGET,
+            parent: $parent,
+            "store.commit",
+            engine = "redis",
+            group_size = $size as i64,
+            attempts = 1i64,
+            error = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    };
+}
+pub(super) use commit_span;
 
 /// How long write conflicts are retried inside the server before `ABORTED`.
 /// Writers of one session on one replica take turns first
@@ -174,26 +205,48 @@ impl RedisStore {
     /// `EXEC` commits all of it or, when another writer got there first,
     /// nothing, and the whole thing runs again (`race_backoff`) or, with
     /// `Retry::No`, ends in `Conflict`. One result per key; `Err` when the
-    /// round trips themselves fail.
+    /// round trips themselves fail. Traced as a `store.commit` span under the
+    /// caller's (`commit_traced`).
     pub(super) async fn commit<T>(
         &self,
         keys: &[SessionKey],
         plan: impl Planner<T>,
         retry: Retry,
     ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
+        let span = commit_span!(keys.len());
+        self.commit_traced(keys, plan, retry, span).await
+    }
+
+    /// `commit` in `span` (a `commit_span!`): it
+    /// counts the attempts, and says why the commit failed when it did.
+    /// Nothing is formatted unless the span is enabled.
+    pub(super) async fn commit_traced<T>(
+        &self,
+        keys: &[SessionKey],
+        plan: impl Planner<T>,
+        retry: Retry,
+        span: tracing::Span,
+    ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
         let started = Instant::now();
-        let out = self.commit_attempts(keys, plan, retry).await;
+        let out = self
+            .commit_attempts(keys, plan, retry, &span)
+            .instrument(span.clone())
+            .await;
         metrics::histogram!(names::STORE_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(names::STORE_GROUP_COMMIT_SIZE).record(keys.len() as f64);
+        if let Err(e) = &out {
+            span.record("error", tracing::field::display(e));
+            span.record("otel.status_code", "ERROR");
+        }
         out
     }
 
-    /// `commit`'s attempts (see there).
     async fn commit_attempts<T>(
         &self,
         keys: &[SessionKey],
         plan: impl Planner<T>,
         retry: Retry,
+        span: &tracing::Span,
     ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
         let mut conn = self.conn().await?;
         // Only these turns write the sessions here, so the last write
@@ -205,7 +258,10 @@ impl RedisStore {
         let started = Instant::now();
         // Made on the first lost race only: most commits never need it.
         let mut pauses = None;
-        for attempt in 0.. {
+        for attempt in 0u32.. {
+            if attempt > 0 {
+                span.record("attempts", i64::from(attempt) + 1);
+            }
             // From WATCH until EXEC or UNWATCH answers, the connection carries
             // this call's WATCH: if the call is dropped midway (a cancelled
             // RPC), the pool must close it rather than lend it, WATCH and all,

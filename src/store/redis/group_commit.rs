@@ -8,13 +8,20 @@
 //! own, side by side. A commit that failed slowly (Redis unreachable or not
 //! answering) fails the calls queued behind it at once, instead of letting
 //! each wait out the same timeout again.
+//!
+//! Traces: a lead's commit is a `store.commit` span under its own call's; a
+//! group commit's runs in a task of its own, so its span is put under the
+//! span of the group's oldest call and linked (follows-from) to the others',
+//! and a change committed again on its own after a lost race is traced under
+//! its own call's span.
 
 use std::time::Instant;
 
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use super::RedisStore;
-use super::commit::{Retry, batch_failure, only_result};
+use super::commit::{Retry, batch_failure, commit_span, only_result};
 use super::group_queue::Role;
 use super::pool::{SLOW_FAILURE, io};
 use crate::engine::{Applied, SessionKey};
@@ -25,6 +32,9 @@ pub struct Job {
     key: SessionKey,
     change: Change,
     done: oneshot::Sender<Result<Applied, StoreError>>,
+    /// The caller's span, for the group commit's trace (disabled, and free,
+    /// when traces are off).
+    span: tracing::Span,
 }
 
 fn key_of(job: &Job) -> &SessionKey {
@@ -85,6 +95,7 @@ impl RedisStore {
                 key: key.clone(),
                 change: f.clone(),
                 done,
+                span: tracing::Span::current(),
             }
         });
         match role {
@@ -153,9 +164,13 @@ impl RedisStore {
         } else {
             Retry::Yes
         };
+        let span = commit_span!(parent: &jobs[0].span, jobs.len());
+        for job in &jobs[1..] {
+            span.follows_from(&job.span);
+        }
         let started = Instant::now();
         let outcome = self
-            .commit(&keys, self.plan_update(|i| &jobs[i].change), retry)
+            .commit_traced(&keys, self.plan_update(|i| &jobs[i].change), retry, span)
             .await;
         let failed = slow_failure(&outcome, started);
         match outcome {
@@ -165,11 +180,15 @@ impl RedisStore {
                 }
             }
             Err(StoreError::Conflict) if retry == Retry::No => {
-                futures_util::future::join_all(jobs.into_iter().map(|job| async move {
-                    let keys = std::slice::from_ref(&job.key);
-                    let plan = self.plan_update(|_| &job.change);
-                    let out = self.commit(keys, plan, Retry::Yes).await;
-                    let _ = job.done.send(only_result(out));
+                futures_util::future::join_all(jobs.into_iter().map(|job| {
+                    let span = job.span.clone();
+                    async move {
+                        let keys = std::slice::from_ref(&job.key);
+                        let plan = self.plan_update(|_| &job.change);
+                        let out = self.commit(keys, plan, Retry::Yes).await;
+                        let _ = job.done.send(only_result(out));
+                    }
+                    .instrument(span)
                 }))
                 .await;
             }
