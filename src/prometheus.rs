@@ -157,7 +157,7 @@ const ALL: &[(&str, Kind, &str)] = &[
     (
         STORE_POOL_SIZE,
         Kind::Gauge,
-        "Most Redis connections the store's pool may open (SYNCKAIROS_REDIS_POOL_SIZE).",
+        "Most Redis connections the store's pool may open (SYNCKAIROS_REDIS_POOL).",
     ),
     (
         STORE_REDIS_ERRORS,

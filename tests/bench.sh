@@ -37,6 +37,25 @@ for _ in 1 2 3; do
 done
 sleep 2
 A="127.0.0.1:${ports[0]}"; B="127.0.0.1:${ports[1]}"; C="127.0.0.1:${ports[2]}"
+# The server's own CPU per call, beside the load generator's figures: its
+# utime+stime over 5 s in the middle of the run, divided by the calls of
+# those 5 s (the run's rate). (This VM's perf counts no instructions; the
+# `auth-cost` mode of the load generator times authentication alone.)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz="$(getconf CLK_TCK)"
+switch_cpu() { # server-pid, load generator args...
+  local pid="$1"; shift
+  local out; out="$(mktemp)"
+  "$R/synckairos-load" switch --seconds 10 "$@" > "$out" &
+  local load=$!
+  sleep 4
+  local t1; t1="$(ticks "$pid")"; sleep 5; local t2; t2="$(ticks "$pid")"
+  wait "$load"
+  local rate; rate="$(sed -n 's/.* \([0-9]*\)\/s,.*/\1/p' "$out")"
+  printf '%s | server CPU %s us/call\n' "$(cat "$out")" \
+    "$(awk -v d=$((t2 - t1)) -v hz="$hz" -v r="${rate:-0}" 'BEGIN { if (r > 0) printf "%.1f", d / hz / 5 * 1e6 / r; else print "?" }')"
+  rm -f "$out"
+}
 want() { [ -z "$MODES" ] || [[ " $MODES " == *" $1 "* ]]; }
 MODES="$*"
 if want breakdown; then echo "== breakdown (one call in flight)"
@@ -66,25 +85,6 @@ D_pid=$!
 pids+=("$D_pid")
 sleep 2
 D="127.0.0.1:$p"
-# The server's own CPU per call, beside the load generator's figures: its
-# utime+stime over 5 s in the middle of the run, divided by the calls of
-# those 5 s (the run's rate). (This VM's perf counts no instructions; the
-# `auth-cost` mode of the load generator times authentication alone.)
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hz="$(getconf CLK_TCK)"
-switch_cpu() { # server-pid, load generator args...
-  local pid="$1"; shift
-  local out; out="$(mktemp)"
-  "$R/synckairos-load" switch --seconds 10 "$@" > "$out" &
-  local load=$!
-  sleep 4
-  local t1; t1="$(ticks "$pid")"; sleep 5; local t2; t2="$(ticks "$pid")"
-  wait "$load"
-  local rate; rate="$(sed -n 's/.* \([0-9]*\)\/s,.*/\1/p' "$out")"
-  printf '%s | server CPU %s us/call\n' "$(cat "$out")" \
-    "$(awk -v d=$((t2 - t1)) -v hz="$hz" -v r="${rate:-0}" 'BEGIN { if (r > 0) printf "%.1f", d / hz / 5 * 1e6 / r; else print "?" }')"
-  rm -f "$out"
-}
 A_pid="${pids[0]}"; B_pid="${pids[1]}"
 # B is a second open-mode replica: the control (how far two identical
 # replicas differ here), beside A (open) and D (keys).
@@ -123,31 +123,25 @@ E_pid=$!
 pids+=("$E_pid")
 sleep 2
 E="127.0.0.1:$p"
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hz="$(getconf CLK_TCK)"
-run_cpu() { # server-pid, load generator args...
-  local pid="$1"; shift
-  local out; out="$(mktemp)"
-  "$R/synckairos-load" switch --seconds 10 "$@" > "$out" &
-  local load=$!
-  sleep 4
-  local t1; t1="$(ticks "$pid")"; sleep 5; local t2; t2="$(ticks "$pid")"
-  wait "$load"
-  local rate; rate="$(sed -n 's/.* \([0-9]*\)\/s,.*/\1/p' "$out")"
-  printf '%s | server CPU %s us/call\n' "$(cat "$out")" \
-    "$(awk -v d=$((t2 - t1)) -v hz="$hz" -v r="${rate:-0}" 'BEGIN { if (r > 0) printf "%.1f", d / hz / 5 * 1e6 / r; else print "?" }')"
-  rm -f "$out"
-}
 for _ in $(seq "${OBSERVE_ROUNDS:-3}"); do
-  echo "(off, A) $(run_cpu "${pids[0]}" --target "$A" --sessions 1000 --concurrency 64)"
-  echo "(off, control B) $(run_cpu "${pids[1]}" --target "$B" --sessions 1000 --concurrency 64)"
-  echo "(on, E) $(run_cpu "$E_pid" --target "$E" --sessions 1000 --concurrency 64)"
+  echo "(off, A) $(switch_cpu "${pids[0]}" --target "$A" --sessions 1000 --concurrency 64)"
+  echo "(off, control B) $(switch_cpu "${pids[1]}" --target "$B" --sessions 1000 --concurrency 64)"
+  echo "(on, E) $(switch_cpu "$E_pid" --target "$E" --sessions 1000 --concurrency 64)"
 done
 echo "== observe: /metrics scrape time on E with 10000 live sessions and 1000 open streams"
+used() { redis-cli -p "$redis_port" info memory | sed -n 's/^used_memory:\([0-9]*\).*/\1/p'; }
+keys() { redis-cli -p "$redis_port" dbsize; }
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+m0="$(used)"; k0="$(keys)"
 "$R/synckairos-load" switch --target "$E" --sessions 10000 --concurrency 64 --seconds 3 >/dev/null
+m1="$(used)"; k1="$(keys)"
+echo "Redis memory: $(( (m1 - m0) / 10000 )) bytes per session ($(( k1 - k0 )) keys for 10000 sessions created and switched for 3 s; used_memory $m0 -> $m1)"
+r0="$(rss "$E_pid")"
 "$R/synckairos-load" fanout --target "$E" --subscribe-target "$E" --sessions 100 --streams 1000 --rate 200 --seconds 15 > /dev/null &
 fan=$!
 sleep 8
+r1="$(rss "$E_pid")"
+echo "replica E RSS: ${r0} kB before the 1000 streams, ${r1} kB with them open ($(( (r1 - r0) * 1024 / 1000 )) bytes per stream, the load's sessions and buffers included)"
 streams="$(curl -s "127.0.0.1:$mp/metrics" | sed -n 's/^synckairos_streams_open \(.*\)/\1/p')"
 times="$(for _ in $(seq 20); do curl -s -o /dev/null -w '%{time_total}\n' "127.0.0.1:$mp/metrics"; done | sort -n)"
 size="$(curl -s "127.0.0.1:$mp/metrics" | wc -c)"

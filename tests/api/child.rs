@@ -10,7 +10,7 @@ use tonic::transport::Endpoint;
 
 use crate::helpers::Client;
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -25,6 +25,21 @@ impl ChildReplica {
     /// Spawns `synckairos` on the redis engine (audit on when `database_url`
     /// is given) and waits until it answers gRPC.
     pub async fn spawn(redis_url: &str, database_url: Option<&str>) -> (Self, Client) {
+        let mut env = vec![
+            ("SYNCKAIROS_ENGINE", "redis".to_owned()),
+            ("REDIS_URL", redis_url.to_owned()),
+        ];
+        if let Some(db) = database_url {
+            env.push(("DATABASE_URL", db.to_owned()));
+        }
+        let (me, client, _) = Self::spawn_with(&env).await;
+        (me, client)
+    }
+
+    /// Spawns `synckairos` with `env` over a clean slate (no Redis, audit,
+    /// metrics or OTLP unless `env` sets them; `RUST_LOG=warn`) and waits
+    /// until it answers gRPC; also says where it listens.
+    pub async fn spawn_with(env: &[(&str, String)]) -> (Self, Client, SocketAddr) {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let stderr = if std::env::var_os("TEST_LOG").is_some() {
             Stdio::inherit()
@@ -34,9 +49,9 @@ impl ChildReplica {
         let mut command = Command::new(env!("CARGO_BIN_EXE_synckairos"));
         command
             .env("SYNCKAIROS_LISTEN", addr.to_string())
-            .env("SYNCKAIROS_ENGINE", "redis")
-            .env("REDIS_URL", redis_url)
+            .env("SYNCKAIROS_ENGINE", "memory")
             .env("RUST_LOG", "warn")
+            .env_remove("REDIS_URL")
             .env_remove("SYNCKAIROS_REDIS_BUCKETS")
             .env_remove("DATABASE_URL")
             .env_remove("SYNCKAIROS_METRICS_LISTEN")
@@ -44,8 +59,8 @@ impl ChildReplica {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        if let Some(db) = database_url {
-            command.env("DATABASE_URL", db);
+        for (k, v) in env {
+            command.env(k, v);
         }
         let child = command.spawn().expect("spawn the synckairos binary");
         let mut me = ChildReplica { child };
@@ -64,7 +79,7 @@ impl ChildReplica {
                     .await
                     .is_ok()
                 {
-                    return (me, client);
+                    return (me, client, addr);
                 }
             }
             assert!(

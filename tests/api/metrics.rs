@@ -2,8 +2,9 @@
 //! src/grpc/observe.rs): every name is there from the start, calls are
 //! counted under go-grpc-prometheus's names by method and code, streams'
 //! messages and ends are counted, and the domain series move when their
-//! events happen. The recorder is one per process, so the tests that count
-//! run alone (no other server in this process records meanwhile).
+//! events happen. The recorder is one per process, shared by every server of
+//! the test binary, so the tests that count calls run the real binary (a
+//! process of their own, whose counts are only theirs).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,17 +13,49 @@ use synckairos::config::EngineKind;
 use synckairos::grpc::pb;
 use tonic::Code;
 
+use crate::child::{ChildReplica, free_port};
 use crate::helpers::*;
+use crate::redis_server::RedisServer;
 
 fn with_metrics(c: &mut synckairos::config::Config) {
     c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
 }
 
 async fn scrape(app: &TestApp) -> String {
-    let addr: SocketAddr = app.metrics_addr.expect("metrics are on");
+    scrape_at(app.metrics_addr.expect("metrics are on")).await
+}
+
+async fn scrape_at(addr: SocketAddr) -> String {
     let (status, body) = http_get(addr, "/metrics").await;
     assert_eq!(status, 200, "{body}");
     body
+}
+
+/// The real binary with metrics on (and `env`), on the engine of the suite
+/// (a private Redis when it is redis): its client, and where `/metrics` is.
+struct Metered {
+    _child: ChildReplica,
+    client: Client,
+    metrics: SocketAddr,
+    _redis: Option<RedisServer>,
+}
+
+async fn metered(env: &[(&str, &str)]) -> Metered {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut all: Vec<(&str, String)> = vec![("SYNCKAIROS_METRICS_LISTEN", metrics.to_string())];
+    let redis = (test_engine() == EngineKind::Redis).then(RedisServer::start);
+    if let Some(r) = &redis {
+        all.push(("SYNCKAIROS_ENGINE", "redis".into()));
+        all.push(("REDIS_URL", r.url()));
+    }
+    all.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let (child, client, _) = ChildReplica::spawn_with(&all).await;
+    Metered {
+        _child: child,
+        client,
+        metrics,
+        _redis: redis,
+    }
 }
 
 /// The sum of the samples of `name` whose labels include every one of `labels`.
@@ -97,8 +130,8 @@ async fn the_listener_answers_only_metrics_and_the_probes() {
 
 #[tokio::test]
 async fn unary_calls_are_counted_by_method_and_code() {
-    let mut app = spawn_app_alone_with(with_metrics).await;
-    let before = scrape(&app).await;
+    let mut app = metered(&[]).await;
+    let before = scrape_at(app.metrics).await;
     for _ in 0..3 {
         app.client
             .get_server_time(pb::GetServerTimeRequest {})
@@ -114,7 +147,7 @@ async fn unary_calls_are_counted_by_method_and_code() {
             .await;
         assert_code(r, Code::InvalidArgument);
     }
-    let after = scrape(&app).await;
+    let after = scrape_at(app.metrics).await;
     let delta = |name: &str, labels: &[(&str, &str)]| {
         sample(&after, name, labels) - sample(&before, name, labels)
     };
@@ -143,17 +176,17 @@ async fn unary_calls_are_counted_by_method_and_code() {
 
 #[tokio::test]
 async fn a_stream_counts_its_messages_while_open_and_its_end_when_dropped() {
-    let mut app = spawn_app_alone_with(with_metrics).await;
+    let mut app = metered(&[]).await;
     let session = create_started(&mut app.client).await;
     let id = session.session_id.clone();
-    let before = scrape(&app).await;
+    let before = scrape_at(app.metrics).await;
     let mut stream = subscribe(&mut app.client, subscribe_req(&id)).await;
     next_event(&mut stream).await; // the snapshot
     for _ in 0..3 {
         switch(&mut app.client, &id).await;
         next_change(&mut stream).await;
     }
-    let open = scrape(&app).await;
+    let open = scrape_at(app.metrics).await;
     let sub = method("Subscribe");
     let delta = |s: &str, name: &str, labels: &[(&str, &str)]| {
         sample(s, name, labels) - sample(&before, name, labels)
@@ -177,7 +210,7 @@ async fn a_stream_counts_its_messages_while_open_and_its_end_when_dropped() {
     drop(stream);
     let closed = within(PROMPT, "the stream's end counted", async {
         loop {
-            let s = scrape(&app).await;
+            let s = scrape_at(app.metrics).await;
             if delta(&s, "grpc_server_handled_total", &handled) == 1.0 {
                 return s;
             }
@@ -194,12 +227,12 @@ async fn a_stream_counts_its_messages_while_open_and_its_end_when_dropped() {
 
 #[tokio::test]
 async fn a_flag_is_timed_from_its_deadline_and_a_rate_limit_counted_by_tenant() {
-    let mut app = spawn_app_alone_with(|c| {
-        with_metrics(c);
-        c.create_rate = synckairos::config::Rate::new(1, 1);
-    })
+    let mut app = metered(&[
+        ("SYNCKAIROS_CREATE_RATE", "1"),
+        ("SYNCKAIROS_CREATE_BURST", "1"),
+    ])
     .await;
-    let before = scrape(&app).await;
+    let before = scrape_at(app.metrics).await;
     let id = unique_id("metrics-flag");
     create(&mut app.client, chess(&id, 50)).await;
     start(&mut app.client, &id).await;
@@ -207,7 +240,7 @@ async fn a_flag_is_timed_from_its_deadline_and_a_rate_limit_counted_by_tenant() 
     assert_code(refused, Code::ResourceExhausted);
     let flagged = within(PROMPT, "the flag counted", async {
         loop {
-            let s = scrape(&app).await;
+            let s = scrape_at(app.metrics).await;
             let n = sample(&s, "synckairos_timer_flag_lateness_seconds_count", &[])
                 - sample(&before, "synckairos_timer_flag_lateness_seconds_count", &[]);
             if n >= 1.0 {
@@ -249,26 +282,22 @@ async fn a_flag_is_timed_from_its_deadline_and_a_rate_limit_counted_by_tenant() 
 
 #[tokio::test]
 async fn the_store_reports_its_pool_and_counts_redis_failures_by_kind() {
-    use crate::redis_server::RedisServer;
-    use std::sync::{Arc, Mutex};
     // The Redis engine whichever engine the suite runs on: these are its series.
-    let redis = Arc::new(Mutex::new(RedisServer::start()));
-    let url = redis.lock().unwrap().url();
-    let config = synckairos::config::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        engine: EngineKind::Redis,
-        redis_url: Some(synckairos::config::Secret::new(url)),
-        redis_pool_size: 7,
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..synckairos::config::Config::default()
-    };
-    let mut app = launch(config, Some(redis.clone()), exclusive_isolation()).await;
-    let id = create_started(&mut app.client).await.session_id;
-    switch(&mut app.client, &id).await;
+    let mut redis = RedisServer::start();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (_child, mut client, _) = ChildReplica::spawn_with(&[
+        ("SYNCKAIROS_ENGINE", "redis".into()),
+        ("REDIS_URL", redis.url()),
+        ("SYNCKAIROS_REDIS_POOL", "7".into()),
+        ("SYNCKAIROS_METRICS_LISTEN", metrics.to_string()),
+    ])
+    .await;
+    let id = create_started(&mut client).await.session_id;
+    switch(&mut client, &id).await;
     // The pool's gauges are read at each upkeep (every second).
     let up = within(PROMPT, "the pool's gauges", async {
         loop {
-            let s = scrape(&app).await;
+            let s = scrape_at(metrics).await;
             if sample(&s, "synckairos_store_pool_size", &[]) == 7.0 {
                 return s;
             }
@@ -281,12 +310,12 @@ async fn the_store_reports_its_pool_and_counts_redis_failures_by_kind() {
     assert!(sample(&up, "synckairos_store_commit_seconds_count", &[]) >= 2.0);
     assert!(sample(&up, "synckairos_store_pool_wait_seconds_count", &[]) >= 2.0);
     let errors = |s: &str| sample(s, "synckairos_store_redis_errors_total", &[]);
-    let before = errors(&up);
-    redis.lock().unwrap().stop();
-    let r = app.client.switch_cycle(switch_req(&id)).await;
+    assert_eq!(errors(&up), 0.0);
+    redis.stop();
+    let r = client.switch_cycle(switch_req(&id)).await;
     assert_code(r, Code::Unavailable);
-    let after = scrape(&app).await;
-    assert!(errors(&after) > before, "{before} -> {}", errors(&after));
+    let after = scrape_at(metrics).await;
+    assert!(errors(&after) > 0.0, "{after}");
     let unavailable = [("grpc_method", "SwitchCycle"), ("grpc_code", "Unavailable")];
     assert_eq!(
         sample(&after, "grpc_server_handled_total", &unavailable),

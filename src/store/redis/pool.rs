@@ -117,13 +117,18 @@ pub(super) async fn exchange_or_lost<T>(
                 conn.broken = true;
             }
             let kind = if e.is_timeout() {
-                RedisErrorKind::Timeout
+                Some(RedisErrorKind::Timeout)
             } else if answer_lost {
-                RedisErrorKind::Io
+                Some(RedisErrorKind::Io)
+            } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+                // A script's first use on this Redis: loaded, then run again.
+                None
             } else {
-                RedisErrorKind::Response
+                Some(RedisErrorKind::Response)
             };
-            kind.count();
+            if let Some(kind) = kind {
+                kind.count();
+            }
             Err(Failed {
                 error: io(e),
                 answer_lost,
