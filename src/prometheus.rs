@@ -127,7 +127,7 @@ const ALL: &[(&str, Kind, &str)] = &[
     (
         STORE_COMMIT_SECONDS,
         Kind::Histogram(Buckets::Latency),
-        "One versioned commit to the store, its retries included.",
+        "One versioned commit to Redis (the redis engine), its retries included.",
     ),
     (
         STORE_COMMIT_CONFLICTS,

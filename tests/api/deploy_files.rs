@@ -591,6 +591,77 @@ fn the_name_scanner_finds_metric_names_and_nothing_else() {
     assert!(metric_names_in(r#"up{job="synckairos", x="my_synckairos_thing"}"#).is_empty());
 }
 
+/// Every expression of the alerts and the dashboard.
+fn all_exprs() -> Vec<String> {
+    let mut all = Vec::new();
+    exprs(&yaml("docs/deploy/alerts.yaml"), &mut all);
+    // The rules' unit tests: their input series carry codes too.
+    fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    strings(&yaml("docs/deploy/alerts.test.yaml"), &mut all);
+    let dashboard = serde_json::from_str(&read("docs/deploy/grafana-dashboard.json"))
+        .expect("the dashboard is JSON");
+    exprs(&dashboard, &mut all);
+    all
+}
+
+/// The `grpc_code` values the server writes: Go's `codes.Code` names, as
+/// go-grpc-prometheus does (grpc/observe.rs), not the proto's upper case.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+#[test]
+fn alerts_and_dashboard_name_grpc_codes_as_the_server_writes_them() {
+    let mut seen = 0;
+    for e in all_exprs() {
+        let mut rest = e.as_str();
+        while let Some(at) = rest.find("grpc_code") {
+            rest = &rest[at + "grpc_code".len()..];
+            // A matcher (=, !=, =~, !~), not a `by (grpc_code)` or a legend.
+            let after = rest.trim_start();
+            if !(after.starts_with('=') || after.starts_with('!')) {
+                continue;
+            }
+            let value = after
+                .trim_start_matches(['=', '!', '~', ' '])
+                .strip_prefix('"')
+                .and_then(|v| v.split('"').next())
+                .unwrap_or_else(|| panic!("a grpc_code matcher without a value in {e}"));
+            for code in value.split('|') {
+                seen += 1;
+                assert!(
+                    GRPC_CODES.contains(&code),
+                    "grpc_code {code:?} is not a code the server writes (Go's names: {GRPC_CODES:?}) in {e}"
+                );
+            }
+        }
+    }
+    assert!(seen >= 3, "grpc_code matchers found: {seen}");
+}
+
 #[test]
 fn alerts_and_dashboard_use_only_the_documented_metrics() {
     let documented: Vec<String> = documented_metrics().into_iter().map(|(n, _)| n).collect();
