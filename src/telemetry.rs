@@ -152,10 +152,17 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
             // span. Busy/idle times would cost two clock reads per poll.
             // Integer fields must be i64 (or i32...): tracing-opentelemetry
             // has no u64 attribute and would format one as a string.
+            // Nothing else here reads OpenTelemetry's active context (the
+            // spans' parents come from tracing's own registry), so entering a
+            // span (each poll of an instrumented future) need not swap it in;
+            // the code location (three attributes a span) says nothing the
+            // span's name and target do not.
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer(SERVICE_NAME))
                 .with_threads(false)
                 .with_tracked_inactivity(false)
+                .with_context_activation(false)
+                .with_location(false)
                 .with_filter(traces_filter);
             (Some(layer), Some(provider))
         }

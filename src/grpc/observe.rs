@@ -349,7 +349,7 @@ where
         let span = tracing::info_span!(
             target: "synckairos::rpc",
             "rpc",
-            otel.name = %m.full,
+            otel.name = m.full.as_str(),
             otel.kind = "server",
             otel.status_code = Empty,
             rpc.system = "grpc",
