@@ -146,7 +146,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _telemetry = match telemetry::init(config.log_format, config.otlp_endpoint.as_deref()) {
+    let _telemetry = match telemetry::init(
+        config.log_format,
+        config.otlp_endpoint.as_deref(),
+        config.access_log,
+    ) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("synckairos: cannot start telemetry: {e}");

@@ -90,14 +90,18 @@ impl Drop for TelemetryGuard {
 }
 
 /// The log layer's filter: `RUST_LOG` (default `info`; an unreadable one
-/// falls back to `info`), with the transport at `warn`, and never a span
-/// that exists for traces only (`TRACE_TARGET`).
-fn log_filter<S>() -> anyhow::Result<impl Filter<S>> {
-    let env = EnvFilter::try_from_default_env()
+/// falls back to `info`), with the transport at `warn`, the access log at
+/// `info` when `access_log` (`SYNCKAIROS_ACCESS_LOG=on`, whatever `RUST_LOG`
+/// says), and never a span that exists for traces only (`TRACE_TARGET`).
+fn log_filter<S>(access_log: bool) -> anyhow::Result<impl Filter<S>> {
+    let mut env = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info"))
         .add_directive("h2=warn".parse()?)
         .add_directive("hyper=warn".parse()?)
         .add_directive("tower=warn".parse()?);
+    if access_log {
+        env = env.add_directive(format!("{}=info", crate::grpc::ACCESS_TARGET).parse()?);
+    }
     Ok(env.and(filter_fn(|meta| {
         !(meta.is_span() && meta.target() == TRACE_TARGET)
     })))
@@ -123,12 +127,16 @@ fn trace_filter(var: Option<&str>) -> anyhow::Result<EnvFilter> {
 
 /// Installs the global subscriber and the W3C TraceContext propagator.
 /// Call once, inside the Tokio runtime.
-pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
+pub fn init(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+    access_log: bool,
+) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     // Read even without an endpoint, so that a typo is found at once.
     let traces_filter = std::env::var(TRACES_FILTER_VAR).ok();
     let traces_filter = trace_filter(traces_filter.as_deref())?;
-    let logs_filter = log_filter()?;
+    let logs_filter = log_filter(access_log)?;
     let logs = match format {
         LogFormat::Human => fmt::layer().with_target(false).boxed(),
         LogFormat::Json => fmt::layer().json().with_current_span(true).boxed(),
@@ -350,7 +358,7 @@ mod tests {
     fn without_an_otlp_endpoint_the_spans_for_traces_are_never_built() {
         let logs = fmt::layer()
             .with_writer(std::io::sink)
-            .with_filter(log_filter().unwrap());
+            .with_filter(log_filter(false).unwrap());
         tracing::subscriber::with_default(tracing_subscriber::registry().with(logs), || {
             assert!(tracing::error_span!(target: TRACE_TARGET, "store.commit").is_disabled());
             // The control: the logs' own spans are built (unless RUST_LOG=off).

@@ -40,11 +40,25 @@ impl ChildReplica {
     /// metrics or OTLP unless `env` sets them; `RUST_LOG=warn`) and waits
     /// until it answers gRPC; also says where it listens.
     pub async fn spawn_with(env: &[(&str, String)]) -> (Self, Client, SocketAddr) {
+        Self::spawn_logged(env, None).await
+    }
+
+    /// `spawn_with`, its logs (stdout and stderr) written to `log` when given.
+    pub async fn spawn_logged(
+        env: &[(&str, String)],
+        log: Option<&std::path::Path>,
+    ) -> (Self, Client, SocketAddr) {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let stderr = if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let f = std::fs::File::create(path).expect("create the log file");
+                (
+                    Stdio::from(f.try_clone().expect("the log file")),
+                    Stdio::from(f),
+                )
+            }
+            None if std::env::var_os("TEST_LOG").is_some() => (Stdio::null(), Stdio::inherit()),
+            None => (Stdio::null(), Stdio::null()),
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_synckairos"));
         command
@@ -57,7 +71,7 @@ impl ChildReplica {
             .env_remove("SYNCKAIROS_METRICS_LISTEN")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr);
         for (k, v) in env {
             command.env(k, v);

@@ -322,3 +322,63 @@ async fn the_store_reports_its_pool_and_counts_redis_failures_by_kind() {
         1.0
     );
 }
+
+/// The access log's lines of a run of the binary with `env` (JSON logs,
+/// `RUST_LOG=warn`), after two calls: one answered OK, one refused.
+async fn access_lines(env: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    let log = std::env::temp_dir().join(unique_id("sk-access"));
+    let mut all: Vec<(&str, String)> = vec![
+        ("SYNCKAIROS_LOG_FORMAT", "json".into()),
+        ("RUST_LOG", "warn".into()),
+    ];
+    all.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let (mut child, mut client, _) = ChildReplica::spawn_logged(&all, Some(&log)).await;
+    client
+        .get_server_time(pb::GetServerTimeRequest {})
+        .await
+        .unwrap();
+    let r = client
+        .get_session(pb::GetSessionRequest {
+            session_id: "no\u{1}".into(),
+        })
+        .await;
+    assert_code(r, Code::InvalidArgument);
+    child.kill();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "synckairos::access")
+        .collect()
+}
+
+#[tokio::test]
+async fn the_access_log_is_one_line_per_call_when_on_whatever_rust_log_says() {
+    let on = access_lines(&[("SYNCKAIROS_ACCESS_LOG", "on")]).await;
+    let line = |method: &str| {
+        on.iter()
+            .find(|v| v["fields"]["method"] == method)
+            .unwrap_or_else(|| panic!("no access line for {method}: {on:#?}"))
+    };
+    let ok = &line("synckairos.v1.SyncService/GetServerTime")["fields"];
+    let bad = &line("synckairos.v1.SyncService/GetSession")["fields"];
+    assert_eq!(
+        (&ok["code"], &bad["code"]),
+        (&"OK".into(), &"InvalidArgument".into())
+    );
+    for f in [ok, bad] {
+        assert_eq!(f["tenant"], "default", "{f}");
+        assert_eq!(f["caller"], "open", "{f}");
+        assert!(f["micros"].as_u64().is_some(), "{f}");
+        let peer = f["peer"].as_str().unwrap_or_default();
+        assert!(peer.starts_with("127.0.0.1:"), "{f}");
+    }
+    // One line per call: the spawn's own probe, then these two.
+    let calls = on
+        .iter()
+        .filter(|v| v["fields"]["method"] == "synckairos.v1.SyncService/GetSession")
+        .count();
+    assert_eq!(calls, 1, "{on:#?}");
+    let off = access_lines(&[]).await;
+    assert!(off.is_empty(), "{off:#?}");
+}
