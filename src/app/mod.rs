@@ -19,7 +19,7 @@ pub use subscribe::{STREAM_CHANNEL_CAPACITY, StreamItem, SubscribeOptions};
 use crate::audit::Audit;
 use crate::engine::{
     self, Command, Event, Micros, NewSession, ParticipantId, Request, RequestId, Session,
-    SessionKey, Tenant,
+    SessionId, SessionKey, Tenant,
 };
 use crate::fanout::Hub;
 use crate::store::{self, SessionStore, StoreError};
@@ -55,6 +55,25 @@ pub struct App {
 pub struct HistoryPage {
     pub events: Vec<Event>,
     pub next_page_token: String,
+}
+
+/// The name of a session created without one but with a request id: a
+/// UUIDv8 of the SHA-256 of tenant and request id, so that a retry of the
+/// create names the same session (and finds it: its `request_id` was
+/// applied), and two tenants' request ids never meet.
+pub fn derived_session_id(tenant: &Tenant, request_id: &str) -> Result<SessionId, AppError> {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"synckairos/create\0")
+        .chain_update(tenant.as_str().as_bytes())
+        .chain_update(b"\0")
+        .chain_update(request_id.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    // A UUID's text (hex digits and dashes) is a valid session id.
+    SessionId::parse("session_id", &Uuid::new_v8(bytes).to_string())
+        .map_err(|e| AppError::invalid("session_id", e.to_string()))
 }
 
 impl App {
@@ -238,5 +257,21 @@ impl App {
             self.stream_end_spread,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_derived_name_is_a_uuid_of_tenant_and_request_id() {
+        let t = |s: &str| Tenant::parse("tenant", s).unwrap();
+        let a = derived_session_id(&t("acme"), "r1").unwrap();
+        assert_eq!(a, derived_session_id(&t("acme"), "r1").unwrap());
+        assert_ne!(a, derived_session_id(&t("acme"), "r2").unwrap());
+        assert_ne!(a, derived_session_id(&t("other"), "r1").unwrap());
+        let u = uuid::Uuid::parse_str(a.as_str()).unwrap();
+        assert_eq!(u.get_version_num(), 8);
     }
 }

@@ -186,6 +186,10 @@ pub fn apply(s: &Session, req: &Request, now: Micros) -> Result<Applied, RuleErr
         Command::Timeout if !settled => return Err(RuleError::NotDue),
         Command::Timeout => {}
         Command::Switch { .. } if turn_moved_on => {}
+        // Too late to pause or to complete: the clock ran out first, and the
+        // session ended by it. The flag is what commits (the reply says
+        // EXPIRED), not a refusal that leaves it to the timers.
+        Command::Pause | Command::Complete if settled && tx.s.status.is_terminal() => {}
         command => {
             // A caller is there: the timeouts to come are unattended again
             // from zero. Reset before the command so that its event's snapshot

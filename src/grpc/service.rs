@@ -117,7 +117,12 @@ fn record_session_id(id: &str) {
 impl SyncService for GrpcService {
     async fn create_session(&self, req: Request<pb::CreateSessionRequest>) -> Reply<pb::Session> {
         let p = self.admit(Spend::Create, &req)?;
-        let new = convert::create_request(req.into_inner())?;
+        let unnamed = req.get_ref().session_id.is_empty();
+        let mut new = convert::create_request(req.into_inner())?;
+        // A retried unnamed create must find the session it made.
+        if unnamed && let Some(rid) = &new.request_id {
+            new.id = crate::app::derived_session_id(&p.tenant(), rid.as_str())?;
+        }
         record_session_id(new.id.as_str());
         session_reply(self.app.create(p.tenant(), new).await?)
     }

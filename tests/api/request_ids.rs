@@ -276,3 +276,35 @@ async fn a_retried_request_id_applies_once_and_no_audit_row_carries_it() {
         "an audit row's snapshot carries the request id"
     );
 }
+
+/// Issue 15, item 6: a CreateSession without a session_id, retried with its
+/// request_id (its answer was lost), finds the session the first call made
+/// instead of making a second one; without a request_id each call makes its
+/// own. The name is a UUID either way.
+#[tokio::test]
+async fn an_unnamed_create_retried_with_its_request_id_makes_one_session() {
+    let mut app = spawn_app().await;
+    let unnamed = |rid: &str| pb::CreateSessionRequest {
+        session_id: String::new(),
+        request_id: rid.into(),
+        ..chess("ignored", 60_000)
+    };
+    let rid = unique_id("create-rid");
+    let first = create(&mut app.client, unnamed(&rid)).await;
+    let again = create(&mut app.client, unnamed(&rid)).await;
+    assert_eq!(first.session_id, again.session_id);
+    assert_eq!((first.version, again.version), (1, 1));
+    assert_eq!(first.epoch, again.epoch, "the same session, not a new one");
+    assert!(
+        uuid::Uuid::parse_str(&first.session_id).is_ok(),
+        "{}",
+        first.session_id
+    );
+    // Another request id, or none: another session.
+    let other = create(&mut app.client, unnamed(&unique_id("create-rid"))).await;
+    let plain_a = create(&mut app.client, unnamed("")).await;
+    let plain_b = create(&mut app.client, unnamed("")).await;
+    let ids = [&first, &other, &plain_a, &plain_b].map(|s| s.session_id.clone());
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), 4, "{ids:?}");
+}

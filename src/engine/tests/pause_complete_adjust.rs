@@ -131,11 +131,22 @@ fn cancel_from_pending_running_and_paused() {
 
 #[test]
 fn complete_after_the_deadline_finds_the_session_expired() {
-    // The clock is judged first: the session ended by time before the complete arrived.
+    // The clock is judged first: the session ended by time before the complete
+    // (or pause) arrived, and that flag is what the call commits.
     let s = started(new_session(&["a", "b"], FIVE_MIN_MS));
-    assert_failed_precondition(&err(&s, Command::Complete, T0 + 5 * MIN), "EXPIRED");
+    for (command, at) in [
+        (Command::Complete, T0 + 5 * MIN),
+        (Command::Pause, T0 + 6 * MIN),
+    ] {
+        let a = ok(&s, command, at);
+        assert_eq!(a.session.status, Status::Expired);
+        assert_eq!(a.session.ended_at, Some(T0 + 5 * MIN));
+    }
+    // Once it is stored EXPIRED, they are refused as on any ended session.
+    let expired = ok(&s, Command::Complete, T0 + 5 * MIN).session;
+    assert_failed_precondition(&err(&expired, Command::Complete, T0 + 6 * MIN), "EXPIRED");
     assert_failed_precondition(
-        &err(&s, Command::Pause, T0 + 6 * MIN),
+        &err(&expired, Command::Pause, T0 + 6 * MIN),
         "cannot pause a session that is EXPIRED",
     );
     let a = ok(&s, Command::Complete, T0 + 5 * MIN - 1);

@@ -358,6 +358,36 @@ fn a_late_switch_under_end_session_expires_the_session_instead() {
 }
 
 #[test]
+fn a_late_pause_or_complete_under_end_session_commits_the_flag_instead() {
+    let s = started(fischer(new_session(&["a", "b"], FIVE_MIN_MS), 2000, 0));
+    let d = T0 + 5 * MIN;
+    for command in [Command::Pause, Command::Complete] {
+        for now in [d, d + 5 * SEC] {
+            let a = ok(&s, command.clone(), now);
+            assert_eq!(
+                kinds(&a),
+                vec![ev(EventKind::Expired, Some("a"))],
+                "{command:?} at d+{}µs",
+                now - d
+            );
+            let s2 = &a.session;
+            assert_eq!(
+                (s2.status, s2.ended_at, s2.version),
+                (Status::Expired, Some(d), 3),
+                "{command:?}: the flag, at its deadline, is what committed"
+            );
+            assert_eq!(part(s2, "a").clock.remaining, 0);
+        }
+        // Before the deadline the command is itself.
+        let a = ok(&s, command.clone(), d - 1);
+        assert!(
+            !kinds(&a).contains(&ev(EventKind::Expired, Some("a"))),
+            "{command:?} in time"
+        );
+    }
+}
+
+#[test]
 fn a_move_landing_exactly_on_the_deadline_instant_is_a_flag() {
     // settle() processes every deadline `d <= now`: the deadline instant itself is
     // already out of time, so the move never earns its increment there.

@@ -220,16 +220,22 @@ fn check_timeout(before: &Session, r: &Request, now: Micros, got: &Result<Applie
 }
 
 /// A command after the deadline: judged by the clock. It behaves as if the timer
-/// had fired first, except that a switch whose mover no longer has the turn is void.
+/// had fired first, except that a switch whose mover no longer has the turn is
+/// void, and a pause or complete of a session the flag ended commits the flag.
 fn check_late(before: &Session, r: &Request, now: Micros, got: &Result<Applied, RuleError>) {
     let timer = apply(before, &Request::new(Command::Timeout), now)
         .expect("the deadline passed: the timer fires");
     let settled = &timer.session;
     let turn_moved_on = !(settled.status == Status::Running && settled.active == before.active);
-    if matches!(r.command, Command::Switch { .. }) && turn_moved_on {
-        let a = got
-            .as_ref()
-            .unwrap_or_else(|e| panic!("a late switch is answered with the flag, got {e}"));
+    let answered_by_the_flag = match r.command {
+        Command::Switch { .. } => turn_moved_on,
+        Command::Pause | Command::Complete => settled.status.is_terminal(),
+        _ => false,
+    };
+    if answered_by_the_flag {
+        let a = got.as_ref().unwrap_or_else(|e| {
+            panic!("a late {:?} is answered with the flag, got {e}", r.command)
+        });
         let mut want = settled.clone();
         let mut want_events = timer.events.clone();
         if let Some(id) = &r.request_id {
