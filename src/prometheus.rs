@@ -127,7 +127,7 @@ const ALL: &[(&str, Kind, &str)] = &[
     (
         STORE_COMMIT_SECONDS,
         Kind::Histogram(Buckets::Latency),
-        "One versioned commit to Redis (the redis engine), its retries included.",
+        "One versioned commit to the store (a create, change or delete), its retries included.",
     ),
     (
         STORE_COMMIT_CONFLICTS,
@@ -142,7 +142,7 @@ const ALL: &[(&str, Kind, &str)] = &[
     (
         STORE_GROUP_COMMIT_SIZE,
         Kind::Histogram(Buckets::Count),
-        "Sessions written by one Redis commit (a group commit or a timer burst has several).",
+        "Sessions written by one commit (a Redis group commit or timer burst has several; the memory engine always 1).",
     ),
     (
         STORE_POOL_WAIT_SECONDS,

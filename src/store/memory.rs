@@ -16,7 +16,8 @@
 //! and a few map writes — microseconds, never an `.await` (mini-redis, db.rs).
 //!
 //! Traces: each `create`, `update` and `delete` is a `store.commit` span
-//! (lock wait included), as a Redis commit is (see `commit_span`).
+//! (lock wait included), as a Redis commit is (see `commit_span`), and is
+//! timed in `synckairos_store_commit_seconds`.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -118,15 +119,34 @@ pub struct MemoryStore {
 /// traces are off), named as `store/redis/commit.rs` names a Redis commit's.
 /// Entered for the whole call: the calls have no `.await`, so it is never
 /// held across one (a `!Send` guard would not compile there).
-fn commit_span() -> tracing::span::EnteredSpan {
-    tracing::info_span!(
-        target: crate::telemetry::TRACE_TARGET,
-        "store.commit",
-        engine = "memory",
-        group_size = 1i64,
-        attempts = 1i64,
-    )
-    .entered()
+fn commit_span() -> Commit {
+    Commit {
+        _span: tracing::info_span!(
+            target: crate::telemetry::TRACE_TARGET,
+            "store.commit",
+            engine = "memory",
+            group_size = 1i64,
+            attempts = 1i64,
+        )
+        .entered(),
+        started: std::time::Instant::now(),
+    }
+}
+
+/// One commit under way: its span, and its time for
+/// `synckairos_store_commit_seconds` (recorded when it ends, however it ends).
+struct Commit {
+    _span: tracing::span::EnteredSpan,
+    started: std::time::Instant,
+}
+
+impl Drop for Commit {
+    fn drop(&mut self) {
+        use crate::prometheus::names;
+        metrics::histogram!(names::STORE_COMMIT_SECONDS)
+            .record(self.started.elapsed().as_secs_f64());
+        metrics::histogram!(names::STORE_GROUP_COMMIT_SIZE).record(1.0);
+    }
 }
 
 /// Recovers the data from a poisoned lock: a panic elsewhere must not take
