@@ -15,6 +15,11 @@
 //! "" and `synckairos.v1.SyncService`) is SERVING exactly when it is ready:
 //! the health task sets it at every change.
 //!
+//! With `SYNCKAIROS_METRICS_LISTEN`, `build` binds that listener and installs
+//! the metrics recorder before anything records (src/prometheus.rs); it
+//! serves `/metrics` and the same probes until the background tasks stop,
+//! so a drain is still scraped.
+//!
 //! # Shutdown
 //!
 //! Every step fits in `SYNCKAIROS_SHUTDOWN_GRACE` (G, default 5 s), counted
