@@ -1,6 +1,8 @@
 //! Prometheus metrics: the names (`names`), their help texts and histogram
 //! buckets, the process-wide recorder, and the `/metrics` HTTP listener of
-//! `SYNCKAIROS_METRICS_LISTEN` (which also answers `/health` and `/ready`).
+//! `SYNCKAIROS_METRICS_LISTEN` (which also answers `/health` and `/ready`;
+//! HTTP/1.1, at most `MAX_CONNECTIONS` connections at once, each bounded in
+//! time).
 //!
 //! Rooms record through the `metrics` facade (`::metrics::counter!(names::X)`
 //! and so on). With no listener configured no recorder is installed, and
@@ -464,10 +466,61 @@ pub async fn serve(
     if let Some(addr) = addr {
         info!(%addr, "serving Prometheus metrics on /metrics");
     }
-    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
-    let (served, ()) = tokio::join!(served, upkeep);
-    if let Err(e) = served {
-        warn!(error = %e, "the metrics listener failed");
+    tokio::join!(accept(listener, router, shutdown), upkeep);
+}
+
+/// Connections the listener serves at once; more wait in the kernel's
+/// backlog (holding no descriptor of this process) until one ends. A
+/// scraper needs one; this leaves room for several and for probes.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take to send a request's head, and how long
+/// it may live at all: a scrape takes milliseconds, so a client that sends
+/// nothing, or never reads, gives its connection back within these.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// HTTP/1.1 on `listener`, at most `MAX_CONNECTIONS` at once, each bounded
+/// in time, until `shutdown` (open connections are dropped then). The
+/// listener shares the process's file descriptors with the gRPC port, so a
+/// flood here must not be able to take them all.
+async fn accept(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: wait a little, never spin.
+                    warn!(error = %e, "the metrics listener could not accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+                _ = conn => {}
+            }
+        });
     }
 }
 

@@ -104,6 +104,11 @@ impl ChildReplica {
         }
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown, no drain, no clean-up — like a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -380,3 +380,68 @@ async fn the_access_log_is_one_line_per_call_when_on_whatever_rust_log_says() {
     let off = access_lines(&[]).await;
     assert!(off.is_empty(), "{off:#?}");
 }
+
+/// The open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn a_flood_of_idle_connections_to_the_metrics_port_is_bounded_and_reaped() {
+    use tokio::io::AsyncReadExt;
+    let app = metered(&[]).await;
+    let pid = app._child.pid();
+    let before = open_fds(pid);
+    // Connections that never send a byte: the kernel completes them (the
+    // backlog), the server takes at most MAX_CONNECTIONS of them.
+    let flood = synckairos::prometheus::MAX_CONNECTIONS + 40;
+    let mut idle = Vec::new();
+    for _ in 0..flood {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(app.metrics),
+        )
+        .await
+        {
+            Ok(Ok(c)) => idle.push(c),
+            _ => break,
+        }
+    }
+    assert!(
+        idle.len() > synckairos::prometheus::MAX_CONNECTIONS,
+        "{}",
+        idle.len()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = open_fds(pid).saturating_sub(before);
+    assert!(
+        held <= synckairos::prometheus::MAX_CONNECTIONS + 2,
+        "{held} descriptors for {} idle connections",
+        idle.len()
+    );
+    // The gRPC port is not starved meanwhile.
+    let mut client = app.client.clone();
+    client
+        .get_server_time(pb::GetServerTimeRequest {})
+        .await
+        .unwrap();
+    // A connection that sends no request is closed (its header timeout).
+    let mut first = idle.swap_remove(0);
+    let mut buf = [0u8; 64];
+    let read = within(
+        Duration::from_secs(10),
+        "the idle connection closed",
+        first.read(&mut buf),
+    )
+    .await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    drop(idle);
+    // And the listener serves again once the flood is gone.
+    let s = within(
+        Duration::from_secs(10),
+        "a scrape after the flood",
+        scrape_at(app.metrics),
+    )
+    .await;
+    assert!(s.contains("grpc_server_started_total"));
+}
