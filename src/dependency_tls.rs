@@ -157,7 +157,7 @@ pub fn client_config(check: Check) -> Result<rustls::ClientConfig, String> {
             .with_no_client_auth(),
         Check::Nothing => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCheck { provider }))
+            .with_custom_certificate_verifier(Arc::new(SignaturesOnly::any(provider)))
             .with_no_client_auth(),
     };
     Ok(config)
@@ -216,25 +216,55 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// `require` without a root certificate: any certificate is accepted. The
-/// handshake's signatures are still checked (the server holds the key of
-/// the certificate it sent), which keeps the session keys honest but says
-/// nothing about who the server is.
+/// `require` without a root certificate: any certificate is accepted; or,
+/// pinned, exactly one (`synckairos healthcheck` trusts the first
+/// certificate of `SYNCKAIROS_TLS_CERT` so). The handshake's signatures are
+/// checked either way (the server holds the key of the certificate it sent),
+/// which keeps the session keys honest; unpinned, it says nothing about who
+/// the server is.
 #[derive(Debug)]
-struct NoCheck {
+pub struct SignaturesOnly {
     provider: Arc<CryptoProvider>,
+    /// The one certificate accepted, and what a handshake that presents
+    /// another fails with.
+    pin: Option<(CertificateDer<'static>, &'static str)>,
 }
 
-impl ServerCertVerifier for NoCheck {
+impl SignaturesOnly {
+    pub fn any(provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            provider,
+            pin: None,
+        }
+    }
+
+    pub fn pinned(
+        provider: Arc<CryptoProvider>,
+        leaf: CertificateDer<'static>,
+        mismatch: &'static str,
+    ) -> Self {
+        Self {
+            provider,
+            pin: Some((leaf, mismatch)),
+        }
+    }
+}
+
+impl ServerCertVerifier for SignaturesOnly {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        match &self.pin {
+            Some((leaf, mismatch)) if end_entity.as_ref() != leaf.as_ref() => {
+                Err(rustls::Error::General((*mismatch).to_string()))
+            }
+            _ => Ok(ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(

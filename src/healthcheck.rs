@@ -37,11 +37,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -188,10 +185,6 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 // ---------- TLS ----------
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// A client config that trusts the first certificate of `cert` (module
 /// docs), with ALPN `h2` as the server requires, and a client certificate
 /// when the options give one (required when the server has a client CA).
@@ -211,12 +204,20 @@ fn tls_config(
             )
         })?
         .map_err(|e| format!("SYNCKAIROS_TLS_CERT: {}: bad PEM: {e}", cert.display()))?;
-    let provider = provider();
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let provider = crate::dependency_tls::provider();
+    // Exactly that certificate (module docs: why a pin); the handshake's
+    // signatures are checked with its key as usual.
+    let pin = crate::dependency_tls::SignaturesOnly::pinned(
+        provider.clone(),
+        leaf,
+        "the server presents a certificate other than the first one of \
+         SYNCKAIROS_TLS_CERT (replaced and not yet re-read? send the server SIGHUP)",
+    );
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned { leaf, provider }));
+        .with_custom_certificate_verifier(Arc::new(pin));
     let mut config = match (&opts.client_cert, &opts.client_key) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
@@ -241,69 +242,6 @@ fn tls_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Trusts exactly one certificate (module docs: why a pin). The handshake
-/// signatures are checked with the pinned certificate's key as usual.
-#[derive(Debug)]
-struct Pinned {
-    leaf: CertificateDer<'static>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.leaf.as_ref() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the server presents a certificate other than the first one of \
-                 SYNCKAIROS_TLS_CERT (replaced and not yet re-read? send the server SIGHUP)"
-                    .to_string(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// tonic's connector for the TLS case: TCP to `addr`, then the handshake.
