@@ -186,6 +186,7 @@ pub(super) async fn open(
         heartbeat,
         shutdown,
         end_after: end_offset(OPENED.fetch_add(1, Ordering::Relaxed), end_spread),
+        delivery: metrics::histogram!(names::FANOUT_DELIVERY_SECONDS),
     };
     tokio::spawn(producer.run(first));
     Ok(rx)
@@ -229,6 +230,9 @@ struct Producer {
     shutdown: CancellationToken,
     /// How long after `shutdown` this stream ends ([`end_offset`]).
     end_after: Duration,
+    /// `synckairos_fanout_delivery_seconds`, looked up once per stream
+    /// rather than once per event.
+    delivery: metrics::Histogram,
 }
 
 /// How long a stream whose session is found gone waits for a DELETED that
@@ -374,7 +378,7 @@ impl Producer {
         }
         if event.version == self.last_sent + 1 || event.kind == EventKind::Deleted {
             let late = (self.store.now() - event.at).max(0);
-            metrics::histogram!(names::FANOUT_DELIVERY_SECONDS).record(late as f64 / 1e6);
+            self.delivery.record(late as f64 / 1e6);
             return self.send(StreamItem::Event(event)).await;
         }
         // Deleted meanwhile: its DELETED event is queued behind this one.

@@ -19,7 +19,7 @@ mod rate;
 mod service;
 mod tenant_streams;
 
-pub use observe::ACCESS_TARGET;
+pub use observe::{ACCESS_TARGET, CODE_NAMES};
 pub use panic::{CatchPanic, catch_panic, panic_message};
 pub use service::{HealthControl, router};
 

@@ -46,7 +46,7 @@ pub const ACCESS_TARGET: &str = "synckairos::access";
 
 /// The gRPC codes, by number, as Go's `codes.Code.String()` names them
 /// (go-grpc-prometheus's `grpc_code` label).
-const CODE_NAMES: [&str; 17] = [
+pub const CODE_NAMES: [&str; 17] = [
     "OK",
     "Canceled",
     "Unknown",

@@ -613,25 +613,7 @@ fn all_exprs() -> Vec<String> {
 
 /// The `grpc_code` values the server writes: Go's `codes.Code` names, as
 /// go-grpc-prometheus does (grpc/observe.rs), not the proto's upper case.
-const GRPC_CODES: [&str; 17] = [
-    "OK",
-    "Canceled",
-    "Unknown",
-    "InvalidArgument",
-    "DeadlineExceeded",
-    "NotFound",
-    "AlreadyExists",
-    "PermissionDenied",
-    "ResourceExhausted",
-    "FailedPrecondition",
-    "Aborted",
-    "OutOfRange",
-    "Unimplemented",
-    "Internal",
-    "Unavailable",
-    "DataLoss",
-    "Unauthenticated",
-];
+const GRPC_CODES: [&str; 17] = synckairos::grpc::CODE_NAMES;
 
 #[test]
 fn alerts_and_dashboard_name_grpc_codes_as_the_server_writes_them() {
