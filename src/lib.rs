@@ -59,8 +59,8 @@ pub mod wire;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::grpc::convert::{
-        adjust_target, create_request, event, guards, page_token, session, session_id, start_first,
-        stream_item, switch_args,
+        adjust_target, create_request, event, guards, lag_ms, page_token, session, session_id,
+        start_first, stream_item, switch_args,
     };
 
     /// The session the fuzzed page tokens are bound to.

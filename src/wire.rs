@@ -7,9 +7,9 @@
 //! rules can run on (`Stored`).
 //!
 //! A session's JSON (its snapshot, in every event) leaves out the request
-//! ids it remembers; only the stored state carries them, as one more field
-//! at its end: `{<the snapshot's fields>,"recent_requests":[...]}`
-//! ([`encode_state`]). That is byte for byte the state the release before
+//! ids it remembers and its undo point; only the stored state carries them,
+//! as more fields at its end: `{<the snapshot's fields>,"recent_requests":
+//! [...],"undo":{...}}` ([`encode_state`]). That is byte for byte the state the release before
 //! wrote (it had the field last, left out when empty), so replicas of either
 //! release read each other's states during a rolling deploy. The snapshot
 //! is encoded once and its bytes shared by the state and the events.
@@ -71,6 +71,8 @@ pub fn decode<T: Stored>(raw: &[u8]) -> Result<T, serde_json::Error> {
 /// The name of the state's field holding the remembered request ids: the
 /// name of `Session::recent_requests`, which serde reads back into it.
 const RECENT_REQUESTS_FIELD: &[u8] = b",\"recent_requests\":";
+/// Likewise `Session::undo`.
+const UNDO_FIELD: &[u8] = b",\"undo\":";
 
 /// A session's stored state, encoded: the state key's bytes, whose first
 /// `snapshot_end` bytes and a closing brace are the session's snapshot.
@@ -97,17 +99,24 @@ impl EncodedState {
 }
 
 /// The state of `session`: its snapshot (`encode(session)`, without the
-/// request ids) with `"recent_requests"` added before the closing brace when
-/// it remembers any. Decoding it (`decode::<Session>`) gives the session
-/// back, ids and all.
+/// request ids and the undo point) with `"recent_requests"` and `"undo"`
+/// added before the closing brace when it has them. Decoding it
+/// (`decode::<Session>`) gives the session back, ids, undo and all.
 pub fn encode_state(session: &Session) -> EncodedState {
     let mut bytes = encode(session);
     // A session is a JSON object: the last byte is its closing brace.
     let snapshot_end = bytes.len().saturating_sub(1);
-    if !session.recent_requests.is_empty() && bytes.last() == Some(&b'}') {
+    let has_ids = !session.recent_requests.is_empty();
+    if (has_ids || session.undo.is_some()) && bytes.last() == Some(&b'}') {
         bytes.truncate(snapshot_end);
-        bytes.extend_from_slice(RECENT_REQUESTS_FIELD);
-        bytes.extend_from_slice(&encode(&session.recent_requests));
+        if has_ids {
+            bytes.extend_from_slice(RECENT_REQUESTS_FIELD);
+            bytes.extend_from_slice(&encode(&session.recent_requests));
+        }
+        if let Some(undo) = &session.undo {
+            bytes.extend_from_slice(UNDO_FIELD);
+            bytes.extend_from_slice(&encode(undo));
+        }
         bytes.push(b'}');
     }
     EncodedState {
@@ -136,7 +145,12 @@ pub fn encode_event(e: &Event, session: &Session, state: &EncodedState) -> Vec<u
     out.extend_from_slice(e.at.to_string().as_bytes());
     out.extend_from_slice(b",\"session\":");
     out.extend_from_slice(snapshot);
-    out.extend_from_slice(b"}}");
+    out.push(b'}');
+    if let Some(lag) = &e.lag {
+        out.extend_from_slice(b",\"lag\":");
+        out.extend_from_slice(&encode(lag));
+    }
+    out.push(b'}');
     out
 }
 
@@ -189,17 +203,21 @@ mod tests {
         let state = encode_state(&session);
         for kind in EventKind::ALL {
             for participant in [None, Some(ParticipantId::parse("p", "b").unwrap())] {
-                let e = Event {
-                    version: 7,
-                    kind,
-                    participant,
-                    at: -3,
-                    session: session.clone(),
-                };
-                let bytes = encode_event(&e, &session, &state);
-                assert_eq!(bytes, encode(&e), "{kind:?}");
-                let back: Event = decode(&bytes).unwrap();
-                assert!(back.session.recent_requests.is_empty(), "{kind:?}");
+                for lag in [None, Some(engine::LagCredit { asked: 5, given: 3 })] {
+                    let e = Event {
+                        version: 7,
+                        kind,
+                        participant: participant.clone(),
+                        at: -3,
+                        session: session.clone(),
+                        lag,
+                    };
+                    let bytes = encode_event(&e, &session, &state);
+                    assert_eq!(bytes, encode(&e), "{kind:?}");
+                    let back: Event = decode(&bytes).unwrap();
+                    assert!(back.session.recent_requests.is_empty(), "{kind:?}");
+                    assert_eq!(back.lag, lag);
+                }
             }
         }
         // An event that carries another state is encoded whole.
@@ -211,8 +229,35 @@ mod tests {
             participant: None,
             at: 1,
             session: earlier,
+            lag: None,
         };
         assert_eq!(encode_event(&e, &session, &state), encode(&e));
+    }
+
+    #[test]
+    fn a_state_keeps_the_undo_point_that_its_snapshot_and_events_leave_out() {
+        use crate::engine::{Command, Request};
+        let (s, _) = engine::create(two_players(), 1_000).unwrap();
+        let s = engine::apply(&s, &Request::new(Command::Start { first: None }), 2_000)
+            .unwrap()
+            .session;
+        let switch = Command::Switch {
+            from: None,
+            next: None,
+            lag_ms: None,
+        };
+        let applied = engine::apply(&s, &Request::new(switch), 3_000).unwrap();
+        let session = applied.session;
+        assert!(session.undo.is_some());
+        let snapshot = encode(&session);
+        assert!(!String::from_utf8_lossy(&snapshot).contains("\"undo\""));
+        let state = encode_state(&session);
+        let back: Session = decode(state.bytes()).unwrap();
+        assert_eq!(back, session, "the state decodes with its undo point");
+        let e = encode_event(&applied.events[0], &session, &state);
+        assert!(!String::from_utf8_lossy(&e).contains("\"undo\""));
+        let back: Event = decode(&e).unwrap();
+        assert!(back.session.undo.is_none());
     }
 
     #[test]

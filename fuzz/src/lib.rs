@@ -121,7 +121,11 @@ pub fn request_path(data: &[u8]) {
                 fz::session_id(&r.session_id)?;
                 let (from, next) = fz::switch_args(&r)?;
                 with_guards(
-                    Command::Switch { from, next },
+                    Command::Switch {
+                        from,
+                        next,
+                        lag_ms: None,
+                    },
                     r.expected_version,
                     &r.request_id,
                 )
@@ -504,6 +508,7 @@ fn use_stored(s: &Session) {
         Command::Switch {
             from: None,
             next: None,
+            lag_ms: None,
         },
         Command::Pause,
         Command::Resume,
@@ -524,6 +529,7 @@ fn use_stored(s: &Session) {
         commands.push(Command::Switch {
             from: Some(from),
             next: Some(next),
+            lag_ms: None,
         });
     }
     if let Some(g) = s.groups.first() {

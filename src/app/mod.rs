@@ -179,9 +179,15 @@ impl App {
         key: SessionKey,
         from: Option<ParticipantId>,
         next: Option<ParticipantId>,
+        lag_ms: Option<i64>,
         g: Guards,
     ) -> Result<Reply, AppError> {
-        self.mutate(key, Command::Switch { from, next }, g).await
+        self.mutate(key, Command::Switch { from, next, lag_ms }, g)
+            .await
+    }
+
+    pub async fn undo_switch(&self, key: SessionKey, g: Guards) -> Result<Reply, AppError> {
+        self.mutate(key, Command::Undo, g).await
     }
 
     pub async fn pause(&self, key: SessionKey, g: Guards) -> Result<Reply, AppError> {

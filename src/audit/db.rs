@@ -447,6 +447,7 @@ pub async fn events_page(
                     participant,
                     at: r.occurred_at.timestamp_micros(),
                     session,
+                    lag: None,
                 },
             })
         })

@@ -12,7 +12,8 @@
 //!
 //! The rights (SPEC's role table, issue 13): `admin` every RPC of its
 //! tenant; `play` all but `DeleteSession`; `read` `GetSession`, `Subscribe`,
-//! `ListSessionEvents`, `GetServerTime`; a `watch` token `GetSession`,
+//! `ListSessionEvents`, `ListSessions`, `WatchSessions`, `GetServerTime`
+//! (the reads); a `watch` token `GetSession`,
 //! `Subscribe`, `GetServerTime` on its session; a `play` token those and
 //! `SwitchCycle` as its participant. A session of another tenant is not
 //! refused here: it is looked up under the caller's tenant, where it does not
@@ -78,13 +79,16 @@ pub enum Rpc {
     GetServerTime,
     Subscribe,
     ListSessionEvents,
+    UndoSwitch,
+    ListSessions,
+    WatchSessions,
     /// Server reflection: any valid credential.
     Reflection,
 }
 
 impl Rpc {
     /// Every call, in the proto's order.
-    pub const ALL: [Rpc; 14] = [
+    pub const ALL: [Rpc; 17] = [
         Rpc::CreateSession,
         Rpc::GetSession,
         Rpc::StartSession,
@@ -98,6 +102,9 @@ impl Rpc {
         Rpc::GetServerTime,
         Rpc::Subscribe,
         Rpc::ListSessionEvents,
+        Rpc::UndoSwitch,
+        Rpc::ListSessions,
+        Rpc::WatchSessions,
         Rpc::Reflection,
     ];
 
@@ -118,6 +125,9 @@ impl Rpc {
             Rpc::GetServerTime => "GetServerTime",
             Rpc::Subscribe => "Subscribe",
             Rpc::ListSessionEvents => "ListSessionEvents",
+            Rpc::UndoSwitch => "UndoSwitch",
+            Rpc::ListSessions => "ListSessions",
+            Rpc::WatchSessions => "WatchSessions",
             Rpc::Reflection => "ServerReflectionInfo",
         }
     }
@@ -128,6 +138,8 @@ impl Rpc {
             Rpc::GetSession
                 | Rpc::Subscribe
                 | Rpc::ListSessionEvents
+                | Rpc::ListSessions
+                | Rpc::WatchSessions
                 | Rpc::GetServerTime
                 | Rpc::Reflection
         )
@@ -311,6 +323,8 @@ mod tests {
                 GetServerTime,
                 Subscribe,
                 ListSessionEvents,
+                ListSessions,
+                WatchSessions,
                 Reflection
             ]
         );

@@ -17,7 +17,9 @@
 use super::RuleError;
 use super::budget::Budget;
 use super::ids::{GroupId, ParticipantId, RequestId};
-use super::model::{Event, EventKind, Micros, Mode, Session, Status, TimeoutAction};
+use super::model::{
+    CancelReason, Event, EventKind, LagCredit, Micros, Mode, Session, Status, TimeoutAction,
+};
 
 /// Who an AdjustTime is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +37,12 @@ pub enum Command {
     Switch {
         from: Option<ParticipantId>,
         next: Option<ParticipantId>,
+        /// The mover's measured network lag, 0-60000 ms (lag.rs): used by a
+        /// session with lag compensation, ignored by any other.
+        lag_ms: Option<i64>,
     },
+    /// Takes the last switch back (undo.rs).
+    Undo,
     Pause,
     Resume,
     Complete,
@@ -118,7 +125,7 @@ pub(super) fn budget(s: &Session, owner: Owner) -> Option<&Budget> {
     }
 }
 
-fn budget_mut(s: &mut Session, owner: Owner) -> Option<&mut Budget> {
+pub(super) fn budget_mut(s: &mut Session, owner: Owner) -> Option<&mut Budget> {
     match owner {
         Owner::Participant(i) => s.participants.get_mut(i).map(|p| &mut p.clock),
         Owner::Group(i) => s.groups.get_mut(i).map(|g| &mut g.clock),
@@ -128,7 +135,7 @@ fn budget_mut(s: &mut Session, owner: Owner) -> Option<&mut Budget> {
 }
 
 /// The active participant and when its stretch started, if a clock runs.
-fn running(s: &Session) -> Option<(usize, Micros)> {
+pub(super) fn running(s: &Session) -> Option<(usize, Micros)> {
     if s.status != Status::Running {
         return None;
     }
@@ -136,13 +143,44 @@ fn running(s: &Session) -> Option<(usize, Micros)> {
 }
 
 /// When the session next needs the timers: when its running clock runs out
-/// (`flag_at`), or, for a session never started, when its wait to be
-/// started ends (`Session::start_by`).
+/// (`flag_at`) or its mover's first turn has lasted too long
+/// (`first_move_abort_at`), or, for a session never started, when its wait
+/// to be started ends (`Session::start_by`, or its own `start_timeout`).
 pub fn deadline(s: &Session) -> Option<Micros> {
     match s.status {
-        Status::Pending => s.start_by,
-        _ => flag_at(s),
+        Status::Pending => earliest(s.start_by, start_cancel_at(s)),
+        _ => earliest(flag_at(s), first_move_abort_at(s)),
     }
+}
+
+fn earliest(a: Option<Micros>, b: Option<Micros>) -> Option<Micros> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// When a PENDING session with a `start_timeout` is cancelled.
+fn start_cancel_at(s: &Session) -> Option<Micros> {
+    (s.status == Status::Pending && s.start_timeout > 0)
+        .then(|| s.created_at.saturating_add(s.start_timeout))
+}
+
+/// When the running first turn of the active participant reaches the
+/// session's `first_move_timeout` (the turn's running time: what its own
+/// clock was charged so far, the participant having completed no turn, and
+/// the stretch running now).
+fn first_move_abort_at(s: &Session) -> Option<Micros> {
+    if s.first_move_timeout == 0 {
+        return None;
+    }
+    let (pos, started) = running(s)?;
+    let p = &s.participants[pos];
+    if p.cycle_count > 0 {
+        return None;
+    }
+    let left = s.first_move_timeout.saturating_sub(p.clock.used).max(0);
+    Some(started.saturating_add(left))
 }
 
 /// When the running clock runs out (or reaches its cap), if a clock runs.
@@ -195,13 +233,26 @@ pub fn apply(s: &Session, req: &Request, now: Micros) -> Result<Applied, RuleErr
             // from zero. Reset before the command so that its event's snapshot
             // shows it (a refused command drops the whole transaction).
             tx.s.unattended_timeouts = 0;
+            if !matches!(
+                command,
+                Command::Switch { .. } | Command::Pause | Command::Resume | Command::Undo
+            ) {
+                // Only pauses and resumes leave the last switch undoable.
+                tx.s.undo = None;
+            }
             match command {
-                Command::Switch { from, next } => tx.switch(from.as_ref(), next.as_ref())?,
+                Command::Switch { from, next, lag_ms } => {
+                    tx.switch(from.as_ref(), next.as_ref(), *lag_ms)?
+                }
+                Command::Undo => tx.undo()?,
                 Command::Start { first } => tx.start(first.as_ref())?,
                 Command::Pause => tx.pause()?,
                 Command::Resume => tx.resume()?,
                 Command::Complete => tx.finish(Status::Completed, EventKind::Completed)?,
-                Command::Cancel => tx.finish(Status::Cancelled, EventKind::Cancelled)?,
+                Command::Cancel => {
+                    tx.s.cancel_reason = Some(CancelReason::Requested);
+                    tx.finish(Status::Cancelled, EventKind::Cancelled)?
+                }
                 Command::Adjust { target, delta_ms } => tx.adjust(target, *delta_ms)?,
                 Command::Timeout => {}
             }
@@ -231,7 +282,7 @@ pub(super) struct Tx {
 }
 
 impl Tx {
-    fn emit(&mut self, kind: EventKind, participant: Option<ParticipantId>) {
+    pub(super) fn emit(&mut self, kind: EventKind, participant: Option<ParticipantId>) {
         self.s.version += 1;
         self.s.updated_at = self.now;
         self.events.push(Event {
@@ -240,10 +291,11 @@ impl Tx {
             participant,
             at: self.now,
             session: self.s.clone(),
+            lag: None,
         });
     }
 
-    fn require_status(&self, allowed: &[Status], action: &str) -> Result<(), RuleError> {
+    pub(super) fn require_status(&self, allowed: &[Status], action: &str) -> Result<(), RuleError> {
         if allowed.contains(&self.s.status) {
             return Ok(());
         }
@@ -262,16 +314,28 @@ impl Tx {
         })
     }
 
-    fn id_of(&self, pos: usize) -> ParticipantId {
+    pub(super) fn id_of(&self, pos: usize) -> ParticipantId {
         self.s.participants[pos].id.clone()
     }
 
     /// Processes every deadline that passed at or before `now`, each at its own instant.
+    /// A deadline that fires takes the undo away: the last change of the
+    /// turn is no longer a switch.
     fn settle(&mut self) {
         for _ in 0..MAX_SETTLE_STEPS {
+            if deadline(&self.s).is_some_and(|due| due <= self.now) {
+                self.s.undo = None;
+            }
             match deadline(&self.s) {
+                Some(due) if due <= self.now && start_cancel_at(&self.s) == Some(due) => {
+                    self.cancel_by_server(due, CancelReason::StartTimeout, None)
+                }
                 Some(due) if due <= self.now && self.s.status == Status::Pending => {
                     self.expire_unstarted(due)
+                }
+                Some(due) if due <= self.now && first_move_abort_at(&self.s) == Some(due) => {
+                    let who = self.s.active.map(|pos| self.id_of(pos));
+                    self.cancel_by_server(due, CancelReason::FirstMoveTimeout, who)
                 }
                 Some(due) if due <= self.now => self.time_out(due),
                 _ => return,
@@ -363,6 +427,7 @@ impl Tx {
                     self.s.active = Some(next);
                     self.s.cycle = Some(Budget::new(self.s.cycle_time, &tc));
                     self.s.cycle_started_at = Some(at);
+                    self.s.turn_started_at = Some(at);
                     self.emit(EventKind::TimedOut, Some(who));
                 }
             };
@@ -391,6 +456,7 @@ impl Tx {
                     Some(next) if self.eligible_owners() >= 2 => {
                         self.s.active = Some(next);
                         self.s.cycle_started_at = Some(at);
+                        self.s.turn_started_at = Some(at);
                         self.emit(EventKind::ParticipantExpired, Some(who));
                     }
                     _ => self.end_by_time(at, who),
@@ -406,10 +472,22 @@ impl Tx {
         self.emit(EventKind::Expired, None);
     }
 
+    /// An abort timeout fired at `at`: CANCELLED, and the running stretch
+    /// (a first turn that lasted too long) is not charged to anyone.
+    fn cancel_by_server(&mut self, at: Micros, reason: CancelReason, who: Option<ParticipantId>) {
+        self.s.status = Status::Cancelled;
+        self.s.cancel_reason = Some(reason);
+        self.s.ended_at = Some(at);
+        self.s.cycle_started_at = None;
+        self.s.turn_started_at = None;
+        self.emit(EventKind::Cancelled, who);
+    }
+
     fn end_by_time(&mut self, at: Micros, who: ParticipantId) {
         self.s.status = Status::Expired;
         self.s.ended_at = Some(at);
         self.s.cycle_started_at = None;
+        self.s.turn_started_at = None;
         self.emit(EventKind::Expired, Some(who));
     }
 
@@ -427,7 +505,7 @@ impl Tx {
 
     /// The next participant by index after `pos`, wrapping, skipping expired
     /// ones; `pos` itself comes last (a one-player session switches to itself).
-    fn next_eligible_after(&self, pos: usize) -> Option<usize> {
+    pub(super) fn next_eligible_after(&self, pos: usize) -> Option<usize> {
         let n = self.s.participants.len();
         (1..=n)
             .map(|k| (pos + k) % n)
@@ -443,6 +521,7 @@ impl Tx {
         self.s.status = Status::Running;
         self.s.active = Some(pos);
         self.s.cycle_started_at = Some(self.now);
+        self.s.turn_started_at = Some(self.now);
         self.s.started_at = Some(self.now);
         let who = self.id_of(pos);
         self.emit(EventKind::Started, Some(who));
@@ -453,7 +532,21 @@ impl Tx {
         &mut self,
         from: Option<&ParticipantId>,
         next: Option<&ParticipantId>,
+        lag_ms: Option<i64>,
     ) -> Result<(), RuleError> {
+        let lag = match lag_ms {
+            Some(ms) if !(0..=super::lag::MAX_LAG_MS).contains(&ms) => {
+                return Err(RuleError::invalid(
+                    "lag_ms",
+                    format!(
+                        "must be between 0 and {} ms, got {ms}",
+                        super::lag::MAX_LAG_MS
+                    ),
+                ));
+            }
+            Some(ms) if self.s.lag_compensation => Some(ms * super::model::MICROS_PER_MS),
+            _ => None,
+        };
         self.require_status(&[Status::Running], "switch the cycle of")?;
         let Some(mover) = self.s.active else {
             return Err(RuleError::FailedPrecondition(
@@ -483,7 +576,26 @@ impl Tx {
             }
             None => self.next_eligible_after(mover),
         };
-        self.checkpoint(self.now);
+        // What an undo puts back: the clocks charged up to this instant,
+        // before any credit of the switch (its compensation included).
+        let mut at_switch = Tx {
+            s: self.s.clone(),
+            now: self.now,
+            events: Vec::new(),
+        };
+        at_switch.checkpoint(self.now);
+        let undo = super::undo::point(&at_switch.s, mover, next);
+        let credit = lag.map(|asked| {
+            let given = super::lag::compensate(&mut self.s, mover, asked);
+            LagCredit { asked, given }
+        });
+        // The compensation comes off the turn's time: charged up to now -
+        // comp (never before the stretch began).
+        let charged_until = match (credit, running(&self.s)) {
+            (Some(c), Some((_, started))) => (self.now - c.given).max(started),
+            _ => self.now,
+        };
+        self.checkpoint(charged_until);
         self.complete_turn(mover);
         let tc = self.s.time_control.clone();
         let mover_owner = owner_of(&self.s, mover);
@@ -502,9 +614,17 @@ impl Tx {
             Some(pos) => {
                 self.s.active = Some(pos);
                 self.s.cycle_started_at = Some(self.now);
+                self.s.turn_started_at = Some(self.now);
+                self.s.undo = Some(Box::new(undo));
                 self.emit(EventKind::Switched, Some(mover_id));
+                if let Some(last) = self.events.last_mut() {
+                    last.lag = credit;
+                }
             }
-            None => self.end_by_time(self.now, mover_id),
+            None => {
+                self.s.undo = None;
+                self.end_by_time(self.now, mover_id)
+            }
         }
         Ok(())
     }
@@ -537,6 +657,7 @@ impl Tx {
         self.s.status = status;
         self.s.ended_at = Some(self.now);
         self.s.cycle_started_at = None;
+        self.s.turn_started_at = None;
         self.emit(kind, None);
         Ok(())
     }

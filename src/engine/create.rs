@@ -97,6 +97,12 @@ pub struct NewSession {
     /// How long the session may stay PENDING before it expires (`None`: for
     /// ever); the app sets it from `SYNCKAIROS_UNSTARTED_TTL`.
     pub start_within: Option<Micros>,
+    /// Credit SwitchCycle's `lag_ms` from a quota (per-participant and per-group modes).
+    pub lag_compensation: bool,
+    /// 0: none; else a PENDING session is CANCELLED this long after creation.
+    pub start_timeout_ms: i64,
+    /// 0: none; else a first turn running longer cancels the session.
+    pub first_move_timeout_ms: i64,
 }
 
 impl NewParticipant {
@@ -130,6 +136,9 @@ impl NewSession {
             metadata: BTreeMap::new(),
             request_id: None,
             start_within: None,
+            lag_compensation: false,
+            start_timeout_ms: 0,
+            first_move_timeout_ms: 0,
         }
     }
 }
@@ -466,6 +475,21 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
     };
     skip_floor("initial_time_ms", new.initial_time_ms)?;
     skip_floor("max_time_ms", new.max_time_ms)?;
+    if new.lag_compensation && !matches!(mode, Mode::PerParticipant | Mode::PerGroup) {
+        return Err(RuleError::invalid(
+            "lag_compensation",
+            format!(
+                "only MODE_PER_PARTICIPANT and MODE_PER_GROUP compensate lag, not {}",
+                mode_name(mode)
+            ),
+        ));
+    }
+    // Both abort timeouts fire on their own: a floor, as for every duration
+    // that the server acts on without a call.
+    let start_timeout = optional_duration("start_timeout_ms", new.start_timeout_ms)?;
+    above_floor("start_timeout_ms", new.start_timeout_ms, "")?;
+    let first_move_timeout = optional_duration("first_move_timeout_ms", new.first_move_timeout_ms)?;
+    above_floor("first_move_timeout_ms", new.first_move_timeout_ms, "")?;
 
     let mut groups = Vec::with_capacity(new.groups.len());
     let mut seen_groups = HashSet::new();
@@ -558,6 +582,7 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
             clock,
             cycle_count: 0,
             expired: false,
+            lag_quota: 0,
         });
     }
     if let Some((i, g)) = groups
@@ -583,6 +608,7 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
         active: None,
         cycle_count: 0,
         cycle_started_at: None,
+        turn_started_at: None,
         global: (mode == Mode::Global).then(|| Budget::new(global_time, &time_control)),
         cycle: (mode == Mode::PerCycle).then(|| Budget::new(cycle_time, &time_control)),
         time_control,
@@ -590,6 +616,10 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
         global_time,
         max_time,
         timeout_action,
+        lag_compensation: new.lag_compensation,
+        start_timeout,
+        first_move_timeout,
+        cancel_reason: None,
         metadata: new.metadata,
         created_at: now,
         started_at: None,
@@ -598,7 +628,14 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
         updated_at: now,
         unattended_timeouts: 0,
         recent_requests: VecDeque::new(),
+        undo: None,
     };
+    if session.lag_compensation {
+        for p in &mut session.participants {
+            p.lag_quota = 0;
+        }
+        super::lag::arm_quotas(&mut session);
+    }
     if let Some(rid) = &new.request_id {
         session.remember_request(rid.as_str());
     }
@@ -608,6 +645,7 @@ pub fn create(new: NewSession, now: Micros) -> Result<(Session, Event), RuleErro
         participant: None,
         at: now,
         session: session.clone(),
+        lag: None,
     };
     Ok((session, event))
 }

@@ -16,9 +16,11 @@ mod apply;
 mod budget;
 mod create;
 mod ids;
+mod lag;
 mod model;
 mod stored;
 mod text;
+mod undo;
 mod view;
 
 #[cfg(test)]
@@ -31,9 +33,11 @@ pub use create::{
     NewGroup, NewParticipant, NewSession, NewStage, NewTimeControl, create,
 };
 pub use ids::{GroupId, MAX_ID_LEN, ParticipantId, RequestId, SessionId, SessionKey, Tenant};
+pub use lag::{MAX_LAG_MS, gain as lag_gain};
 pub use model::{
-    DelayKind, Event, EventKind, Group, MICROS_PER_MS, Micros, Mode, Participant,
-    REMEMBERED_REQUESTS, Session, Stage, Status, TimeControl, TimeoutAction,
+    CancelReason, DelayKind, Event, EventKind, Group, LagCredit, MICROS_PER_MS, Micros, Mode,
+    Participant, REMEMBERED_REQUESTS, Session, Stage, Status, TimeControl, TimeoutAction,
+    UndoPoint,
 };
 pub use stored::{check_stored, check_stored_event};
 pub use text::check_text;

@@ -155,6 +155,10 @@ pub struct Participant {
     /// Out of the rotation: its clock (or its group's) ran out.
     #[serde(default, skip_serializing_if = "super::model::is_false")]
     pub expired: bool,
+    /// Lag compensation this participant may still get (sessions with
+    /// `lag_compensation`; lag.rs).
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
+    pub lag_quota: Micros,
 }
 
 /// A group's shared clock (per-group mode).
@@ -184,9 +188,17 @@ pub struct Session {
     /// Cycles (turns) completed in the session.
     #[serde(default, skip_serializing_if = "super::model::is_zero_u64")]
     pub cycle_count: u64,
-    /// When the running clock last started; `None` while no clock runs.
+    /// The engine's anchor: when the running clock was last charged up to
+    /// (a switch, a resume, an AdjustTime, a pause's end...); `None` while no
+    /// clock runs. Internal: the API's `cycle_started_at` is `turn_started_at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cycle_started_at: Option<Micros>,
+    /// When the current turn began (start, switch, a timeout that moved the
+    /// turn on, an undo); kept while paused and by AdjustTime; `None` before
+    /// the start and once the session ended. A state of the release before
+    /// has none: the anchor stands in for it (`turn_began`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_started_at: Option<Micros>,
     pub time_control: TimeControl,
     /// MODE_GLOBAL: the one session-wide clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,6 +213,19 @@ pub struct Session {
     #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
     pub max_time: Micros,
     pub timeout_action: TimeoutAction,
+    /// Credit SwitchCycle's `lag_ms` from each participant's quota (lag.rs).
+    #[serde(default, skip_serializing_if = "super::model::is_false")]
+    pub lag_compensation: bool,
+    /// A session still PENDING this long after its creation is CANCELLED (0: never).
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
+    pub start_timeout: Micros,
+    /// A first turn of a participant running longer than this cancels the
+    /// session, uncharged (0: never).
+    #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
+    pub first_move_timeout: Micros,
+    /// Why a CANCELLED session was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<CancelReason>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "super::model::is_zero_i64")]
@@ -229,9 +254,61 @@ pub struct Session {
     /// state, of this release or of the one before, which wrote them inline).
     #[serde(default, skip_serializing)]
     pub recent_requests: VecDeque<String>,
+    /// What UndoSwitch restores: the clocks as they stood at the instant of
+    /// the last switch (undo.rs); `None` once anything but a pause or a
+    /// resume happened since. Like the request ids, only the stored state
+    /// carries it (`wire::encode_state`), never an event's snapshot.
+    #[serde(default, skip_serializing)]
+    pub undo: Option<Box<UndoPoint>>,
+}
+
+/// The clocks of a session at the instant a switch was applied, charged up
+/// to it, before the switch credited anything: what UndoSwitch puts back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndoPoint {
+    /// The mover's position in `participants`.
+    pub mover: usize,
+    /// The participants whose records the switch or the turn after it may
+    /// change, by position: the mover and the next; every one (hourglass).
+    pub participants: Vec<(usize, Participant)>,
+    /// Likewise the groups (per-group mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<(usize, Group)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<Budget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<Budget>,
+    pub cycle_count: u64,
+    #[serde(default, skip_serializing_if = "super::model::is_zero_u32")]
+    pub unattended_timeouts: u32,
+}
+
+/// Why a session was cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CancelReason {
+    /// A CancelSession call.
+    Requested,
+    /// Nobody started it within `start_timeout`.
+    StartTimeout,
+    /// A participant's first turn outlasted `first_move_timeout`.
+    FirstMoveTimeout,
+}
+
+/// A switch's lag compensation, as the event keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LagCredit {
+    /// The lag the mover asked for.
+    pub asked: Micros,
+    /// The compensation given (taken off its turn's time).
+    pub given: Micros,
 }
 
 impl Session {
+    /// When the current turn began (the API's `cycle_started_at`).
+    pub fn turn_began(&self) -> Option<Micros> {
+        self.turn_started_at.or(self.cycle_started_at)
+    }
+
     pub fn active_participant(&self) -> Option<&Participant> {
         self.active.map(|i| &self.participants[i])
     }
@@ -272,10 +349,11 @@ pub enum EventKind {
     Completed,
     Cancelled,
     Deleted,
+    Undone,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Created,
         EventKind::Started,
         EventKind::Switched,
@@ -288,6 +366,7 @@ impl EventKind {
         EventKind::Completed,
         EventKind::Cancelled,
         EventKind::Deleted,
+        EventKind::Undone,
     ];
 
     /// The stable name stored in the audit (`SWITCHED`, ...).
@@ -305,6 +384,7 @@ impl EventKind {
             EventKind::Completed => "COMPLETED",
             EventKind::Cancelled => "CANCELLED",
             EventKind::Deleted => "DELETED",
+            EventKind::Undone => "UNDONE",
         }
     }
 
@@ -322,6 +402,9 @@ pub struct Event {
     /// The server instant the change was committed at.
     pub at: Micros,
     pub session: Session,
+    /// SWITCHED with lag compensation: the lag asked and the credit given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<LagCredit>,
 }
 
 #[cfg(test)]

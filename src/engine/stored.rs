@@ -166,6 +166,56 @@ pub fn check_stored(s: &Session) -> Result<(), String> {
     if s.recent_requests.len() > REMEMBERED_REQUESTS {
         return Err(format!("{} remembered requests", s.recent_requests.len()));
     }
+    if let Some(u) = &s.undo {
+        check_undo(s, u)?;
+    }
+    for (what, v) in [
+        ("start_timeout", s.start_timeout),
+        ("first_move_timeout", s.first_move_timeout),
+    ] {
+        within(what, v, 0, MAX_CONTROL)?;
+    }
+    for p in &s.participants {
+        within("lag_quota", p.lag_quota, 0, MAX_CONTROL)?;
+    }
+    if let Some(t) = s.turn_started_at {
+        instant("turn_started_at", t)?;
+    }
+    Ok(())
+}
+
+/// An undo point restores clocks by position: each must be one of the
+/// session's, and each clock one the rules can run on.
+fn check_undo(s: &Session, u: &crate::engine::UndoPoint) -> Result<(), String> {
+    let tc = &s.time_control;
+    if u.mover >= s.participants.len() {
+        return Err(format!(
+            "undo mover {} of {}",
+            u.mover,
+            s.participants.len()
+        ));
+    }
+    for (i, p) in &u.participants {
+        if *i >= s.participants.len() || p.id != s.participants[*i].id {
+            return Err(format!("undo participant {i} is not the session's"));
+        }
+        check_budget("undo participant clock", &p.clock, tc)?;
+    }
+    for (i, g) in &u.groups {
+        if *i >= s.groups.len() || g.id != s.groups[*i].id {
+            return Err(format!("undo group {i} is not the session's"));
+        }
+        check_budget("undo group clock", &g.clock, tc)?;
+    }
+    for (what, b) in [("undo global", &u.global), ("undo cycle", &u.cycle)] {
+        if let Some(b) = b {
+            check_budget(what, b, tc)?;
+        }
+    }
+    if u.unattended_timeouts as usize > s.participants.len() {
+        return Err("undo unattended_timeouts beyond the participants".into());
+    }
+    count("undo cycle_count", u.cycle_count)?;
     Ok(())
 }
 

@@ -81,5 +81,6 @@ pub fn deleted_event(s: &Session, now: Micros) -> Event {
         participant: None,
         at: session.updated_at,
         session,
+        lag: None,
     }
 }

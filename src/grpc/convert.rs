@@ -7,9 +7,9 @@ use prost_types::Timestamp;
 use super::pb;
 use crate::app::{AppError, Guards, StreamItem};
 use crate::engine::{
-    self, DelayKind, Event, EventKind, MICROS_PER_MS, Micros, Mode, NewGroup, NewParticipant,
-    NewSession, NewStage, NewTimeControl, ParticipantId, RequestId, Session, SessionId, Status,
-    TimeControl, TimeoutAction,
+    self, CancelReason, DelayKind, Event, EventKind, MICROS_PER_MS, Micros, Mode, NewGroup,
+    NewParticipant, NewSession, NewStage, NewTimeControl, ParticipantId, RequestId, Session,
+    SessionId, Status, TimeControl, TimeoutAction,
 };
 
 fn invalid(e: engine::RuleError) -> AppError {
@@ -228,6 +228,9 @@ pub fn create_request(r: pb::CreateSessionRequest) -> Result<NewSession, AppErro
         request_id: request_id(&r.request_id)?,
         // The app sets it from its config.
         start_within: None,
+        lag_compensation: r.lag_compensation,
+        start_timeout_ms: r.start_timeout_ms,
+        first_move_timeout_ms: r.first_move_timeout_ms,
     })
 }
 
@@ -242,6 +245,17 @@ pub fn switch_args(
         optional_participant("from_participant_id", r.from_participant_id.as_ref())?,
         optional_participant("next_participant_id", r.next_participant_id.as_ref())?,
     ))
+}
+
+/// A SwitchCycle's `lag_ms`: 0-60000 when set.
+pub fn lag_ms(r: &pb::SwitchCycleRequest) -> Result<Option<i64>, AppError> {
+    match r.lag_ms {
+        Some(ms) if !(0..=engine::MAX_LAG_MS).contains(&ms) => Err(AppError::invalid(
+            "lag_ms",
+            format!("must be between 0 and {} ms, got {ms}", engine::MAX_LAG_MS),
+        )),
+        other => Ok(other),
+    }
 }
 
 pub fn adjust_target(r: &pb::AdjustTimeRequest) -> Result<engine::AdjustTarget, AppError> {
@@ -305,6 +319,16 @@ fn event_type_pb(k: EventKind) -> pb::EventType {
         EventKind::Completed => pb::EventType::Completed,
         EventKind::Cancelled => pb::EventType::Cancelled,
         EventKind::Deleted => pb::EventType::Deleted,
+        EventKind::Undone => pb::EventType::Undone,
+    }
+}
+
+pub fn cancel_reason_pb(r: Option<CancelReason>) -> pb::CancelReason {
+    match r {
+        None => pb::CancelReason::Unspecified,
+        Some(CancelReason::Requested) => pb::CancelReason::Requested,
+        Some(CancelReason::StartTimeout) => pb::CancelReason::StartTimeout,
+        Some(CancelReason::FirstMoveTimeout) => pb::CancelReason::FirstMoveTimeout,
     }
 }
 
@@ -357,6 +381,7 @@ pub fn session(stored: &Session, now: Micros) -> pb::Session {
                 in_overtime: clock.in_overtime,
                 periods_left: clock.periods_left,
                 stones_left: clock.stones_left,
+                lag_quota_ms: ms(p.lag_quota),
             }
         })
         .collect();
@@ -384,7 +409,7 @@ pub fn session(stored: &Session, now: Micros) -> pb::Session {
             .map(|g| g.to_string())
             .unwrap_or_default(),
         cycle_count: s.cycle_count,
-        cycle_started_at: stored.cycle_started_at.map(timestamp),
+        cycle_started_at: stored.turn_began().map(timestamp),
         deadline_at: engine::flag_at(stored).map(timestamp),
         global_remaining_ms: s.global.as_ref().map_or(0, |g| ms_left(g.remaining)),
         time_control: Some(time_control_pb(tc)),
@@ -403,6 +428,10 @@ pub fn session(stored: &Session, now: Micros) -> pb::Session {
         cycle_time_ms: ms(s.cycle_time),
         global_time_ms: ms(s.global_time),
         max_time_ms: ms(s.max_time),
+        lag_compensation: s.lag_compensation,
+        start_timeout_ms: ms(s.start_timeout),
+        first_move_timeout_ms: ms(s.first_move_timeout),
+        cancel_reason: cancel_reason_pb(s.cancel_reason) as i32,
     }
 }
 
@@ -419,6 +448,13 @@ pub fn event(e: &Event) -> pb::SessionEvent {
             .unwrap_or_default(),
         server_time: Some(timestamp(e.at)),
         session: Some(session(&e.session, e.at)),
+        lag_ms: e.lag.map_or(0, |l| ms(l.asked)),
+        lag_compensation_ms: e.lag.map_or(0, |l| ms(l.given)),
+        cancel_reason: if e.kind == EventKind::Cancelled {
+            cancel_reason_pb(e.session.cancel_reason) as i32
+        } else {
+            0
+        },
     }
 }
 
@@ -433,6 +469,7 @@ pub fn stream_item(item: &StreamItem) -> pb::SessionEvent {
             participant_id: String::new(),
             server_time: Some(timestamp(*at)),
             session: Some(session(s, *at)),
+            ..Default::default()
         },
         StreamItem::Heartbeat {
             session: header,
@@ -446,6 +483,7 @@ pub fn stream_item(item: &StreamItem) -> pb::SessionEvent {
             participant_id: String::new(),
             server_time: Some(timestamp(*at)),
             session: None,
+            ..Default::default()
         },
     }
 }

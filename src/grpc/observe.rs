@@ -135,7 +135,7 @@ impl Methods {
             .into_iter()
             .filter(|r| *r != Rpc::Reflection)
             .map(|r| {
-                let kind = if r == Rpc::Subscribe {
+                let kind = if matches!(r, Rpc::Subscribe | Rpc::WatchSessions) {
                     "server_stream"
                 } else {
                     "unary"
@@ -204,6 +204,11 @@ impl ObserveLayer {
     /// What the Subscribe stream counts its messages with.
     pub fn subscribe_messages(&self) -> StreamMessages {
         StreamMessages(self.methods.sync(Rpc::Subscribe).sent.clone())
+    }
+
+    /// What the WatchSessions stream counts its messages with.
+    pub fn watch_messages(&self) -> StreamMessages {
+        StreamMessages(self.methods.sync(Rpc::WatchSessions).sent.clone())
     }
 }
 

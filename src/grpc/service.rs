@@ -147,9 +147,10 @@ impl SyncService for GrpcService {
         let r = req.into_inner();
         let key = key_for(&p, &r.session_id)?;
         let (from, next) = convert::switch_args(&r)?;
+        let lag_ms = convert::lag_ms(&r)?;
         let from = p.switch_from(from).map_err(status_of)?;
         let guards = convert::guards(r.expected_version, &r.request_id)?;
-        session_reply(self.app.switch(key, from, next, guards).await?)
+        session_reply(self.app.switch(key, from, next, lag_ms, guards).await?)
     }
 
     async fn pause_session(&self, req: Request<pb::PauseSessionRequest>) -> Reply<pb::Session> {
@@ -267,6 +268,33 @@ impl SyncService for GrpcService {
             events: page.events.iter().map(convert::event).collect(),
             next_page_token: page.next_page_token,
         }))
+    }
+
+    async fn undo_switch(&self, req: Request<pb::UndoSwitchRequest>) -> Reply<pb::Session> {
+        let p = self.admit(Spend::Mutation, &req)?;
+        let r = req.into_inner();
+        let key = key_for(&p, &r.session_id)?;
+        let guards = convert::guards(r.expected_version, &r.request_id)?;
+        session_reply(self.app.undo_switch(key, guards).await?)
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<pb::ListSessionsRequest>,
+    ) -> Reply<pb::ListSessionsResponse> {
+        let _p = self.principal(&req)?;
+        Err(Status::unimplemented("ListSessions is not built yet"))
+    }
+
+    type WatchSessionsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::WatchSessionsResponse, Status>> + Send>>;
+
+    async fn watch_sessions(
+        &self,
+        req: Request<pb::WatchSessionsRequest>,
+    ) -> Reply<Self::WatchSessionsStream> {
+        let _p = self.principal(&req)?;
+        Err(Status::unimplemented("WatchSessions is not built yet"))
     }
 }
 

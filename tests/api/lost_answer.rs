@@ -453,6 +453,7 @@ async fn every_caller_of_a_group_commit_whose_answer_was_lost_is_answered_ok() {
     let switch = store::apply(Request::new(Command::Switch {
         from: None,
         next: None,
+        lag_ms: None,
     }));
     // The first call commits alone; the other three queue behind it and
     // share the next commit, whose answer the proxy loses.

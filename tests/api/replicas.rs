@@ -1341,6 +1341,7 @@ async fn a_release_drops_only_its_own_claim_not_a_newer_one() {
     let switch = Request::new(Command::Switch {
         from: None,
         next: None,
+        lag_ms: None,
     });
     let switched = b.update(&k, store::apply(switch)).await.unwrap();
     let moved = engine::deadline(&switched.session).expect("K's clock runs");
@@ -1445,6 +1446,7 @@ async fn a_commit_dropped_midway_does_not_lend_its_watch_to_the_next() {
     let switch = Request::new(Command::Switch {
         from: None,
         next: None,
+        lag_ms: None,
     });
     let apply_switch = store::apply(switch.clone());
     // (On a loaded machine a single poll may, rarely, see the whole commit
@@ -1653,6 +1655,7 @@ mod group_commit {
         store::apply(Request::new(Command::Switch {
             from: None,
             next: None,
+            lag_ms: None,
         }))
     }
 
@@ -1885,6 +1888,7 @@ async fn connections_that_died_idle_in_the_pool_cost_no_call_an_error() {
                 store::apply(Request::new(Command::Switch {
                     from: None,
                     next: None,
+                    lag_ms: None,
                 })),
             )
             .await;

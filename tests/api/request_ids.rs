@@ -34,6 +34,7 @@ fn switch() -> Command {
     Command::Switch {
         from: None,
         next: None,
+        lag_ms: None,
     }
 }
 

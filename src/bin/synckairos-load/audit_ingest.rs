@@ -52,6 +52,7 @@ pub async fn run(
                 participant: None,
                 at: now,
                 session,
+                lag: None,
             };
             let key = format!("default/{}", event.session.id);
             let b = crc32fast::hash(key.as_bytes()) % buckets;

@@ -59,6 +59,7 @@ pub async fn run(common: Common, redis_url: String, only: String) -> anyhow::Res
                 let req = Request::new(Command::Switch {
                     from: None,
                     next: None,
+                    lag_ms: None,
                 });
                 st.update(&k, synckairos::store::apply(req)).await.is_ok()
             }
@@ -164,7 +165,7 @@ pub async fn run(common: Common, redis_url: String, only: String) -> anyhow::Res
             Arc::new(move |_, _| {
                 let (app, sid) = (app.clone(), sid.clone());
                 Box::pin(async move {
-                    app.switch(sid, None, None, Default::default())
+                    app.switch(sid, None, None, None, Default::default())
                         .await
                         .is_ok()
                 })

@@ -133,6 +133,7 @@ fn switch() -> Command {
     Command::Switch {
         from: None,
         next: None,
+        lag_ms: None,
     }
 }
 
@@ -140,6 +141,7 @@ fn switch_from(id: &str) -> Command {
     Command::Switch {
         from: Some(pid(id)),
         next: None,
+        lag_ms: None,
     }
 }
 
@@ -147,6 +149,7 @@ fn switch_to(id: &str) -> Command {
     Command::Switch {
         from: None,
         next: Some(pid(id)),
+        lag_ms: None,
     }
 }
 

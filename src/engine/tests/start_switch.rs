@@ -190,6 +190,7 @@ fn switch_to_an_explicit_next_participant() {
         Command::Switch {
             from: Some(pid("c")),
             next: Some(pid("c")),
+            lag_ms: None,
         },
         T0 + 3 * SEC,
     );

@@ -300,6 +300,8 @@ fn check_on_time(before: &Session, r: &Request, eff: Micros, got: &Result<Applie
     };
     match &r.command {
         Command::Timeout => unreachable!(),
+        // Undo has properties of its own (undo.rs' tests).
+        Command::Undo => unreachable!("not generated here"),
         Command::Start { first } => {
             if before.status != Status::Pending {
                 assert_failed_precondition(refused("start"), before.status.name());
@@ -324,7 +326,7 @@ fn check_on_time(before: &Session, r: &Request, eff: Micros, got: &Result<Applie
             );
             others_unchanged(s0, None);
         }
-        Command::Switch { from, next } => {
+        Command::Switch { from, next, .. } => {
             if before.status != Status::Running {
                 assert_failed_precondition(refused("switch"), before.status.name());
                 return;

@@ -183,6 +183,9 @@ fn build(st: &Setup) -> Session {
         } else {
             0
         },
+        lag_compensation: false,
+        start_timeout_ms: 0,
+        first_move_timeout_ms: 0,
         cycle_time_ms: if st.mode == Mode::PerCycle {
             st.budget_ms
         } else {
@@ -261,6 +264,7 @@ fn command(s: &Session, op: &Op) -> Command {
                 None
             },
             next: next.map(pid),
+            lag_ms: None,
         },
         Op::Pause => Command::Pause,
         Op::Resume => Command::Resume,
@@ -399,7 +403,7 @@ proptest! {
         s = apply(&s, &Request::new(Command::Start { first: None }), now).unwrap().session;
         for dt in switches {
             now += dt;
-            if let Ok(a) = apply(&s, &Request::new(Command::Switch { from: None, next: None }), now) {
+            if let Ok(a) = apply(&s, &Request::new(Command::Switch { from: None, next: None, lag_ms: None }), now) {
                 s = a.session;
             }
         }

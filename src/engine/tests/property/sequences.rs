@@ -238,6 +238,7 @@ fn command(op: &Op, n: usize) -> Command {
         Op::Switch { from, next } => Command::Switch {
             from: from.map(|i| ghost_or(i, n)),
             next: next.map(|i| ghost_or(i, n)),
+            lag_ms: None,
         },
         Op::Pause => Command::Pause,
         Op::Resume => Command::Resume,

@@ -79,6 +79,7 @@ fn switch(s: &Session, now: Micros) -> Session {
         Command::Switch {
             from: None,
             next: None,
+            lag_ms: None,
         },
         now,
     )

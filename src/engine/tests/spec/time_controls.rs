@@ -237,6 +237,7 @@ fn increment_is_not_given_to_a_participant_who_flagged_on_the_move() {
         Command::Switch {
             from: None,
             next: None,
+            lag_ms: None,
         },
         at(6_000),
     );

@@ -73,6 +73,7 @@ fn a_late_switch_is_judged_by_the_clock() {
         Command::Switch {
             from: Some(pid("w")),
             next: None,
+            lag_ms: None,
         },
         at(5_001),
     );
