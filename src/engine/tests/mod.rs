@@ -37,6 +37,7 @@ mod spec;
 mod start_switch;
 mod stored;
 mod timeouts;
+mod undo_lag_abort;
 
 const MS: Micros = MICROS_PER_MS;
 const SEC: Micros = 1_000 * MS;

@@ -113,6 +113,10 @@ struct Setup {
     budget_ms: i64,
     control: Control,
     action: Option<TimeoutAction>,
+    /// Lag compensation (where the mode has it) and the abort timeouts.
+    lag: bool,
+    start_timeout_ms: i64,
+    first_move_timeout_ms: i64,
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
@@ -137,21 +141,31 @@ fn setup() -> impl Strategy<Value = Setup> {
         MIN_REPEATING_MS..20_000i64,
         control(),
         action,
+        (
+            any::<bool>(),
+            prop_oneof![3 => Just(0i64), 1 => MIN_REPEATING_MS..20_000i64],
+            prop_oneof![3 => Just(0i64), 1 => MIN_REPEATING_MS..20_000i64],
+        ),
     )
-        .prop_map(|(mode, players, groups, budget_ms, control, action)| {
-            let action = match mode {
-                Mode::Global => None,
-                _ => action,
-            };
-            Setup {
-                mode,
-                players,
-                groups: groups.min(players),
-                budget_ms,
-                control,
-                action,
-            }
-        })
+        .prop_map(
+            |(mode, players, groups, budget_ms, control, action, (lag, start, first))| {
+                let action = match mode {
+                    Mode::Global => None,
+                    _ => action,
+                };
+                Setup {
+                    mode,
+                    players,
+                    groups: groups.min(players),
+                    budget_ms,
+                    control,
+                    action,
+                    lag: lag && matches!(mode, Mode::PerParticipant | Mode::PerGroup),
+                    start_timeout_ms: start,
+                    first_move_timeout_ms: first,
+                }
+            },
+        )
 }
 
 fn build(st: &Setup) -> Session {
@@ -183,9 +197,9 @@ fn build(st: &Setup) -> Session {
         } else {
             0
         },
-        lag_compensation: false,
-        start_timeout_ms: 0,
-        first_move_timeout_ms: 0,
+        lag_compensation: st.lag,
+        start_timeout_ms: st.start_timeout_ms,
+        first_move_timeout_ms: st.first_move_timeout_ms,
         cycle_time_ms: if st.mode == Mode::PerCycle {
             st.budget_ms
         } else {
@@ -226,6 +240,7 @@ enum Op {
     Switch {
         from_active: bool,
         next: Option<usize>,
+        lag_ms: Option<i64>,
     },
     Pause,
     Resume,
@@ -237,16 +252,18 @@ enum Op {
         group: bool,
     },
     Timeout,
+    Undo,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => proptest::option::of(0..6usize).prop_map(Op::Start),
-        8 => (any::<bool>(), proptest::option::of(0..6usize)).prop_map(|(from_active, next)| Op::Switch { from_active, next }),
+        8 => (any::<bool>(), proptest::option::of(0..6usize), proptest::option::of(0..2_000i64)).prop_map(|(from_active, next, lag_ms)| Op::Switch { from_active, next, lag_ms }),
         1 => Just(Op::Pause),
         1 => Just(Op::Resume),
         1 => (0..6usize, -30_000..30_000i64, any::<bool>()).prop_map(|(who, delta_ms, group)| Op::Adjust { who, delta_ms, group }),
         3 => Just(Op::Timeout),
+        2 => Just(Op::Undo),
         1 => prop_oneof![Just(Op::Complete), Just(Op::Cancel)],
     ]
 }
@@ -257,14 +274,18 @@ fn command(s: &Session, op: &Op) -> Command {
         Op::Start(first) => Command::Start {
             first: first.map(pid),
         },
-        Op::Switch { from_active, next } => Command::Switch {
+        Op::Switch {
+            from_active,
+            next,
+            lag_ms,
+        } => Command::Switch {
             from: if from_active {
                 s.active_participant().map(|p| p.id.clone())
             } else {
                 None
             },
             next: next.map(pid),
-            lag_ms: None,
+            lag_ms,
         },
         Op::Pause => Command::Pause,
         Op::Resume => Command::Resume,
@@ -283,6 +304,7 @@ fn command(s: &Session, op: &Op) -> Command {
             delta_ms,
         },
         Op::Timeout => Command::Timeout,
+        Op::Undo => Command::Undo,
     }
 }
 
@@ -350,12 +372,19 @@ fn check_step(
             "deadline {d} left overdue at {effective_now}"
         );
         prop_assert!(
-            after.status == Status::Running && after.cycle_started_at.is_some(),
-            "a deadline only while a clock runs"
+            (after.status == Status::Running && after.cycle_started_at.is_some())
+                || (after.status == Status::Pending && after.start_timeout > 0),
+            "a deadline only while a clock runs, or a start is awaited"
         );
     }
-    if after.status != Status::Running {
+    if !matches!(after.status, Status::Running | Status::Pending) {
         prop_assert_eq!(deadline(after), None);
+    }
+    for p in &after.participants {
+        prop_assert!(p.lag_quota >= 0, "a negative lag quota");
+    }
+    if after.status == Status::Cancelled {
+        prop_assert!(after.cancel_reason.is_some(), "a cancellation says why");
     }
     // Everything shown is non-negative, at any instant.
     let v = view(after, effective_now + 1_234_567);
@@ -414,5 +443,79 @@ proptest! {
             // Fired at the deadline instant: the flagged clock was charged exactly what it had.
             check_clocks(&fired.session)?;
         }
+    }
+}
+
+proptest! {
+    // Many random prefixes end the session or leave no live turn: those
+    // cases are rejected, so allow for them.
+    #![proptest_config(ProptestConfig { cases: 4_000, max_global_rejects: 100_000, ..ProptestConfig::default() })]
+
+    /// UndoSwitch, over every mode, time control and timeout action: a
+    /// switch then its undo leaves every clock as it stood at the switch
+    /// instant (the mover's and the next's ledgers, groups, the cycle, the
+    /// global clock), with the mover's clock running from the undo; a pause
+    /// and resume in between change nothing of it; and a deadline that came
+    /// in between takes the undo away instead.
+    #[test]
+    fn switch_then_undo_leaves_every_ledger_as_before_the_switch(
+        st in setup(),
+        ops in proptest::collection::vec((op(), 0..5_000i64), 0..6),
+        think in 0..30_000i64,
+        pause in proptest::option::of((0..5_000i64, 0..50_000i64)),
+        lag in proptest::option::of(0..3_000i64),
+    ) {
+        let mut s = build(&st);
+        let mut now = T0;
+        s = apply(&s, &Request::new(Command::Start { first: None }), now).unwrap().session;
+        for (op, dt) in ops {
+            now += dt;
+            if let Ok(a) = apply(&s, &Request::new(command(&s, &op)), now) {
+                s = a.session;
+            }
+        }
+        // Only a live turn, on time, can be switched and undone.
+        prop_assume!(s.status == Status::Running && deadline(&s).is_none_or(|d| d > now));
+        let at_switch = view(&s, now);
+        let switch = Command::Switch { from: None, next: None, lag_ms: lag };
+        let switched = apply(&s, &Request::new(switch), now).unwrap();
+        prop_assume!(switched.events.last().map(|e| e.kind) == Some(EventKind::Switched));
+        let mut s2 = switched.session;
+        let mut t = now;
+        let mut due_first = false;
+        if let Some((before, length)) = pause {
+            t += before;
+            due_first = deadline(&s2).is_some_and(|d| d <= t);
+            // A pause after the deadline commits the flag instead.
+            let paused = apply(&s2, &Request::new(Command::Pause), t).unwrap().session;
+            s2 = paused;
+            if s2.status == Status::Paused {
+                t += length;
+                s2 = apply(&s2, &Request::new(Command::Resume), t).unwrap().session;
+            }
+        }
+        t += think;
+        due_first |= deadline(&s2).is_some_and(|d| d <= t);
+        let undone = apply(&s2, &Request::new(Command::Undo), t);
+        if due_first {
+            prop_assert!(undone.is_err(), "a deadline came between: no undo");
+            return Ok(());
+        }
+        let u = undone.unwrap();
+        prop_assert_eq!(u.events.len(), 1);
+        prop_assert_eq!(u.events[0].kind, EventKind::Undone);
+        let r = u.session;
+        prop_assert_eq!(&r.participants, &at_switch.participants);
+        prop_assert_eq!(&r.groups, &at_switch.groups);
+        prop_assert_eq!(&r.cycle, &at_switch.cycle);
+        prop_assert_eq!(&r.global, &at_switch.global);
+        prop_assert_eq!(r.cycle_count, at_switch.cycle_count);
+        prop_assert_eq!(r.active, at_switch.active);
+        prop_assert_eq!(r.cycle_started_at, Some(t));
+        check_clocks(&r)?;
+        // From the undo on, the mover's clock runs as it ran at the switch.
+        let mut resumed = at_switch.clone();
+        resumed.cycle_started_at = Some(t);
+        prop_assert_eq!(flag_at(&r), flag_at(&resumed));
     }
 }
