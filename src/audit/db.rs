@@ -109,6 +109,8 @@ struct NewEventRow<'a> {
     participant_id: Option<&'a str>,
     occurred_at: DateTime<Utc>,
     snapshot: serde_json::Value,
+    lag_asked_us: Option<i64>,
+    lag_given_us: Option<i64>,
 }
 
 #[derive(Insertable)]
@@ -140,6 +142,9 @@ fn config_of(s: &Session) -> serde_json::Value {
         "global_time_us": s.global_time,
         "max_time_us": s.max_time,
         "timeout_action": s.timeout_action,
+        "lag_compensation": s.lag_compensation,
+        "start_timeout_us": s.start_timeout,
+        "first_move_timeout_us": s.first_move_timeout,
         "metadata": s.metadata,
     })
 }
@@ -187,6 +192,8 @@ async fn insert_events(pool: &PgPool, records: &[AuditRecord]) -> Result<usize, 
             participant_id: r.event.participant.as_ref().map(|p| p.as_str()),
             occurred_at: at(r.event.at),
             snapshot,
+            lag_asked_us: r.event.lag.map(|l| l.asked),
+            lag_given_us: r.event.lag.map(|l| l.given),
         })
         .collect();
     let mut conn = pool.get().await.map_err(unavailable)?;
@@ -335,6 +342,8 @@ struct EventRow {
     participant_id: Option<String>,
     occurred_at: DateTime<Utc>,
     snapshot: serde_json::Value,
+    lag_asked_us: Option<i64>,
+    lag_given_us: Option<i64>,
 }
 
 /// The session id's latest epoch (the one that exists now, or existed last).
@@ -423,6 +432,8 @@ pub async fn events_page(
             e::participant_id,
             e::occurred_at,
             e::snapshot,
+            e::lag_asked_us,
+            e::lag_given_us,
         ))
         .load(&mut conn)
         .await
@@ -447,7 +458,12 @@ pub async fn events_page(
                     participant,
                     at: r.occurred_at.timestamp_micros(),
                     session,
-                    lag: None,
+                    lag: match (r.lag_asked_us, r.lag_given_us) {
+                        (Some(asked), Some(given)) => {
+                            Some(crate::engine::LagCredit { asked, given })
+                        }
+                        _ => None,
+                    },
                 },
             })
         })

@@ -12,6 +12,8 @@ diesel::table! {
         occurred_at -> Timestamptz,
         snapshot -> Jsonb,
         inserted_at -> Timestamptz,
+        lag_asked_us -> Nullable<Int8>,
+        lag_given_us -> Nullable<Int8>,
     }
 }
 

@@ -160,6 +160,12 @@ fn earliest(a: Option<Micros>, b: Option<Micros>) -> Option<Micros> {
     }
 }
 
+/// When the server cancels the session unless something happens first:
+/// its start timeout, or the first-move timeout of the turn running now.
+pub fn abort_at(s: &Session) -> Option<Micros> {
+    earliest(start_cancel_at(s), first_move_abort_at(s))
+}
+
 /// When a PENDING session with a `start_timeout` is cancelled.
 fn start_cancel_at(s: &Session) -> Option<Micros> {
     (s.status == Status::Pending && s.start_timeout > 0)

@@ -26,7 +26,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
-pub use apply::{AdjustTarget, Applied, Command, Request, apply, deadline, flag_at};
+pub use apply::{AdjustTarget, Applied, Command, Request, abort_at, apply, deadline, flag_at};
 pub use budget::Budget;
 pub use create::{
     MAX_DURATION_MS, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, MAX_PARTICIPANTS, MIN_REPEATING_MS,

@@ -432,6 +432,7 @@ pub fn session(stored: &Session, now: Micros) -> pb::Session {
         start_timeout_ms: ms(s.start_timeout),
         first_move_timeout_ms: ms(s.first_move_timeout),
         cancel_reason: cancel_reason_pb(s.cancel_reason) as i32,
+        abort_at: engine::abort_at(stored).map(timestamp),
     }
 }
 

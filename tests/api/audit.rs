@@ -792,6 +792,50 @@ async fn list_session_events_pages_the_history_in_order_on_the_redis_engine() {
     list_session_events_pages(EngineKind::Redis).await;
 }
 
+/// A compensated switch: the audit keeps the lag the mover asked for and
+/// the compensation it got, and ListSessionEvents gives both back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_keeps_the_lag_asked_and_the_compensation_given() {
+    let _iso = shared_isolation();
+    let db = TestDb::create();
+    let mut app = Server::start(memory_config(&db)).await;
+    let c = &mut app.client;
+    let id = unique_id("lag-audit");
+    let mut req = chess(&id, 60_000);
+    req.lag_compensation = true;
+    create(c, req).await;
+    start(c, &id).await;
+    c.switch_cycle(pb::SwitchCycleRequest {
+        lag_ms: Some(700),
+        ..switch_req(&id)
+    })
+    .await
+    .unwrap();
+    switch(c, &id).await;
+    wait_audit(
+        &db,
+        &HashMap::from([(id.clone(), 4)]),
+        CATCH_UP,
+        "4 versions",
+    )
+    .await;
+    let r = list(c, list_req(&id, 10, "", None)).await;
+    let lags: Vec<(u64, i64, i64)> = r
+        .events
+        .iter()
+        .map(|e| (e.version, e.lag_ms, e.lag_compensation_ms))
+        .collect();
+    assert_eq!(lags, vec![(1, 0, 0), (2, 0, 0), (3, 700, 700), (4, 0, 0)]);
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT version, lag_asked_us, lag_given_us FROM session_events \
+             WHERE session_id = '{id}' AND lag_asked_us IS NOT NULL"
+        ))
+        .trim(),
+        "3|700000|700000"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_session_events_is_unimplemented_without_database_url() {
     let _iso = shared_isolation();

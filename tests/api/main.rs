@@ -24,6 +24,7 @@ mod error_details;
 mod expiry;
 mod flag;
 mod fuzz_regressions;
+mod game_rules;
 mod ghz_configs;
 mod grpcurl;
 mod health;

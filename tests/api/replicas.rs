@@ -61,7 +61,7 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    async fn start(redis_url: &str) -> Self {
+    pub(crate) async fn start(redis_url: &str) -> Self {
         Self::start_skewed(redis_url, 0).await
     }
 

@@ -1,0 +1,3 @@
+ALTER TABLE session_events
+    DROP COLUMN lag_asked_us,
+    DROP COLUMN lag_given_us;
