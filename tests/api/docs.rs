@@ -104,6 +104,47 @@ fn docs_examples() -> Vec<Example> {
     examples
 }
 
+/// A `<!-- call: Method -->` body of the page: sent verbatim to `Method`.
+#[derive(Debug)]
+struct Call {
+    method: String,
+    body: String,
+    line: usize,
+}
+
+/// Every call of docs/clock-rules.md, in page order.
+fn docs_calls() -> Vec<Call> {
+    let path = clock_rules_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut calls = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        let Some(rest) = line.trim().strip_prefix("<!-- call:") else {
+            continue;
+        };
+        let at = format!("{}:{}", path.display(), n + 1);
+        let method = rest
+            .strip_suffix("-->")
+            .unwrap_or_else(|| panic!("{at}: marker not closed on its line"))
+            .trim()
+            .to_string();
+        assert_eq!(
+            lines.get(n + 1).map(|l| l.trim()),
+            Some("```json"),
+            "{at}: a ```json block follows"
+        );
+        let end = (n + 2..lines.len())
+            .find(|&i| lines[i].trim() == "```")
+            .unwrap_or_else(|| panic!("{at}: unterminated ```json block"));
+        calls.push(Call {
+            method,
+            body: lines[n + 2..end].join("\n") + "\n",
+            line: n + 1,
+        });
+    }
+    calls
+}
+
 // ---------- grpcurl ----------
 
 /// grpcurl: `GRPCURL`, else `grpcurl` on `PATH` (see grpcurl.rs).
@@ -380,8 +421,8 @@ async fn every_docs_example_runs_verbatim() {
     let json_blocks = page.lines().filter(|l| l.trim() == "```json").count();
     assert_eq!(
         json_blocks,
-        examples.len(),
-        "every ```json block on the page carries an example marker"
+        examples.len() + docs_calls().len(),
+        "every ```json block on the page carries an example or a call marker"
     );
 
     let app = spawn_app().await;
@@ -404,6 +445,55 @@ async fn every_docs_example_runs_verbatim() {
         examples.len(),
         failures.join("\n\n")
     );
+}
+
+/// The page's calls, verbatim and in order, each on the session its body
+/// names (created from that session's example and started first): each
+/// succeeds and makes one new version. The page says what they show.
+#[tokio::test]
+async fn every_docs_call_runs_verbatim_in_page_order() {
+    let calls = docs_calls();
+    let methods: Vec<&str> = calls.iter().map(|c| c.method.as_str()).collect();
+    assert_eq!(methods, ["SwitchCycle", "UndoSwitch"], "the page's calls");
+    let examples = docs_examples();
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let mut started = std::collections::HashSet::new();
+    for call in &calls {
+        let at = format!("clock-rules.md:{}", call.line);
+        let body: serde_json::Value =
+            serde_json::from_str(&call.body).unwrap_or_else(|e| panic!("{at}: {e}"));
+        let id = json_str(&body, "session_id").to_string();
+        if started.insert(id.clone()) {
+            let ex = examples
+                .iter()
+                .find(|e| e.body.contains(&format!(r#""session_id": "{id}""#)))
+                .unwrap_or_else(|| panic!("{at}: no example creates {id}"));
+            let out = grpcurl_stdin(app.addr, "CreateSession", &ex.body).await;
+            assert!(out.status.success(), "{at}: {}", text(&out.stderr));
+            start(&mut client, &id).await;
+        }
+        let before = get(&mut client, &id).await.version;
+        let out = grpcurl_stdin(app.addr, &call.method, &call.body).await;
+        assert!(
+            out.status.success(),
+            "{at}: grpcurl {} failed: {}{}",
+            call.method,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            json_str(&reply, "version"),
+            (before + 1).to_string(),
+            "{at}: {reply:#}"
+        );
+    }
+    // What the page says of them: white moved with 350 ms of lag, then took it back.
+    let s = get(&mut client, "blitz-3-2-lag").await;
+    assert_eq!(s.active_participant_id, "white");
+    let white = find(&s, "white");
+    assert_eq!((white.cycle_count, white.lag_quota_ms), (0, 3_000));
 }
 
 // ---------- 2. use cases ----------
@@ -1229,7 +1319,7 @@ async fn exam_global_clock() {
         .await
         .unwrap()
         .into_inner();
-    let r = micros_of(&resumed.cycle_started_at);
+    let r = micros_of(&resumed.updated_at);
     assert!(r - p >= 150 * MS);
     assert_eq!(
         micros_of(&resumed.deadline_at),
