@@ -584,24 +584,28 @@ impl Tx {
         };
         // What an undo puts back: the clocks charged up to this instant,
         // before any credit of the switch (its compensation included).
-        let mut at_switch = Tx {
-            s: self.s.clone(),
-            now: self.now,
-            events: Vec::new(),
+        let (undo, credit) = match lag {
+            None => {
+                self.checkpoint(self.now);
+                (super::undo::point(&self.s, mover, next), None)
+            }
+            Some(asked) => {
+                let mut at_switch = Tx {
+                    s: self.s.clone(),
+                    now: self.now,
+                    events: Vec::new(),
+                };
+                at_switch.checkpoint(self.now);
+                let undo = super::undo::point(&at_switch.s, mover, next);
+                let given = super::lag::compensate(&mut self.s, mover, asked);
+                // The compensation comes off the turn's time: charged up to
+                // now - comp (never before the stretch began).
+                let until = running(&self.s)
+                    .map_or(self.now, |(_, started)| (self.now - given).max(started));
+                self.checkpoint(until);
+                (undo, Some(LagCredit { asked, given }))
+            }
         };
-        at_switch.checkpoint(self.now);
-        let undo = super::undo::point(&at_switch.s, mover, next);
-        let credit = lag.map(|asked| {
-            let given = super::lag::compensate(&mut self.s, mover, asked);
-            LagCredit { asked, given }
-        });
-        // The compensation comes off the turn's time: charged up to now -
-        // comp (never before the stretch began).
-        let charged_until = match (credit, running(&self.s)) {
-            (Some(c), Some((_, started))) => (self.now - c.given).max(started),
-            _ => self.now,
-        };
-        self.checkpoint(charged_until);
         self.complete_turn(mover);
         let tc = self.s.time_control.clone();
         let mover_owner = owner_of(&self.s, mover);

@@ -879,9 +879,10 @@ async fn pause_freezes_the_clock_and_resume_restarts_it() {
         (paused.version, status_of(&paused)),
         (3, pb::Status::Paused)
     );
-    assert!(
-        paused.deadline_at.is_none() && paused.cycle_started_at.is_none(),
-        "no clock runs while paused"
+    assert!(paused.deadline_at.is_none(), "no clock runs while paused");
+    assert_eq!(
+        paused.cycle_started_at, s.cycle_started_at,
+        "the turn still began at the start"
     );
     assert_eq!(paused.active_participant_id, "white", "the turn is kept");
     let white = find(&paused, "white").clone();
@@ -915,7 +916,11 @@ async fn pause_freezes_the_clock_and_resume_restarts_it() {
         (4, pb::Status::Running)
     );
     assert_eq!(resumed.active_participant_id, "white");
-    let restart = micros_of(&resumed.cycle_started_at);
+    assert_eq!(
+        resumed.cycle_started_at, s.cycle_started_at,
+        "the same turn"
+    );
+    let restart = micros_of(&resumed.updated_at);
     let left = micros_of(&resumed.deadline_at) - restart;
     assert!(
         (white.remaining_ms - 1) * 1_000 < left && left <= white.remaining_ms * 1_000,
