@@ -125,7 +125,7 @@ pub(super) fn budget(s: &Session, owner: Owner) -> Option<&Budget> {
     }
 }
 
-pub(super) fn budget_mut(s: &mut Session, owner: Owner) -> Option<&mut Budget> {
+fn budget_mut(s: &mut Session, owner: Owner) -> Option<&mut Budget> {
     match owner {
         Owner::Participant(i) => s.participants.get_mut(i).map(|p| &mut p.clock),
         Owner::Group(i) => s.groups.get_mut(i).map(|g| &mut g.clock),
@@ -329,22 +329,19 @@ impl Tx {
     /// turn is no longer a switch.
     fn settle(&mut self) {
         for _ in 0..MAX_SETTLE_STEPS {
-            if deadline(&self.s).is_some_and(|due| due <= self.now) {
-                self.s.undo = None;
-            }
-            match deadline(&self.s) {
-                Some(due) if due <= self.now && start_cancel_at(&self.s) == Some(due) => {
-                    self.cancel_by_server(due, CancelReason::StartTimeout, None)
-                }
-                Some(due) if due <= self.now && self.s.status == Status::Pending => {
-                    self.expire_unstarted(due)
-                }
-                Some(due) if due <= self.now && first_move_abort_at(&self.s) == Some(due) => {
-                    let who = self.s.active.map(|pos| self.id_of(pos));
-                    self.cancel_by_server(due, CancelReason::FirstMoveTimeout, who)
-                }
-                Some(due) if due <= self.now => self.time_out(due),
-                _ => return,
+            let Some(due) = deadline(&self.s).filter(|due| *due <= self.now) else {
+                return;
+            };
+            self.s.undo = None;
+            if start_cancel_at(&self.s) == Some(due) {
+                self.cancel_by_server(due, CancelReason::StartTimeout, None);
+            } else if self.s.status == Status::Pending {
+                self.expire_unstarted(due);
+            } else if first_move_abort_at(&self.s) == Some(due) {
+                let who = self.s.active.map(|pos| self.id_of(pos));
+                self.cancel_by_server(due, CancelReason::FirstMoveTimeout, who);
+            } else {
+                self.time_out(due);
             }
         }
     }
@@ -511,7 +508,7 @@ impl Tx {
 
     /// The next participant by index after `pos`, wrapping, skipping expired
     /// ones; `pos` itself comes last (a one-player session switches to itself).
-    pub(super) fn next_eligible_after(&self, pos: usize) -> Option<usize> {
+    fn next_eligible_after(&self, pos: usize) -> Option<usize> {
         let n = self.s.participants.len();
         (1..=n)
             .map(|k| (pos + k) % n)
