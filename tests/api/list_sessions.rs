@@ -358,22 +358,19 @@ async fn sessions_gone_by_their_ttl_are_never_listed() {
     let (mut app, url) = spawn_short_lived(ttl, 16).await;
     let c = &mut app.client;
     let idle = create_chess(c).await.session_id;
+    let reborn = create_chess(c).await.session_id;
     let kept = create_chess(c).await.session_id;
     tokio::time::sleep(ttl * 7 / 10).await;
     start(c, &kept).await;
-    assert_eq!(id_set(&list_all(c, 0, &[], 5).await).len(), 2, "not yet");
+    assert_eq!(list_all(c, 0, &[], 5).await.len(), 3, "not yet");
+    // Listed first, before any other call meets the expired sessions.
     tokio::time::sleep(ttl * 5 / 10).await;
-    assert_code(
-        c.get_session(pb::GetSessionRequest {
-            session_id: idle.clone(),
-        })
-        .await,
-        Code::NotFound,
-    );
     if let Some(url) = &url {
-        // Redis expired the state key; its index entry is still there.
-        assert_eq!(index_size(url, 16).await, 2);
+        // Redis expired the state keys; their index entries are still there.
+        assert_eq!(index_size(url, 16).await, 3);
     }
+    // An expired session's id made again: listed once, as the new one.
+    let again = create(c, chess(&reborn, HOUR_MS)).await;
     for statuses in [
         vec![],
         vec![pb::Status::Pending],
@@ -385,12 +382,21 @@ async fn sessions_gone_by_their_ttl_are_never_listed() {
             "expired {idle} listed under {statuses:?}"
         );
     }
-    assert_eq!(ids(&list_all(c, 0, &[], 5).await), [kept]);
+    let listed = list_all(c, 0, &[], 5).await;
+    assert_eq!(ids(&listed), [reborn, kept]);
+    assert_eq!(listed[0].epoch, again.epoch);
+    assert_code(
+        c.get_session(pb::GetSessionRequest {
+            session_id: idle.clone(),
+        })
+        .await,
+        Code::NotFound,
+    );
     if let Some(url) = &url {
         assert_eq!(
             index_size(url, 16).await,
-            1,
-            "the listing dropped the expired session's entry"
+            2,
+            "the listing dropped the expired sessions' entries"
         );
     }
 }
@@ -602,4 +608,107 @@ async fn bad_arguments_are_invalid_naming_the_field_and_hostile_tokens_never_hur
     }
     // The server goes on.
     assert_eq!(list_all(c, 2, &[], 5).await.len(), 3);
+}
+
+/// The memory engine's listing index, driven directly (no upkeep runs
+/// here): an expired session is never listed, and its entry goes when a
+/// listing meets it or when the sweep frees it; a deleted one's at once.
+#[tokio::test]
+async fn the_memory_engines_index_holds_exactly_the_sessions_it_holds() {
+    use synckairos::engine::{self, Tenant};
+    use synckairos::fanout::Hub;
+    use synckairos::store::SessionStore;
+    use synckairos::store::clock::Clock;
+    use synckairos::store::memory::{MemorySettings, MemoryStore};
+
+    let ttl = Duration::from_millis(200);
+    let store = MemoryStore::new(Hub::new(16, 16), Clock::new()).with_settings(MemorySettings {
+        session_ttl: ttl,
+        idle_ttl: ttl,
+        max_sessions: 1_000,
+    });
+    let tenant = Tenant::default_tenant();
+    let make = async |name: &str| {
+        let k = store_key(name);
+        let new = two_player_session(&k, ["a", "b"], 60_000);
+        store
+            .create(&k, &|now| engine::create(new.clone(), now))
+            .await
+            .unwrap();
+        k
+    };
+    for i in 0..3 {
+        make(&format!("old-{i}")).await;
+    }
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    let fresh = make("fresh").await;
+    let listed = store.list(&tenant, None, 10).await.unwrap();
+    let names: Vec<&str> = listed.sessions.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(names, ["fresh"], "the expired ones are not listed");
+    assert_eq!((listed.examined, listed.more), (4, false));
+    let again = store.list(&tenant, None, 10).await.unwrap();
+    assert_eq!(again.examined, 1, "the listing dropped the expired entries");
+    assert_eq!(store.held_sessions(), 1);
+
+    // Expired and swept, nobody listing: gone from the index too.
+    for i in 0..3 {
+        make(&format!("swept-{i}")).await;
+    }
+    store.delete(&fresh).await.unwrap();
+    assert_eq!(store.list(&tenant, None, 10).await.unwrap().examined, 3);
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    assert_eq!(store.sweep(), 3);
+    let empty = store.list(&tenant, None, 10).await.unwrap();
+    assert_eq!((empty.examined, empty.sessions.len()), (0, 0));
+}
+
+/// A page ends once its sessions reach about 2 MiB (at least one a page),
+/// so that a page of large sessions stays under a gRPC client's default
+/// 4 MiB: 1,000-participant sessions listed 1,000 a page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_sessions_stays_under_a_clients_4_mib() {
+    use prost::Message as _;
+    let app = spawn_unlimited().await;
+    let big = |id: &str| pb::CreateSessionRequest {
+        participants: (0..1_000)
+            .map(|i| participant(&format!("player-{i:04}")))
+            .collect(),
+        ..chess(id, HOUR_MS)
+    };
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let mut c = app.new_client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut made = Vec::new();
+            for _ in 0..40 {
+                made.push(
+                    create(&mut c, big(&unique_id(&format!("big{w}"))))
+                        .await
+                        .session_id,
+                );
+            }
+            made
+        }));
+    }
+    let mut made = HashSet::new();
+    for t in tasks {
+        made.extend(t.await.unwrap());
+    }
+    let mut c = app.new_client().await;
+    let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = list(&mut c, list_req(1_000, &token, &[])).await.unwrap();
+        let bytes: usize = page.sessions.iter().map(|s| s.encoded_len()).sum();
+        assert!(bytes <= 2 * 1024 * 1024, "a page of {bytes} bytes");
+        assert!(!page.sessions.is_empty());
+        seen.extend(ids(&page.sessions));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(pages >= 2, "160 sessions of about 20 KB: {pages} pages");
+    assert_eq!(seen.len(), made.len());
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), made);
 }
