@@ -712,3 +712,26 @@ async fn a_page_of_large_sessions_stays_under_a_clients_4_mib() {
     assert_eq!(seen.len(), made.len());
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), made);
 }
+
+/// The README's grpcurl body, as written there, through reflection and JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_grpcurl_listing_runs() {
+    use crate::grpcurl::{grpcurl, text};
+    let mut app = spawn_unlimited().await;
+    let running = create_started(&mut app.client).await.session_id;
+    create_chess(&mut app.client).await;
+    let body = r#"{"page_size": 100, "statuses": ["STATUS_RUNNING", "STATUS_PAUSED"]}"#;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains(body), "the README's body");
+    let out = grpcurl(
+        app.addr,
+        &["-d", body, "synckairos.v1.SyncService/ListSessions"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = json["sessions"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{json}");
+    assert_eq!(listed[0]["sessionId"], running.as_str());
+}
