@@ -82,4 +82,30 @@ pub mod fuzzing {
     pub fn encode_page_token(epoch: &str, version: u64) -> String {
         crate::audit::encode_token(&fuzzed_session(), epoch, version)
     }
+
+    /// ListSessions' page-token decoder (`app::list::decode_token`), for
+    /// the tenant `default` with no status filter: the position
+    /// (`created_at`, session id) a token resumes after.
+    pub fn decode_list_token(token: &str) -> Result<(i64, String), crate::app::AppError> {
+        crate::app::list::decode_token(
+            &crate::engine::Tenant::default_tenant(),
+            crate::app::StatusFilter::default(),
+            token,
+        )
+        .map(|p| (p.created_at, p.id.as_str().to_owned()))
+    }
+
+    /// ListSessions' page-token encoder (`app::list::encode_token`), as
+    /// `decode_list_token`; `None` when `id` is not a session id.
+    pub fn encode_list_token(created_at: i64, id: &str) -> Option<String> {
+        let pos = crate::store::ListPosition {
+            created_at,
+            id: crate::engine::SessionId::parse("session_id", id).ok()?,
+        };
+        Some(crate::app::list::encode_token(
+            &crate::engine::Tenant::default_tenant(),
+            crate::app::StatusFilter::default(),
+            &pos,
+        ))
+    }
 }

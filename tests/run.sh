@@ -136,10 +136,11 @@ fi
 # scratch folder, never into the clone's corpus; a crash's input is written
 # to fuzz/artifacts/<target>/. Its build has a target dir of its own beside
 # the main one. Cost on this 2-core machine (measured, shared with other
-# builds): 24 s when the fuzz build is current (3 x 5 s of fuzzing, the
-# corpus replays, cargo's checks); a fresh clone (CI) has new file times, so
-# cargo rebuilds the crate instrumented, in release, and the 3 targets:
-# 3.5 min wall, 2.1 min CPU. Cold (no cargo-fuzz, no fuzz build): about
+# builds), measured with 3 targets: 24 s when the fuzz build is current
+# (3 x 5 s of fuzzing, the corpus replays, cargo's checks); a fresh clone
+# (CI) has new file times, so cargo rebuilds the crate instrumented, in
+# release, and the targets: 3.5 min wall, 2.1 min CPU. A fourth target
+# (list_token) adds its 5 s and its link. Cold (no cargo-fuzz, no fuzz build): about
 # 1 min to install cargo-fuzz, then 12 min of CPU to build every dependency
 # instrumented (31 min wall while four other builds shared the machine).
 FUZZ_SECONDS=5
@@ -148,7 +149,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz >&2
 fi
 fuzz_scratch="$(mktemp -d /tmp/synckairos-fuzz.XXXXXX)"
-for target in request_path stored_session page_token; do
+for target in request_path stored_session page_token list_token; do
   mkdir -p "$fuzz_scratch/$target"
   gate "fuzz-$target" cargo fuzz run -s none --fuzz-dir fuzz \
     --target-dir "$CARGO_TARGET_DIR-fuzz" "$target" \

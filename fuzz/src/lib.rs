@@ -14,6 +14,8 @@
 //!   commands.
 //! - [`page_token`]: a ListSessionEvents page token through the handler's
 //!   check and the audit's decoder.
+//! - [`list_token`]: a ListSessions page token through the handler's check
+//!   and the listing's decoder.
 //!
 //! The service's own test suite replays the crashes found, kept in
 //! `fuzz/regressions/<target>/`, through these same functions
@@ -600,6 +602,50 @@ pub fn page_token(data: &[u8]) {
         assert_eq!(
             fz::decode_page_token(&token).ok(),
             Some((epoch.into_owned(), version)),
+            "the token {token:?} does not decode to its position"
+        );
+    }
+}
+
+// ---------- list_token ----------
+
+/// The bytes are a ListSessions `page_token` (a proto string). It goes
+/// through the handler's check (`convert::page_token`) and the listing's
+/// decoder: a refusal is INVALID_ARGUMENT naming `page_token`; a token that
+/// decodes re-encodes to itself (one position, one token). The bytes also
+/// make a position (a `created_at` and a session id) whose token must
+/// decode back to it.
+pub fn list_token(data: &[u8]) {
+    if let Ok(token) = std::str::from_utf8(data) {
+        match fz::page_token(token.to_owned()) {
+            Err(e) => refused(e),
+            Ok(token) => match fz::decode_list_token(&token) {
+                Ok((created_at, id)) => {
+                    assert_eq!(
+                        fz::encode_list_token(created_at, &id).as_deref(),
+                        Some(token.as_str()),
+                        "a token decoded to ({created_at}, {id:?}) but that position has another token"
+                    );
+                }
+                Err(e) => {
+                    match &e {
+                        AppError::InvalidArgument { field, .. } => assert_eq!(field, "page_token"),
+                        other => panic!("a bad token refused with {other:?}"),
+                    }
+                    refused(e);
+                }
+            },
+        }
+    }
+    let (head, tail) = data.split_at(data.len().min(8));
+    let mut eight = [0u8; 8];
+    eight[..head.len()].copy_from_slice(head);
+    let created_at = i64::from_le_bytes(eight) & i64::MAX;
+    let id = String::from_utf8_lossy(tail);
+    if let Some(token) = fz::encode_list_token(created_at, &id) {
+        assert_eq!(
+            fz::decode_list_token(&token).ok(),
+            Some((created_at, id.into_owned())),
             "the token {token:?} does not decode to its position"
         );
     }

@@ -5,6 +5,7 @@
 //! knows no tonic, prost, redis or diesel type.
 
 mod error;
+pub(crate) mod list;
 mod subscribe;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use error::AppError;
+pub use list::{ListQuery, SessionsPage, StatusFilter};
 pub use subscribe::{STREAM_CHANNEL_CAPACITY, StreamItem, SubscribeOptions};
 
 use crate::audit::Audit;
@@ -246,6 +248,18 @@ impl App {
             events: page.events,
             next_page_token: page.next_page_token,
         })
+    }
+
+    /// A page of `tenant`'s sessions, newest first (ListSessions), each made
+    /// by `render` at the page's server time with its size in bytes; see
+    /// [`list`].
+    pub async fn list_sessions<T: Send>(
+        &self,
+        tenant: Tenant,
+        query: ListQuery,
+        render: impl Fn(&Session, Micros) -> (T, usize) + Send,
+    ) -> Result<SessionsPage<T>, AppError> {
+        list::page(self.store.as_ref(), &tenant, query, render).await
     }
 
     /// Opens a Subscribe stream (SPEC §7); see [`subscribe`].

@@ -76,6 +76,30 @@ pub fn page_token(raw: String) -> Result<String, AppError> {
     text("page_token", raw)
 }
 
+/// ListSessions' `statuses`: each a known status; the error names
+/// `statuses[i]`.
+pub fn statuses(raw: &[i32]) -> Result<Vec<Status>, AppError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, &r)| {
+            let field = || format!("statuses[{i}]");
+            match pb::Status::try_from(r) {
+                Ok(pb::Status::Unspecified) => Err(AppError::invalid(
+                    field(),
+                    "STATUS_UNSPECIFIED is not a status to list",
+                )),
+                Ok(pb::Status::Pending) => Ok(Status::Pending),
+                Ok(pb::Status::Running) => Ok(Status::Running),
+                Ok(pb::Status::Paused) => Ok(Status::Paused),
+                Ok(pb::Status::Expired) => Ok(Status::Expired),
+                Ok(pb::Status::Completed) => Ok(Status::Completed),
+                Ok(pb::Status::Cancelled) => Ok(Status::Cancelled),
+                Err(_) => Err(AppError::invalid(field(), format!("unknown value {r}"))),
+            }
+        })
+        .collect()
+}
+
 pub fn guards(expected_version: Option<u64>, raw_request_id: &str) -> Result<Guards, AppError> {
     Ok(Guards {
         expected_version,

@@ -282,8 +282,25 @@ impl SyncService for GrpcService {
         &self,
         req: Request<pb::ListSessionsRequest>,
     ) -> Reply<pb::ListSessionsResponse> {
-        let _p = self.principal(&req)?;
-        Err(Status::unimplemented("ListSessions is not built yet"))
+        let p = self.principal(&req)?;
+        let r = req.into_inner();
+        let query = crate::app::ListQuery {
+            page_size: r.page_size,
+            page_token: convert::page_token(r.page_token)?,
+            statuses: crate::app::StatusFilter::of(&convert::statuses(&r.statuses)?),
+        };
+        let page = self
+            .app
+            .list_sessions(p.tenant(), query, |s, now| {
+                let session = convert::session(s, now);
+                let len = prost::Message::encoded_len(&session);
+                (session, len)
+            })
+            .await?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: page.sessions,
+            next_page_token: page.next_page_token,
+        }))
     }
 
     type WatchSessionsStream =

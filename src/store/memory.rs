@@ -12,6 +12,13 @@
 //! at most `max_sessions` (expired ones count until swept): one more
 //! `create` fails with `StoreError::Full`.
 //!
+//! ListSessions reads `lists`: each tenant's sessions ordered by
+//! `(created_at, id)`, an entry added by `create` and removed wherever a
+//! session is forgotten (delete, expiry seen by a read, the sweep), so it
+//! holds exactly the sessions held. A listing takes the index's lock only to
+//! copy out the positions of one call, then reads each session as `get`
+//! does (an expired one is forgotten then, not listed).
+//!
 //! Why std `Mutex` and not tokio's: the critical section is a pure engine call
 //! and a few map writes — microseconds, never an `.await` (mini-redis, db.rs).
 //!
@@ -21,6 +28,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -30,8 +38,11 @@ use tokio::sync::Notify;
 
 use super::audit_outbox::AuditOutbox;
 use super::clock::Clock;
-use super::{AuditRecord, BuildFn, Change, Claim, EVENT_LOG_LEN, Replay, SessionStore, StoreError};
-use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
+use super::{
+    AuditRecord, BuildFn, Change, Claim, EVENT_LOG_LEN, ListPosition, Listed, Replay, SessionStore,
+    StoreError,
+};
+use crate::engine::{self, Applied, Event, Micros, Session, SessionKey, Tenant};
 use crate::fanout::Hub;
 
 /// Shards spread lock contention across sessions; 64 is plenty for 2–64 cores.
@@ -109,6 +120,9 @@ pub struct MemoryStore {
     held: AtomicUsize,
     hasher: RandomState,
     deadlines: Mutex<Deadlines>,
+    /// Each tenant's sessions in listing order (ListSessions); a tenant with
+    /// none has no entry. Locked after a shard, never before.
+    lists: Mutex<HashMap<Tenant, BTreeSet<ListPosition>>>,
     wake: Arc<Notify>,
     hub: Arc<Hub>,
     /// Where committed events go for the audit trail (when it is on).
@@ -164,6 +178,7 @@ impl MemoryStore {
             held: AtomicUsize::new(0),
             hasher: RandomState::new(),
             deadlines: Mutex::new(Deadlines::default()),
+            lists: Mutex::default(),
             wake: Arc::new(Notify::new()),
             hub,
             audit: None,
@@ -213,12 +228,20 @@ impl MemoryStore {
         }
     }
 
-    /// Removes `key` from `shard` (its expiry entry too) and the deadline
-    /// index, with the shard locked.
+    /// Removes `key` from `shard` (its expiry entry too), the deadline
+    /// index and its tenant's listing, with the shard locked.
     fn forget(&self, shard: &mut Shard, key: &SessionKey) -> Option<Stored> {
         let entry = shard.sessions.remove(key)?;
         shard.expiry.remove(&(entry.expires_at, key.clone()));
         lock(&self.deadlines).set(key, None);
+        let mut lists = lock(&self.lists);
+        if let Some(list) = lists.get_mut(&key.tenant) {
+            list.remove(&ListPosition::of(&entry.session));
+            if list.is_empty() {
+                lists.remove(&key.tenant);
+            }
+        }
+        drop(lists);
         self.held.fetch_sub(1, Ordering::Relaxed);
         Some(entry)
     }
@@ -309,6 +332,10 @@ impl SessionStore for MemoryStore {
         };
         let mut events = self.commit(key, &mut entry, vec![event]);
         shard.expiry.insert((entry.expires_at, key.clone()));
+        lock(&self.lists)
+            .entry(key.tenant.clone())
+            .or_default()
+            .insert(ListPosition::of(&entry.session));
         shard.sessions.insert(key.clone(), entry);
         Ok(events.remove(0))
     }
@@ -346,6 +373,48 @@ impl SessionStore for MemoryStore {
         self.hub.deliver(key, std::slice::from_ref(&event));
         self.send_audit(key, std::slice::from_ref(&event));
         Ok(event)
+    }
+
+    async fn list(
+        &self,
+        tenant: &Tenant,
+        after: Option<&ListPosition>,
+        limit: usize,
+    ) -> Result<Listed, StoreError> {
+        // One more than asked for tells whether there is more.
+        let mut positions: Vec<ListPosition> = {
+            let lists = lock(&self.lists);
+            let Some(list) = lists.get(tenant) else {
+                return Ok(Listed::default());
+            };
+            let upper = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.clone()));
+            list.range((Bound::Unbounded, upper))
+                .rev()
+                .take(limit.saturating_add(1))
+                .cloned()
+                .collect()
+        };
+        let more = positions.len() > limit;
+        positions.truncate(limit);
+        let mut sessions = Vec::with_capacity(positions.len());
+        for pos in &positions {
+            let key = SessionKey {
+                tenant: tenant.clone(),
+                id: pos.id.clone(),
+            };
+            // Deleted since the copy, or expired (forgotten here): not listed.
+            if let Some(e) = self.live(&mut self.shard(&key), &key)
+                && e.session.created_at == pos.created_at
+            {
+                sessions.push(e.session.clone());
+            }
+        }
+        Ok(Listed {
+            sessions,
+            examined: positions.len(),
+            last: positions.pop(),
+            more,
+        })
     }
 
     async fn events_after(&self, key: &SessionKey, after: u64) -> Result<Replay, StoreError> {

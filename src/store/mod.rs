@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::engine::{
-    self, Applied, Event, Micros, Request, RuleError, Session, SessionKey, Tenant,
+    self, Applied, Event, Micros, Request, RuleError, Session, SessionId, SessionKey, Tenant,
 };
 
 /// One committed version on its way to the audit trail.
@@ -90,6 +90,39 @@ pub enum Replay {
     Truncated,
 }
 
+/// A place in a tenant's listing (ListSessions): sessions are ordered by
+/// `created_at`, then `id`, and listed from the greatest down (newest first).
+/// One session incarnation has one place: a session recreated under the same
+/// id after it was deleted or expired has a later `created_at`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListPosition {
+    pub created_at: Micros,
+    pub id: SessionId,
+}
+
+impl ListPosition {
+    pub fn of(s: &Session) -> Self {
+        Self {
+            created_at: s.created_at,
+            id: s.id.clone(),
+        }
+    }
+}
+
+/// What one `SessionStore::list` call examined of a tenant's listing index.
+#[derive(Debug, Default)]
+pub struct Listed {
+    /// The live sessions among the examined entries, in listing order, as
+    /// `get` would return them (read from their states, not from the index).
+    pub sessions: Vec<Session>,
+    /// How many index entries were examined, live or not.
+    pub examined: usize,
+    /// The last entry examined (live or not): the next call resumes after it.
+    pub last: Option<ListPosition>,
+    /// Whether the index may hold entries after `last`.
+    pub more: bool,
+}
+
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// The store's authoritative clock, in microseconds since the Unix epoch.
@@ -127,6 +160,20 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Removes the session and publishes its DELETED event.
     async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError>;
+
+    /// Examines at most `limit` entries of `tenant`'s listing index, in
+    /// listing order (newest first), after `after` (from the newest when
+    /// `None`), and returns the sessions among them that still exist: an
+    /// entry of a session deleted or gone by its TTL is skipped (and dropped
+    /// from the index), never listed. Never scans the keyspace: the Redis
+    /// engine keeps one index per tenant and bucket, written in the commits
+    /// that create and delete sessions (`redis/list.rs`).
+    async fn list(
+        &self,
+        tenant: &Tenant,
+        after: Option<&ListPosition>,
+        limit: usize,
+    ) -> Result<Listed, StoreError>;
 
     /// The retained events after version `after`.
     async fn events_after(&self, key: &SessionKey, after: u64) -> Result<Replay, StoreError>;

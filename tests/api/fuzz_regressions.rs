@@ -78,6 +78,11 @@ fn page_token_regressions_and_corpus_pass() {
     replay_target("page_token", harness::page_token, 1);
 }
 
+#[test]
+fn list_token_regressions_and_corpus_pass() {
+    replay_target("list_token", harness::list_token, 0);
+}
+
 /// The stored_session crash through a real server: a session's state in
 /// Redis overwritten with one whose `active` points past its participants
 /// (as the fuzz target's input had it). GetSession and a switch of it are

@@ -34,6 +34,7 @@ mod hostile;
 mod hostile_input;
 mod latency;
 mod limits;
+mod list_sessions;
 mod lost_answer;
 mod metrics;
 mod panic;

@@ -287,6 +287,14 @@ impl SessionStore for StallingStore {
     async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError> {
         self.inner.delete(key).await
     }
+    async fn list(
+        &self,
+        tenant: &synckairos::engine::Tenant,
+        after: Option<&synckairos::store::ListPosition>,
+        limit: usize,
+    ) -> Result<synckairos::store::Listed, StoreError> {
+        self.inner.list(tenant, after, limit).await
+    }
     async fn events_after(&self, key: &SessionKey, after: u64) -> Result<Replay, StoreError> {
         self.inner.events_after(key, after).await
     }

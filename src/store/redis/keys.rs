@@ -1,10 +1,12 @@
 //! The key layout (SPEC §8): every key of one session carries the hash tag
 //! `{b}` of its bucket `b = crc32("<tenant>/<session>") % B`, so a session's
 //! commit touches one cluster slot, and so do the bucket's shared keys (its
-//! deadline index, in-flight claims, audit stream and wake-up channel).
+//! deadline index, in-flight claims, audit stream and wake-up channel), and
+//! so do a tenant's listing index of the bucket and its sweep position.
 
 use super::RedisStore;
 use crate::engine::{self, SessionKey};
+use crate::store::ListPosition;
 
 /// The bucket count the replicas sharing this Redis use, set by the first
 /// one to start; every other replica compares its own with it.
@@ -46,6 +48,53 @@ pub fn parse_member(m: &str) -> Option<SessionKey> {
     let (t, id) = m.split_once('/')?;
     Some(SessionKey {
         tenant: engine::Tenant::parse("tenant", t).ok()?,
+        id: engine::SessionId::parse("session_id", id).ok()?,
+    })
+}
+
+/// `sk:{b}:list:<tenant>`: the tenant's sessions of bucket `b`, for
+/// ListSessions (`super::list`): a ZSET whose scores are all 0 and whose
+/// members (`list_member`) sort as the listing does.
+pub fn list_key(b: u32, tenant: &engine::Tenant) -> String {
+    format!("sk:{{{b}}}:list:{tenant}")
+}
+
+/// `sk:{b}:listsweep:<tenant>`: where the create-time sweep of that index
+/// goes on from (`super::list`).
+pub fn list_sweep_key(b: u32, tenant: &engine::Tenant) -> String {
+    format!("sk:{{{b}}}:listsweep:{tenant}")
+}
+
+/// `sk:{b}:s:<tenant>:`: the tenant's state keys of bucket `b` without the
+/// session id.
+pub fn state_prefix(b: u32, tenant: &engine::Tenant) -> String {
+    format!("sk:{{{b}}}:s:{tenant}:")
+}
+
+/// Digits of a listing member's `created_at` (µs; `u64::MAX` has 20).
+pub const LIST_TIME_DIGITS: usize = 20;
+
+/// A listing index member: `created_at` zero-padded to 20 digits, `:`, the
+/// session id. Members of one tenant compare byte by byte (Redis's lex
+/// order) exactly as their `(created_at, id)` do.
+pub fn list_member(pos: &ListPosition) -> String {
+    format!(
+        "{:0width$}:{}",
+        pos.created_at.max(0),
+        pos.id,
+        width = LIST_TIME_DIGITS
+    )
+}
+
+/// A listing member back to its position (`None`: not one `list_member` makes).
+pub fn parse_list_member(m: &str) -> Option<ListPosition> {
+    let (time, id) = (m.get(..LIST_TIME_DIGITS)?, m.get(LIST_TIME_DIGITS..)?);
+    let id = id.strip_prefix(':')?;
+    if !time.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(ListPosition {
+        created_at: time.parse().ok()?,
         id: engine::SessionId::parse("session_id", id).ok()?,
     })
 }
@@ -119,5 +168,40 @@ mod tests {
             0,
             "a bucket other than 0, so a wrong hash shows"
         );
+    }
+
+    #[test]
+    fn listing_members_sort_as_their_positions_and_parse_back() {
+        let pos = |t: i64, id: &str| ListPosition {
+            created_at: t,
+            id: SessionId::parse("id", id).unwrap(),
+        };
+        let mut all = vec![
+            pos(9, "b"),
+            pos(10, "a"),
+            pos(10, "a:b"),
+            pos(10, "b"),
+            pos(1_800_000_000_000_000, "Z"),
+            pos(i64::MAX, "x"),
+        ];
+        all.sort();
+        let members: Vec<String> = all.iter().map(list_member).collect();
+        let mut sorted = members.clone();
+        sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        assert_eq!(members, sorted, "byte order is the positions' order");
+        for (m, p) in members.iter().zip(&all) {
+            assert_eq!(parse_list_member(m).as_ref(), Some(p), "{m}");
+        }
+        for bad in [
+            "",
+            "12",
+            "0000000000000000001x:a",
+            "00000000000000000010a",
+            "00000000000000000010:",
+            "+0000000000000000010:a",
+            "00000000000000000010:a/b",
+        ] {
+            assert_eq!(parse_list_member(bad), None, "{bad:?}");
+        }
     }
 }

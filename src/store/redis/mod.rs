@@ -6,6 +6,9 @@
 //! - `pool`: the connection pool, broken-connection tracking, the I/O
 //!   timeout, and the one retry of a read that failed at once.
 //! - `keys`: the key layout and the bucket of a session.
+//! - `list` (with `list_sweep.lua`): ListSessions over each tenant's
+//!   listing index per bucket, written by the create and delete commits,
+//!   and the create-time sweep that keeps it bounded.
 //! - `writers`: local writers of one session take turns.
 //! - `commit`: the versioned commit (`WATCH`, then `GET` for one session or
 //!   `MGET` for several, and `TIME`; the pure plan; `MULTI … EXEC`) and its
@@ -26,9 +29,10 @@
 //! slot. A commit is `WATCH state` + `GET state` + `TIME` in one pipeline,
 //! the pure engine at Redis's `TIME`, then `MULTI [DEL log] SET(ttl)
 //! XADD(log) [XADD(audit)] PEXPIRE(log) [ZREM(inflight)]
-//! ZADD(deadline) [PUBLISH wake] | ZREM(deadline), PUBLISH EXEC` (`DEL log` on
-//! create; `ZREM inflight` when a timeout fired; the wake-up when the new
-//! deadline is earlier than any known here). A nil EXEC means another
+//! ZADD(deadline) [PUBLISH wake] | ZREM(deadline), PUBLISH [ZADD(list)]
+//! EXEC` (`DEL log` and `ZADD list`, the tenant's listing index, on create;
+//! `ZREM inflight` when a timeout fired; the wake-up when the new deadline
+//! is earlier than any known here). A nil EXEC means another
 //! replica committed first: read again and retry (bounded, jittered), since
 //! the engine call is pure. The bytes written and read back are
 //! [`crate::wire`]'s.
@@ -39,6 +43,7 @@ mod commit;
 mod group_commit;
 mod group_queue;
 mod keys;
+mod list;
 mod outcome;
 mod pool;
 mod recent;
@@ -61,9 +66,11 @@ use self::pool::{Manager, exchange, io};
 use self::recent::{Recent, Written};
 use self::writers::LocalWriters;
 use super::clock::Clock;
-use super::{BuildFn, Change, Claim, EVENT_LOG_LEN, Replay, SessionStore, StoreError};
+use super::{
+    BuildFn, Change, Claim, EVENT_LOG_LEN, ListPosition, Listed, Replay, SessionStore, StoreError,
+};
 use crate::dependency_tls::CaFile;
-use crate::engine::{self, Applied, Event, Micros, Session, SessionKey};
+use crate::engine::{self, Applied, Event, Micros, Session, SessionKey, Tenant};
 use crate::wire;
 
 pub use self::client::client;
@@ -104,6 +111,8 @@ pub struct RedisStore {
     /// Why this replica's bucket count is not the other replicas'.
     layout_error: Mutex<Option<String>>,
     release: redis::Script,
+    /// One step of a listing index's sweep (`list`).
+    list_sweep: redis::Script,
 }
 
 /// A stored state or event back from its bytes.
@@ -137,6 +146,7 @@ impl RedisStore {
             layout_checked: Default::default(),
             layout_error: Mutex::new(None),
             release: claims::release_script(),
+            list_sweep: list::sweep_script(),
         });
         // A first offset measurement; failure is fine (Redis may come later).
         let _ = store.measure_offset().await;
@@ -222,23 +232,34 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, key: &SessionKey, build: BuildFn<'_>) -> Result<Arc<Event>, StoreError> {
-        self.commit_one(key, |read: SessionRead<'_>, tx| {
-            let k = read.keys;
-            if read.stored.is_some() {
-                let existing = read_session(read.stored, read.last_write)?;
-                return Err(StoreError::AlreadyExists(Box::new(existing)));
-            }
-            let (session, event) = build(read.now)?;
-            // A log left by an earlier session of the same id must not hold back version 1.
-            tx.cmd("DEL").arg(&k.log).ignore();
-            let events = std::slice::from_ref(&event);
-            let bytes = self.write_commit(tx, k, &session, events, read.deadline_head, read.now);
-            Ok(Plan::Write(
-                Arc::new(event),
-                Some(Written { bytes, session }),
-            ))
-        })
-        .await
+        let list = keys::list_key(self.bucket_of(key), &key.tenant);
+        let created = self
+            .commit_one(key, |read: SessionRead<'_>, tx| {
+                let k = read.keys;
+                if read.stored.is_some() {
+                    let existing = read_session(read.stored, read.last_write)?;
+                    return Err(StoreError::AlreadyExists(Box::new(existing)));
+                }
+                let (session, event) = build(read.now)?;
+                // A log left by an earlier session of the same id must not hold back version 1.
+                tx.cmd("DEL").arg(&k.log).ignore();
+                let events = std::slice::from_ref(&event);
+                let bytes =
+                    self.write_commit(tx, k, &session, events, read.deadline_head, read.now);
+                // Listed from this commit on (ListSessions, `list`).
+                tx.cmd("ZADD")
+                    .arg(&list)
+                    .arg(0)
+                    .arg(keys::list_member(&ListPosition::of(&session)))
+                    .ignore();
+                Ok(Plan::Write(
+                    Arc::new(event),
+                    Some(Written { bytes, session }),
+                ))
+            })
+            .await?;
+        self.sweep_list(key).await;
+        Ok(created)
     }
 
     async fn get(&self, key: &SessionKey) -> Result<Session, StoreError> {
@@ -299,6 +320,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<Arc<Event>, StoreError> {
+        let list = keys::list_key(self.bucket_of(key), &key.tenant);
         self.commit_one(key, |read: SessionRead<'_>, tx| {
             let k = read.keys;
             let session = read_session(read.stored, read.last_write)?;
@@ -307,6 +329,10 @@ impl SessionStore for RedisStore {
             tx.cmd("DEL").arg(&k.state).arg(&k.log).ignore();
             tx.cmd("ZREM").arg(&k.deadlines).arg(&k.member).ignore();
             tx.cmd("ZREM").arg(&k.inflight).arg(&k.member).ignore();
+            tx.cmd("ZREM")
+                .arg(&list)
+                .arg(keys::list_member(&ListPosition::of(&session)))
+                .ignore();
             if self.settings.audit {
                 tx.cmd("XADD")
                     .arg(&k.audit)
@@ -324,6 +350,15 @@ impl SessionStore for RedisStore {
             Ok(Plan::Write(Arc::new(event), None))
         })
         .await
+    }
+
+    async fn list(
+        &self,
+        tenant: &Tenant,
+        after: Option<&ListPosition>,
+        limit: usize,
+    ) -> Result<Listed, StoreError> {
+        self.list_page(tenant, after, limit).await
     }
 
     async fn events_after(&self, key: &SessionKey, after: u64) -> Result<Replay, StoreError> {
