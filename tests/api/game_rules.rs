@@ -21,6 +21,11 @@ fn undo_req(id: &str) -> pb::UndoSwitchRequest {
     }
 }
 
+/// The next change on `stream`, within 3 s: the server's cancellation.
+async fn next_cancelled(stream: &mut EventStream) -> pb::SessionEvent {
+    within(Duration::from_secs(3), "CANCELLED", next_change(stream)).await
+}
+
 fn chess_with(
     id: &str,
     tweak: impl FnOnce(&mut pb::CreateSessionRequest),
@@ -154,12 +159,7 @@ async fn a_session_nobody_starts_is_cancelled_by_the_server() {
     assert_eq!(micros_of(&s.abort_at), micros_of(&s.created_at) + 400_000);
     let mut stream = subscribe(&mut c, subscribe_req(&id)).await;
     next_event(&mut stream).await;
-    let e = within(
-        Duration::from_secs(3),
-        "CANCELLED",
-        next_change(&mut stream),
-    )
-    .await;
+    let e = next_cancelled(&mut stream).await;
     assert_eq!(
         (event_type(&e), e.version, e.cancel_reason),
         (
@@ -196,12 +196,7 @@ async fn a_first_move_that_never_comes_cancels_the_session_uncharged() {
     );
     let mut stream = subscribe(&mut c, subscribe_req(&id)).await;
     next_event(&mut stream).await;
-    let e = within(
-        Duration::from_secs(3),
-        "CANCELLED",
-        next_change(&mut stream),
-    )
-    .await;
+    let e = next_cancelled(&mut stream).await;
     assert_eq!(
         (event_type(&e), e.participant_id.as_str(), e.cancel_reason),
         (
