@@ -6,6 +6,7 @@
 
 mod error;
 mod subscribe;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 pub use error::AppError;
 pub use subscribe::{STREAM_CHANNEL_CAPACITY, StreamItem, SubscribeOptions};
+pub use watch::{MAX_WATCHED, Progress, WatchItem, WatchOptions, WatchScope, WatchTarget};
 
 use crate::audit::Audit;
 use crate::engine::{
@@ -258,6 +260,23 @@ impl App {
             self.store.clone(),
             &self.hub,
             key,
+            opts,
+            self.shutdown.clone(),
+            self.stream_end_spread,
+        )
+        .await
+    }
+
+    /// Opens a WatchSessions stream over `tenant`'s sessions; see [`watch`].
+    pub async fn watch(
+        &self,
+        tenant: Tenant,
+        opts: WatchOptions,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchItem, AppError>>, AppError> {
+        watch::open(
+            self.store.clone(),
+            &self.hub,
+            tenant,
             opts,
             self.shutdown.clone(),
             self.stream_end_spread,
