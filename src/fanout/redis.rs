@@ -71,9 +71,9 @@ pub struct PubSubSetup {
     /// The Pub/Sub channel of a session (`sk:{b}:ev:<tenant>:<session>`).
     pub channel_of: Arc<dyn Fn(&SessionKey) -> String + Send + Sync>,
     /// The pattern every session channel of a tenant matches
-    /// (`sk:{*}:ev:<tenant>:*`); it may match other tenants' channels too
-    /// (a tenant whose name extends it past a `:`), which `channel_of`
-    /// tells apart.
+    /// (`sk:{*}:ev:<tenant>:*`). A tenant named with a `:` (the keys file
+    /// allows none) would match another's channels; `channel_of` tells them
+    /// apart.
     pub pattern_of: Arc<dyn Fn(&Tenant) -> String + Send + Sync>,
     /// The deadline wake-up channels of every bucket.
     pub wake_channels: Vec<String>,

@@ -48,3 +48,4 @@ mod tcp_proxy;
 mod timers;
 mod tls;
 mod traces;
+mod watch_sessions;
