@@ -55,6 +55,7 @@ pub mod names {
     pub const FANOUT_GAPS_FILLED: &str = "synckairos_fanout_gaps_filled_total";
     pub const FANOUT_LAGGED_SNAPSHOTS: &str = "synckairos_fanout_lagged_snapshots_total";
     pub const FANOUT_DELIVERY_SECONDS: &str = "synckairos_fanout_delivery_seconds";
+    pub const FANOUT_WATCH_DROPPED: &str = "synckairos_fanout_watch_dropped_total";
 
     pub const AUDIT_BACKLOG: &str = "synckairos_audit_backlog";
     pub const AUDIT_LAG_SECONDS: &str = "synckairos_audit_lag_seconds";
@@ -189,7 +190,7 @@ const ALL: &[(&str, Kind, &str)] = &[
     (
         STREAMS_OPEN,
         Kind::Gauge,
-        "Subscribe streams open on this replica.",
+        "Subscribe and WatchSessions streams open on this replica.",
     ),
     (
         PUBSUB_RECONNECTS,
@@ -205,6 +206,11 @@ const ALL: &[(&str, Kind, &str)] = &[
         FANOUT_LAGGED_SNAPSHOTS,
         Kind::Counter,
         "Snapshots sent to a stream that fell behind, in place of the events it missed.",
+    ),
+    (
+        FANOUT_WATCH_DROPPED,
+        Kind::Counter,
+        "Events an all-sessions WatchSessions could neither queue nor mark for a snapshot (its lagged set was full).",
     ),
     (
         FANOUT_DELIVERY_SECONDS,
@@ -234,7 +240,7 @@ const ALL: &[(&str, Kind, &str)] = &[
     (
         TENANT_STREAMS_OPEN,
         Kind::Gauge,
-        "Subscribe streams open on this replica, by tenant.",
+        "Subscribe and WatchSessions streams open on this replica, by tenant.",
     ),
     (
         TENANT_RATE_LIMITED,

@@ -632,6 +632,7 @@ fn redis_fanout(
             client,
             hub: hub.clone(),
             channel_of: Arc::new(move |key| channel_store.channel_of(key)),
+            pattern_of: Arc::new(RedisStore::watch_pattern),
             wake_channels: store.wake_channels(),
             on_wake: Arc::new(store.wake_handler()),
             on_link: Arc::new(move |up| {

@@ -6,6 +6,7 @@
 # call (their cost is in the figures) but never refuse one.
 #   tests/bench.sh                 # all modes
 #   tests/bench.sh breakdown flags # only these
+#   tests/bench.sh watch           # WatchSessions fan-out over 10000 sessions; its RSS vs 10000 Subscribes
 #   tests/bench.sh auth            # SwitchCycle: open mode vs an API key vs play tokens
 #   AUTH_ROUNDS=5 tests/bench.sh auth  # more rounds of it
 #   tests/bench.sh observe         # SwitchCycle with metrics + traces on (E) beside off (A), /metrics scrape time
@@ -69,6 +70,8 @@ before="$(execs)"
 echo "EXECs during the run (warm-up and set-up included): $(( $(execs) - ${before:-0} ))"; fi
 if want fanout; then echo "== fan-out: switch on A, 1000 streams on B"
 "$R/synckairos-load" fanout --target "$A" --subscribe-target "$B" --sessions 100 --streams 1000 --rate 200 --seconds 10; fi
+if want watch; then echo "== watch: switch on A, one WatchSessions over 10000 sessions on B; RSS of it on B vs 10000 Subscribe streams on C"
+"$R/synckairos-load" watch --target "$A" --watch-target "$B" --watch-pid "${pids[1]}" --subscribe-target "$C" --subscribe-pid "${pids[2]}" --sessions 10000 --rate 200 --seconds 10; fi
 if want flood; then echo "== flood: switch on A, 20 streams on B, without and then with 2000 Subscribe/s to missing ids on B"
 "$R/synckairos-load" subscribe-flood --target "$A" --subscribe-target "$B" --sessions 20 --rate 200 --flood-rate 2000 --seconds 10; fi
 if want auth; then echo "== auth: SwitchCycle at 64 in flight over 1000 sessions, open mode (A, and B as a control) beside a replica with keys (D), ${AUTH_ROUNDS:-2} rounds in turn"

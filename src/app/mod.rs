@@ -7,6 +7,7 @@
 mod error;
 pub(crate) mod list;
 mod subscribe;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 pub use error::AppError;
 pub use list::{ListQuery, SessionsPage, StatusFilter};
 pub use subscribe::{STREAM_CHANNEL_CAPACITY, StreamItem, SubscribeOptions};
+pub use watch::{MAX_WATCHED, Progress, WatchItem, WatchOptions, WatchScope, WatchTarget};
 
 use crate::audit::Audit;
 use crate::engine::{
@@ -272,6 +274,23 @@ impl App {
             self.store.clone(),
             &self.hub,
             key,
+            opts,
+            self.shutdown.clone(),
+            self.stream_end_spread,
+        )
+        .await
+    }
+
+    /// Opens a WatchSessions stream over `tenant`'s sessions; see [`watch`].
+    pub async fn watch(
+        &self,
+        tenant: Tenant,
+        opts: WatchOptions,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchItem, AppError>>, AppError> {
+        watch::open(
+            self.store.clone(),
+            &self.hub,
+            tenant,
             opts,
             self.shutdown.clone(),
             self.stream_end_spread,

@@ -94,7 +94,7 @@ type Tx = mpsc::Sender<Result<StreamItem, AppError>>;
 const STREAM_SLOT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Streams opened so far in this process: each stream's place in the spread.
-static OPENED: AtomicU64 = AtomicU64::new(0);
+pub(super) static OPENED: AtomicU64 = AtomicU64::new(0);
 
 /// How long after the shutdown signal the `n`-th stream opened ends: the
 /// fractional part of `n` times the golden ratio, times `spread`. That
@@ -247,7 +247,7 @@ enum Flow {
 }
 
 /// The shared reads of the fan-out ([`crate::fanout::catchup`]), over the store.
-struct StoreLog<'a>(&'a dyn SessionStore);
+pub(super) struct StoreLog<'a>(pub(super) &'a dyn SessionStore);
 
 #[async_trait::async_trait]
 impl SessionLog for StoreLog<'_> {

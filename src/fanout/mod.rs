@@ -19,9 +19,16 @@
 //! ([`catchup`]: one read per session, at most
 //! [`MAX_CONCURRENT_CATCH_UPS`] at once). Each channel also has a
 //! [`Liveness`], the existence check its streams share at their heartbeats.
+//!
+//! `WatchSessions` streams are not channels: each is one registration under
+//! its tenant ([`watch`]), offered every event of that tenant and filtering
+//! by its own id set; with a [`Remote`], the tenant's events are joined
+//! while the tenant has a local watch. A watch holds one stream slot, as a
+//! `Subscribe` does.
 
 pub mod catchup;
 pub mod redis;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -29,10 +36,11 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
 
-use crate::engine::{Event, SessionKey};
+use crate::engine::{Event, SessionKey, Tenant};
 use crate::prometheus::names;
 
 pub use catchup::{CatchUp, Liveness, MAX_CONCURRENT_CATCH_UPS, Missed, ReadError, SessionLog};
+pub use watch::{Rounds, Watch, WatchMsg};
 
 /// Messages a stream may fall behind before it is skipped to a fresh snapshot.
 pub const DEFAULT_STREAM_BUFFER: usize = 256;
@@ -55,6 +63,27 @@ pub trait Remote: Send + Sync + 'static {
     fn join(&self, key: &SessionKey) -> oneshot::Receiver<Result<(), String>>;
     /// Leaves `key`'s channel (its last local stream closed).
     fn leave(&self, key: &SessionKey);
+    /// Joins the events of every session of `tenant` (its first local
+    /// watch opened); the receiver resolves once the join is in effect.
+    /// Without a cross-replica side there is nothing to join.
+    fn join_tenant(&self, _tenant: &Tenant) -> oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(()));
+        rx
+    }
+    /// Leaves `tenant`'s events (its last local watch closed).
+    fn leave_tenant(&self, _tenant: &Tenant) {}
+}
+
+/// Waits, at most [`JOIN_TIMEOUT`], for a join to be in effect.
+async fn await_join(join: oneshot::Receiver<Result<(), String>>) -> Result<(), SubscribeError> {
+    let fail = |e: &str| SubscribeError::Join(e.into());
+    match tokio::time::timeout(JOIN_TIMEOUT, join).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(fail(&e)),
+        Ok(Err(_)) => Err(fail("the Pub/Sub connection is gone")),
+        Err(_) => Err(fail("timed out joining the channel")),
+    }
 }
 
 /// Why a stream could not join its session's channel.
@@ -84,6 +113,9 @@ pub struct Hub {
     max_streams: usize,
     /// Bounds the catch-up reads in flight (`MAX_CONCURRENT_CATCH_UPS`).
     catch_ups: Arc<Semaphore>,
+    /// The local watches of each tenant ([`watch`]).
+    watches: Mutex<HashMap<Tenant, Vec<watch::WatchEntry>>>,
+    next_watch: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,6 +134,8 @@ impl Hub {
             slots: Arc::new(Semaphore::new(max_streams)),
             max_streams,
             catch_ups: Arc::new(Semaphore::new(MAX_CONCURRENT_CATCH_UPS)),
+            watches: Mutex::new(HashMap::new()),
+            next_watch: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -152,19 +186,20 @@ impl Hub {
             _slot: slot,
         };
         if let Some(remote) = self.remote.get() {
-            let join = |e: &str| SubscribeError::Join(e.into());
-            match tokio::time::timeout(JOIN_TIMEOUT, remote.join(key)).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => return Err(join(&e)),
-                Ok(Err(_)) => return Err(join("the Pub/Sub connection is gone")),
-                Err(_) => return Err(join("timed out joining the channel")),
-            }
+            await_join(remote.join(key)).await?;
         }
         Ok(sub)
     }
 
-    /// Hands committed events to the local streams on `key` (if any).
+    /// Hands events committed on this replica to every local stream and
+    /// watch that follows `key` (the memory engine's publish).
     pub fn deliver(&self, key: &SessionKey, events: &[Arc<Event>]) {
+        self.deliver_streams(key, events);
+        self.deliver_watches(key, events);
+    }
+
+    /// Hands committed events to the local `Subscribe` streams on `key` (if any).
+    pub fn deliver_streams(&self, key: &SessionKey, events: &[Arc<Event>]) {
         let channels = lock(&self.channels);
         if let Some(c) = channels.get(key) {
             for e in events {
@@ -177,9 +212,19 @@ impl Hub {
     /// Tells every local stream that messages may have been lost; the
     /// streams of one session get one catch-up round to share.
     pub fn resync_all(&self) {
-        for c in lock(&self.channels).values() {
-            let _ =
-                c.tx.send(HubMsg::Resync(CatchUp::new(self.catch_ups.clone())));
+        let mut rounds = HashMap::new();
+        for (key, c) in lock(&self.channels).iter() {
+            let round = CatchUp::new(self.catch_ups.clone());
+            let _ = c.tx.send(HubMsg::Resync(round.clone()));
+            rounds.insert(key.clone(), round);
+        }
+        // The watches share those rounds (a read per session, not per stream).
+        let watches = lock(&self.watches);
+        if !watches.is_empty() {
+            let rounds = Arc::new(Rounds::new(rounds, self.catch_ups.clone()));
+            for w in watches.values().flatten() {
+                w.resync(&rounds);
+            }
         }
     }
 

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Hub, Remote};
-use crate::engine::{Event, SessionKey};
+use crate::engine::{Event, SessionKey, Tenant};
 use crate::prometheus::names;
 use crate::wire;
 
@@ -60,6 +60,8 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
 enum Cmd {
     Join(SessionKey, oneshot::Sender<Result<(), String>>),
     Leave(SessionKey),
+    JoinTenant(Tenant, oneshot::Sender<Result<(), String>>),
+    LeaveTenant(Tenant),
 }
 
 /// What the task needs to know about the key layout and the timers.
@@ -68,6 +70,11 @@ pub struct PubSubSetup {
     pub hub: Arc<Hub>,
     /// The Pub/Sub channel of a session (`sk:{b}:ev:<tenant>:<session>`).
     pub channel_of: Arc<dyn Fn(&SessionKey) -> String + Send + Sync>,
+    /// The pattern every session channel of a tenant matches
+    /// (`sk:{*}:ev:<tenant>:*`). A tenant named with a `:` (the keys file
+    /// allows none) would match another's channels; `channel_of` tells them
+    /// apart.
+    pub pattern_of: Arc<dyn Fn(&Tenant) -> String + Send + Sync>,
     /// The deadline wake-up channels of every bucket.
     pub wake_channels: Vec<String>,
     /// Called with a wake-up's payload (the new earliest deadline), and with
@@ -101,6 +108,16 @@ impl Remote for RedisPubSub {
     fn leave(&self, key: &SessionKey) {
         let _ = self.cmds.send(Cmd::Leave(key.clone()));
     }
+
+    fn join_tenant(&self, tenant: &Tenant) -> oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.cmds.send(Cmd::JoinTenant(tenant.clone(), tx));
+        rx
+    }
+
+    fn leave_tenant(&self, tenant: &Tenant) {
+        let _ = self.cmds.send(Cmd::LeaveTenant(tenant.clone()));
+    }
 }
 
 /// Starts the task; it runs until `shutdown`.
@@ -128,6 +145,8 @@ async fn run(
 ) {
     // channel -> session, for every channel a local stream follows.
     let mut joined: HashMap<String, SessionKey> = HashMap::new();
+    // pattern -> tenant, for every tenant a local watch follows.
+    let mut watched: HashMap<String, Tenant> = HashMap::new();
     let mut pauses = reconnect_backoff();
     let mut connected_before = false;
     let mut up = false;
@@ -146,6 +165,10 @@ async fn run(
                 let channels: Vec<&String> = joined.keys().collect();
                 timed("resubscribe", sink.subscribe(&channels)).await?;
             }
+            if !watched.is_empty() {
+                let patterns: Vec<&String> = watched.keys().collect();
+                timed("resubscribe patterns", sink.psubscribe(&patterns)).await?;
+            }
             Ok::<_, String>((sink, stream))
         };
         let (mut sink, mut stream) = tokio::select! {
@@ -158,8 +181,9 @@ async fn run(
                     // Joins cannot succeed while disconnected: fail them fast.
                     while let Ok(cmd) = cmds.try_recv() {
                         match cmd {
-                            Cmd::Join(_, reply) => { let _ = reply.send(Err("Pub/Sub is disconnected".into())); }
+                            Cmd::Join(_, reply) | Cmd::JoinTenant(_, reply) => { let _ = reply.send(Err("Pub/Sub is disconnected".into())); }
                             Cmd::Leave(key) => { joined.remove(&(setup.channel_of)(&key)); }
+                            Cmd::LeaveTenant(tenant) => { watched.remove(&(setup.pattern_of)(&tenant)); }
                         }
                     }
                     tokio::select! {
@@ -224,6 +248,33 @@ async fn run(
                             }
                         }
                     }
+                    Some(Cmd::JoinTenant(tenant, reply)) => {
+                        let pattern = (setup.pattern_of)(&tenant);
+                        if watched.contains_key(&pattern) {
+                            let _ = reply.send(Ok(()));
+                            continue;
+                        }
+                        match timed("psubscribe", sink.psubscribe(&pattern)).await {
+                            Ok(()) => {
+                                watched.insert(pattern, tenant);
+                                let _ = reply.send(Ok(()));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e.clone()));
+                                warn!(error = %e, "Pub/Sub psubscribe failed; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                    Some(Cmd::LeaveTenant(tenant)) => {
+                        let pattern = (setup.pattern_of)(&tenant);
+                        if watched.remove(&pattern).is_some() {
+                            if let Err(e) = timed("punsubscribe", sink.punsubscribe(&pattern)).await {
+                                warn!(error = %e, "Pub/Sub punsubscribe failed; reconnecting");
+                                break;
+                            }
+                        }
+                    }
                 },
                 msg = stream.next() => {
                     let Some(msg) = msg else {
@@ -231,7 +282,9 @@ async fn run(
                         break;
                     };
                     let channel = msg.get_channel_name();
-                    if let Some(key) = joined.get(channel) {
+                    if msg.from_pattern() {
+                        deliver_watched(&setup, &watched, &msg);
+                    } else if let Some(key) = joined.get(channel) {
                         match wire::decode_batch(msg.get_payload_bytes()) {
                             Ok(events) => {
                                 let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
@@ -241,7 +294,7 @@ async fn run(
                                     channel,
                                     events = events.len() as i64,
                                 )
-                                .in_scope(|| setup.hub.deliver(key, &events));
+                                .in_scope(|| setup.hub.deliver_streams(key, &events));
                             }
                             Err(e) => warn!(%channel, error = %e, "undecodable event batch"),
                         }
@@ -254,4 +307,43 @@ async fn run(
         // Out of the loop: the connection is gone.
         link(false);
     }
+}
+
+/// A batch that came through a tenant's pattern: to the tenant's watches,
+/// when the channel really is one of that tenant's sessions (the pattern of
+/// tenant `a` also matches the channels of a tenant `a:b`).
+fn deliver_watched(setup: &PubSubSetup, watched: &HashMap<String, Tenant>, msg: &redis::Msg) {
+    let channel = msg.get_channel_name();
+    let Some(tenant) = msg
+        .get_pattern::<String>()
+        .ok()
+        .and_then(|p| watched.get(&p))
+    else {
+        return;
+    };
+    let events = match wire::decode_batch(msg.get_payload_bytes()) {
+        Ok(events) => events,
+        Err(e) => {
+            warn!(%channel, error = %e, "undecodable event batch");
+            return;
+        }
+    };
+    let Some(first) = events.first() else {
+        return;
+    };
+    let key = SessionKey {
+        tenant: tenant.clone(),
+        id: first.session.id.clone(),
+    };
+    if (setup.channel_of)(&key) != channel {
+        return;
+    }
+    let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+    tracing::info_span!(
+        target: crate::telemetry::TRACE_TARGET,
+        "fanout.deliver",
+        channel,
+        events = events.len() as i64,
+    )
+    .in_scope(|| setup.hub.deliver_watches(&key, &events));
 }

@@ -61,7 +61,7 @@ fn request_id(raw: &str) -> Result<Option<RequestId>, AppError> {
 }
 
 /// Free text (no control characters, engine/text.rs); the error names `field`.
-fn text(field: &str, raw: String) -> Result<String, AppError> {
+pub fn text(field: &str, raw: String) -> Result<String, AppError> {
     engine::check_text(field, &raw).map_err(invalid)?;
     Ok(raw)
 }
@@ -462,6 +462,14 @@ pub fn session(stored: &Session, now: Micros) -> pb::Session {
 
 pub fn event(e: &Event) -> pb::SessionEvent {
     pb::SessionEvent {
+        session: Some(session(&e.session, e.at)),
+        ..event_head(e)
+    }
+}
+
+/// An event without its session (WatchSessions' `omit_session`).
+pub fn event_head(e: &Event) -> pb::SessionEvent {
+    pb::SessionEvent {
         session_id: e.session.id.to_string(),
         version: e.version,
         epoch: e.session.epoch.clone(),
@@ -472,7 +480,7 @@ pub fn event(e: &Event) -> pb::SessionEvent {
             .map(|p| p.to_string())
             .unwrap_or_default(),
         server_time: Some(timestamp(e.at)),
-        session: Some(session(&e.session, e.at)),
+        session: None,
         lag_ms: e.lag.map_or(0, |l| ms(l.asked)),
         lag_compensation_ms: e.lag.map_or(0, |l| ms(l.given)),
         cancel_reason: if e.kind == EventKind::Cancelled {

@@ -18,6 +18,7 @@ pub mod probes;
 mod rate;
 mod service;
 mod tenant_streams;
+mod watch;
 
 pub use observe::{ACCESS_TARGET, CODE_NAMES};
 pub use panic::{CatchPanic, catch_panic, panic_message};

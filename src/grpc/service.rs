@@ -41,6 +41,8 @@ pub struct GrpcService {
     streams: Arc<TenantStreams>,
     /// Counts each message a Subscribe stream sends.
     sent: Arc<StreamMessages>,
+    /// Counts each message a WatchSessions stream sends.
+    watch_sent: Arc<StreamMessages>,
 }
 
 impl GrpcService {
@@ -310,8 +312,23 @@ impl SyncService for GrpcService {
         &self,
         req: Request<pb::WatchSessionsRequest>,
     ) -> Reply<Self::WatchSessionsStream> {
-        let _p = self.principal(&req)?;
-        Err(Status::unimplemented("WatchSessions is not built yet"))
+        let p = self.principal(&req)?;
+        let (opts, omit_session) = super::watch::request(req.into_inner())?;
+        // One stream against the tenant's and the replica's stream limits,
+        // however many sessions it follows; held by the stream.
+        let tenant = p.tenant();
+        let slot = self
+            .streams
+            .acquire(&tenant, self.tenant_limits(&p).max_streams)?;
+        let rx = self.app.watch(tenant, opts).await?;
+        let sent = self.watch_sent.clone();
+        let stream = ReceiverStream::new(rx).map(move |item| {
+            let _slot = &slot;
+            sent.sent();
+            item.map(|i| super::watch::response(&i, omit_session))
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -399,6 +416,7 @@ pub fn router(
     let now_secs = Arc::new(move || u64::try_from(clock.server_time() / 1_000_000).unwrap_or(0));
     let observe = ObserveLayer::new(config.access_log);
     let sent = Arc::new(observe.subscribe_messages());
+    let watch_sent = Arc::new(observe.watch_messages());
     let mut server = tonic::transport::Server::builder()
         .accept_http1(true)
         .layer(observe)
@@ -421,6 +439,7 @@ pub fn router(
         limits,
         streams: Arc::default(),
         sent,
+        watch_sent,
     })
     .max_decoding_message_size(config.max_request_bytes)
     .max_encoding_message_size(config.max_response_bytes);

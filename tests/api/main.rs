@@ -50,3 +50,4 @@ mod tcp_proxy;
 mod timers;
 mod tls;
 mod traces;
+mod watch_sessions;

@@ -11,6 +11,7 @@
 //! synckairos-load auth-cost
 //! synckairos-load fanout    --target A --subscribe-target B --sessions 100 --streams 1000 --seconds 10
 //! synckairos-load subscribe-flood --target A --subscribe-target B --sessions 20 --rate 200 --flood-rate 2000
+//! synckairos-load watch     --target A --watch-target B --watch-pid PID_B --subscribe-target C --subscribe-pid PID_C --sessions 10000 --rate 200
 //! synckairos-load flags     --target A,B,C --sessions 10000 --spread-ms 1000
 //! synckairos-load breakdown --target 127.0.0.1:50051 --redis redis://127.0.0.1:6379 --seconds 5
 //! synckairos-load audit-ingest --redis redis://127.0.0.1:6379 --database postgres://... --rate 20000 --seconds 10
@@ -25,6 +26,7 @@ mod shared;
 mod subscribe_flood;
 mod switch;
 mod time;
+mod watch;
 
 /// The server's allocator, so that `breakdown` times the store as it runs in service.
 #[global_allocator]
@@ -112,6 +114,27 @@ enum Mode {
         #[arg(long, default_value_t = 2000)]
         flood_rate: u64,
     },
+    /// Switch on one replica, time the event on one WatchSessions over every
+    /// session on another; then RSS of that watch vs one Subscribe per session.
+    Watch {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        watch_target: String,
+        /// The watch replica's pid (same machine), for its RSS.
+        #[arg(long)]
+        watch_pid: u32,
+        /// A fresh replica for the Subscribe streams.
+        #[arg(long)]
+        subscribe_target: String,
+        #[arg(long)]
+        subscribe_pid: u32,
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Switches per second (all sessions together).
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+    },
     /// Many sessions whose deadlines fall within one window: how late do the flags fire?
     Flags {
         #[command(flatten)]
@@ -154,6 +177,23 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().mode {
         Mode::Switch { common, sessions } => switch::run(common, sessions).await,
         Mode::AuthCost => auth_cost::run(),
+        Mode::Watch {
+            common,
+            watch_target,
+            watch_pid,
+            subscribe_target,
+            subscribe_pid,
+            sessions,
+            rate,
+        } => {
+            let targets = watch::Targets {
+                watch_target,
+                watch_pid,
+                subscribe_target,
+                subscribe_pid,
+            };
+            watch::run(common, targets, sessions, rate).await
+        }
         Mode::Time { common } => time::run(common).await,
         Mode::Fanout {
             common,

@@ -123,6 +123,17 @@ impl RedisStore {
         )
     }
 
+    /// `sk:{*}:ev:<tenant>:*`: the Pub/Sub pattern every session channel of
+    /// `tenant` matches, whatever its bucket (a replica with a WatchSessions
+    /// of the tenant subscribes to it; commits publish nothing more). Ids
+    /// hold no glob character (`[A-Za-z0-9._:-]`), so nothing needs escaping.
+    /// Tenant names of the keys file hold no `:` either, so the pattern of
+    /// tenant `a` matches no other tenant's channel; the id type allows `:`
+    /// though, so a receiver still checks the channel against `channel_of`.
+    pub fn watch_pattern(tenant: &crate::engine::Tenant) -> String {
+        format!("sk:{{*}}:ev:{tenant}:*")
+    }
+
     /// `sk:{b}:wake` of every bucket.
     pub fn wake_channels(&self) -> Vec<String> {
         (0..self.settings.buckets)
