@@ -94,6 +94,20 @@ type Tx = mpsc::Sender<Result<StreamItem, AppError>>;
 const STREAM_SLOT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Streams opened so far in this process: each stream's place in the spread.
+/// A stream's heartbeat ticker: its first tick one `period` from now, and a
+/// late tick delays the next ones rather than bunching them.
+pub(super) fn heartbeat_ticker(period: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Resolves `end_after` past the shutdown: when a stream ends at shutdown.
+pub(super) async fn shutdown_then(shutdown: CancellationToken, end_after: Duration) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(end_after).await;
+}
+
 pub(super) static OPENED: AtomicU64 = AtomicU64::new(0);
 
 /// How long after the shutdown signal the `n`-th stream opened ends: the
@@ -290,14 +304,8 @@ impl Producer {
                 return;
             }
         }
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (shutdown, end_after) = (self.shutdown.clone(), self.end_after);
-        let ending = async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(end_after).await;
-        };
+        let mut ticker = heartbeat_ticker(self.heartbeat);
+        let ending = shutdown_then(self.shutdown.clone(), self.end_after);
         tokio::pin!(ending);
         loop {
             let flow = tokio::select! {

@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 use super::AppError;
 use super::subscribe::{
     DEFAULT_HEARTBEAT_MS, MAX_HEARTBEAT_MS, MIN_HEARTBEAT_MS, OPENED, STREAM_CHANNEL_CAPACITY,
-    StoreLog, end_offset,
+    StoreLog, end_offset, heartbeat_ticker, shutdown_then,
 };
 use crate::engine::{Event, EventKind, Micros, Session, SessionId, SessionKey, Tenant};
 use crate::fanout::{Hub, Missed, Rounds, SubscribeError, Watch, WatchMsg};
@@ -289,14 +289,8 @@ impl Producer {
         if let Flow::Stop = self.start(targets).await {
             return;
         }
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (shutdown, end_after) = (self.shutdown.clone(), self.end_after);
-        let ending = async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(end_after).await;
-        };
+        let mut ticker = heartbeat_ticker(self.heartbeat);
+        let ending = shutdown_then(self.shutdown.clone(), self.end_after);
         tokio::pin!(ending);
         loop {
             let flow = tokio::select! {
