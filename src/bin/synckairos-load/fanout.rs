@@ -99,6 +99,28 @@ pub async fn measure(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     measuring.store(true, Ordering::Relaxed);
+    let (n, errors) = switch_at_rate(clients, ids, &sent, rate, seconds, |n| n % sessions).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    measuring.store(false, Ordering::Relaxed);
+    for r in readers {
+        r.abort();
+    }
+    let mut stats = std::mem::take(&mut *latencies.lock().await);
+    stats.errors = errors;
+    Ok(Measured { sent: n, stats })
+}
+
+/// Switches `rate` sessions a second for `seconds`, the `n`th one
+/// `ids[pick(n)]`, each noting in `sent` when the version it makes was sent
+/// (`expected_version` guards it); returns how many were sent and failed.
+pub(crate) async fn switch_at_rate(
+    clients: &[shared::Client],
+    ids: &[String],
+    sent: &Arc<Vec<Mutex<HashMap<u64, Instant>>>>,
+    rate: u64,
+    seconds: f64,
+    pick: impl Fn(usize) -> usize,
+) -> (usize, u64) {
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let mut n = 0usize;
@@ -106,7 +128,7 @@ pub async fn measure(
     let mut in_flight = Vec::new();
     while Instant::now() < until {
         ticker.tick().await;
-        let i = n % sessions;
+        let i = pick(n);
         n += 1;
         let mut c = clients[n % clients.len()].clone();
         let (id, sent) = (ids[i].clone(), sent.clone());
@@ -135,14 +157,7 @@ pub async fn measure(
         }
     }
     errors += settle(&mut in_flight).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    measuring.store(false, Ordering::Relaxed);
-    for r in readers {
-        r.abort();
-    }
-    let mut stats = std::mem::take(&mut *latencies.lock().await);
-    stats.errors = errors;
-    Ok(Measured { sent: n, stats })
+    (n, errors)
 }
 
 /// Waits for the switches in flight; returns how many failed.

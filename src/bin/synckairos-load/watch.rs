@@ -128,49 +128,12 @@ pub async fn run(common: Common, t: Targets, sessions: usize, rate: u64) -> anyh
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     measuring.store(true, Ordering::Relaxed);
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
-    let until = Instant::now() + Duration::from_secs_f64(common.seconds);
-    let (mut n, mut errors) = (0usize, 0u64);
-    let mut in_flight = Vec::new();
-    while Instant::now() < until {
-        ticker.tick().await;
-        // Spread over the sessions: each switch on a session of its own.
-        let i = (n * 7919) % sessions;
-        n += 1;
-        let mut c = clients[n % clients.len()].clone();
-        let (id, sent) = (ids[i].clone(), sent.clone());
-        in_flight.push(tokio::spawn(async move {
-            let current = c
-                .get_session(pb::GetSessionRequest {
-                    session_id: id.clone(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .version;
-            sent[i].lock().await.insert(current + 1, Instant::now());
-            c.switch_cycle(pb::SwitchCycleRequest {
-                session_id: id,
-                expected_version: Some(current),
-                ..Default::default()
-            })
-            .await
-            .ok()
-            .map(|_| ())
-        }));
-        if in_flight.len() > 256 {
-            for h in in_flight.drain(..) {
-                if !matches!(h.await, Ok(Some(()))) {
-                    errors += 1;
-                }
-            }
-        }
-    }
-    for h in in_flight.drain(..) {
-        if !matches!(h.await, Ok(Some(()))) {
-            errors += 1;
-        }
-    }
+    // Spread over the sessions: each switch on a session of its own.
+    let (n, errors) =
+        crate::fanout::switch_at_rate(&clients, &ids, &sent, rate, common.seconds, |n| {
+            (n * 7919) % sessions
+        })
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     measuring.store(false, Ordering::Relaxed);
     let w1 = rss_kb(t.watch_pid)?;
