@@ -138,74 +138,6 @@ async fn timed<T>(
     }
 }
 
-/// What the Pub/Sub connection follows: a session's channel (SUBSCRIBE) or
-/// a watched tenant's pattern (PSUBSCRIBE).
-enum Name {
-    Channel(String),
-    Pattern(String),
-}
-
-impl Name {
-    fn text(&self) -> &str {
-        match self {
-            Name::Channel(n) | Name::Pattern(n) => n,
-        }
-    }
-}
-
-/// Follows `name` once, keeping it in `held` with what it stands for, and
-/// answers `reply`. `false`: the command failed; the connection is made again.
-async fn join<V>(
-    sink: &mut redis::aio::PubSubSink,
-    name: Name,
-    held: &mut HashMap<String, V>,
-    value: V,
-    reply: oneshot::Sender<Result<(), String>>,
-) -> bool {
-    if held.contains_key(name.text()) {
-        let _ = reply.send(Ok(()));
-        return true;
-    }
-    let sent = match &name {
-        Name::Channel(c) => timed("subscribe", sink.subscribe(c)).await,
-        Name::Pattern(p) => timed("psubscribe", sink.psubscribe(p)).await,
-    };
-    match sent {
-        Ok(()) => {
-            let _ = reply.send(Ok(()));
-            let (Name::Channel(n) | Name::Pattern(n)) = name;
-            held.insert(n, value);
-            true
-        }
-        Err(e) => {
-            warn!(error = %e, "Pub/Sub join failed; reconnecting");
-            let _ = reply.send(Err(e));
-            false
-        }
-    }
-}
-
-/// Stops following `name` if it is followed. `false`: the command failed;
-/// the connection is made again.
-async fn leave<V>(
-    sink: &mut redis::aio::PubSubSink,
-    name: Name,
-    held: &mut HashMap<String, V>,
-) -> bool {
-    if held.remove(name.text()).is_none() {
-        return true;
-    }
-    let sent = match &name {
-        Name::Channel(c) => timed("unsubscribe", sink.unsubscribe(c)).await,
-        Name::Pattern(p) => timed("punsubscribe", sink.punsubscribe(p)).await,
-    };
-    if let Err(e) = sent {
-        warn!(error = %e, "Pub/Sub leave failed; reconnecting");
-        return false;
-    }
-    true
-}
-
 async fn run(
     setup: PubSubSetup,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
@@ -280,67 +212,97 @@ async fn run(
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                       _ = shutdown.cancelled() => return,
-                       _ = ping.tick() => {
-                           if let Err(e) = timed("ping", sink.ping::<redis::Value>()).await {
-                               warn!(error = %e, "Pub/Sub connection did not answer a PING; reconnecting");
-                               break;
-                           }
-                       }
-                       cmd = cmds.recv() => match cmd {
-                           None => return,
-                           Some(Cmd::Join(key, reply)) => {
-                    let channel = (setup.channel_of)(&key);
-                    if !join(&mut sink, Name::Channel(channel), &mut joined, key, reply).await {
+                _ = shutdown.cancelled() => return,
+                _ = ping.tick() => {
+                    if let Err(e) = timed("ping", sink.ping::<redis::Value>()).await {
+                        warn!(error = %e, "Pub/Sub connection did not answer a PING; reconnecting");
                         break;
                     }
                 }
-                Some(Cmd::Leave(key)) => {
-                    let channel = (setup.channel_of)(&key);
-                    if !leave(&mut sink, Name::Channel(channel), &mut joined).await {
+                cmd = cmds.recv() => match cmd {
+                    None => return,
+                    Some(Cmd::Join(key, reply)) => {
+                        let channel = (setup.channel_of)(&key);
+                        if joined.contains_key(&channel) {
+                            let _ = reply.send(Ok(()));
+                            continue;
+                        }
+                        match timed("subscribe", sink.subscribe(&channel)).await {
+                            Ok(()) => {
+                                joined.insert(channel, key);
+                                let _ = reply.send(Ok(()));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e.clone()));
+                                warn!(error = %e, "Pub/Sub subscribe failed; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                    Some(Cmd::Leave(key)) => {
+                        let channel = (setup.channel_of)(&key);
+                        if joined.remove(&channel).is_some() {
+                            if let Err(e) = timed("unsubscribe", sink.unsubscribe(&channel)).await {
+                                warn!(error = %e, "Pub/Sub unsubscribe failed; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                    Some(Cmd::JoinTenant(tenant, reply)) => {
+                        let pattern = (setup.pattern_of)(&tenant);
+                        if watched.contains_key(&pattern) {
+                            let _ = reply.send(Ok(()));
+                            continue;
+                        }
+                        match timed("psubscribe", sink.psubscribe(&pattern)).await {
+                            Ok(()) => {
+                                watched.insert(pattern, tenant);
+                                let _ = reply.send(Ok(()));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e.clone()));
+                                warn!(error = %e, "Pub/Sub psubscribe failed; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                    Some(Cmd::LeaveTenant(tenant)) => {
+                        let pattern = (setup.pattern_of)(&tenant);
+                        if watched.remove(&pattern).is_some() {
+                            if let Err(e) = timed("punsubscribe", sink.punsubscribe(&pattern)).await {
+                                warn!(error = %e, "Pub/Sub punsubscribe failed; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                },
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        warn!("Pub/Sub connection lost; reconnecting");
                         break;
+                    };
+                    let channel = msg.get_channel_name();
+                    if msg.from_pattern() {
+                        deliver_watched(&setup, &watched, &msg);
+                    } else if let Some(key) = joined.get(channel) {
+                        match wire::decode_batch(msg.get_payload_bytes()) {
+                            Ok(events) => {
+                                let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+                                tracing::info_span!(
+                                    target: crate::telemetry::TRACE_TARGET,
+                                    "fanout.deliver",
+                                    channel,
+                                    events = events.len() as i64,
+                                )
+                                .in_scope(|| setup.hub.deliver_streams(key, &events));
+                            }
+                            Err(e) => warn!(%channel, error = %e, "undecodable event batch"),
+                        }
+                    } else if setup.wake_channels.iter().any(|w| w == channel) {
+                        (setup.on_wake)(Some(msg.get_payload_bytes()));
                     }
                 }
-                Some(Cmd::JoinTenant(tenant, reply)) => {
-                    let pattern = (setup.pattern_of)(&tenant);
-                    if !join(&mut sink, Name::Pattern(pattern), &mut watched, tenant, reply).await {
-                        break;
-                    }
-                }
-                Some(Cmd::LeaveTenant(tenant)) => {
-                    let pattern = (setup.pattern_of)(&tenant);
-                    if !leave(&mut sink, Name::Pattern(pattern), &mut watched).await {
-                        break;
-                    }
-                }
-            },
-            msg = stream.next() => {
-                           let Some(msg) = msg else {
-                               warn!("Pub/Sub connection lost; reconnecting");
-                               break;
-                           };
-                           let channel = msg.get_channel_name();
-                           if msg.from_pattern() {
-                               deliver_watched(&setup, &watched, &msg);
-                           } else if let Some(key) = joined.get(channel) {
-                               match wire::decode_batch(msg.get_payload_bytes()) {
-                                   Ok(events) => {
-                                       let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
-                                       tracing::info_span!(
-                                           target: crate::telemetry::TRACE_TARGET,
-                                           "fanout.deliver",
-                                           channel,
-                                           events = events.len() as i64,
-                                       )
-                                       .in_scope(|| setup.hub.deliver_streams(key, &events));
-                                   }
-                                   Err(e) => warn!(%channel, error = %e, "undecodable event batch"),
-                               }
-                           } else if setup.wake_channels.iter().any(|w| w == channel) {
-                               (setup.on_wake)(Some(msg.get_payload_bytes()));
-                           }
-                       }
-                   }
+            }
         }
         // Out of the loop: the connection is gone.
         link(false);
