@@ -14,6 +14,7 @@ mod audit_outbox;
 mod auth;
 mod auth_cross_language;
 mod auth_logs;
+mod browser;
 mod child;
 mod concurrency;
 mod dep_tls;
