@@ -190,6 +190,13 @@ pub struct Config {
     /// latency, tenant, caller, peer; grpc/observe.rs). `RUST_LOG` naming
     /// that target turns it on too.
     pub access_log: bool,
+    /// `SYNCKAIROS_CORS_ORIGINS` (default unset: no CORS header at all):
+    /// the origins whose pages may call from a browser over gRPC-Web, a
+    /// comma-separated list (`https://play.example.com,http://127.0.0.1:5173`,
+    /// at most 1,000) or `*` for any (grpc/web.rs). gRPC-Web itself is always
+    /// served; without an allowed origin only same-origin pages and
+    /// non-browser clients can use it.
+    pub cors_origins: Option<crate::grpc::web::CorsOrigins>,
     // --- TLS on the gRPC listener (src/tls.rs, docs/tls.md) ---
     /// `SYNCKAIROS_TLS_CERT` (default unset: plaintext): a PEM file with the
     /// server's certificate chain, leaf first. With `SYNCKAIROS_TLS_KEY`, the
@@ -295,6 +302,7 @@ impl Default for Config {
             api_keys: None,
             reflection: true,
             access_log: false,
+            cors_origins: None,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -334,6 +342,12 @@ impl Config {
             access_log: on_off("SYNCKAIROS_ACCESS_LOG", false)?,
             ..Config::default()
         };
+        if let Some(v) = get("SYNCKAIROS_CORS_ORIGINS") {
+            c.cors_origins = Some(
+                crate::grpc::web::CorsOrigins::parse(&v)
+                    .map_err(|why| err("SYNCKAIROS_CORS_ORIGINS", why))?,
+            );
+        }
         if let Some(v) = get("SYNCKAIROS_LISTEN") {
             c.listen = v.parse().map_err(|_| {
                 err(

@@ -3,7 +3,8 @@
 //! `AppError -> Status` table, the router with health and reflection, and
 //! what wraps every call: who the caller is (and the common name of its
 //! client certificate), its rate limits, and the guard that turns a panic
-//! into `INTERNAL`; and the HTTP probes `/health` and `/ready` on the same port.
+//! into `INTERNAL`; the HTTP probes `/health` and `/ready` on the same port;
+//! and gRPC-Web with CORS for browsers.
 
 mod auth;
 pub mod caller;
@@ -19,6 +20,7 @@ mod rate;
 mod service;
 mod tenant_streams;
 mod watch;
+pub mod web;
 
 pub use observe::{ACCESS_TARGET, CODE_NAMES};
 pub use panic::{CatchPanic, catch_panic, panic_message};

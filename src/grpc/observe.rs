@@ -1,5 +1,7 @@
-//! What every call leaves behind, in the outermost tower layer (outside the
-//! panic guard, so that a panic answered INTERNAL is seen as one):
+//! What every call leaves behind, in the outermost of the per-call tower
+//! layers (outside the panic guard, so that a panic answered INTERNAL is
+//! seen as one; inside gRPC-Web's translation, so that a gRPC-Web call is
+//! seen as the gRPC call it became; grpc/service.rs `Layers`):
 //! - **metrics** under go-grpc-prometheus's names and labels
 //!   (`grpc_server_started_total`, `grpc_server_handled_total{grpc_code}`,
 //!   `grpc_server_handling_seconds`, `grpc_server_msg_received_total`,

@@ -1,7 +1,8 @@
 //! `GET /health` and `GET /ready` on the gRPC port, for load balancers and
 //! platforms that probe over HTTP/1.1 (Railway probes the port it gives in
-//! `PORT`; Kubernetes' `httpGet`). Inside the panic guard, a probe is
-//! answered before the auth layer (no credential needed: a probe
+//! `PORT`; Kubernetes' `httpGet`). Inside the outer panic guard, a probe is
+//! answered before gRPC-Web's translation (which refuses other HTTP/1.1
+//! requests), the auth layer (no credential needed: a probe
 //! names no session and reveals only which checks fail) and routing; every
 //! other request (every gRPC call is a `POST`) goes through untouched.
 //! The answers are [`crate::probes::probe`]'s, the same the metrics port serves.

@@ -354,6 +354,40 @@ impl HealthControl {
     }
 }
 
+/// What every request passes through, outermost first:
+/// 1. CORS, only with `SYNCKAIROS_CORS_ORIGINS` (grpc/web.rs): it answers
+///    preflights and marks the replies to allowed origins;
+/// 2. a panic guard for what lies outside the inner one (the probes and the
+///    translation);
+/// 3. the probes, answered before anything else reads the request;
+/// 4. gRPC-Web's translation (a gRPC-Web call becomes a gRPC call from
+///    here in; any other HTTP/1.1 request is refused `400`);
+/// 5. the metrics, span and access log of each call (grpc/observe.rs);
+/// 6. the panic guard of each call (grpc/panic.rs);
+/// 7. auth (grpc/auth.rs).
+pub type Layers = tower_layer::Stack<
+    AuthLayer,
+    tower_layer::Stack<
+        super::CatchPanic,
+        tower_layer::Stack<
+            ObserveLayer,
+            tower_layer::Stack<
+                super::web::GrpcWebLayer,
+                tower_layer::Stack<
+                    super::probes::ProbeLayer,
+                    tower_layer::Stack<
+                        super::CatchPanic,
+                        tower_layer::Stack<
+                            tower::util::Either<tower_http::cors::CorsLayer, tower_layer::Identity>,
+                            tower_layer::Identity,
+                        >,
+                    >,
+                >,
+            >,
+        >,
+    >,
+>;
+
 /// The whole gRPC surface, ready to serve, with the transport limits of
 /// `config` (each documented on its `Config` field):
 /// - `SETTINGS_MAX_CONCURRENT_STREAMS` per connection;
@@ -366,9 +400,7 @@ impl HealthControl {
 ///   messages are tiny);
 /// - per-caller rate limits on creates and mutations (grpc/rate.rs), and
 ///   per-tenant Subscribe streams (grpc/tenant_streams.rs);
-/// - every call seen by the metrics, span and access log layer
-///   (grpc/observe.rs), inside it the panic guard (grpc/panic.rs), then the
-///   auth layer (grpc/auth.rs); reflection only when `config.reflection`.
+/// - what every request passes through, outermost first ([`Layers`]).
 ///
 /// TCP keepalive is set on the listener's incoming stream in startup.rs:
 /// tonic ignores `Server::tcp_keepalive` with `serve_with_incoming`. Not set
@@ -378,25 +410,10 @@ impl HealthControl {
 /// Subscribe before its first message when the store is slow; the store
 /// already fails its calls within ~250 ms).
 ///
-///
 /// HTTP/1.1 is accepted too (`accept_http1`), for the `GET /health` and
-/// `GET /ready` probes (grpc/probes.rs), answered before auth and routing;
+/// `GET /ready` probes (grpc/probes.rs) and for gRPC-Web (grpc/web.rs);
 /// gRPC clients speak HTTP/2 (negotiated by the connection preface, or by
 /// ALPN under TLS) and are unaffected.
-/// What every request passes through, outermost first: observe (it lets
-/// what is not a gRPC call, a `POST`, through unrecorded), the panic guard,
-/// the probes, then auth.
-pub type Layers = tower_layer::Stack<
-    AuthLayer,
-    tower_layer::Stack<
-        super::probes::ProbeLayer,
-        tower_layer::Stack<
-            super::CatchPanic,
-            tower_layer::Stack<ObserveLayer, tower_layer::Identity>,
-        >,
-    >,
->;
-
 pub fn router(
     app: App,
     config: &Config,
@@ -417,11 +434,15 @@ pub fn router(
     let observe = ObserveLayer::new(config.access_log);
     let sent = Arc::new(observe.subscribe_messages());
     let watch_sent = Arc::new(observe.watch_messages());
+    let cors = tower::util::option_layer(super::web::cors(config.cors_origins.as_ref()));
     let mut server = tonic::transport::Server::builder()
         .accept_http1(true)
-        .layer(observe)
+        .layer(cors)
         .layer(super::catch_panic())
         .layer(super::probes::ProbeLayer::new(readiness))
+        .layer(super::web::GrpcWebLayer::new())
+        .layer(observe)
+        .layer(super::catch_panic())
         .layer(AuthLayer::new(auth.clone(), now_secs))
         .max_concurrent_streams(config.max_streams_per_connection)
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))

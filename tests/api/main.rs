@@ -27,6 +27,7 @@ mod flag;
 mod fuzz_regressions;
 mod game_rules;
 mod ghz_configs;
+mod grpc_web;
 mod grpcurl;
 mod health;
 mod healthcheck;
