@@ -73,6 +73,7 @@ const EXPECTED: &[&str] = &[
     "watch_token_has_no_button",
     "overtime_periods_shown",
     "flag_shown",
+    "zero_without_a_flag_while_the_server_is_silent",
     "flag_not_before_the_server",
     "flag_drawn_within_100ms",
     "flagged_clock_shows_zero",
@@ -145,6 +146,16 @@ struct Servers {
     env: Vec<(&'static str, String)>,
     /// Replica B: every change this side makes.
     b: Client,
+    b_pid: u32,
+}
+
+fn signal(sig: &str, pids: &[String]) {
+    let ok = Command::new("kill")
+        .arg(sig)
+        .args(pids)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pids:?} failed");
 }
 
 impl Servers {
@@ -171,6 +182,21 @@ impl Servers {
                 }))
             }
             "restart" => self.restart(&session).await,
+            "freeze" => {
+                // SIGSTOP both replicas from `at_ms` (epoch ms) for `for_ms`:
+                // nobody can fire the flag meanwhile, so a page that shows a
+                // flag before the server says so is caught showing it.
+                let at = arg["at_ms"].as_f64().unwrap_or_default();
+                let hold = Duration::from_millis(arg["for_ms"].as_u64().unwrap_or(1000));
+                let wait = (at - now_ms()).max(0.0);
+                tokio::time::sleep(Duration::from_secs_f64(wait / 1000.0)).await;
+                let pids = [self.a.as_ref().map(|a| a.pid()), Some(self.b_pid)];
+                let pids: Vec<String> = pids.into_iter().flatten().map(|p| p.to_string()).collect();
+                signal("-STOP", &pids);
+                tokio::time::sleep(hold).await;
+                signal("-CONT", &pids);
+                Ok(json!({"stopped_ms": hold.as_millis() as u64}))
+            }
             other => Err(format!("unknown verb {other:?}")),
         }
     }
@@ -359,7 +385,8 @@ async fn the_web_clock_draws_the_servers_clocks_in_chromium() {
         ("SYNCKAIROS_API_KEYS", keys_toml()),
     ];
     let (a, _, a_addr) = ChildReplica::spawn_logged(&env, Some(&out.join("replica-a.log"))).await;
-    let (_b, _, b_addr) = ChildReplica::spawn_logged(&env, Some(&out.join("replica-b.log"))).await;
+    let (b_child, _, b_addr) =
+        ChildReplica::spawn_logged(&env, Some(&out.join("replica-b.log"))).await;
     let b = crate::helpers::connect(
         tonic::transport::Endpoint::from_shared(format!("http://{b_addr}")).unwrap(),
     )
@@ -369,6 +396,7 @@ async fn the_web_clock_draws_the_servers_clocks_in_chromium() {
         a_addr,
         env,
         b,
+        b_pid: b_child.pid(),
     };
 
     let mut script = Command::new("node")

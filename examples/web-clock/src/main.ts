@@ -229,9 +229,10 @@ function main(): void {
         req.fromVersion = session.version;
         req.epoch = session.epoch;
       }
+      // What the request carries, as sent (not what the page meant to send).
       push(record.subscribes, {
-        fromVersion: session === null ? null : Number(session.version),
-        epoch: session?.epoch ?? null,
+        fromVersion: req.fromVersion === undefined ? null : Number(req.fromVersion),
+        epoch: req.epoch === "" ? null : req.epoch,
         at: now(),
       });
       if (failures === 0) showConn("connecting", resume ? `resuming after version ${session!.version}` : "subscribing");
@@ -354,7 +355,7 @@ function main(): void {
 
   // Drawing: every animation frame, from the deadline and the offset.
   const rows = new Map<string, { el: HTMLElement; time: HTMLElement; extra: HTMLElement }>();
-  let drawnVersion = -1;
+  let drawnKey = "";
   function row(id: string): { el: HTMLElement; time: HTMLElement; extra: HTMLElement } {
     let r = rows.get(id);
     if (r === undefined) {
@@ -396,15 +397,7 @@ function main(): void {
       setIf(d, "overtime", String(f.inOvertime));
       setIf(d, "periodsLeft", f.periodsLeft === null ? "" : String(f.periodsLeft));
       setIf(d, "stonesLeft", f.stonesLeft === null ? "" : String(f.stonesLeft));
-      const extra = [
-        f.flagged ? "FLAG" : "",
-        f.periodsLeft !== null ? `${f.periodsLeft} period${f.periodsLeft === 1 ? "" : "s"}${f.inOvertime ? "" : " after"}` : "",
-        f.stonesLeft !== null ? `${f.stonesLeft} stone${f.stonesLeft === 1 ? "" : "s"}${f.inOvertime ? "" : " after"}` : "",
-        f.inOvertime && !f.flagged ? "overtime" : "",
-        f.countUp ? "count-up" : "",
-      ]
-        .filter((x) => x !== "")
-        .join(" · ");
+      const extra = overtimeText(f, s);
       if (r.extra.textContent !== extra) r.extra.textContent = extra;
     }
     const v = Number(s.version);
@@ -412,7 +405,8 @@ function main(): void {
     setIf(main.dataset, "status", Status[s.status] ?? String(s.status));
     setIf(main.dataset, "version", String(v));
     setIf(main.dataset, "epoch", s.epoch);
-    const statusText = `${Status[s.status] ?? s.status} · version ${v}${s.activeParticipantId ? ` · ${s.activeParticipantId} to move` : ""}`;
+    const playing = s.status === Status.RUNNING || s.status === Status.PAUSED;
+    const statusText = `${Status[s.status] ?? s.status} · version ${v}${playing && s.activeParticipantId ? ` · ${s.activeParticipantId} to move` : ""}`;
     const st = $("session-status");
     if (st.textContent !== statusText) st.textContent = statusText;
     if (player !== null) {
@@ -420,15 +414,20 @@ function main(): void {
       if (button.disabled === mine) button.disabled = !mine;
     }
     record.last = { at, serverNow, version: v, faces: fs };
-    if (v !== drawnVersion || pending.length > 0) {
-      drawnVersion = v;
+    // A frame is recorded when it draws a new version, or a change of who is
+    // to move or who flagged at the same version (which only the server may
+    // cause: a record of it would show a page guessing on its own).
+    const flagged = fs.filter((f) => f.flagged).map((f) => f.participantId);
+    const key = `${v}|${s.activeParticipantId}|${flagged.join(",")}`;
+    if (key !== drawnKey || pending.length > 0) {
+      drawnKey = key;
       push(record.drawn, {
         version: v,
         versions: pending,
         at,
         active: s.activeParticipantId,
         status: Status[s.status] ?? String(s.status),
-        flagged: fs.filter((f) => f.flagged).map((f) => f.participantId),
+        flagged,
       });
       pending = [];
     }
@@ -439,6 +438,32 @@ function main(): void {
     showConn("error", "stopped");
     showError("internal", `the page failed: ${String(err)}`);
   });
+}
+
+/** The line under the digits: the flag, or what overtime is left (byo-yomi periods, Canadian stones). */
+function overtimeText(f: Face, s: Session): string {
+  if (f.flagged) return "FLAG";
+  const tc = s.timeControl;
+  const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  if (f.periodsLeft !== null && tc !== undefined) {
+    const period = seconds(Number(tc.byoyomiPeriodMs));
+    return f.inOvertime
+      ? `byo-yomi · ${plural(f.periodsLeft, "period")} of ${period} left`
+      : `then ${f.periodsLeft} × ${period} byo-yomi`;
+  }
+  if (f.stonesLeft !== null && tc !== undefined) {
+    return f.inOvertime
+      ? `overtime · ${plural(f.stonesLeft, "stone")} to play in the block`
+      : `then ${plural(f.stonesLeft, "stone")} in ${seconds(Number(tc.canadianBlockMs))}`;
+  }
+  if (f.countUp) return "count-up";
+  return "";
+}
+
+/** A period's length for people: 30 s, 1.5 s, 10 min. */
+function seconds(ms: number): string {
+  if (ms >= 60_000 && ms % 60_000 === 0) return `${ms / 60_000} min`;
+  return `${Number((ms / 1000).toFixed(1))} s`;
 }
 
 function setIf(d: DOMStringMap, key: string, value: string): void {
