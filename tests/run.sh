@@ -244,6 +244,9 @@ log "PostgreSQL for tests: $SYNCKAIROS_TEST_PG"
 shift_args=()
 if [ "${1:-}" = "--" ]; then shift; shift_args=("$@"); fi
 
+log "web clock unit tests (npm test in $web_clock: src/clock.ts under node's test runner)"
+npm --prefix "$web_clock" test --silent
+
 log "cargo test, memory engine (target dir: $CARGO_TARGET_DIR)"
 cargo test --locked --all-targets -- "${shift_args[@]}"
 

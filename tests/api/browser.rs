@@ -149,6 +149,19 @@ struct Servers {
     b_pid: u32,
 }
 
+/// The node script, killed if the test panics before it exits (Chromium,
+/// its child over a pipe, exits with it).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn signal(sig: &str, pids: &[String]) {
     let ok = Command::new("kill")
         .arg(sig)
@@ -399,7 +412,7 @@ async fn the_web_clock_draws_the_servers_clocks_in_chromium() {
         b_pid: b_child.pid(),
     };
 
-    let mut script = Command::new("node")
+    let script = Command::new("node")
         .arg("test/browser.mjs")
         .current_dir(&dir)
         .env("WEB_CLOCK_PORT", page_port.to_string())
@@ -415,8 +428,9 @@ async fn the_web_clock_draws_the_servers_clocks_in_chromium() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("node on PATH");
-    let mut to_script = script.stdin.take().unwrap();
-    let from_script = script.stdout.take().unwrap();
+    let mut script = KillOnDrop(script);
+    let mut to_script = script.0.stdin.take().unwrap();
+    let from_script = script.0.stdout.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(from_script).lines() {
@@ -454,10 +468,9 @@ async fn the_web_clock_draws_the_servers_clocks_in_chromium() {
         }
     };
     if tokio::time::timeout(LIMIT, run).await.is_err() {
-        let _ = script.kill();
         panic!("browser test: the script did not finish within {LIMIT:?}");
     }
-    let status = script.wait().expect("the script's exit status");
+    let status = script.0.wait().expect("the script's exit status");
 
     assert!(
         failed.is_empty(),

@@ -53,6 +53,10 @@ lines.on("line", (l) => {
   const w = waiting.shift();
   if (w) w(l);
 });
+// The Rust side went away: every question still open fails at once.
+lines.on("close", () => {
+  for (const w of waiting.splice(0)) w(JSON.stringify({ error: "the Rust side closed stdin" }));
+});
 async function ask(verb, arg = {}) {
   const answer = new Promise((resolve) => waiting.push(resolve));
   process.stdout.write(`NEED ${verb} ${JSON.stringify(arg)}\n`);
