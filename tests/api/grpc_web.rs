@@ -336,11 +336,20 @@ async fn subscribe_streams_over_grpc_web_each_event_as_it_happens() {
     let mut grpc = app.client.clone();
     let id = create_started(&mut grpc).await.session_id;
     let mut web = web_client(app.addr);
-    let mut stream = web
+    let reply = web
         .subscribe(subscribe_req(&id))
         .await
-        .expect("Subscribe over gRPC-Web")
-        .into_inner();
+        .expect("Subscribe over gRPC-Web");
+    // The server spoke gRPC-Web (a server without it answers gRPC even
+    // over HTTP/1.1, which this client would read too).
+    assert_eq!(
+        reply
+            .metadata()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/grpc-web+proto")
+    );
+    let mut stream = reply.into_inner();
     let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await
         .expect("a first event within 5 s")
