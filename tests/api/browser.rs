@@ -68,6 +68,7 @@ const EXPECTED: &[&str] = &[
     "restart_received_every_missed_event",
     "restart_drew_every_missed_version",
     "restart_final_state_matches",
+    "no_version_skipped_on_the_stream",
     "times_match_server_after_restart",
     "screenshot_saved",
     "watch_token_has_no_button",

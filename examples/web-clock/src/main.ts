@@ -67,6 +67,8 @@ const record = {
   /** The latest frame: what each clock showed. */
   last: null as null | { at: number; serverNow: number; version: number; faces: Face[] },
   switches: [] as { at: number; answeredAt?: number; version?: number; error?: string }[],
+  /** Stream events that skipped versions (the server promises none): `{after, got, at}`. */
+  gaps: [] as { after: number; got: number; at: number }[],
   conn: "starting" as "starting" | "syncing" | "connecting" | "live" | "reconnecting" | "ended" | "error",
   error: null as null | { code: string; message: string; at: number },
 };
@@ -210,16 +212,15 @@ function main(): void {
   async function streamLoop(): Promise<void> {
     showConn("syncing", "measuring the clock offset");
     if (!(await syncUntilDone())) return;
-    let lastSync = now();
+    // Clocks drift: measure the offset again every minute while the page runs.
+    window.setInterval(() => {
+      if (record.conn === "live") void syncOffset(4).catch(() => undefined);
+    }, 60_000);
     /** Failed attempts in a row (0 while the stream is live). */
     let failures = 0;
     while (!stopped) {
-      // Re-measure the offset now and then (clocks drift) and after each
-      // drop, without delaying the resubscribe: the replay comes first.
-      if (failures > 0 || now() - lastSync > 60_000) {
-        lastSync = now();
-        void syncOffset(4).catch(() => undefined);
-      }
+      // And after each drop, without delaying the resubscribe: the replay comes first.
+      if (failures > 0) void syncOffset(4).catch(() => undefined);
       const resume = session !== null;
       const req = create(SubscribeRequestSchema, {
         sessionId: params.session,
@@ -310,6 +311,10 @@ function main(): void {
       if (ev.session) apply(ev.session, true);
       return true;
     }
+    const v = Number(ev.version);
+    if (ev.type !== EventType.SNAPSHOT && session !== null && ev.epoch === session.epoch && v > Number(session.version) + 1) {
+      push(record.gaps, { after: Number(session.version), got: v, at });
+    }
     if (ev.session) apply(ev.session, ev.type === EventType.SNAPSHOT || (session !== null && ev.epoch !== session.epoch));
     return false;
   }
@@ -331,7 +336,9 @@ function main(): void {
       entry.answeredAt = now();
       entry.version = Number(s.version);
       freshen(tsMs(s.serverTime), entry.answeredAt);
-      apply(s, false);
+      // Drawn at once when it is the very next version; otherwise the stream
+      // brings the versions in between first, in order.
+      if (session !== null && s.epoch === session.epoch && s.version === session.version + 1n) apply(s, false);
     } catch (err) {
       const e = ConnectError.from(err);
       entry.error = `${codeWord(e)}: ${e.rawMessage}`;
@@ -384,6 +391,16 @@ function main(): void {
     const at = now();
     const serverNow = at + record.offsetMs;
     const fs = faces(s, serverNow);
+    if (rows.size > fs.length || fs.some((f) => !rows.has(f.participantId))) {
+      // A session made again under the same id (a new epoch) may have other participants.
+      const ids = new Set(fs.map((f) => f.participantId));
+      for (const [id, r] of rows) {
+        if (!ids.has(id)) {
+          r.el.remove();
+          rows.delete(id);
+        }
+      }
+    }
     for (const f of fs) {
       const r = row(f.participantId);
       const text = formatMs(f.ms);

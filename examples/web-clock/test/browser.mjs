@@ -299,6 +299,8 @@ async function chessGame(page, chess) {
     s.version === final.version && s.clocks[final.active]?.active === true,
     `screen v${s.version} vs server v${final.version}, active ${final.active}`,
   );
+  const gaps = await page.evaluate(() => window.__clock.gaps);
+  check("no_version_skipped_on_the_stream", gaps.length === 0, JSON.stringify(gaps));
   cmp = await compareTimes(page, chess.session, 5);
   check("times_match_server_after_restart", cmp.worst <= TOLERANCE_MS, `worst ${cmp.worst.toFixed(1)} ms (${cmp.details})`);
 
