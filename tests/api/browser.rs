@@ -54,6 +54,7 @@ const EXPECTED: &[&str] = &[
     "bad_server_param_shown",
     "empty_token_shown",
     "garbage_token_shown",
+    "not_synckairos_shown",
     "unreachable_server_shown",
     "times_match_server",
     "digits_match_data",

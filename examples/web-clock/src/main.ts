@@ -124,6 +124,14 @@ function codeWord(e: ConnectError): string {
 /** Errors retrying cannot fix: the page says so and stops. */
 const FATAL = new Set([Code.Unauthenticated, Code.PermissionDenied, Code.InvalidArgument]);
 
+/** What a failed fetch (no answer at all), a dropped stream or a timeout look like. */
+const NETWORK = new Set([Code.Unknown, Code.Unavailable, Code.Canceled, Code.DeadlineExceeded]);
+
+/** The message for an answer that is not SyncKairos speaking gRPC-Web (a 404, another service). */
+function notSyncKairos(server: string, e: ConnectError): string {
+  return `${server} answered GetServerTime with ${codeWord(e)} (${e.rawMessage}): is it a SyncKairos server with gRPC-Web, at that address with no path? Retrying.`;
+}
+
 /** The message for an error reaching the server at all (fetch gives no detail, on purpose). */
 function unreachable(server: string, e: ConnectError): string {
   return (
@@ -156,11 +164,17 @@ function main(): void {
   /** Versions applied since the last drawn frame. */
   let pending: number[] = [];
   let stopped = false;
+  /** `as` (or the token's sub) names nobody in the session. */
+  let playerMissing = false;
 
   /** Applies a session (from the stream or a SwitchCycle reply) when it is newer than what is shown. */
   function apply(s: Session, force: boolean): boolean {
     const v = Number(s.version);
     if (!force && session !== null && s.epoch === session.epoch && v <= Number(session.version)) return false;
+    if (params.player !== null && (session === null || session.epoch !== s.epoch)) {
+      playerMissing = !s.participants.some((p) => p.participantId === params.player);
+    }
+    if (playerMissing) showError("bad_params", `as: "${params.player}" is not a participant of this session; the button stays off`);
     session = s;
     pending.push(v);
     return true;
@@ -203,7 +217,7 @@ function main(): void {
           return false;
         }
         showConn("reconnecting", `offline, retrying (attempt ${attempt})`);
-        showError(codeWord(e), unreachable(params.server, e));
+        showError(codeWord(e), NETWORK.has(e.code) ? unreachable(params.server, e) : notSyncKairos(params.server, e));
         await sleep(backoff(attempt));
       }
     }
@@ -277,7 +291,7 @@ function main(): void {
           // follow whatever session has that id now, from a fresh SNAPSHOT.
           showError("not_found", `Subscribe: ${e.rawMessage}; looking again`);
           session = null;
-        } else if (e.code === Code.Unknown || e.code === Code.Unavailable || e.code === Code.Canceled) {
+        } else if (NETWORK.has(e.code)) {
           showError(codeWord(e), unreachable(params.server, e));
         } else {
           showError(codeWord(e), `Subscribe: ${codeWord(e)}: ${e.rawMessage}; retrying`);

@@ -183,6 +183,10 @@ async function hostile(page, chess) {
   await page.goto(url({ server: SERVER, session: chess.session, token: "garbage-not-a-key" }));
   e = await errorShown(page, 8000);
   check("garbage_token_shown", e?.code === "unauthenticated" && e?.conn === "error", JSON.stringify(e));
+  // Something answers there, but not SyncKairos (the page's own static server: 404).
+  await page.goto(url({ server: origin, session: chess.session, token: chess.watch_token }));
+  e = await errorShown(page, 8000);
+  check("not_synckairos_shown", e !== null && /SyncKairos server/.test(e.text) && e.conn === "reconnecting", JSON.stringify(e));
   // Nothing listens there: the page says it cannot reach it and keeps trying.
   await page.goto(url({ server: DEAD_SERVER, session: chess.session, token: chess.watch_token }));
   e = await errorShown(page, 8000);
