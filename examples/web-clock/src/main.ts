@@ -367,6 +367,8 @@ function main(): void {
     button.textContent = `${player}: end my turn (space)`;
     button.addEventListener("click", () => void endTurn());
     document.addEventListener("keydown", (k) => {
+      // A focused button takes Space itself (as a click): not twice.
+      if (document.activeElement === button && !button.disabled) return;
       if (k.code === "Space" || k.key === " ") {
         k.preventDefault();
         if (!k.repeat) void endTurn();

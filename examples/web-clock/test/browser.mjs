@@ -234,9 +234,16 @@ async function chessGame(page, chess) {
 
   // 4. The space bar does what the button does.
   before = await ask("get", { session: chess.session });
+  // Space anywhere on the page (not a focused button's own Space).
+  await page.evaluate(() => document.activeElement?.blur());
   await page.keyboard.press("Space");
   after = await waitServer(chess.session, (s) => s.version > before.version);
-  check("space_bar_switches_turn", after.active === "black", `server ${after.active} v${after.version}`);
+  const own = await page.evaluate(() => window.__clock.switches);
+  check(
+    "space_bar_switches_turn",
+    after.active === "black" && after.version === before.version + 1 && own.length === 2 && own.every((x) => x.error === undefined),
+    `server ${after.active} v${after.version}; the page's own switches: ${JSON.stringify(own)}`,
+  );
   await drawn(page, after.version);
   await ask("switch", { session: chess.session, from: "black" });
 
