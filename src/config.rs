@@ -148,6 +148,12 @@ pub struct Config {
     /// `OUT_OF_RANGE` ("encoded message length too large"); for a mutation the
     /// change is committed all the same (a retry with its `request_id` says so).
     pub max_response_bytes: usize,
+    /// `SYNCKAIROS_MAX_PAGE_BYTES` (default 2 MiB; from 64 KiB to half of
+    /// `SYNCKAIROS_MAX_RESPONSE_BYTES`): a page of ListSessionEvents ends
+    /// once its snapshots reach this much JSON, a page of ListSessions once
+    /// its sessions reach this much protobuf (each page holds one item at
+    /// least), so that a page stays under the reply limit.
+    pub max_page_bytes: usize,
     /// `SYNCKAIROS_CREATE_RATE` (default 100 a second) and
     /// `SYNCKAIROS_CREATE_BURST` (default 200): `CreateSession` calls per
     /// caller (grpc/caller.rs: its peer address until callers authenticate),
@@ -294,6 +300,7 @@ impl Default for Config {
             max_connection_age_grace: None,
             max_request_bytes: 1024 * 1024,
             max_response_bytes: 4 * 1024 * 1024,
+            max_page_bytes: crate::audit::DEFAULT_PAGE_BYTES,
             create_rate: Rate::new(100, 200),
             mutation_rate: Rate::new(1_000, 2_000),
             unstarted_ttl: Duration::from_secs(86_400),
@@ -592,6 +599,22 @@ impl Config {
                     })?;
             }
         }
+        if let Some(v) = get("SYNCKAIROS_MAX_PAGE_BYTES") {
+            let most = c.max_response_bytes / 2;
+            c.max_page_bytes = parse_bytes(&v)
+                .filter(|n| (MIN_PAGE_BYTES..=most).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        "SYNCKAIROS_MAX_PAGE_BYTES",
+                        format!(
+                            "{v:?} is not a size from 64KiB to half of SYNCKAIROS_MAX_RESPONSE_BYTES ({most} bytes) like 512KiB or 2MiB"
+                        ),
+                    )
+                })?;
+        } else {
+            // A smaller reply limit brings the default page down with it.
+            c.max_page_bytes = c.max_page_bytes.min(c.max_response_bytes / 2);
+        }
         c.create_rate = rate(
             &get,
             "SYNCKAIROS_CREATE_RATE",
@@ -691,6 +714,8 @@ fn rate(
 
 /// The smallest message size limit accepted: below it no Session fits.
 const MIN_MESSAGE_BYTES: usize = 1024;
+/// The smallest `SYNCKAIROS_MAX_PAGE_BYTES`.
+const MIN_PAGE_BYTES: usize = 64 * 1024;
 /// The largest message size limit accepted.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
@@ -832,6 +857,8 @@ mod tests {
             ("SYNCKAIROS_MAX_REQUEST_BYTES", "12"),
             ("SYNCKAIROS_MAX_RESPONSE_BYTES", "4GiB"),
             ("SYNCKAIROS_MEMORY_MAX_SESSIONS", "0"),
+            ("SYNCKAIROS_MAX_PAGE_BYTES", "1KiB"),
+            ("SYNCKAIROS_MAX_PAGE_BYTES", "3MiB"),
             ("SYNCKAIROS_MEMORY_AUDIT_BUFFER", "lots"),
         ];
         for (var, value) in cases {

@@ -165,7 +165,8 @@ impl Application {
         let plan = DrainPlan::new(config.shutdown_grace, config.prestop_delay);
         let app = App::new(store.clone(), hub, audit, streams_end.clone())
             .with_unstarted_ttl(config.unstarted_ttl)
-            .with_stream_end_spread(plan.stream_spread);
+            .with_stream_end_spread(plan.stream_spread)
+            .with_page_bytes(config.max_page_bytes);
         Ok(Self {
             listener,
             addr,

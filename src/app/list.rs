@@ -18,9 +18,10 @@
 //!   entries, so a status filter that matches rarely never makes one call
 //!   read the whole index: the page may then be short, even empty, with a
 //!   `next_page_token` that resumes after the last entry examined;
-//! - a page also ends once its sessions reach [`MAX_PAGE_BYTES`] of
-//!   protobuf (at least one session a page), under a gRPC client's default
-//!   4 MiB limit.
+//! - a page also ends once its sessions reach `SYNCKAIROS_MAX_PAGE_BYTES`
+//!   of protobuf (default 2 MiB, the audit's [`crate::audit::DEFAULT_PAGE_BYTES`];
+//!   at least one session a page), under a gRPC client's default 4 MiB
+//!   limit: 1,000 sessions of 1,000 participants would be about 100 MB.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -34,9 +35,6 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1_000;
 /// Index entries one call may examine per session its page may hold.
 pub const EXAMINED_PER_SESSION: usize = 10;
-/// A page ends once its sessions' protobuf reaches this (at least one a
-/// page): 1,000 sessions of 1,000 participants would be about 100 MB.
-pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// The longest page token accepted (the longest issued is about 230 bytes).
 const MAX_TOKEN_LEN: usize = 512;
 
@@ -156,12 +154,13 @@ fn page_size(raw: u32) -> Result<usize, AppError> {
 
 /// One page of `tenant`'s sessions (see the module's doc). `render` makes a
 /// listed session into what the page holds, at the page's server time, and
-/// says how many bytes that is (for `MAX_PAGE_BYTES`).
+/// says how many bytes that is; the page ends before it passes `max_bytes`.
 pub(super) async fn page<T>(
     store: &dyn SessionStore,
     tenant: &Tenant,
     query: ListQuery,
     render: impl Fn(&Session, Micros) -> (T, usize),
+    max_bytes: usize,
 ) -> Result<SessionsPage<T>, AppError> {
     let size = page_size(query.page_size)?;
     let filter = query.statuses;
@@ -205,7 +204,7 @@ pub(super) async fn page<T>(
     let mut bytes = 0usize;
     for (i, s) in found.iter().enumerate() {
         let (item, len) = render(s, now);
-        if i > 0 && bytes.saturating_add(len) > MAX_PAGE_BYTES {
+        if i > 0 && bytes.saturating_add(len) > max_bytes {
             cursor = Some(ListPosition::of(&found[i - 1]));
             more = true;
             break;

@@ -53,6 +53,9 @@ pub struct App {
     /// How long the Subscribe streams take to end at shutdown, spread out
     /// (subscribe.rs, [`subscribe::end_offset`]).
     stream_end_spread: Duration,
+    /// Where a page of ListSessionEvents or ListSessions ends
+    /// (`SYNCKAIROS_MAX_PAGE_BYTES`).
+    page_bytes: usize,
 }
 
 /// One page of a session's audit history.
@@ -94,6 +97,7 @@ impl App {
             shutdown,
             unstarted_ttl: crate::config::Config::default().unstarted_ttl,
             stream_end_spread: Duration::ZERO,
+            page_bytes: crate::config::Config::default().max_page_bytes,
         }
     }
 
@@ -107,6 +111,13 @@ impl App {
     /// moment, not all at once (default: all at once).
     pub fn with_stream_end_spread(mut self, spread: Duration) -> Self {
         self.stream_end_spread = spread;
+        self
+    }
+
+    /// A page of ListSessionEvents or ListSessions ends once what it holds
+    /// reaches `bytes` (at least one item a page).
+    pub fn with_page_bytes(mut self, bytes: usize) -> Self {
+        self.page_bytes = bytes;
         self
     }
 
@@ -244,7 +255,7 @@ impl App {
             )
         })?;
         let page = audit
-            .history(&key, page_size, page_token, after_version)
+            .history(&key, page_size, page_token, after_version, self.page_bytes)
             .await?;
         Ok(HistoryPage {
             events: page.events,
@@ -261,7 +272,7 @@ impl App {
         query: ListQuery,
         render: impl Fn(&Session, Micros) -> (T, usize) + Send,
     ) -> Result<SessionsPage<T>, AppError> {
-        list::page(self.store.as_ref(), &tenant, query, render).await
+        list::page(self.store.as_ref(), &tenant, query, render, self.page_bytes).await
     }
 
     /// Opens a Subscribe stream (SPEC §7); see [`subscribe`].

@@ -19,11 +19,12 @@ use crate::engine::{Event, SessionKey};
 /// ListSessionEvents' default and largest page.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1_000;
-/// A page also ends once its snapshots reach this much JSON (a page holds at
-/// least one event): 1,000 snapshots of a 1,000-participant session would be
-/// about 150 MB, and gRPC clients refuse replies over 4 MiB by default. The
-/// reply's protobuf is smaller than the snapshots' JSON.
-pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
+/// By default a page also ends once its snapshots reach this much JSON (a
+/// page holds at least one event; `SYNCKAIROS_MAX_PAGE_BYTES` sets it): 1,000
+/// snapshots of a 1,000-participant session would be about 150 MB, and gRPC
+/// clients refuse replies over 4 MiB by default. The reply's protobuf is
+/// smaller than the snapshots' JSON.
+pub const DEFAULT_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -104,13 +105,15 @@ impl Audit {
     }
 
     /// The history of the session's latest epoch, in version order, after
-    /// `after_version` (or after the page token's position).
+    /// `after_version` (or after the page token's position), in a page that
+    /// ends once its snapshots reach `max_bytes` of JSON (one event at least).
     pub async fn history(
         &self,
         key: &SessionKey,
         page_size: u32,
         page_token: &str,
         after_version: Option<u64>,
+        max_bytes: usize,
     ) -> Result<Page, AuditError> {
         if page_size > MAX_PAGE_SIZE {
             return Err(AuditError::BadPageSize(page_size));
@@ -136,7 +139,7 @@ impl Audit {
             &epoch,
             after,
             size,
-            MAX_PAGE_BYTES,
+            max_bytes,
         )
         .await?;
         let next_page_token = match (more, rows.last()) {

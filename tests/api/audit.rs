@@ -1420,10 +1420,6 @@ async fn an_audit_stream_entry_postgres_refuses_is_dead_lettered_on_the_redis_en
     wait_streams_empty(&mut con, "after the dead letter").await;
 }
 
-/// A page of ListSessionEvents is bounded by bytes as well as by count: the
-/// history of a 1,000-participant session (a snapshot is about 100 KB) comes
-/// in pages a gRPC client accepts (4 MiB by default), and paging still gives
-/// every version once, in order.
 /// Creates and starts `req`'s session, switches it `switches` times and
 /// waits until all its versions are in Postgres; its latest version.
 async fn audited(
@@ -1464,6 +1460,10 @@ async fn a_history_is_found_before_its_sessions_row_is_written() {
     assert_eq!(versions_of(&page), (1..=latest).collect::<Vec<_>>());
 }
 
+/// A page of ListSessionEvents is bounded by bytes as well as by count: the
+/// history of a 1,000-participant session (a snapshot is about 100 KB) comes
+/// in pages a gRPC client accepts (4 MiB by default), and paging still gives
+/// every version once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_large_snapshots_is_bounded_by_bytes() {
     use prost::Message;
@@ -1495,5 +1495,44 @@ async fn a_page_of_large_snapshots_is_bounded_by_bytes() {
         token = page.next_page_token;
     }
     assert!(pages > 1, "{latest} versions of ~100 KB came in one page");
+    assert_eq!(versions, (1..=latest).collect::<Vec<_>>());
+}
+
+/// `SYNCKAIROS_MAX_PAGE_BYTES` moves where a page ends: at 64 KiB, the
+/// history of a 100-participant session (snapshots of about 10 KB) comes a
+/// few events a page, each page under the setting, every version once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_bytes_setting_bounds_each_page() {
+    use prost::Message;
+    let db = TestDb::create();
+    let mut config = memory_config(&db);
+    config.max_page_bytes = 64 * 1024;
+    let mut server = Server::start(config).await;
+    let id = unique_id("page-bytes");
+    let mut req = chess(&id, HOUR_MS);
+    req.participants = (0..100)
+        .map(|i| participant(&format!("player-{i:04}")))
+        .collect();
+    let latest = audited(&mut server, &db, req, 30).await;
+    let (mut versions, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = list(&mut server.client, list_req(&id, 1_000, &token, None)).await;
+        assert!(
+            page.encoded_len() <= 64 * 1024,
+            "page {pages}: {} bytes",
+            page.encoded_len()
+        );
+        assert!(!page.events.is_empty());
+        versions.extend(versions_of(&page));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(
+        pages >= 3,
+        "{latest} versions of ~10 KB in {pages} pages of 64 KiB"
+    );
     assert_eq!(versions, (1..=latest).collect::<Vec<_>>());
 }

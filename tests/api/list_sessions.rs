@@ -713,6 +713,42 @@ async fn a_page_of_large_sessions_stays_under_a_clients_4_mib() {
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), made);
 }
 
+/// `SYNCKAIROS_MAX_PAGE_BYTES` moves where a page ends: at 64 KiB, sessions
+/// of 300 participants (about 7 KB each) come a few a page, every one once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_bytes_setting_bounds_each_page() {
+    use prost::Message as _;
+    let app = spawn_app_with(|c| {
+        c.create_rate = None;
+        c.max_page_bytes = 64 * 1024;
+    })
+    .await;
+    let mut c = app.new_client().await;
+    let mut made = HashSet::new();
+    for _ in 0..30 {
+        let mut req = chess(&unique_id("page-bytes"), HOUR_MS);
+        req.participants = (0..300)
+            .map(|i| participant(&format!("player-{i:04}")))
+            .collect();
+        made.insert(create(&mut c, req).await.session_id);
+    }
+    let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = list(&mut c, list_req(1_000, &token, &[])).await.unwrap();
+        let bytes: usize = page.sessions.iter().map(|s| s.encoded_len()).sum();
+        assert!(bytes <= 64 * 1024, "a page of {bytes} bytes");
+        assert!(!page.sessions.is_empty());
+        seen.extend(ids(&page.sessions));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(pages >= 3, "30 sessions of about 7 KB in {pages} pages");
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), made);
+}
+
 /// The README's grpcurl body, as written there, through reflection and JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readmes_grpcurl_listing_runs() {
