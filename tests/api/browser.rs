@@ -459,7 +459,14 @@ async fn the_web_clock_draws_the_servers_clocks_in_chromium() {
                 to_script.flush().unwrap();
                 continue;
             }
-            println!("browser: {line}");
+            if line.starts_with("FIGURE ") || line.starts_with("SCREENSHOT ") {
+                // Straight to stderr, past the test harness's capture: the
+                // figures and the screenshot's path show in tests/run.sh's
+                // output too, not only under --nocapture.
+                let _ = writeln!(std::io::stderr().lock(), "browser: {line}");
+            } else {
+                println!("browser: {line}");
+            }
             if let Some(rest) = line.strip_prefix("CHECK ok ") {
                 passed.insert(rest.split(' ').next().unwrap_or_default().to_owned());
             } else if let Some(rest) = line.strip_prefix("CHECK FAIL ") {
