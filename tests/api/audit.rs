@@ -1466,7 +1466,6 @@ async fn a_history_is_found_before_its_sessions_row_is_written() {
 /// every version once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_large_snapshots_is_bounded_by_bytes() {
-    use prost::Message;
     let db = TestDb::create();
     let mut server = Server::start(memory_config(&db)).await;
     let id = unique_id("big");
@@ -1475,27 +1474,33 @@ async fn a_page_of_large_snapshots_is_bounded_by_bytes() {
         .map(|i| participant(&format!("player-{i:04}")))
         .collect();
     let latest = audited(&mut server, &db, req, 48).await;
-    let mut versions = Vec::new();
-    let mut token = String::new();
-    let mut pages = 0;
+    let (versions, pages) = page_all(&mut server, &id, 4 * 1024 * 1024 - 1).await;
+    assert!(pages > 1, "{latest} versions of ~100 KB came in one page");
+    assert_eq!(versions, (1..=latest).collect::<Vec<_>>());
+}
+
+/// Pages through `id`'s whole history 1,000 events at most a page, each
+/// page's reply at most `most_bytes` and never empty: the versions in the
+/// order they came, and how many pages.
+async fn page_all(server: &mut Server, id: &str, most_bytes: usize) -> (Vec<u64>, usize) {
+    use prost::Message;
+    let (mut versions, mut token, mut pages) = (Vec::new(), String::new(), 0);
     loop {
-        let page = list(&mut server.client, list_req(&id, 1_000, &token, None)).await;
+        let page = list(&mut server.client, list_req(id, 1_000, &token, None)).await;
         let bytes = page.encoded_len();
         assert!(
-            bytes < 4 * 1024 * 1024,
-            "page {pages} is {bytes} bytes ({} events): over a client's default limit",
+            bytes <= most_bytes,
+            "page {pages} is {bytes} bytes ({} events), over {most_bytes}",
             page.events.len()
         );
         assert!(!page.events.is_empty());
         versions.extend(versions_of(&page));
         pages += 1;
         if page.next_page_token.is_empty() {
-            break;
+            return (versions, pages);
         }
         token = page.next_page_token;
     }
-    assert!(pages > 1, "{latest} versions of ~100 KB came in one page");
-    assert_eq!(versions, (1..=latest).collect::<Vec<_>>());
 }
 
 /// `SYNCKAIROS_MAX_PAGE_BYTES` moves where a page ends: at 64 KiB, the
@@ -1503,7 +1508,6 @@ async fn a_page_of_large_snapshots_is_bounded_by_bytes() {
 /// few events a page, each page under the setting, every version once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_bytes_setting_bounds_each_page() {
-    use prost::Message;
     let db = TestDb::create();
     let mut config = memory_config(&db);
     config.max_page_bytes = 64 * 1024;
@@ -1514,22 +1518,7 @@ async fn the_page_bytes_setting_bounds_each_page() {
         .map(|i| participant(&format!("player-{i:04}")))
         .collect();
     let latest = audited(&mut server, &db, req, 30).await;
-    let (mut versions, mut token, mut pages) = (Vec::new(), String::new(), 0);
-    loop {
-        let page = list(&mut server.client, list_req(&id, 1_000, &token, None)).await;
-        assert!(
-            page.encoded_len() <= 64 * 1024,
-            "page {pages}: {} bytes",
-            page.encoded_len()
-        );
-        assert!(!page.events.is_empty());
-        versions.extend(versions_of(&page));
-        pages += 1;
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    let (versions, pages) = page_all(&mut server, &id, 64 * 1024).await;
     assert!(
         pages >= 3,
         "{latest} versions of ~10 KB in {pages} pages of 64 KiB"

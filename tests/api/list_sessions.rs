@@ -667,7 +667,6 @@ async fn the_memory_engines_index_holds_exactly_the_sessions_it_holds() {
 /// 4 MiB: 1,000-participant sessions listed 1,000 a page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_large_sessions_stays_under_a_clients_4_mib() {
-    use prost::Message as _;
     let app = spawn_unlimited().await;
     let big = |id: &str| pb::CreateSessionRequest {
         participants: (0..1_000)
@@ -695,29 +694,39 @@ async fn a_page_of_large_sessions_stays_under_a_clients_4_mib() {
         made.extend(t.await.unwrap());
     }
     let mut c = app.new_client().await;
+    let (seen, pages) = pages_under(&mut c, 2 * 1024 * 1024).await;
+    assert!(pages >= 2, "160 sessions of about 20 KB: {pages} pages");
+    assert_eq!(seen.len(), made.len());
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), made);
+}
+
+/// Lists every session of the tenant 1,000 at most a page, each page's
+/// sessions at most `most_bytes` and never none: the ids in the order they
+/// came, and how many pages.
+async fn pages_under(c: &mut Client, most_bytes: usize) -> (Vec<String>, usize) {
+    use prost::Message as _;
     let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), 0);
     loop {
-        let page = list(&mut c, list_req(1_000, &token, &[])).await.unwrap();
+        let page = list(c, list_req(1_000, &token, &[])).await.unwrap();
         let bytes: usize = page.sessions.iter().map(|s| s.encoded_len()).sum();
-        assert!(bytes <= 2 * 1024 * 1024, "a page of {bytes} bytes");
+        assert!(
+            bytes <= most_bytes,
+            "a page of {bytes} bytes, over {most_bytes}"
+        );
         assert!(!page.sessions.is_empty());
         seen.extend(ids(&page.sessions));
         pages += 1;
         if page.next_page_token.is_empty() {
-            break;
+            return (seen, pages);
         }
         token = page.next_page_token;
     }
-    assert!(pages >= 2, "160 sessions of about 20 KB: {pages} pages");
-    assert_eq!(seen.len(), made.len());
-    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), made);
 }
 
 /// `SYNCKAIROS_MAX_PAGE_BYTES` moves where a page ends: at 64 KiB, sessions
 /// of 300 participants (about 7 KB each) come a few a page, every one once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_bytes_setting_bounds_each_page() {
-    use prost::Message as _;
     let app = spawn_app_with(|c| {
         c.create_rate = None;
         c.max_page_bytes = 64 * 1024;
@@ -732,19 +741,7 @@ async fn the_page_bytes_setting_bounds_each_page() {
             .collect();
         made.insert(create(&mut c, req).await.session_id);
     }
-    let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), 0);
-    loop {
-        let page = list(&mut c, list_req(1_000, &token, &[])).await.unwrap();
-        let bytes: usize = page.sessions.iter().map(|s| s.encoded_len()).sum();
-        assert!(bytes <= 64 * 1024, "a page of {bytes} bytes");
-        assert!(!page.sessions.is_empty());
-        seen.extend(ids(&page.sessions));
-        pages += 1;
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    let (seen, pages) = pages_under(&mut c, 64 * 1024).await;
     assert!(pages >= 3, "30 sessions of about 7 KB in {pages} pages");
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), made);
 }

@@ -42,6 +42,12 @@ interface Drawn {
   versions: number[];
   /** When the frame drew it, epoch ms (performance.timeOrigin + performance.now()). */
   at: number;
+  /**
+   * The same instant on the server's clock (`at` + the page's offset): what
+   * a test compares with the server's instants, since the browser's own
+   * epoch clock may be many ms off the system's.
+   */
+  serverAt: number;
   active: string;
   status: string;
   flagged: string[];
@@ -458,6 +464,7 @@ function main(): void {
         version: v,
         versions: pending,
         at,
+        serverAt: serverNow,
         active: s.activeParticipantId,
         status: Status[s.status] ?? String(s.status),
         flagged,
