@@ -400,7 +400,8 @@ pub type Layers = tower_layer::Stack<
 ///   messages are tiny);
 /// - per-caller rate limits on creates and mutations (grpc/rate.rs), and
 ///   per-tenant Subscribe streams (grpc/tenant_streams.rs);
-/// - what every request passes through, outermost first ([`Layers`]).
+/// - what every request passes through, outermost first ([`Layers`]);
+/// - reflection only when `config.reflection`.
 ///
 /// TCP keepalive is set on the listener's incoming stream in startup.rs:
 /// tonic ignores `Server::tcp_keepalive` with `serve_with_incoming`. Not set
