@@ -13,9 +13,9 @@
 //! OpenTelemetry itself, whatever its filter says, so the exporter's own
 //! calls are never traced into the exporter.
 //!
-//! The spans below the RPC (the store's commit, the timers' claim and
-//! firing, the audit batch, the Pub/Sub delivery) carry the target
-//! [`TRACE_TARGET`] and exist for traces only: the log layer never enables
+//! The RPC span ([`RPC_TARGET`]) and the spans below it (the store's commit,
+//! the timers' claim and firing, the audit batch, the Pub/Sub delivery:
+//! [`TRACE_TARGET`]) exist for traces only: the log layer never enables
 //! them, so without an OTLP endpoint they are never built (a callsite check,
 //! no allocation, no field formatted) and they add nothing to log lines.
 //!
@@ -64,6 +64,14 @@ pub const TRACES_FILTER_VAR: &str = "OTEL_TRACES_FILTER";
 /// keeps the RPC spans and drops these.
 pub const TRACE_TARGET: &str = "synckairos::trace";
 
+/// The target of the RPC span (grpc/observe.rs). It exists for traces only
+/// too: the log layer never enables it, so without an OTLP endpoint it is
+/// never built. Building it for the logs' sake cost about an eighth of a
+/// SwitchCycle's server CPU (tracing-subscriber's registry: a slab entry,
+/// enter, exit, close, per call), and log lines name what they are about in
+/// their own fields (the access log: method, tenant, caller, peer).
+pub const RPC_TARGET: &str = "synckairos::rpc";
+
 /// Crates whose spans and events never reach the trace layer: the
 /// transport (the exporter's own included) and OpenTelemetry itself.
 const NEVER_TRACED: [&str; 5] = ["h2", "hyper", "tower", "tonic", "opentelemetry"];
@@ -92,7 +100,8 @@ impl Drop for TelemetryGuard {
 /// The log layer's filter: `RUST_LOG` (default `info`; an unreadable one
 /// falls back to `info`), with the transport at `warn`, the access log at
 /// `info` when `access_log` (`SYNCKAIROS_ACCESS_LOG=on`, whatever `RUST_LOG`
-/// says), and never a span that exists for traces only (`TRACE_TARGET`).
+/// says), and never a span that exists for traces only (`TRACE_TARGET`,
+/// `RPC_TARGET`).
 fn log_filter<S>(access_log: bool) -> anyhow::Result<impl Filter<S>> {
     let mut env = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info"))
@@ -103,7 +112,7 @@ fn log_filter<S>(access_log: bool) -> anyhow::Result<impl Filter<S>> {
         env = env.add_directive(format!("{}=info", crate::grpc::ACCESS_TARGET).parse()?);
     }
     Ok(env.and(filter_fn(|meta| {
-        !(meta.is_span() && meta.target() == TRACE_TARGET)
+        !(meta.is_span() && (meta.target() == TRACE_TARGET || meta.target() == RPC_TARGET))
     })))
 }
 
@@ -361,6 +370,7 @@ mod tests {
             .with_filter(log_filter(false).unwrap());
         tracing::subscriber::with_default(tracing_subscriber::registry().with(logs), || {
             assert!(tracing::error_span!(target: TRACE_TARGET, "store.commit").is_disabled());
+            assert!(tracing::error_span!(target: RPC_TARGET, "rpc").is_disabled());
             // The control: the logs' own spans are built (unless RUST_LOG=off).
             if std::env::var("RUST_LOG").as_deref() != Ok("off") {
                 assert!(!tracing::error_span!("a call").is_disabled());

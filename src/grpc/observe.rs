@@ -12,7 +12,8 @@
 //!   RPC conventions: `rpc.system`, `rpc.service`, `rpc.method`,
 //!   `rpc.grpc.status_code`, kind server), whose parent is the caller's W3C
 //!   `traceparent` when it sends one; the handlers record `tenant`, `caller`
-//!   and, once it parsed, `session_id` on it;
+//!   and, once it parsed, `session_id` on it. It is for traces only
+//!   (`telemetry::RPC_TARGET`): without an OTLP endpoint it is never built;
 //! - **the access log**: one line per finished call under the target
 //!   `synckairos::access` at `info` (method, code, latency, tenant, caller,
 //!   peer), off unless `SYNCKAIROS_ACCESS_LOG=on` (or `RUST_LOG` names the
@@ -354,7 +355,7 @@ where
         m.started.increment(1);
         m.received.increment(1);
         let span = tracing::info_span!(
-            target: "synckairos::rpc",
+            target: crate::telemetry::RPC_TARGET,
             "rpc",
             otel.name = m.full.as_str(),
             otel.kind = "server",
