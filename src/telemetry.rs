@@ -151,7 +151,7 @@ pub fn init(
         LogFormat::Json => fmt::layer().json().with_current_span(true).boxed(),
     }
     .with_filter(logs_filter);
-    let (otel, provider) = match otlp_endpoint {
+    let provider = match otlp_endpoint {
         Some(endpoint) => {
             let traces_filter = traces_filter.and(filter_fn(|meta| !never_traced(meta.target())));
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -181,16 +181,32 @@ pub fn init(
                 .with_context_activation(false)
                 .with_location(false)
                 .with_filter(traces_filter);
-            (Some(layer), Some(provider))
+            tracing_subscriber::registry()
+                .with(logs)
+                .with(layer)
+                .try_init()?;
+            Some(provider)
         }
-        None => (None, None),
+        None => {
+            logs_only(logs).try_init()?;
+            None
+        }
     };
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(otel)
-        .try_init()?;
     log_panics();
     Ok(TelemetryGuard { provider })
+}
+
+/// The subscriber without an OTLP endpoint: the log layer alone. Not the
+/// same subscriber with a `None` trace layer: a layer that is `None` tells
+/// tracing-subscriber that it wants every callsite (`Interest::always()`), so
+/// every span at any level of any crate (h2's per-frame trace spans, the RPC
+/// span) would be built in the registry for nobody: about an eighth of a
+/// SwitchCycle's server CPU.
+fn logs_only<L>(logs: L) -> impl tracing::Subscriber + Send + Sync
+where
+    L: Layer<tracing_subscriber::Registry> + Send + Sync,
+{
+    tracing_subscriber::registry().with(logs)
 }
 
 /// Reads W3C trace context out of request headers (gRPC metadata).
@@ -375,6 +391,28 @@ mod tests {
             if std::env::var("RUST_LOG").as_deref() != Ok("off") {
                 assert!(!tracing::error_span!("a call").is_disabled());
             }
+        });
+    }
+
+    #[test]
+    fn without_an_otlp_endpoint_no_span_is_built_for_nobody() {
+        let logs = || {
+            fmt::layer()
+                .with_writer(std::io::sink)
+                .with_filter(log_filter(false).unwrap())
+        };
+        let quiet = || {
+            assert!(tracing::trace_span!(target: "h2::codec", "frame").is_disabled());
+            assert!(tracing::info_span!(target: RPC_TARGET, "rpc").is_disabled());
+        };
+        tracing::subscriber::with_default(logs_only(logs()), quiet);
+        // Why `logs_only`: with a `None` trace layer beside the logs, the same
+        // spans are built (tracing-subscriber's `Option<Layer>` wants them all).
+        let with_none = tracing_subscriber::registry()
+            .with(logs())
+            .with(None::<tracing_subscriber::layer::Identity>);
+        tracing::subscriber::with_default(with_none, || {
+            assert!(!tracing::trace_span!(target: "h2::codec", "frame").is_disabled());
         });
     }
 
