@@ -97,7 +97,7 @@ impl App {
             shutdown,
             unstarted_ttl: crate::config::Config::default().unstarted_ttl,
             stream_end_spread: Duration::ZERO,
-            page_bytes: crate::config::Config::default().max_page_bytes,
+            page_bytes: crate::audit::DEFAULT_PAGE_BYTES,
         }
     }
 

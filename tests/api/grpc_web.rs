@@ -186,6 +186,11 @@ async fn unary(
     (reply, messages.pop())
 }
 
+/// GetServerTime over gRPC-Web with `extra` headers: the reply and its message.
+async fn server_time(addr: SocketAddr, extra: &[(&str, &str)]) -> (Reply, Option<Vec<u8>>) {
+    unary(addr, "GetServerTime", &pb::GetServerTimeRequest {}, extra).await
+}
+
 #[tokio::test]
 async fn grpc_web_calls_over_http1_get_their_messages_and_trailers_in_the_body() {
     let app = spawn_app().await;
@@ -193,7 +198,7 @@ async fn grpc_web_calls_over_http1_get_their_messages_and_trailers_in_the_body()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as i64;
-    let (reply, msg) = unary(app.addr, "GetServerTime", &pb::GetServerTimeRequest {}, &[]).await;
+    let (reply, msg) = server_time(app.addr, &[]).await;
     assert_eq!(reply.status, 200);
     assert_eq!(
         reply.header("content-type"),
@@ -411,13 +416,7 @@ async fn without_cors_origins_no_cors_header_is_ever_sent() {
         !pre.headers.keys().any(|k| k.starts_with("access-control-")),
         "{pre:?}"
     );
-    let (reply, _) = unary(
-        app.addr,
-        "GetServerTime",
-        &pb::GetServerTimeRequest {},
-        &[("origin", PAGE)],
-    )
-    .await;
+    let (reply, _) = server_time(app.addr, &[("origin", PAGE)]).await;
     assert_eq!(
         grpc_status(&reply).0,
         0,
@@ -491,13 +490,7 @@ async fn cors_lets_the_listed_origins_call_and_read_the_status() {
             None,
             "{other}: {pre:?}"
         );
-        let (reply, _) = unary(
-            app.addr,
-            "GetServerTime",
-            &pb::GetServerTimeRequest {},
-            &[("origin", other)],
-        )
-        .await;
+        let (reply, _) = server_time(app.addr, &[("origin", other)]).await;
         assert_eq!(
             reply.header("access-control-allow-origin"),
             None,
@@ -529,8 +522,7 @@ async fn grpc_web_calls_are_authenticated_like_grpc_and_preflights_need_no_crede
         "{pre:?}"
     );
 
-    let req = pb::GetServerTimeRequest {};
-    let (reply, _) = unary(app.addr, "GetServerTime", &req, &[("origin", PAGE)]).await;
+    let (reply, _) = server_time(app.addr, &[("origin", PAGE)]).await;
     assert_eq!(grpc_status(&reply).0, Code::Unauthenticated as i32);
     assert_eq!(
         reply.header("access-control-allow-origin"),
@@ -575,13 +567,7 @@ async fn grpc_web_calls_are_authenticated_like_grpc_and_preflights_need_no_crede
             .session_id,
         id
     );
-    let (reply, _) = unary(
-        app.addr,
-        "GetServerTime",
-        &req,
-        &[("authorization", "Bearer not-a-key")],
-    )
-    .await;
+    let (reply, _) = server_time(app.addr, &[("authorization", "Bearer not-a-key")]).await;
     assert_eq!(grpc_status(&reply).0, Code::Unauthenticated as i32);
 }
 
@@ -671,6 +657,6 @@ async fn hostile_grpc_web_requests_are_refused_and_the_server_goes_on() {
     // The server serves on, over gRPC and gRPC-Web.
     let mut client = app.client.clone();
     create_started(&mut client).await;
-    let (reply, _) = unary(app.addr, "GetServerTime", &pb::GetServerTimeRequest {}, &[]).await;
+    let (reply, _) = server_time(app.addr, &[]).await;
     assert_eq!(grpc_status(&reply).0, 0);
 }
